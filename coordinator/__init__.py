@@ -1,0 +1,1 @@
+"""TCC transaction coordinator."""

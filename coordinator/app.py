@@ -1,0 +1,64 @@
+"""The aiohttp application: one factory, resources opened and closed in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from coordinator import migrator
+from coordinator.caller import ParticipantCaller
+from coordinator.engine import Engine
+from coordinator.keys import ENGINE, HTTP_SESSION, SETTINGS, STORE
+from coordinator.problems import problem_middleware
+from coordinator.recovery import Recovery
+from coordinator.routes import setup_routes
+from coordinator.settings import Settings
+from coordinator.store import Store, connect_pool
+
+log = structlog.get_logger(__name__)
+
+RECOVERY_TASK = web.AppKey("recovery_task", asyncio.Task[None])
+SHUTDOWN_GRACE_S = 10.0
+
+
+def create_app(settings: Settings, database_url: str, *, recovery: bool = True) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        if settings.migrate:
+            await migrator.migrate(database_url)
+        pool = await connect_pool(database_url, settings.pool_min_size, settings.pool_max_size)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=100),
+            # Participant replies are read by the caller with its own size cap.
+            auto_decompress=True,
+        )
+        store = Store(pool)
+        engine = Engine(store, ParticipantCaller(session, settings.max_response_bytes), settings)
+        app[STORE], app[HTTP_SESSION], app[ENGINE] = store, session, engine
+        loop = Recovery(engine)
+        task = asyncio.create_task(loop.run_forever(), name="recovery")
+        app[RECOVERY_TASK] = task
+        log.info("coordinator_started", owner=engine.owner, recovery=recovery)
+        if not recovery:
+            loop.stop()
+        try:
+            yield
+        finally:
+            loop.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await engine.shutdown(SHUTDOWN_GRACE_S)
+            await session.close()
+            await pool.close()
+            log.info("coordinator_stopped", owner=engine.owner)
+
+    app.cleanup_ctx.append(resources)
+    setup_routes(app)
+    return app

@@ -1,0 +1,90 @@
+"""HTTP calls to participants: one shared keep-alive session, bounded time and bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from coordinator.states import Phase
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    http_status: int | None  # None: no HTTP answer at all
+    body: Any  # parsed JSON if it was JSON, else text, capped in size
+    error: str | None
+    latency_ms: float
+
+
+def idempotency_key(gid: str, branch_id: str, phase: Phase) -> str:
+    return f"{gid}:{branch_id}:{phase.value}"
+
+
+class ParticipantCaller:
+    """Calls try/confirm/cancel URLs the way the coordinator's contract says."""
+
+    def __init__(self, session: aiohttp.ClientSession, max_response_bytes: int) -> None:
+        self.session = session
+        self.max_response_bytes = max_response_bytes
+
+    async def call(
+        self,
+        url: str,
+        *,
+        gid: str,
+        branch_id: str,
+        phase: Phase,
+        payload: Any,
+        timeout_s: float,
+    ) -> CallResult:
+        body = {"gid": gid, "branch_id": branch_id, "phase": phase.value, "payload": payload}
+        headers = {
+            "X-TCC-Gid": gid,
+            "X-TCC-Branch": branch_id,
+            "X-TCC-Phase": phase.value,
+            "Idempotency-Key": idempotency_key(gid, branch_id, phase),
+        }
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.session.post(
+                    url, json=body, headers=headers, allow_redirects=False
+                ) as response:
+                    raw = await response.content.read(self.max_response_bytes)
+                    status = response.status
+        except TimeoutError:
+            return CallResult(None, None, f"timed out after {timeout_s:g}s", _ms_since(started))
+        except aiohttp.ClientError as exc:
+            return CallResult(None, None, _describe(exc), _ms_since(started))
+        latency = _ms_since(started)
+        parsed = _parse(raw)
+        error = None if 200 <= status < 300 else f"HTTP {status}: {_snippet(raw)}"
+        return CallResult(status, parsed, error, latency)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _parse(raw: bytes) -> Any:
+    if not raw:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _snippet(raw: bytes) -> str:
+    return raw[:300].decode("utf-8", errors="replace").strip() or "(empty body)"

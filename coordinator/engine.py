@@ -1,0 +1,334 @@
+"""Drives transactions through the protocol: tries, decisions and phase-two rounds.
+
+The engine owns no state that matters after a crash: every decision and every
+branch outcome is in the log before the next step, and phase-two work is done
+under a lease so that only one coordinator works on a transaction at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from coordinator import states
+from coordinator.caller import CallResult, ParticipantCaller
+from coordinator.exceptions import Conflict, DatabaseUnavailable
+from coordinator.models import (
+    Branch,
+    Lease,
+    NewBranch,
+    NewTransaction,
+    Transaction,
+)
+from coordinator.settings import Settings
+from coordinator.states import Decision, GlobalStatus, Phase, TryVerdict, Verdict
+from coordinator.store import CallRecord, DecideResult, Store
+
+log = structlog.get_logger(__name__)
+
+
+def new_owner_id() -> str:
+    """Names this coordinator process in leases; unique per start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class TryOutcome:
+    verdict: TryVerdict
+    result: CallResult
+    branch: Branch | None  # None when the branch had moved on before the answer came
+
+
+def _record(result: CallResult) -> CallRecord:
+    return CallRecord(result.http_status, result.error, result.latency_ms)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        caller: ParticipantCaller,
+        settings: Settings,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.caller = caller
+        self.settings = settings
+        self.policy = settings.retry_policy
+        self.owner = owner or new_owner_id()
+        self._rng = rng or random.Random()
+        # Phase-two work running in this process, by gid: requests wait on it.
+        self._drives: dict[str, asyncio.Task[Transaction | None]] = {}
+
+    # --- begin, register, try ------------------------------------------------------
+
+    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
+        txn, created = await self.store.begin(new)
+        if created:
+            log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
+        return txn, created
+
+    async def run_auto(self, txn: Transaction, branches: list[Branch]) -> Transaction:
+        """Run every try in parallel, decide, and wait (bounded) for phase two."""
+        outcomes = await asyncio.gather(
+            *(self.try_branch(txn, b, cancel_on_failure=False) for b in branches)
+        )
+        decision = states.decision_after_tries(o.verdict for o in outcomes)
+        failed = next(
+            (
+                b.branch_id
+                for b, o in zip(branches, outcomes, strict=True)
+                if o.verdict is not TryVerdict.TRIED
+            ),
+            None,
+        )
+        reason = f"try_failed: {failed}" if failed else None
+        result = await self.decide(txn.gid, decision, reason=reason)
+        return await self.wait_for(result.transaction.gid)
+
+    async def register(self, gid: str, new: NewBranch) -> tuple[Branch, bool]:
+        branch, created = await self.store.register_branch(gid, new, self.settings.max_branches)
+        if created:
+            log.info("branch_registered", gid=gid, branch_id=new.branch_id)
+        return branch, created
+
+    async def try_branch(
+        self, txn: Transaction, branch: Branch, *, cancel_on_failure: bool = True
+    ) -> TryOutcome:
+        """Call the branch's try and log the result; a failed try cancels the transaction."""
+        assert branch.try_url is not None
+        with structlog.contextvars.bound_contextvars(
+            gid=txn.gid, branch_id=branch.branch_id, phase=Phase.TRY.value
+        ):
+            result = await self.caller.call(
+                branch.try_url,
+                gid=txn.gid,
+                branch_id=branch.branch_id,
+                phase=Phase.TRY,
+                payload=branch.payload,
+                timeout_s=self._call_timeout(txn),
+            )
+            verdict = states.judge_try(result.http_status)
+            updated = await self.store.record_try(
+                txn.gid, branch.branch_id, verdict, _record(result)
+            )
+            log.info(
+                "try_answered",
+                verdict=verdict.value,
+                http_status=result.http_status,
+                latency_ms=result.latency_ms,
+                error=result.error,
+            )
+            if verdict is not TryVerdict.TRIED and updated is not None and cancel_on_failure:
+                await self.decide(
+                    txn.gid, Decision.CANCEL, reason=f"try_failed: {branch.branch_id}"
+                )
+        return TryOutcome(verdict, result, updated)
+
+    def _call_timeout(self, txn: Transaction) -> float:
+        return txn.call_timeout_s or self.settings.call_timeout_s
+
+    # --- decisions -------------------------------------------------------------
+
+    async def decide(self, gid: str, decision: Decision, *, reason: str | None) -> DecideResult:
+        """Log the decision (durably), then start phase two in the background."""
+        result = await self.store.decide(
+            gid, decision, reason=reason, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
+        )
+        if result.lease is not None:
+            log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
+            self._spawn_drive(result.lease)
+        return result
+
+    async def confirm(self, gid: str) -> Transaction:
+        return await self._decide_and_wait(gid, Decision.CONFIRM, None)
+
+    async def cancel(self, gid: str, reason: str = "client") -> Transaction:
+        return await self._decide_and_wait(gid, Decision.CANCEL, reason)
+
+    async def _decide_and_wait(
+        self, gid: str, decision: Decision, reason: str | None
+    ) -> Transaction:
+        result = await self.decide(gid, decision, reason=reason)
+        if result.judgement.verdict is Verdict.REFUSE:
+            raise Conflict(result.judgement.reason or "refused")
+        return await self.wait_for(gid)
+
+    async def wait_for(self, gid: str, timeout_s: float | None = None) -> Transaction:
+        """Wait (bounded) for phase-two work this process runs on ``gid``; the current state."""
+        task = self._drives.get(gid)
+        if task is not None:
+            wait = self.settings.confirm_wait_s if timeout_s is None else timeout_s
+            await asyncio.wait({task}, timeout=wait)
+        return await self.store.get(gid)
+
+    # --- phase two -------------------------------------------------------------------
+
+    def _spawn_drive(self, lease: Lease) -> asyncio.Task[Transaction | None]:
+        task = asyncio.create_task(self._drive(lease), name=f"drive:{lease.gid}")
+        self._drives[lease.gid] = task
+
+        def forget(done: asyncio.Task[Transaction | None]) -> None:
+            if self._drives.get(lease.gid) is done:
+                del self._drives[lease.gid]
+
+        task.add_done_callback(forget)
+        return task
+
+    @property
+    def active_drives(self) -> int:
+        return len(self._drives)
+
+    async def resume(
+        self, lease: Lease, status: GlobalStatus
+    ) -> asyncio.Task[Transaction | None] | None:
+        """Continue a transaction claimed by recovery: time it out, or run its next round."""
+        if status is GlobalStatus.TRYING:
+            result = await self.decide(lease.gid, Decision.CANCEL, reason="timeout")
+            if result.lease is None:
+                # Someone decided it first; our claim is moot.
+                await self.store.release_lease(lease)
+                return None
+            # The decision replaced our claim with a fresh lease and started the drive.
+            return self._drives.get(lease.gid)
+        return self._spawn_drive(lease)
+
+    async def _drive(self, lease: Lease) -> Transaction | None:
+        with structlog.contextvars.bound_contextvars(gid=lease.gid):
+            try:
+                return await self._run_round(lease)
+            except DatabaseUnavailable as exc:
+                # The lease expires by itself; the next scan after the outage continues.
+                log.warning("round_interrupted", error=str(exc))
+                return None
+            except Exception:
+                log.exception("round_crashed")
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self.store.release_lease(lease)
+                return None
+
+    async def _run_round(self, lease: Lease) -> Transaction | None:
+        ctx = await self.store.round_context(lease, self.policy.give_up_after)
+        if ctx is None:
+            log.info("lease_lost_before_round")
+            return None
+        txn = ctx.transaction
+        decision = states.decision_of(txn.status)
+        if decision is None or txn.status not in states.PHASE_TWO_STATUSES:
+            await self.store.release_lease(lease)
+            return txn
+        done_status = states.branch_done_status(decision)
+        pending = [b for b in ctx.branches if b.status is not done_status]
+        timeout_s = self._call_timeout(txn)
+        async with self._renewing(lease):
+            done = await asyncio.gather(
+                *(self._phase_call(lease, txn, decision, b, timeout_s) for b in pending)
+            )
+        still_pending = [b.branch_id for b, ok in zip(pending, done, strict=True) if not ok]
+        outcome = states.round_outcome(decision, not still_pending, ctx.budget_spent)
+        delay = self.policy.delay(txn.phase_attempts + 1, self._rng)
+        finished = await self.store.finish_round(lease, decision, outcome, delay, still_pending)
+        if finished is None:
+            log.warning("lease_lost_during_round")
+            return None
+        if outcome in states.PARKED_STATUSES:
+            log.error(
+                "transaction_parked",
+                status=outcome.value,
+                pending=still_pending,
+                rounds=finished.phase_attempts,
+            )
+        elif outcome in states.FINAL_STATUSES:
+            log.info("transaction_finished", status=outcome.value, rounds=finished.phase_attempts)
+        else:
+            log.info(
+                "round_retry_scheduled",
+                pending=still_pending,
+                retry_in_s=round(delay, 3),
+                round=finished.phase_attempts,
+            )
+        return finished
+
+    async def _phase_call(
+        self,
+        lease: Lease,
+        txn: Transaction,
+        decision: Decision,
+        branch: Branch,
+        timeout_s: float,
+    ) -> bool:
+        phase = states.phase_of(decision)
+        url = branch.confirm_url if decision is Decision.CONFIRM else branch.cancel_url
+        with structlog.contextvars.bound_contextvars(branch_id=branch.branch_id, phase=phase.value):
+            result = await self.caller.call(
+                url,
+                gid=txn.gid,
+                branch_id=branch.branch_id,
+                phase=phase,
+                payload=branch.payload,
+                timeout_s=timeout_s,
+            )
+            done = states.judge_phase_two(phase, result.http_status)
+            recorded = await self.store.record_phase_call(
+                lease, branch.branch_id, decision, done, _record(result)
+            )
+            if done:
+                log.info(
+                    f"branch_{states.branch_done_status(decision).value}",
+                    http_status=result.http_status,
+                    latency_ms=result.latency_ms,
+                )
+            else:
+                log.warning(
+                    "phase_call_failed",
+                    http_status=result.http_status,
+                    error=result.error,
+                    latency_ms=result.latency_ms,
+                )
+        return done and recorded
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, lease: Lease) -> AsyncIterator[None]:
+        """Keep the lease alive while calls are in flight."""
+        ttl = self.settings.lease_ttl_s
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                try:
+                    if not await self.store.renew_lease(lease, ttl):
+                        log.warning("lease_taken_over", gid=lease.gid)
+                        return
+                except DatabaseUnavailable:
+                    continue
+
+        renewer = asyncio.create_task(renew(), name=f"renew:{lease.gid}")
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Let in-flight rounds finish within the grace period, then stop them.
+
+        A round cut short leaves its lease to expire; its outcomes so far are logged.
+        """
+        tasks = list(self._drives.values())
+        if not tasks:
+            return
+        _, still_running = await asyncio.wait(tasks, timeout=grace_s)
+        for task in still_running:
+            task.cancel()
+        if still_running:
+            await asyncio.wait(still_running)

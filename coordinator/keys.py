@@ -1,0 +1,15 @@
+"""Typed keys for what the aiohttp application carries."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from coordinator.engine import Engine
+from coordinator.settings import Settings
+from coordinator.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+ENGINE = web.AppKey("engine", Engine)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

@@ -1,0 +1,56 @@
+"""The background loop every coordinator runs: time out, resume and retry due transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from coordinator.engine import Engine
+from coordinator.exceptions import DatabaseUnavailable
+from coordinator.models import Transaction
+
+log = structlog.get_logger(__name__)
+
+
+class Recovery:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self._stopping = asyncio.Event()
+
+    async def run_once(self, wait: bool = False) -> int:
+        """Claim what is due and start on it; with ``wait``, until those rounds end."""
+        room = self.settings.recovery_batch - self.engine.active_drives
+        if room <= 0:
+            return 0
+        claimed = await self.engine.store.claim_due(
+            self.engine.owner, room, self.settings.lease_ttl_s
+        )
+        tasks: list[asyncio.Task[Transaction | None]] = []
+        for lease, status in claimed:
+            with structlog.contextvars.bound_contextvars(gid=lease.gid):
+                log.info("recovery_claimed", status=status.value)
+                task = await self.engine.resume(lease, status)
+            if task is not None:
+                tasks.append(task)
+        if wait and tasks:
+            await asyncio.wait(tasks)
+        return len(claimed)
+
+    async def run_forever(self) -> None:
+        interval = self.settings.recovery_interval_s
+        while not self._stopping.is_set():
+            try:
+                await self.run_once()
+            except DatabaseUnavailable as exc:
+                log.warning("recovery_scan_failed", error=str(exc))
+            except Exception:
+                log.exception("recovery_scan_crashed")
+            # Sleep, but wake at once when asked to stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+
+    def stop(self) -> None:
+        self._stopping.set()

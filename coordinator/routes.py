@@ -1,0 +1,19 @@
+"""Every URL the coordinator serves, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from coordinator import views
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/readyz", views.readyz)
+    app.router.add_post("/v1/transactions", views.begin)
+    app.router.add_get("/v1/transactions", views.list_transactions)
+    app.router.add_get("/v1/transactions/{gid}", views.get_transaction)
+    app.router.add_post("/v1/transactions/{gid}/try", views.try_branch)
+    app.router.add_post("/v1/transactions/{gid}/branches", views.register_branch)
+    app.router.add_post("/v1/transactions/{gid}/confirm", views.confirm)
+    app.router.add_post("/v1/transactions/{gid}/cancel", views.cancel)

@@ -1,0 +1,100 @@
+"""Configuration from ``TCC_*`` environment variables; ``tcc serve`` mirrors each as a flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from coordinator.retry import RetryPolicy
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tcc-coordinator")) / "pgdata"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TCC_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres URL; when unset an embedded Postgres is started in data_dir",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the embedded Postgres keeps its data (kept across restarts)",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on")
+    port: int = Field(default=36789, ge=0, le=65535, description="Port of the HTTP API")
+
+    default_timeout_s: float = Field(
+        default=60.0, gt=0, description="Transaction timeout when a begin gives none"
+    )
+    max_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Largest timeout_s a client may ask for"
+    )
+    call_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of one participant call (per transaction too)"
+    )
+    max_call_timeout_s: float = Field(
+        default=120.0, gt=0, description="Largest call_timeout_s a client may ask for"
+    )
+    confirm_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long confirm/cancel/auto requests wait for phase two before 202",
+    )
+
+    retry_initial_s: float = Field(default=0.5, gt=0, description="First retry delay ceiling")
+    retry_coefficient: float = Field(default=2.0, ge=1, description="Backoff growth per round")
+    retry_max_s: float = Field(default=60.0, gt=0, description="Largest retry delay")
+    give_up_after_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="After this long in phase two a transaction is parked as failed_to_*",
+    )
+
+    recovery_interval_s: float = Field(
+        default=1.0, gt=0, description="How often each coordinator scans for due work"
+    )
+    recovery_batch: int = Field(default=100, ge=1, description="Transactions claimed per scan")
+    lease_ttl_s: float = Field(
+        default=30.0, gt=0, description="How long a claim on a transaction lasts unrenewed"
+    )
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body")
+    max_branches: int = Field(default=100, ge=1, description="Branches per transaction")
+    max_response_bytes: int = Field(
+        default=65_536, ge=256, description="Bytes of a participant reply kept and logged"
+    )
+
+    pool_min_size: int = Field(default=2, ge=1, description="Database pool minimum")
+    pool_max_size: int = Field(default=20, ge=1, description="Database pool maximum")
+    migrate: bool = Field(default=True, description="Apply migrations when serve starts")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON otherwise"
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Settings:
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s must not exceed max_timeout_s")
+        if self.call_timeout_s > self.max_call_timeout_s:
+            raise ValueError("call_timeout_s must not exceed max_call_timeout_s")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        return self
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            initial_interval=self.retry_initial_s,
+            backoff_coefficient=self.retry_coefficient,
+            maximum_interval=self.retry_max_s,
+            give_up_after=self.give_up_after_s,
+        )

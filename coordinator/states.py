@@ -1,0 +1,275 @@
+"""The TCC protocol as pure data and functions: no I/O, no clock, no database.
+
+Everything the coordinator decides goes through here; the store turns the same
+tables into compare-and-set SQL (``WHERE status = ANY(sources)``), so the rules
+cannot drift between Python and the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class GlobalStatus(StrEnum):
+    TRYING = "trying"
+    CONFIRMING = "confirming"
+    CONFIRMED = "confirmed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FAILED_TO_CONFIRM = "failed_to_confirm"
+    FAILED_TO_CANCEL = "failed_to_cancel"
+
+
+class BranchStatus(StrEnum):
+    REGISTERED = "registered"
+    TRIED = "tried"
+    TRY_FAILED = "try_failed"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+
+
+class Phase(StrEnum):
+    TRY = "try"
+    CONFIRM = "confirm"
+    CANCEL = "cancel"
+
+
+class Decision(StrEnum):
+    CONFIRM = "confirm"
+    CANCEL = "cancel"
+
+
+class InvalidTransition(Exception):
+    """A status change the protocol forbids."""
+
+    def __init__(self, kind: str, source: str, target: str) -> None:
+        super().__init__(f"{kind} cannot move from {source!r} to {target!r}")
+        self.source = source
+        self.target = target
+
+
+GLOBAL_TRANSITIONS: Mapping[GlobalStatus, frozenset[GlobalStatus]] = {
+    GlobalStatus.TRYING: frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING}),
+    GlobalStatus.CONFIRMING: frozenset({GlobalStatus.CONFIRMED, GlobalStatus.FAILED_TO_CONFIRM}),
+    GlobalStatus.CANCELLING: frozenset({GlobalStatus.CANCELLED, GlobalStatus.FAILED_TO_CANCEL}),
+    # Parked for an operator; an admin retry moves them back into phase two.
+    GlobalStatus.FAILED_TO_CONFIRM: frozenset({GlobalStatus.CONFIRMING}),
+    GlobalStatus.FAILED_TO_CANCEL: frozenset({GlobalStatus.CANCELLING}),
+    GlobalStatus.CONFIRMED: frozenset(),
+    GlobalStatus.CANCELLED: frozenset(),
+}
+
+BRANCH_TRANSITIONS: Mapping[BranchStatus, frozenset[BranchStatus]] = {
+    # A branch registered without a coordinator-run try (the client tried it
+    # itself) may be confirmed straight away; any branch may be cancelled, even
+    # one whose try never ran or never answered (an empty compensation).
+    BranchStatus.REGISTERED: frozenset(
+        {
+            BranchStatus.TRIED,
+            BranchStatus.TRY_FAILED,
+            BranchStatus.CONFIRMED,
+            BranchStatus.CANCELLED,
+        }
+    ),
+    BranchStatus.TRIED: frozenset({BranchStatus.CONFIRMED, BranchStatus.CANCELLED}),
+    BranchStatus.TRY_FAILED: frozenset({BranchStatus.CANCELLED}),
+    BranchStatus.CONFIRMED: frozenset(),
+    BranchStatus.CANCELLED: frozenset(),
+}
+
+FINAL_STATUSES = frozenset({GlobalStatus.CONFIRMED, GlobalStatus.CANCELLED})
+PARKED_STATUSES = frozenset({GlobalStatus.FAILED_TO_CONFIRM, GlobalStatus.FAILED_TO_CANCEL})
+ACTIVE_STATUSES = frozenset({GlobalStatus.TRYING, GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING})
+PHASE_TWO_STATUSES = frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING})
+
+
+def can_move(source: GlobalStatus, target: GlobalStatus) -> bool:
+    return target in GLOBAL_TRANSITIONS[source]
+
+
+def can_move_branch(source: BranchStatus, target: BranchStatus) -> bool:
+    return target in BRANCH_TRANSITIONS[source]
+
+
+def check_move(source: GlobalStatus, target: GlobalStatus) -> None:
+    if not can_move(source, target):
+        raise InvalidTransition("transaction", source, target)
+
+
+def check_move_branch(source: BranchStatus, target: BranchStatus) -> None:
+    if not can_move_branch(source, target):
+        raise InvalidTransition("branch", source, target)
+
+
+def sources_of(target: GlobalStatus) -> list[str]:
+    """Statuses a transaction may be in for a move to ``target``: the CAS guard."""
+    return sorted(s.value for s, targets in GLOBAL_TRANSITIONS.items() if target in targets)
+
+
+def branch_sources_of(target: BranchStatus) -> list[str]:
+    return sorted(s.value for s, targets in BRANCH_TRANSITIONS.items() if target in targets)
+
+
+# --- decisions ---------------------------------------------------------------
+
+
+def phase_status(decision: Decision) -> GlobalStatus:
+    """The global status that records a decision: durable before phase two starts."""
+    return GlobalStatus.CONFIRMING if decision is Decision.CONFIRM else GlobalStatus.CANCELLING
+
+
+def final_status(decision: Decision) -> GlobalStatus:
+    return GlobalStatus.CONFIRMED if decision is Decision.CONFIRM else GlobalStatus.CANCELLED
+
+
+def parked_status(decision: Decision) -> GlobalStatus:
+    if decision is Decision.CONFIRM:
+        return GlobalStatus.FAILED_TO_CONFIRM
+    return GlobalStatus.FAILED_TO_CANCEL
+
+
+def decision_of(status: GlobalStatus) -> Decision | None:
+    """Which decision a status carries, or None while still trying."""
+    if status in (
+        GlobalStatus.CONFIRMING,
+        GlobalStatus.CONFIRMED,
+        GlobalStatus.FAILED_TO_CONFIRM,
+    ):
+        return Decision.CONFIRM
+    if status in (
+        GlobalStatus.CANCELLING,
+        GlobalStatus.CANCELLED,
+        GlobalStatus.FAILED_TO_CANCEL,
+    ):
+        return Decision.CANCEL
+    return None
+
+
+def phase_of(decision: Decision) -> Phase:
+    return Phase.CONFIRM if decision is Decision.CONFIRM else Phase.CANCEL
+
+
+def branch_done_status(decision: Decision) -> BranchStatus:
+    return BranchStatus.CONFIRMED if decision is Decision.CONFIRM else BranchStatus.CANCELLED
+
+
+@dataclass(frozen=True, slots=True)
+class BranchView:
+    """What the protocol needs to know about a branch to judge a confirm."""
+
+    branch_id: str
+    status: BranchStatus
+    coordinator_runs_try: bool
+
+
+def confirm_refusal(
+    status: GlobalStatus,
+    deadline_passed: bool,
+    branches: Iterable[BranchView],
+    cancel_reason: str | None = None,
+) -> str | None:
+    """Why a confirm must be refused now, or None if the transaction may confirm.
+
+    Only a transaction that is still trying can be decided; callers handle the
+    idempotent repeats (already confirming/confirmed) before asking.
+    """
+    if status is not GlobalStatus.TRYING:
+        if decision_of(status) is Decision.CANCEL:
+            return f"transaction was cancelled ({cancel_reason or 'unknown reason'})"
+        return f"transaction is {status.value}"
+    if deadline_passed:
+        return "the transaction deadline has passed"
+    for branch in branches:
+        if branch.status is BranchStatus.TRY_FAILED:
+            return f"try failed for branch {branch.branch_id!r}"
+        if branch.status is BranchStatus.REGISTERED and branch.coordinator_runs_try:
+            return f"try of branch {branch.branch_id!r} has not answered yet"
+    return None
+
+
+def branches_to_call(decision: Decision, branches: Iterable[BranchView]) -> list[str]:
+    """Branches that still need their phase-two call for this decision."""
+    done = branch_done_status(decision)
+    return [b.branch_id for b in branches if b.status is not done]
+
+
+# --- participant replies -----------------------------------------------------
+
+
+class TryVerdict(StrEnum):
+    TRIED = "tried"
+    REFUSED = "refused"  # 4xx: the business said no; final
+    FAILED = "failed"  # 5xx, timeout, connection error
+
+
+def judge_try(http_status: int | None) -> TryVerdict:
+    """Classify a try reply; ``None`` means no HTTP answer (timeout, refused connection)."""
+    if http_status is None:
+        return TryVerdict.FAILED
+    if 200 <= http_status < 300:
+        return TryVerdict.TRIED
+    if 400 <= http_status < 500:
+        return TryVerdict.REFUSED
+    return TryVerdict.FAILED
+
+
+def judge_phase_two(phase: Phase, http_status: int | None) -> bool:
+    """True when a confirm/cancel reply means the branch is done."""
+    if http_status is None:
+        return False
+    if 200 <= http_status < 300:
+        return True
+    # Nothing to compensate: the participant never saw the try.
+    return phase is Phase.CANCEL and http_status in (404, 410)
+
+
+def decision_after_tries(verdicts: Iterable[TryVerdict]) -> Decision:
+    """The decision the coordinator takes itself when it runs all tries (auto mode)."""
+    return Decision.CONFIRM if all(v is TryVerdict.TRIED for v in verdicts) else Decision.CANCEL
+
+
+class Verdict(StrEnum):
+    DECIDE = "decide"  # take the decision now
+    ALREADY = "already"  # the same decision was taken before: an idempotent repeat
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: Verdict
+    reason: str | None = None
+
+
+def judge_decision(
+    requested: Decision,
+    status: GlobalStatus,
+    deadline_passed: bool,
+    branches: Iterable[BranchView],
+    cancel_reason: str | None = None,
+) -> Judgement:
+    """May ``requested`` be taken on a transaction in this state?"""
+    current = decision_of(status)
+    if current is requested:
+        return Judgement(Verdict.ALREADY)
+    if current is not None:
+        if current is Decision.CANCEL:
+            return Judgement(
+                Verdict.REFUSE, f"transaction was cancelled ({cancel_reason or 'unknown reason'})"
+            )
+        return Judgement(Verdict.REFUSE, f"transaction is already {status.value}")
+    if requested is Decision.CONFIRM:
+        refusal = confirm_refusal(status, deadline_passed, branches, cancel_reason)
+        if refusal is not None:
+            return Judgement(Verdict.REFUSE, refusal)
+    return Judgement(Verdict.DECIDE)
+
+
+def round_outcome(decision: Decision, all_done: bool, budget_spent: bool) -> GlobalStatus:
+    """Where a phase-two round leaves the transaction."""
+    if all_done:
+        return final_status(decision)
+    if budget_spent:
+        return parked_status(decision)
+    return phase_status(decision)

@@ -1,0 +1,511 @@
+"""The transaction log in Postgres, in domain words. Every query is in sql/queries.sql."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from coordinator import states
+from coordinator.exceptions import Conflict, DatabaseUnavailable, LimitExceeded, NotFound
+from coordinator.models import (
+    Branch,
+    Event,
+    Lease,
+    NewBranch,
+    NewTransaction,
+    Transaction,
+    TransactionDetail,
+)
+from coordinator.states import (
+    BranchStatus,
+    Decision,
+    GlobalStatus,
+    Judgement,
+    Phase,
+    TryVerdict,
+    Verdict,
+)
+
+_BLOCK_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+# Errors that mean "the database is not there right now", not "the query is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    TimeoutError,
+)
+
+
+DbConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named blocks of sql/queries.sql, parsed once."""
+    text = resources.files("coordinator").joinpath("sql/queries.sql").read_text("utf-8")
+    parts = _BLOCK_HEADER.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    return pool
+
+
+def _transaction(row: asyncpg.Record) -> Transaction:
+    return Transaction(
+        gid=row["gid"],
+        status=GlobalStatus(row["status"]),
+        dialect=row["dialect"],
+        service=row["service"],
+        metadata=row["metadata"],
+        timeout_s=row["timeout_s"],
+        call_timeout_s=row["call_timeout_s"],
+        deadline=row["deadline"],
+        cancel_reason=row["cancel_reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        decided_at=row["decided_at"],
+        finished_at=row["finished_at"],
+        phase_attempts=row["phase_attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+    )
+
+
+def _branch(row: asyncpg.Record) -> Branch:
+    return Branch(
+        gid=row["gid"],
+        branch_id=row["branch_id"],
+        position=row["position"],
+        name=row["name"],
+        try_url=row["try_url"],
+        confirm_url=row["confirm_url"],
+        cancel_url=row["cancel_url"],
+        payload=row["payload"],
+        status=BranchStatus(row["status"]),
+        attempts=row["attempts"],
+        last_http_status=row["last_http_status"],
+        last_error=row["last_error"],
+        last_latency_ms=row["last_latency_ms"],
+        next_retry_at=row["next_retry_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _event(row: asyncpg.Record) -> Event:
+    return Event(
+        id=row["id"],
+        at=row["at"],
+        kind=row["kind"],
+        branch_id=row["branch_id"],
+        phase=row["phase"],
+        http_status=row["http_status"],
+        latency_ms=row["latency_ms"],
+        error=row["error"],
+        detail=row["detail"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DecideResult:
+    transaction: Transaction
+    judgement: Judgement
+    lease: Lease | None  # set when this call took the decision
+
+
+@dataclass(frozen=True, slots=True)
+class RoundContext:
+    transaction: Transaction
+    branches: list[Branch]
+    budget_spent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One participant call as the timeline keeps it."""
+
+    http_status: int | None
+    error: str | None
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    status: GlobalStatus | None = None
+    service: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    after: tuple[datetime, str] | None = None  # cursor: last (created_at, gid) seen
+    limit: int = 50
+
+
+class Store:
+    """Every read and write of the transaction log."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+    @asynccontextmanager
+    async def _transaction_block(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchval(q("ping"))
+
+    # --- events ------------------------------------------------------------
+
+    @staticmethod
+    async def _event(
+        conn: asyncpg.pool.PoolConnectionProxy,
+        gid: str,
+        kind: str,
+        *,
+        branch_id: str | None = None,
+        phase: Phase | None = None,
+        call: CallRecord | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await conn.execute(
+            q("insert_event"),
+            gid,
+            kind,
+            branch_id,
+            phase.value if phase else None,
+            call.http_status if call else None,
+            call.latency_ms if call else None,
+            call.error if call else None,
+            detail or {},
+        )
+
+    # --- begin and register ---------------------------------------------------
+
+    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
+        """Log a new transaction; a repeat with the same request returns the original."""
+        async with self._transaction_block() as conn:
+            row = await conn.fetchrow(
+                q("insert_transaction"),
+                new.gid,
+                new.dialect,
+                new.service,
+                new.metadata,
+                new.request_hash,
+                new.timeout_s,
+                new.call_timeout_s,
+            )
+            if row is None:
+                existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
+                if existing_hash != new.request_hash:
+                    raise Conflict(
+                        f"transaction {new.gid!r} already exists with a different request"
+                    )
+                original = await conn.fetchrow(q("get_transaction"), new.gid)
+                assert original is not None  # rows are never deleted
+                return _transaction(original), False
+            await self._event(
+                conn,
+                new.gid,
+                "begin",
+                detail={"timeout_s": new.timeout_s, "service": new.service},
+            )
+            for branch in new.branches:
+                await self._insert_branch(conn, new.gid, branch)
+            return _transaction(row), True
+
+    async def _insert_branch(
+        self, conn: asyncpg.pool.PoolConnectionProxy, gid: str, new: NewBranch
+    ) -> asyncpg.Record | None:
+        row = await conn.fetchrow(
+            q("insert_branch"),
+            gid,
+            new.branch_id,
+            new.name,
+            new.try_url,
+            new.confirm_url,
+            new.cancel_url,
+            new.payload,
+            new.request_hash,
+        )
+        if row is not None:
+            await self._event(
+                conn,
+                gid,
+                "branch_registered",
+                branch_id=new.branch_id,
+                detail={"name": new.name, "coordinator_runs_try": new.try_url is not None},
+            )
+        return row
+
+    async def register_branch(
+        self, gid: str, new: NewBranch, max_branches: int
+    ) -> tuple[Branch, bool]:
+        """Add a branch while the transaction is trying; an identical repeat is a no-op."""
+        async with self._transaction_block() as conn:
+            txn = await conn.fetchrow(q("lock_transaction"), gid)
+            if txn is None:
+                raise NotFound(f"no transaction {gid!r}")
+            existing = await conn.fetchrow(q("get_branch"), gid, new.branch_id)
+            if existing is not None:
+                if existing["request_hash"] != new.request_hash:
+                    raise Conflict(
+                        f"branch {new.branch_id!r} is already registered with other values"
+                    )
+                return _branch(existing), False
+            if txn["status"] != GlobalStatus.TRYING:
+                raise Conflict(
+                    f"transaction is {txn['status']}; branches can only be added while trying"
+                )
+            if txn["deadline_passed"]:
+                raise Conflict("the transaction deadline has passed")
+            if await conn.fetchval(q("count_branches"), gid) >= max_branches:
+                raise LimitExceeded(f"a transaction may have at most {max_branches} branches")
+            row = await self._insert_branch(conn, gid, new)
+            assert row is not None  # the row lock above rules out a concurrent insert
+            return _branch(row), True
+
+    async def record_try(
+        self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
+    ) -> Branch | None:
+        """Store a try's outcome; None when the branch had already moved on."""
+        target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
+        async with self._transaction_block() as conn:
+            row = await conn.fetchrow(
+                q("record_try_result"),
+                gid,
+                branch_id,
+                target.value,
+                call.http_status,
+                call.error,
+                call.latency_ms,
+                states.branch_sources_of(target),
+            )
+            await self._event(
+                conn,
+                gid,
+                "try_result",
+                branch_id=branch_id,
+                phase=Phase.TRY,
+                call=call,
+                detail={"verdict": verdict.value, "late": row is None},
+            )
+        return _branch(row) if row is not None else None
+
+    # --- decisions -------------------------------------------------------------
+
+    async def decide(
+        self,
+        gid: str,
+        decision: Decision,
+        *,
+        reason: str | None,
+        owner: str,
+        lease_ttl_s: float,
+    ) -> DecideResult:
+        """Take a decision if the protocol allows it; durable when this returns."""
+        target = states.phase_status(decision)
+        async with self._transaction_block() as conn:
+            txn = await conn.fetchrow(q("lock_transaction"), gid)
+            if txn is None:
+                raise NotFound(f"no transaction {gid!r}")
+            branches = [_branch(r) for r in await conn.fetch(q("list_branches"), gid)]
+            judgement = states.judge_decision(
+                decision,
+                GlobalStatus(txn["status"]),
+                txn["deadline_passed"],
+                [b.view for b in branches],
+                txn["cancel_reason"],
+            )
+            if judgement.verdict is not Verdict.DECIDE:
+                return DecideResult(_transaction(txn), judgement, None)
+            row = await conn.fetchrow(
+                q("decide"),
+                gid,
+                target.value,
+                reason if decision is Decision.CANCEL else None,
+                owner,
+                lease_ttl_s,
+                states.sources_of(target),
+            )
+            assert row is not None  # the row is locked and its status was checked
+            await self._event(
+                conn, gid, "decision", detail={"decision": decision.value, "reason": reason}
+            )
+            return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
+
+    # --- leases and phase two ----------------------------------------------------
+
+    async def claim_due(
+        self, owner: str, limit: int, lease_ttl_s: float
+    ) -> list[tuple[Lease, GlobalStatus]]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(q("claim_due"), owner, limit, lease_ttl_s)
+        return [(Lease(r["gid"], str(r["lease_token"])), GlobalStatus(r["status"])) for r in rows]
+
+    async def renew_lease(self, lease: Lease, lease_ttl_s: float) -> bool:
+        async with self.connection() as conn:
+            return (
+                await conn.fetchval(q("renew_lease"), lease.gid, lease.token, lease_ttl_s)
+                is not None
+            )
+
+    async def release_lease(self, lease: Lease) -> None:
+        async with self.connection() as conn:
+            await conn.execute(q("release_lease"), lease.gid, lease.token)
+
+    async def round_context(self, lease: Lease, give_up_after_s: float) -> RoundContext | None:
+        """The transaction and its branches, or None if the lease was lost."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(q("round_context"), lease.gid, lease.token, give_up_after_s)
+            if row is None:
+                return None
+            branches = [_branch(r) for r in await conn.fetch(q("list_branches"), lease.gid)]
+        return RoundContext(_transaction(row), branches, bool(row["budget_spent"]))
+
+    async def record_phase_call(
+        self,
+        lease: Lease,
+        branch_id: str,
+        decision: Decision,
+        done: bool,
+        call: CallRecord,
+    ) -> bool:
+        """Store one confirm/cancel reply; False if the lease was lost (fenced out)."""
+        target = states.branch_done_status(decision)
+        phase = states.phase_of(decision)
+        async with self._transaction_block() as conn:
+            row = await conn.fetchrow(
+                q("record_phase_call"),
+                lease.gid,
+                branch_id,
+                done,
+                target.value,
+                call.http_status,
+                call.error,
+                call.latency_ms,
+                lease.token,
+                states.branch_sources_of(target),
+            )
+            await self._event(
+                conn,
+                lease.gid,
+                f"{phase.value}_call",
+                branch_id=branch_id,
+                phase=phase,
+                call=call,
+                detail={"done": done, "fenced": row is None},
+            )
+        return row is not None
+
+    async def finish_round(
+        self,
+        lease: Lease,
+        decision: Decision,
+        outcome: GlobalStatus,
+        retry_in_s: float,
+        pending: Iterable[str],
+    ) -> Transaction | None:
+        """End a round and release the lease; None if the lease was lost."""
+        phase_status = states.phase_status(decision)
+        async with self._transaction_block() as conn:
+            row = await conn.fetchrow(
+                q("finish_round"),
+                lease.gid,
+                lease.token,
+                outcome.value,
+                [phase_status.value],
+                retry_in_s,
+            )
+            if row is None:
+                return None
+            txn = _transaction(row)
+            if outcome is phase_status:
+                await conn.execute(
+                    q("schedule_branch_retry"), lease.gid, list(pending), txn.next_attempt_at
+                )
+                await self._event(
+                    conn,
+                    lease.gid,
+                    "retry_scheduled",
+                    detail={"round": txn.phase_attempts, "pending": sorted(pending)},
+                )
+            else:
+                await self._event(
+                    conn, lease.gid, outcome.value, detail={"rounds": txn.phase_attempts}
+                )
+            return txn
+
+    # --- reads -------------------------------------------------------------------
+
+    async def get(self, gid: str) -> Transaction:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(q("get_transaction"), gid)
+        if row is None:
+            raise NotFound(f"no transaction {gid!r}")
+        return _transaction(row)
+
+    async def detail(self, gid: str) -> TransactionDetail:
+        async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
+            row = await conn.fetchrow(q("get_transaction"), gid)
+            if row is None:
+                raise NotFound(f"no transaction {gid!r}")
+            branches = await conn.fetch(q("list_branches"), gid)
+            events = await conn.fetch(q("list_events"), gid)
+        return TransactionDetail(
+            _transaction(row), [_branch(b) for b in branches], [_event(e) for e in events]
+        )
+
+    async def list(self, flt: ListFilter) -> list[Transaction]:
+        after_at, after_gid = flt.after if flt.after else (None, None)
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                q("list_transactions"),
+                flt.status.value if flt.status else None,
+                flt.service,
+                flt.created_from,
+                flt.created_to,
+                after_at,
+                after_gid,
+                flt.limit,
+            )
+        return [_transaction(r) for r in rows]

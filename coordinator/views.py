@@ -1,0 +1,259 @@
+"""Thin HTTP handlers: parse, call the engine once, render."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator import migrator, states
+from coordinator.exceptions import LimitExceeded
+from coordinator.keys import ENGINE, SETTINGS, STORE
+from coordinator.models import TransactionDetail
+from coordinator.problems import BadRequest, problem
+from coordinator.schemas import (
+    BeginIn,
+    BranchIn,
+    BranchOut,
+    EmptyIn,
+    EventOut,
+    ParticipantReplyOut,
+    TransactionDetailOut,
+    TransactionOut,
+    TransactionPageOut,
+    TryBranchIn,
+    TryOut,
+    is_valid_gid,
+)
+from coordinator.states import BranchStatus, GlobalStatus, TryVerdict
+from coordinator.store import ListFilter
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return model.model_validate_json(raw)
+
+
+def path_gid(request: web.Request) -> str:
+    gid = request.match_info["gid"]
+    if not is_valid_gid(gid):
+        raise BadRequest("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return gid
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=model.model_dump_json(), content_type="application/json"
+    )
+
+
+def render_detail(detail: TransactionDetail) -> TransactionDetailOut:
+    base = TransactionOut.of(detail.transaction)
+    return TransactionDetailOut(
+        **base.model_dump(),
+        branches=[BranchOut.of(b) for b in detail.branches],
+        events=[EventOut.of(e) for e in detail.events],
+    )
+
+
+def outcome_status(status: GlobalStatus) -> int:
+    """200 once phase two is over; 202 while the coordinator is still working on it."""
+    return 200 if status in states.FINAL_STATUSES else 202
+
+
+# --- transactions ------------------------------------------------------------------
+
+
+async def begin(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    engine = request.app[ENGINE]
+    body = await read_body(request, BeginIn)
+    for field, value, limit in (
+        ("timeout_s", body.timeout_s, settings.max_timeout_s),
+        ("call_timeout_s", body.call_timeout_s, settings.max_call_timeout_s),
+    ):
+        if value is not None and value > limit:
+            raise LimitExceeded(f"{field}: must be at most {limit:g} seconds")
+    if len(body.branches) > settings.max_branches:
+        raise LimitExceeded(f"branches: at most {settings.max_branches} per transaction")
+    new = body.to_new(settings.default_timeout_s)
+    txn, created = await engine.begin(new)
+    location = {"Location": f"/v1/transactions/{txn.gid}"}
+    if not created:
+        detail = await engine.store.detail(txn.gid)
+        response = json_response(render_detail(detail), 200)
+    elif body.auto:
+        detail = await engine.store.detail(txn.gid)
+        final = await engine.run_auto(txn, detail.branches)
+        detail = await engine.store.detail(final.gid)
+        response = json_response(
+            render_detail(detail), 201 if final.status in states.FINAL_STATUSES else 202
+        )
+    else:
+        detail = await engine.store.detail(txn.gid)
+        response = json_response(render_detail(detail), 201)
+    response.headers.update(location)
+    return response
+
+
+async def register_branch(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    body = await read_body(request, BranchIn)
+    branch, created = await request.app[ENGINE].register(gid, body.to_new())
+    return json_response(BranchOut.of(branch), 201 if created else 200)
+
+
+async def try_branch(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    engine = request.app[ENGINE]
+    body = await read_body(request, TryBranchIn)
+    branch, created = await engine.register(gid, body.to_new())
+    if not created:
+        # A repeat: report what the log knows, never call try a second time.
+        txn = await engine.store.get(gid)
+        verdict = {
+            BranchStatus.REGISTERED: "pending",
+            BranchStatus.TRY_FAILED: TryVerdict.FAILED.value,
+        }.get(branch.status, TryVerdict.TRIED.value)
+        out = TryOut(
+            verdict=verdict,
+            transaction_status=txn.status,
+            branch=BranchOut.of(branch),
+            participant=None,
+        )
+        return _try_response(out)
+    txn = await engine.store.get(gid)
+    outcome = await engine.try_branch(txn, branch)
+    txn = await engine.store.get(gid)
+    out = TryOut(
+        verdict=outcome.verdict.value,
+        transaction_status=txn.status,
+        branch=BranchOut.of(outcome.branch) if outcome.branch else None,
+        participant=ParticipantReplyOut(
+            http_status=outcome.result.http_status,
+            body=outcome.result.body,
+            error=outcome.result.error,
+            latency_ms=outcome.result.latency_ms,
+        ),
+    )
+    return _try_response(out)
+
+
+def _try_response(out: TryOut) -> web.Response:
+    if out.verdict == TryVerdict.TRIED.value:
+        return json_response(out, 200)
+    if out.verdict == "pending":
+        return json_response(out, 202)
+    status = 409 if out.verdict == TryVerdict.REFUSED.value else 502
+    branch_id = out.branch.branch_id if out.branch else "?"
+    detail = (
+        f"the participant refused the try of branch {branch_id!r}"
+        if status == 409
+        else f"the try of branch {branch_id!r} failed"
+    )
+    return problem(
+        status,
+        f"{detail}; the transaction is {out.transaction_status.value}",
+        **out.model_dump(mode="json"),
+    )
+
+
+async def confirm(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    await read_body(request, EmptyIn)
+    txn = await request.app[ENGINE].confirm(gid)
+    detail = await request.app[STORE].detail(txn.gid)
+    return json_response(render_detail(detail), outcome_status(txn.status))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    await read_body(request, EmptyIn)
+    txn = await request.app[ENGINE].cancel(gid)
+    detail = await request.app[STORE].detail(txn.gid)
+    return json_response(render_detail(detail), outcome_status(txn.status))
+
+
+async def get_transaction(request: web.Request) -> web.Response:
+    detail = await request.app[STORE].detail(path_gid(request))
+    return json_response(render_detail(detail))
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: GlobalStatus | None = None
+    service: str | None = Field(default=None, min_length=1, max_length=200)
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=400)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+def encode_cursor(created_at: datetime, gid: str) -> str:
+    raw = json.dumps([created_at.isoformat(), gid]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, gid = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(gid)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadRequest("cursor: not a cursor this API returned") from exc
+
+
+async def list_transactions(request: web.Request) -> web.Response:
+    query = ListQuery.model_validate(dict(request.query))
+    for name, value in (("created_from", query.created_from), ("created_to", query.created_to)):
+        if value is not None and value.tzinfo is None:
+            raise BadRequest(f"{name}: give a time zone, e.g. 2026-01-01T00:00:00Z")
+    rows = await request.app[STORE].list(
+        ListFilter(
+            status=query.status,
+            service=query.service,
+            created_from=query.created_from,
+            created_to=query.created_to,
+            after=decode_cursor(query.cursor) if query.cursor else None,
+            limit=query.limit + 1,  # one more tells whether there is a next page
+        )
+    )
+    page, more = rows[: query.limit], len(rows) > query.limit
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].gid) if more else None
+    out = TransactionPageOut(
+        transactions=[TransactionOut.of(t) for t in page], next_cursor=next_cursor
+    )
+    return json_response(out)
+
+
+# --- health ----------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    async with store.connection() as conn:
+        pending = await migrator.pending_migrations(conn)
+    if pending:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+        return problem(503, f"migrations not applied: {names}")
+    return web.json_response({"status": "ready", "database": "ok", "migrations": "current"})

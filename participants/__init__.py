@@ -1,0 +1,1 @@
+"""Participant toolkit and sample services."""
