@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ class RetryPolicy:
 
     ``attempt`` counts phase-two rounds already made (1 after the first).
     The delay before the next round is uniform in ``[0, min(cap, initial * coef^(attempt-1))]``,
-    never below ``minimum_interval`` so a run of zero draws cannot spin.
+    and never below ``minimum_interval`` (unless the ceiling itself is lower).
     """
 
     initial_interval: float = 0.5
@@ -22,20 +23,34 @@ class RetryPolicy:
     give_up_after: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
-        if self.initial_interval <= 0 or self.maximum_interval <= 0:
-            raise ValueError("retry intervals must be positive")
-        if self.backoff_coefficient < 1:
-            raise ValueError("backoff_coefficient must be at least 1")
-        if self.give_up_after <= 0:
+        if not all(
+            math.isfinite(v) and v > 0 for v in (self.initial_interval, self.maximum_interval)
+        ):
+            raise ValueError("retry intervals must be positive and finite")
+        if not (math.isfinite(self.give_up_after) and self.give_up_after > 0):
             raise ValueError("give_up_after must be positive")
+        if not (math.isfinite(self.backoff_coefficient) and self.backoff_coefficient >= 1):
+            raise ValueError("backoff_coefficient must be at least 1")
+        if not (math.isfinite(self.minimum_interval) and self.minimum_interval >= 0):
+            raise ValueError("minimum_interval must be zero or positive")
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay allowed after ``attempt`` rounds."""
         exponent = max(attempt - 1, 0)
-        # Cap the exponent so huge attempt counts do not overflow a float.
-        growth = self.backoff_coefficient ** min(exponent, 64)
-        return min(self.maximum_interval, self.initial_interval * growth)
+        if self.initial_interval >= self.maximum_interval or self.backoff_coefficient == 1:
+            return min(self.maximum_interval, self.initial_interval)
+        # Compare in log space so no coefficient or attempt count can overflow a float.
+        steps_to_cap = math.log(self.maximum_interval / self.initial_interval) / math.log(
+            self.backoff_coefficient
+        )
+        if exponent >= steps_to_cap:
+            return self.maximum_interval
+        return min(
+            self.maximum_interval, self.initial_interval * self.backoff_coefficient**exponent
+        )
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        draw = (rng or random).uniform(0.0, self.ceiling(attempt))
-        return max(self.minimum_interval, draw)
+        ceiling = self.ceiling(attempt)
+        draw = (rng or random).uniform(0.0, ceiling)
+        # The floor keeps a run of near-zero draws from spinning, but never passes the ceiling.
+        return max(min(self.minimum_interval, ceiling), draw)

@@ -10,6 +10,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -136,9 +137,13 @@ class CoordinatorClient:
         return self.base.rstrip("/") + path
 
     async def request(
-        self, method: str, path: str, json: object = None, data: bytes | str | None = None,
+        self,
+        method: str,
+        path: str,
+        json: object = None,
+        data: bytes | str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> tuple[int, object, aiohttp.ClientResponse]:
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
         async with self.session.request(
             method, self.url(path), json=json, data=data, headers=headers
         ) as resp:
@@ -146,16 +151,16 @@ class CoordinatorClient:
             import json as _json
 
             try:
-                body: object = _json.loads(text) if text else None
+                body: Any = _json.loads(text) if text else None
             except ValueError:
                 body = text
             return resp.status, body, resp
 
-    async def post(self, path: str, json: object = None) -> tuple[int, object]:
+    async def post(self, path: str, json: object = None) -> tuple[int, Any]:
         status, body, _ = await self.request("POST", path, json=json)
         return status, body
 
-    async def get(self, path: str) -> tuple[int, object]:
+    async def get(self, path: str) -> tuple[int, Any]:
         status, body, _ = await self.request("GET", path)
         return status, body
 

@@ -275,7 +275,9 @@ async def test_cancel__participant_404_means_nothing_to_compensate(
     coordinator: CoordinatorClient, participant: FakeParticipant
 ) -> None:
     await begin(coordinator, "gone")
-    await coordinator.post("/v1/transactions/gone/branches", participant.branch("b", with_try=False))
+    await coordinator.post(
+        "/v1/transactions/gone/branches", participant.branch("b", with_try=False)
+    )
     participant.script("cancel", Reply(status=404))
     status, out = await coordinator.post("/v1/transactions/gone/cancel")
     assert (status, out["status"]) == (200, "cancelled")

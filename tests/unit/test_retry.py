@@ -189,22 +189,19 @@ def test_delay__without_a_random__uses_the_module_random(monkeypatch: pytest.Mon
     assert calls == [(0.0, 2.0)]
 
 
-# --- known gaps: strict xfails so they start failing (and get removed) once fixed -------
+# --- edge cases of the cap and the floor ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="exponent capped at 64: slow growth plateaus below the cap")
 def test_ceiling__with_a_small_coefficient__still_reaches_the_maximum_eventually() -> None:
     policy = RetryPolicy(backoff_coefficient=1.05)  # 0.5 * 1.05**64 is only ~11.4s
     assert policy.ceiling(1_000) == policy.maximum_interval
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="coefficient**64 overflows a float")
 def test_ceiling__with_a_huge_coefficient__is_capped_instead_of_overflowing() -> None:
     policy = RetryPolicy(backoff_coefficient=1e6)
     assert policy.ceiling(100) == policy.maximum_interval
 
 
-@pytest.mark.xfail(strict=True, reason="minimum_interval is not validated against the ceiling")
 def test_delay__never_exceeds_the_ceiling_even_with_a_tiny_initial_interval() -> None:
     policy = RetryPolicy(initial_interval=0.01)  # below the default minimum_interval of 0.05
     assert policy.delay(1, FixedDraw(1.0)) <= policy.ceiling(1)
