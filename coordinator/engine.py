@@ -93,7 +93,10 @@ class Engine:
         )
         reason = f"try_failed: {failed}" if failed else None
         result = await self.decide(txn.gid, decision, reason=reason)
-        return await self.wait_for(result.transaction.gid)
+        if result.judgement.verdict is Verdict.REFUSE and decision is Decision.CONFIRM:
+            # The deadline passed while the tries ran: cancel now rather than wait for recovery.
+            await self.decide(txn.gid, Decision.CANCEL, reason="timeout")
+        return await self.wait_for(txn.gid)
 
     async def register(self, gid: str, new: NewBranch) -> tuple[Branch, bool]:
         branch, created = await self.store.register_branch(gid, new, self.settings.max_branches)
