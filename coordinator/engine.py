@@ -166,6 +166,18 @@ class Engine:
             raise Conflict(result.judgement.reason or "refused")
         return await self.wait_for(gid)
 
+    async def retry(self, gid: str, actor: str) -> Transaction:
+        """Operator retry of a parked transaction; this process runs the first round."""
+        txn, lease = await self.store.retry_parked(
+            gid, actor=actor, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
+        )
+        log.warning(
+            "transaction_retried_by_operator", gid=gid, actor=actor, status=txn.status.value
+        )
+        if lease is not None:
+            self._spawn_drive(lease)
+        return await self.wait_for(gid)
+
     async def wait_for(self, gid: str, timeout_s: float | None = None) -> Transaction:
         """Wait (bounded) for phase-two work this process runs on ``gid``; the current state."""
         task = self._drives.get(gid)
@@ -213,6 +225,12 @@ class Engine:
                 # The lease expires by itself; the next scan after the outage continues.
                 log.warning("round_interrupted", error=str(exc))
                 return None
+            except asyncio.CancelledError:
+                # Shutting down: hand the transaction to the other coordinators at once.
+                with contextlib.suppress(DatabaseUnavailable):
+                    await asyncio.shield(self.store.release_lease(lease))
+                log.info("lease_released_on_shutdown")
+                raise
             except Exception:
                 log.exception("round_crashed")
                 with contextlib.suppress(DatabaseUnavailable):

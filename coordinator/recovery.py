@@ -9,7 +9,7 @@ import structlog
 
 from coordinator.engine import Engine
 from coordinator.exceptions import DatabaseUnavailable
-from coordinator.models import Transaction
+from coordinator.models import Lease, Transaction
 
 log = structlog.get_logger(__name__)
 
@@ -20,11 +20,11 @@ class Recovery:
         self.settings = engine.settings
         self._stopping = asyncio.Event()
 
-    async def run_once(self, wait: bool = False) -> int:
+    async def run_once(self, wait: bool = False) -> list[Lease]:
         """Claim what is due and start on it; with ``wait``, until those rounds end."""
         room = self.settings.recovery_batch - self.engine.active_drives
         if room <= 0:
-            return 0
+            return []
         claimed = await self.engine.store.claim_due(
             self.engine.owner, room, self.settings.lease_ttl_s
         )
@@ -37,7 +37,7 @@ class Recovery:
                 tasks.append(task)
         if wait and tasks:
             await asyncio.wait(tasks)
-        return len(claimed)
+        return [lease for lease, _ in claimed]
 
     async def run_forever(self) -> None:
         interval = self.settings.recovery_interval_s

@@ -17,3 +17,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/transactions/{gid}/branches", views.register_branch)
     app.router.add_post("/v1/transactions/{gid}/confirm", views.confirm)
     app.router.add_post("/v1/transactions/{gid}/cancel", views.cancel)
+    app.router.add_post("/v1/transactions/{gid}/retry", views.retry)

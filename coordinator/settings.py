@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         description="Where the embedded Postgres keeps its data (kept across restarts)",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Coordinator processes sharing the port"
+    )
     port: int = Field(default=36789, ge=0, le=65535, description="Port of the HTTP API")
 
     default_timeout_s: float = Field(

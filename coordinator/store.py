@@ -43,6 +43,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # Seen when the server goes away in the middle of a statement ("cannot switch to state").
+    asyncpg.InternalClientError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
@@ -74,7 +76,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def connect_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=10,  # connecting; an unreachable database must not hang a request
+            command_timeout=60,
         )
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
@@ -372,6 +379,33 @@ class Store:
                 conn, gid, "decision", detail={"decision": decision.value, "reason": reason}
             )
             return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
+
+    async def retry_parked(
+        self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
+    ) -> tuple[Transaction, Lease | None]:
+        """Move a failed_to_* transaction back into phase two (audited in the timeline)."""
+        async with self._transaction_block() as conn:
+            txn = await conn.fetchrow(q("lock_transaction"), gid)
+            if txn is None:
+                raise NotFound(f"no transaction {gid!r}")
+            status = GlobalStatus(txn["status"])
+            decision = states.decision_of(status)
+            if status not in states.PARKED_STATUSES or decision is None:
+                raise Conflict(
+                    f"only failed_to_confirm and failed_to_cancel transactions can be retried;"
+                    f" this one is {status.value}"
+                )
+            target = states.phase_status(decision)
+            states.check_move(status, target)
+            row = await conn.fetchrow(
+                q("retry_parked"), gid, owner, target.value, lease_ttl_s, status.value
+            )
+            assert row is not None  # locked and checked above
+            await self._event(
+                conn, gid, "admin_retry", detail={"from": status.value, "actor": actor}
+            )
+            lease = Lease(gid, str(row["lease_token"])) if row["lease_token"] else None
+            return _transaction(row), lease
 
     # --- leases and phase two ----------------------------------------------------
 

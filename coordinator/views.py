@@ -189,6 +189,14 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response(render_detail(detail), outcome_status(txn.status))
 
 
+async def retry(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    await read_body(request, EmptyIn)
+    txn = await request.app[ENGINE].retry(gid, actor="api")
+    detail = await request.app[STORE].detail(txn.gid)
+    return json_response(render_detail(detail), outcome_status(txn.status))
+
+
 async def get_transaction(request: web.Request) -> web.Response:
     detail = await request.app[STORE].detail(path_gid(request))
     return json_response(render_detail(detail))

@@ -87,6 +87,19 @@ SET status = $2, cancel_reason = $3, decided_at = now(), phase_started_at = now(
 WHERE gid = $1 AND status = ANY($6::text[])
 RETURNING *;
 
+-- name: retry_parked
+-- An operator sends a parked transaction back into phase two with a fresh retry
+-- budget. With an owner ($2) the caller runs the first round itself; without one
+-- (the CLI) the next recovery scan of any coordinator picks it up.
+UPDATE tcc_transactions
+SET status = $3, phase_started_at = now(), next_attempt_at = now(), updated_at = now(),
+    lease_owner = $2,
+    lease_token = CASE WHEN $2::text IS NULL THEN NULL ELSE gen_random_uuid() END,
+    lease_expires_at = CASE WHEN $2::text IS NULL THEN NULL
+                            ELSE now() + make_interval(secs => $4) END
+WHERE gid = $1 AND status = $5
+RETURNING *;
+
 -- name: claim_due
 -- Active transactions whose deadline or retry time has come and that nobody
 -- holds: SKIP LOCKED so that coordinators scanning together split the work.
