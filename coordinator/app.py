@@ -23,7 +23,6 @@ from coordinator.store import Store, connect_pool
 log = structlog.get_logger(__name__)
 
 RECOVERY_TASK = web.AppKey("recovery_task", asyncio.Task[None])
-SHUTDOWN_GRACE_S = 10.0
 
 
 def create_app(settings: Settings, database_url: str, *, recovery: bool = True) -> web.Application:
@@ -54,7 +53,7 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
             loop.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await engine.shutdown(SHUTDOWN_GRACE_S)
+            await engine.shutdown(settings.shutdown_grace_s)
             await session.close()
             await pool.close()
             log.info("coordinator_stopped", owner=engine.owner)

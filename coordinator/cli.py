@@ -16,7 +16,7 @@ import pydantic
 from aiohttp import web
 
 from coordinator import migrator
-from coordinator.app import SHUTDOWN_GRACE_S, create_app
+from coordinator.app import create_app
 from coordinator.caller import ParticipantCaller
 from coordinator.chaos import ChaosConfig, ChaosRun, report_json
 from coordinator.embedded import resolve_database_url
@@ -189,7 +189,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         env["TCC_DATABASE_URL"] = url
         return Supervisor(settings.workers, env).run()
     app = create_app(settings, url)
-    # SIGTERM: stop accepting, give in-flight requests SHUTDOWN_GRACE_S, then the
+    # SIGTERM: stop accepting, give in-flight requests shutdown_grace_s, then the
     # cleanup context stops recovery and releases the leases of unfinished rounds.
     web.run_app(
         app,
@@ -197,7 +197,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         port=settings.port,
         print=lambda *_: None,
         access_log=None,
-        shutdown_timeout=SHUTDOWN_GRACE_S,
+        shutdown_timeout=settings.shutdown_grace_s,
         reuse_port=args.reuse_port or None,
     )
     return 0
@@ -260,7 +260,7 @@ async def _run_until_signalled(recovery: Recovery) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, recovery.stop)
     await recovery.run_forever()
-    await recovery.engine.shutdown(SHUTDOWN_GRACE_S)
+    await recovery.engine.shutdown(recovery.settings.shutdown_grace_s)
 
 
 async def chaos_command(args: argparse.Namespace) -> int:

@@ -257,7 +257,9 @@ class Engine:
         still_pending = [b.branch_id for b, ok in zip(pending, done, strict=True) if not ok]
         outcome = states.round_outcome(decision, not still_pending, ctx.budget_spent)
         delay = self.policy.delay(txn.phase_attempts + 1, self._rng)
-        finished = await self.store.finish_round(lease, decision, outcome, delay, still_pending)
+        finished = await self.store.finish_round(
+            lease, decision, outcome, delay, still_pending, self.owner
+        )
         if finished is None:
             log.warning("lease_lost_during_round")
             return None

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         default=65_536, ge=256, description="Bytes of a participant reply kept and logged"
     )
 
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests and rounds may take to finish",
+    )
+
     pool_min_size: int = Field(default=2, ge=1, description="Database pool minimum")
     pool_max_size: int = Field(default=20, ge=1, description="Database pool maximum")
     migrate: bool = Field(default=True, description="Apply migrations when serve starts")

@@ -376,7 +376,10 @@ class Store:
             )
             assert row is not None  # the row is locked and its status was checked
             await self._event(
-                conn, gid, "decision", detail={"decision": decision.value, "reason": reason}
+                conn,
+                gid,
+                "decision",
+                detail={"decision": decision.value, "reason": reason, "by": owner},
             )
             return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
 
@@ -478,6 +481,7 @@ class Store:
         outcome: GlobalStatus,
         retry_in_s: float,
         pending: Iterable[str],
+        owner: str,
     ) -> Transaction | None:
         """End a round and release the lease; None if the lease was lost."""
         phase_status = states.phase_status(decision)
@@ -501,11 +505,14 @@ class Store:
                     conn,
                     lease.gid,
                     "retry_scheduled",
-                    detail={"round": txn.phase_attempts, "pending": sorted(pending)},
+                    detail={"round": txn.phase_attempts, "pending": sorted(pending), "by": owner},
                 )
             else:
                 await self._event(
-                    conn, lease.gid, outcome.value, detail={"rounds": txn.phase_attempts}
+                    conn,
+                    lease.gid,
+                    outcome.value,
+                    detail={"rounds": txn.phase_attempts, "by": owner},
                 )
             return txn
 

@@ -92,3 +92,15 @@ class CoordinatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
+
+
+async def run_tcc_async(
+    *args: str, env: dict[str, str], timeout_s: float = 60
+) -> tuple[int, str, str]:
+    """Like run_tcc, but the event loop keeps serving (e.g. a fake participant) meanwhile."""
+    proc = await asyncio.create_subprocess_exec(
+        *TCC, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
 import pytest
 
-from coordinator.models import NewTransaction
+from coordinator.models import NewBranch, NewTransaction
 from coordinator.states import Decision
 from coordinator.store import Store
-from tests.processes import run_tcc, tcc_env
+from tests.participant_server import FakeParticipant
+from tests.processes import CoordinatorProcess, run_tcc, run_tcc_async, tcc_env
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +90,107 @@ def test_unreachable_database__is_one_clear_line(tmp_path: object) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "cannot connect to the database" in lines[0]
+
+
+async def park(store: Store, gid: str) -> None:
+    """A transaction whose confirm budget ran out (as recovery would leave it)."""
+    await seed_one(store, gid)
+    await store.decide(gid, Decision.CONFIRM, reason=None, owner="cli-test", lease_ttl_s=30)
+    async with store.connection() as conn:
+        await conn.execute(
+            "UPDATE tcc_transactions SET status = 'failed_to_confirm', next_attempt_at = NULL,"
+            " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE gid = $1",
+            gid,
+        )
+
+
+async def seed_one(store: Store, gid: str) -> None:
+    await store.begin(
+        NewTransaction(
+            gid=gid,
+            service="ops",
+            metadata={},
+            timeout_s=60,
+            call_timeout_s=None,
+            request_hash=gid,
+        )
+    )
+
+
+async def test_retry__sends_a_parked_transaction_back_and_audits_it(
+    store: Store, database_url: str
+) -> None:
+    await park(store, "stuck")
+    result = run_tcc("retry", "stuck", env=tcc_env(database_url))
+    assert result.returncode == 0, result.stderr
+    assert "stuck is confirming again" in result.stdout
+    detail = await store.detail("stuck")
+    assert detail.transaction.status.value == "confirming"
+    assert detail.transaction.next_attempt_at is not None
+    audit = detail.events[-1]
+    assert audit.kind == "admin_retry"
+    assert audit.detail["from"] == "failed_to_confirm"
+    assert str(audit.detail["actor"]).startswith("cli:")
+
+
+async def test_retry__of_a_transaction_that_is_not_parked__fails_clearly(
+    store: Store, database_url: str
+) -> None:
+    await seed_one(store, "fine")
+    result = run_tcc("retry", "fine", env=tcc_env(database_url))
+    assert result.returncode == 1
+    assert "this one is trying" in result.stderr.strip()
+
+
+async def test_recover_once__finishes_due_work_and_exits(
+    store: Store, database_url: str, participant: FakeParticipant
+) -> None:
+    await seed_one(store, "due")
+    branch = participant.branch("b", with_try=False)
+    await store.register_branch(
+        "due",
+        NewBranch(
+            branch_id="b",
+            name="b",
+            try_url=None,
+            confirm_url=branch["confirm_url"],
+            cancel_url=branch["cancel_url"],
+            payload=None,
+            request_hash="b",
+        ),
+        10,
+    )
+    decided = await store.decide(
+        "due", Decision.CONFIRM, reason=None, owner="gone", lease_ttl_s=0.1
+    )
+    assert decided.lease is not None
+    await asyncio.sleep(0.3)  # the deciding coordinator "died": its lease has expired
+    code, out, err = await run_tcc_async("recover", "--once", env=tcc_env(database_url))
+    assert code == 0, err
+    assert "due  confirmed" in out
+    assert "1 transaction(s) handled" in out
+    assert len(participant.calls_for("confirm")) == 1
+    assert (await store.get("due")).status.value == "confirmed"
+
+
+async def test_serve_workers__two_processes_share_one_port(
+    database_url: str, tmp_path: Path
+) -> None:
+    proc = CoordinatorProcess(database_url, tmp_path, workers=2)
+    await proc.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(20):
+                async with http.post(f"{proc.base}/v1/transactions", json={"gid": f"w{i}"}) as r:
+                    assert r.status == 201
+    finally:
+        proc.stop()
+    assert proc.proc is not None
+    assert proc.proc.returncode == 0
+    logs = proc.logs()
+    owners = {
+        json.loads(line)["owner"] for line in logs.splitlines() if '"coordinator_started"' in line
+    }
+    assert len(owners) == 2
+    assert logs.count('"coordinator_stopped"') == 2
+    assert logs.count('"transaction_begun"') == 20

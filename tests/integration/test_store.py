@@ -81,7 +81,9 @@ async def test_finish_round__with_a_stale_lease__writes_nothing(store: Store) ->
 
     assert not await store.record_phase_call(first.lease, "b", Decision.CONFIRM, True, OK)
     assert (
-        await store.finish_round(first.lease, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1.0, [])
+        await store.finish_round(
+            first.lease, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1.0, [], "o"
+        )
         is None
     )
     assert not await store.renew_lease(first.lease, 30)
@@ -90,7 +92,7 @@ async def test_finish_round__with_a_stale_lease__writes_nothing(store: Store) ->
     assert detail.branches[0].status.value == "registered"
 
     assert await store.record_phase_call(second, "b", Decision.CONFIRM, True, OK)
-    done = await store.finish_round(second, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1.0, [])
+    done = await store.finish_round(second, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1.0, [], "o")
     assert done is not None
     assert done.status is GlobalStatus.CONFIRMED
 
