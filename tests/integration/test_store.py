@@ -10,7 +10,7 @@ import pytest
 from coordinator.exceptions import Conflict, NotFound
 from coordinator.models import NewBranch, NewTransaction
 from coordinator.states import Decision, GlobalStatus, TryVerdict, Verdict
-from coordinator.store import CallRecord, ListFilter, Store
+from coordinator.store import CallRecord, ListFilter, Store, q
 
 
 def new_txn(gid: str, timeout_s: float = 60.0) -> NewTransaction:
@@ -158,3 +158,17 @@ async def test_list__pages_newest_first_with_a_cursor(store: Store) -> None:
     assert seen == [f"g{i}" for i in reversed(range(7))]
     cancelled = await store.list(ListFilter(status=GlobalStatus.CANCELLED))
     assert cancelled == []
+
+
+async def test_claim_due__uses_the_partial_index_with_many_finished_rows(store: Store) -> None:
+    async with store.connection() as conn:
+        await conn.execute(
+            "INSERT INTO tcc_transactions (gid, status, request_hash, timeout_s, deadline)"
+            " SELECT 'f' || i, 'confirmed', 'h', 60, now() FROM generate_series(1, 20000) i"
+        )
+        await conn.execute("ANALYZE tcc_transactions")
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN " + q("claim_due"), "o", 100, 30.0)
+        )
+    assert "tcc_transactions_due" in plan, plan
+    assert "Seq Scan on tcc_transactions" not in plan, plan
