@@ -19,11 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +32,7 @@ import aiohttp
 import asyncpg
 from yarl import URL
 
+from coordinator.children import Managed, clean_env, free_port
 from coordinator.embedded import EmbeddedServer
 
 COORDINATOR_DB = "tcc_chaos"
@@ -113,47 +110,9 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _with_database(dsn: str, name: str) -> str:
     url = URL(dsn)
     return str(url.with_path(f"/{name}").with_query(url.query))
-
-
-class Managed:
-    """One child process that chaos may kill and restart on the same port."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str] | None, log_dir: Path):
-        self.name = name
-        self.command = command
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.alive:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.alive:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class ChaosRun:
@@ -188,9 +147,9 @@ class ChaosRun:
         coordinator_db = _with_database(self.admin_url, COORDINATOR_DB)
         participant_db = _with_database(self.admin_url, PARTICIPANT_DB)
         for i in range(self.config.coordinators):
-            port = _free_port()
+            port = free_port()
             env = {
-                **_clean_env(),
+                **clean_env(),
                 "TCC_DATABASE_URL": coordinator_db,
                 "TCC_HOST": "127.0.0.1",
                 "TCC_PORT": str(port),
@@ -213,7 +172,7 @@ class ChaosRun:
             )
             self.coordinator_urls.append(f"http://127.0.0.1:{port}")
         for service in SERVICES:
-            port = _free_port()
+            port = free_port()
             command = [
                 python,
                 "-m",
@@ -231,7 +190,7 @@ class ChaosRun:
                 "--delay-max-s",
                 "0.05",
             ]
-            self.participants[service] = Managed(service, command, _clean_env(), self.log_dir)
+            self.participants[service] = Managed(service, command, clean_env(), self.log_dir)
             self.participant_urls[service] = f"http://127.0.0.1:{port}"
         # The first coordinator migrates alone; the rest start once it is ready.
         for proc in [*self.coordinators, *self.participants.values()]:
@@ -476,10 +435,6 @@ class ChaosRun:
                 await asyncio.to_thread(self.database.close)
         self.report.elapsed_s = time.monotonic() - started
         return self.report
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("TCC_")}
 
 
 def report_json(report: ChaosReport) -> str:

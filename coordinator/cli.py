@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
-import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,14 +19,16 @@ from coordinator import migrator
 from coordinator.app import create_app
 from coordinator.caller import ParticipantCaller
 from coordinator.chaos import ChaosConfig, ChaosRun, report_json
+from coordinator.demo import run_demo
 from coordinator.embedded import resolve_database_url
 from coordinator.engine import Engine
 from coordinator.exceptions import CoordinatorError
 from coordinator.logs import configure_logging
-from coordinator.models import TransactionDetail
 from coordinator.recovery import Recovery
+from coordinator.report import columns, format_detail, format_time
 from coordinator.schemas import is_valid_gid
 from coordinator.settings import Settings
+from coordinator.stack import Ports, Stack
 from coordinator.states import GlobalStatus
 from coordinator.store import ListFilter, Store, connect_pool
 from coordinator.workers import Supervisor
@@ -105,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--once", action="store_true", help="one pass, wait for it, exit")
     add_settings_flags(recover)
 
+    up = sub.add_parser(
+        "up", help="run everything locally: embedded Postgres, coordinator, three samples"
+    )
+    up.add_argument(
+        "--samples-port",
+        type=int,
+        default=8101,
+        help="wallet on this port, inventory and order on the next two",
+    )
+    add_settings_flags(up, ["data_dir", "port", "log_level", "log_format"])
+
+    demo = sub.add_parser("demo", help="scripted scenarios on a private stack, with a trace")
+    add_settings_flags(demo, ["log_level", "log_format"])
+
     chaos = sub.add_parser(
         "chaos", help="soak run under faults on a private embedded Postgres; checks invariants"
     )
@@ -159,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "retry": lambda a, s: run(retry_command(a, s)),
             "recover": lambda a, s: run(recover_command(a, s)),
             "chaos": lambda a, s: run(chaos_command(a)),
+            "up": lambda a, s: run(up_command(a, s)),
+            "demo": lambda a, s: run(demo_command()),
         }
         code = commands[args.command](args, settings)
     except UsageError as exc:
@@ -263,6 +281,58 @@ async def _run_until_signalled(recovery: Recovery) -> None:
     await recovery.engine.shutdown(recovery.settings.shutdown_grace_s)
 
 
+async def up_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1024 <= args.samples_port <= 65533:
+        raise UsageError("--samples-port must be between 1024 and 65533")
+    base = args.samples_port
+    stack = Stack(settings.data_dir, Ports(settings.port, base, base + 1, base + 2))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("tcc up: starting the embedded Postgres, the coordinator and the samples ...")
+    try:
+        await stack.start()
+        print(up_banner(stack))
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if stop.is_set():
+                break  # Ctrl-C reaches the children too: their exit is no crash
+            for name in stack.dead():
+                print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
+                await stack.restart(name)
+    finally:
+        print("tcc up: stopping ...")
+        await stack.stop()
+    print("tcc up: stopped")
+    return 0
+
+
+def up_banner(stack: Stack) -> str:
+    c, w, i, o = (stack.url(n) for n in ("coordinator", "wallet", "inventory", "order"))
+    return f"""
+  coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
+  wallet       {w}    GET /accounts
+  inventory    {i}    GET /items
+  order        {o}    POST /checkout, GET /orders
+  database     embedded Postgres in {stack.data_dir}
+  logs         {stack.log_dir}
+
+Place an order (alice has 1000, a book costs 12):
+  curl -s -X POST {o}/checkout -d '{{"customer": "alice", "sku": "book", "qty": 2}}'
+Then look at it:
+  curl -s '{c}/v1/transactions?limit=1'
+  curl -s {w}/accounts
+  tcc status ORDER_ID
+
+Ctrl-C stops everything."""
+
+
+async def demo_command() -> int:
+    return 0 if await run_demo() else 1
+
+
 async def chaos_command(args: argparse.Namespace) -> int:
     if not 1 <= args.transactions <= 1_000_000:
         raise UsageError("--transactions must be between 1 and 1000000")
@@ -325,73 +395,11 @@ async def list_command(args: argparse.Namespace, settings: Settings) -> int:
         await store.pool.close()
     table = [["GID", "STATUS", "SERVICE", "CREATED", "REASON"]]
     table += [
-        [t.gid, t.status.value, t.service or "-", _time(t.created_at), t.cancel_reason or ""]
+        [t.gid, t.status.value, t.service or "-", format_time(t.created_at), t.cancel_reason or ""]
         for t in rows
     ]
-    print(_columns(table))
+    print(columns(table))
     return 0
-
-
-def _time(value: Any) -> str:
-    return value.isoformat(timespec="milliseconds") if value is not None else "-"
-
-
-def _columns(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def format_detail(detail: TransactionDetail) -> str:
-    t = detail.transaction
-    lines = [
-        f"transaction {t.gid}",
-        f"  status         {t.status.value}" + (f" ({t.cancel_reason})" if t.cancel_reason else ""),
-        f"  dialect        {t.dialect}",
-        f"  service        {t.service or '-'}",
-        f"  created        {_time(t.created_at)}",
-        f"  deadline       {_time(t.deadline)}",
-        f"  decided        {_time(t.decided_at)}",
-        f"  finished       {_time(t.finished_at)}",
-        f"  rounds         {t.phase_attempts}",
-    ]
-    if t.next_attempt_at and t.status.value in ("confirming", "cancelling"):
-        lines.append(f"  next retry     {_time(t.next_attempt_at)}")
-    if t.metadata:
-        lines.append(f"  metadata       {json.dumps(t.metadata)}")
-    lines.append("")
-    table = [["BRANCH", "NAME", "STATUS", "CALLS", "LAST HTTP", "LAST ERROR"]]
-    table += [
-        [
-            b.branch_id,
-            b.name,
-            b.status.value,
-            str(b.attempts),
-            str(b.last_http_status or "-"),
-            (b.last_error or "")[:60],
-        ]
-        for b in detail.branches
-    ]
-    lines.append(_columns(table) if detail.branches else "no branches")
-    lines.append("")
-    lines.append("timeline")
-    for e in detail.events:
-        parts = [_time(e.at), e.kind]
-        if e.branch_id:
-            parts.append(f"branch={e.branch_id}")
-        if e.http_status is not None:
-            parts.append(f"http={e.http_status}")
-        if e.latency_ms is not None:
-            parts.append(f"{e.latency_ms:.1f}ms")
-        if e.error:
-            parts.append(f"error={e.error[:80]!r}")
-        extra = {k: v for k, v in e.detail.items() if v not in (None, False, [], {})}
-        if extra:
-            parts.append(json.dumps(extra, sort_keys=True))
-        lines.append("  " + "  ".join(parts))
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

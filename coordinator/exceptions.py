@@ -27,5 +27,9 @@ class MigrationError(CoordinatorError):
     """The migrations folder or the recorded schema history is not as expected."""
 
 
+class ServiceStartError(CoordinatorError):
+    """A service of `tcc up` / `tcc demo` did not come up."""
+
+
 class EmbeddedDatabaseError(CoordinatorError):
     """The embedded Postgres could not be started."""

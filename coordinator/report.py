@@ -1,0 +1,70 @@
+"""Plain-text views of the transaction log, for the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from coordinator.models import TransactionDetail
+
+
+def format_time(value: Any) -> str:
+    return value.isoformat(timespec="milliseconds") if value is not None else "-"
+
+
+def columns(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_detail(detail: TransactionDetail) -> str:
+    t = detail.transaction
+    lines = [
+        f"transaction {t.gid}",
+        f"  status         {t.status.value}" + (f" ({t.cancel_reason})" if t.cancel_reason else ""),
+        f"  dialect        {t.dialect}",
+        f"  service        {t.service or '-'}",
+        f"  created        {format_time(t.created_at)}",
+        f"  deadline       {format_time(t.deadline)}",
+        f"  decided        {format_time(t.decided_at)}",
+        f"  finished       {format_time(t.finished_at)}",
+        f"  rounds         {t.phase_attempts}",
+    ]
+    if t.next_attempt_at and t.status.value in ("confirming", "cancelling"):
+        lines.append(f"  next retry     {format_time(t.next_attempt_at)}")
+    if t.metadata:
+        lines.append(f"  metadata       {json.dumps(t.metadata)}")
+    lines.append("")
+    table = [["BRANCH", "NAME", "STATUS", "CALLS", "LAST HTTP", "LAST ERROR"]]
+    table += [
+        [
+            b.branch_id,
+            b.name,
+            b.status.value,
+            str(b.attempts),
+            str(b.last_http_status or "-"),
+            (b.last_error or "")[:60],
+        ]
+        for b in detail.branches
+    ]
+    lines.append(columns(table) if detail.branches else "no branches")
+    lines.append("")
+    lines.append("timeline")
+    for e in detail.events:
+        parts = [format_time(e.at), e.kind]
+        if e.branch_id:
+            parts.append(f"branch={e.branch_id}")
+        if e.http_status is not None:
+            parts.append(f"http={e.http_status}")
+        if e.latency_ms is not None:
+            parts.append(f"{e.latency_ms:.1f}ms")
+        if e.error:
+            parts.append(f"error={e.error[:80]!r}")
+        extra = {k: v for k, v in e.detail.items() if v not in (None, False, [], {})}
+        if extra:
+            parts.append(json.dumps(extra, sort_keys=True))
+        lines.append("  " + "  ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""The whole local stack: embedded Postgres, the coordinator and the three samples.
+
+`tcc up` runs it on fixed ports until Ctrl-C; `tcc demo` runs a private one on free
+ports and drives scenarios against it. Each service is a real child process, so the
+demo can kill, pause and restart one for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from coordinator import migrator
+from coordinator.children import Managed, clean_env
+from coordinator.embedded import EmbeddedServer
+from coordinator.exceptions import ServiceStartError
+
+
+@dataclass(frozen=True)
+class Ports:
+    coordinator: int = 36789
+    wallet: int = 8101
+    inventory: int = 8102
+    order: int = 8103
+
+
+# Where each service answers once it is up.
+_READY_PATHS = {
+    "coordinator": "/readyz",
+    "wallet": "/accounts",
+    "inventory": "/items",
+    "order": "/orders",
+}
+
+
+class Stack:
+    def __init__(self, data_dir: Path, ports: Ports, *, temporary: bool = False) -> None:
+        self.data_dir = data_dir
+        self.ports = ports
+        self.temporary = temporary
+        self.log_dir = data_dir.parent / "logs"
+        self.database: EmbeddedServer | None = None
+        self.services: dict[str, Managed] = {}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, service)}"
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.database = await asyncio.to_thread(
+            EmbeddedServer, self.data_dir, delete_on_close=self.temporary
+        )
+        db = self.database.url
+        await migrator.migrate(db)
+        python = sys.executable
+        coordinator_env = {
+            **clean_env(),
+            "TCC_DATABASE_URL": db,
+            "TCC_PORT": str(self.ports.coordinator),
+            "TCC_LOG_FORMAT": "json",
+            "TCC_MIGRATE": "false",
+            # Local development: recover quickly after the demo's kills.
+            "TCC_RECOVERY_INTERVAL_S": "0.5",
+            "TCC_LEASE_TTL_S": "5",
+            "TCC_RETRY_MAX_S": "2",
+        }
+        commands = {
+            "coordinator": ([python, "-m", "coordinator.cli", "serve"], coordinator_env),
+            "wallet": (
+                [
+                    python,
+                    "-m",
+                    "participants.wallet",
+                    "--database-url",
+                    db,
+                    "--port",
+                    str(self.ports.wallet),
+                ],
+                clean_env(),
+            ),
+            "inventory": (
+                [
+                    python,
+                    "-m",
+                    "participants.inventory",
+                    "--database-url",
+                    db,
+                    "--port",
+                    str(self.ports.inventory),
+                ],
+                clean_env(),
+            ),
+            "order": (
+                [
+                    python,
+                    "-m",
+                    "participants.order",
+                    "--database-url",
+                    db,
+                    "--port",
+                    str(self.ports.order),
+                    "--coordinator-url",
+                    self.url("coordinator"),
+                    "--wallet-url",
+                    self.url("wallet"),
+                    "--inventory-url",
+                    self.url("inventory"),
+                ],
+                clean_env(),
+            ),
+        }
+        for name, (command, env) in commands.items():
+            self.services[name] = Managed(name, command, env, self.log_dir)
+            self.services[name].start()
+        await self.wait_ready()
+
+    async def wait_ready(self, *names: str, timeout_s: float = 60) -> None:
+        pending = set(names or self.services)
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while pending and time.monotonic() < deadline:
+                for name in sorted(pending):
+                    if not self.services[name].alive:
+                        raise ServiceStartError(
+                            f"{name} exited at start-up; see {self.services[name].log_path}"
+                        )
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with http.get(self.url(name) + _READY_PATHS[name]) as resp:
+                            if resp.status == 200:
+                                pending.discard(name)
+                if pending:
+                    await asyncio.sleep(0.2)
+        if pending:
+            raise ServiceStartError(f"not ready after {timeout_s:g}s: {sorted(pending)}")
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.services.items() if not proc.alive]
+
+    async def restart(self, name: str) -> None:
+        self.services[name].start()
+        await self.wait_ready(name)
+
+    async def stop(self) -> None:
+        for proc in reversed(list(self.services.values())):
+            await asyncio.to_thread(proc.terminate)
+        if self.database is not None:
+            await asyncio.to_thread(self.database.close)

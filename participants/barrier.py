@@ -1,0 +1,90 @@
+"""The TCC barrier: makes a participant's try, confirm and cancel safe against the
+three classic anomalies, inside the participant's own local transaction.
+
+- Repeats (the coordinator retries): the second try/confirm/cancel finds its row
+  and does nothing, and the handler answers success again.
+- Empty compensation (cancel for a try that never ran): cancel writes the try row
+  itself; finding no try row there means there is nothing to undo.
+- Suspension (a try that arrives after its cancel): that try row written by the
+  cancel makes the late try a no-op, so it reserves nothing that nobody would release.
+
+All three are decided by one unique key, (gid, branch_id, phase), in the same
+database transaction as the business change: either both commit or neither does.
+Two concurrent duplicates serialise on the key; the loser sees the winner's row.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import asyncpg
+
+INSERT = """
+INSERT INTO tcc_barrier (gid, branch_id, phase, written_by) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+"""
+
+PURGE = """
+DELETE FROM tcc_barrier WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM tcc_barrier
+    WHERE created_at < now() - make_interval(secs => $1)
+    LIMIT $2))
+"""
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+class Outcome(StrEnum):
+    RUN = "run"  # first time: do the business change
+    DUPLICATE = "duplicate"  # seen before: answer success, change nothing
+    EMPTY_COMPENSATION = "empty_compensation"  # cancel without a try: nothing to undo
+    SUSPENDED = "suspended"  # try after its cancel: must not reserve anything
+
+
+async def _insert(conn: Connection, gid: str, branch_id: str, phase: str, by: str) -> bool:
+    status = await conn.execute(INSERT, gid, branch_id, phase, by)
+    return status.endswith(" 1")
+
+
+async def enter(conn: Connection, gid: str, branch_id: str, phase: str) -> Outcome:
+    """Call inside the handler's transaction, before the business change.
+
+    Run the business change only when this returns Outcome.RUN.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("the barrier must run inside the business transaction")
+    if phase == "try":
+        if await _insert(conn, gid, branch_id, "try", "try"):
+            return Outcome.RUN
+        written_by = await conn.fetchval(
+            "SELECT written_by FROM tcc_barrier WHERE gid = $1 AND branch_id = $2"
+            " AND phase = 'try'",
+            gid,
+            branch_id,
+        )
+        return Outcome.SUSPENDED if written_by == "cancel" else Outcome.DUPLICATE
+    if phase == "confirm":
+        inserted = await _insert(conn, gid, branch_id, "confirm", "confirm")
+        return Outcome.RUN if inserted else Outcome.DUPLICATE
+    if phase == "cancel":
+        # Claim the try slot first: if it was free, the try never ran (or will be suspended).
+        try_was_missing = await _insert(conn, gid, branch_id, "try", "cancel")
+        if not await _insert(conn, gid, branch_id, "cancel", "cancel"):
+            return Outcome.DUPLICATE
+        return Outcome.EMPTY_COMPENSATION if try_was_missing else Outcome.RUN
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+async def purge(conn: Connection, older_than_s: float, batch: int = 1000) -> int:
+    """Delete barrier rows older than ``older_than_s``, ``batch`` at a time; returns the count.
+
+    Keep rows for longer than any transaction can still send a call (the coordinator's
+    give-up time), or a very late retry would be taken for a first call.
+    """
+    total = 0
+    while True:
+        status = await conn.execute(PURGE, older_than_s, batch)
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total

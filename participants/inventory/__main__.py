@@ -1,0 +1,6 @@
+from participants.inventory.app import create_app
+from participants.service import base_parser, serve
+
+if __name__ == "__main__":
+    args = base_parser("the inventory sample participant", 8102).parse_args()
+    serve(create_app(args.database_url), args.host, args.port)

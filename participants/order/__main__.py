@@ -1,0 +1,16 @@
+from participants.order.app import Peers, create_app
+from participants.service import base_parser, serve
+
+if __name__ == "__main__":
+    parser = base_parser("the order sample service", 8103)
+    parser.add_argument("--coordinator-url", default="http://127.0.0.1:36789")
+    parser.add_argument("--wallet-url", default="http://127.0.0.1:8101")
+    parser.add_argument("--inventory-url", default="http://127.0.0.1:8102")
+    args = parser.parse_args()
+    peers = Peers(
+        coordinator=args.coordinator_url,
+        wallet=args.wallet_url,
+        inventory=args.inventory_url,
+        public=f"http://{args.host}:{args.port}",
+    )
+    serve(create_app(args.database_url, peers), args.host, args.port)

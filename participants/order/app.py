@@ -1,0 +1,188 @@
+"""The order service: POST /checkout runs one TCC transaction over three branches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from aiohttp import web
+
+from participants.barrier import Connection
+from participants.client import (
+    Conflict,
+    CoordinatorClient,
+    CoordinatorError,
+    Transaction,
+    TryFailed,
+    TryRefused,
+    Unavailable,
+)
+from participants.http import Refused, TccCall, tcc_routes
+from participants.service import POOL, database
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@dataclass(frozen=True)
+class Peers:
+    coordinator: str
+    wallet: str
+    inventory: str
+    public: str  # this service's own URL, for its branch's try/confirm/cancel
+
+
+PEERS = web.AppKey("peers", Peers)
+CLIENT = web.AppKey("client", CoordinatorClient)
+
+
+class CheckoutIn(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    customer: str = pydantic.Field(min_length=1, max_length=100)
+    sku: str = pydantic.Field(min_length=1, max_length=100)
+    qty: int = pydantic.Field(gt=0, le=1000)
+    timeout_s: float | None = pydantic.Field(default=None, gt=0, le=3600)
+    call_timeout_s: float | None = pydantic.Field(default=None, gt=0, le=120)
+
+
+# --- the order as a participant -------------------------------------------------------
+
+
+async def create_order(conn: Connection, call: TccCall) -> dict[str, Any]:
+    p = call.payload
+    if not isinstance(p, dict):
+        raise Refused("payload must describe the order")
+    await conn.execute(
+        "INSERT INTO orders (id, customer, sku, qty, amount, status)"
+        " VALUES ($1, $2, $3, $4, $5, 'pending')",
+        call.gid,
+        p["customer"],
+        p["sku"],
+        p["qty"],
+        p["amount"],
+    )
+    return {"order": call.gid, "status": "pending"}
+
+
+async def _move(conn: Connection, gid: str, status: str) -> dict[str, Any] | None:
+    moved = await conn.fetchval(
+        "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 AND status = 'pending'"
+        " RETURNING id",
+        gid,
+        status,
+    )
+    return {"order": gid, "status": status} if moved else None
+
+
+async def mark_paid(conn: Connection, call: TccCall) -> dict[str, Any] | None:
+    return await _move(conn, call.gid, "paid")
+
+
+async def mark_cancelled(conn: Connection, call: TccCall) -> dict[str, Any] | None:
+    return await _move(conn, call.gid, "cancelled")
+
+
+# --- the order as the initiator ----------------------------------------------------------
+
+
+async def checkout(request: web.Request) -> web.Response:
+    try:
+        body = CheckoutIn.model_validate_json(await request.read())
+    except pydantic.ValidationError as exc:
+        return web.json_response({"error": exc.errors(include_url=False)}, status=422)
+    price = await request.app[POOL].fetchval("SELECT price FROM catalog WHERE sku = $1", body.sku)
+    if price is None:
+        return web.json_response({"error": f"unknown sku {body.sku!r}"}, status=422)
+    amount = price * body.qty
+    peers = request.app[PEERS]
+    branches = (
+        (
+            "order",
+            peers.public,
+            {"customer": body.customer, "sku": body.sku, "qty": body.qty, "amount": amount},
+        ),
+        ("payment", peers.wallet, {"account": body.customer, "amount": amount, "payee": "shop"}),
+        ("stock", peers.inventory, {"sku": body.sku, "qty": body.qty}),
+    )
+    holder: list[Transaction] = []
+    try:
+        async with request.app[CLIENT].transaction(
+            timeout_s=body.timeout_s,
+            call_timeout_s=body.call_timeout_s,
+            metadata={"customer": body.customer, "sku": body.sku, "qty": body.qty},
+        ) as tx:
+            holder.append(tx)
+            for branch_id, base, payload in branches:
+                await tx.try_branch(
+                    branch_id,
+                    try_url=f"{base}/tcc/try",
+                    confirm_url=f"{base}/tcc/confirm",
+                    cancel_url=f"{base}/tcc/cancel",
+                    payload=payload,
+                )
+    except (TryRefused, TryFailed, Conflict) as exc:
+        gid = holder[0].gid if holder else None
+        return web.json_response(
+            {"order_id": gid, "status": "cancelled", "reason": _reason(exc)},
+            status=409 if isinstance(exc, Conflict) else 502,
+        )
+    except Unavailable as exc:
+        return web.json_response({"error": exc.detail}, status=503)
+    except CoordinatorError as exc:
+        return web.json_response({"error": exc.detail}, status=502)
+    outcome = tx.outcome
+    assert outcome is not None
+    return web.json_response(
+        {"order_id": tx.gid, "amount": amount, "transaction": outcome.status},
+        status=200 if outcome.finished else 202,
+    )
+
+
+def _reason(exc: CoordinatorError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    reply = body.get("participant") or {}
+    participant_says = reply.get("body") if isinstance(reply, dict) else None
+    if isinstance(participant_says, dict) and "error" in participant_says:
+        return str(participant_says["error"])
+    return exc.detail
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    rows = await request.app[POOL].fetch(
+        "SELECT id, customer, sku, qty, amount, status FROM orders"
+        " ORDER BY created_at DESC LIMIT 100"
+    )
+    return web.json_response([dict(r) for r in rows])
+
+
+async def get_order(request: web.Request) -> web.Response:
+    row = await request.app[POOL].fetchrow(
+        "SELECT id, customer, sku, qty, amount, status FROM orders WHERE id = $1",
+        request.match_info["id"],
+    )
+    if row is None:
+        return web.json_response({"error": "no such order"}, status=404)
+    return web.json_response(dict(row))
+
+
+def create_app(database_url: str, peers: Peers, schema: str = "orders") -> web.Application:
+    app = web.Application()
+    app[PEERS] = peers
+    app.cleanup_ctx.append(database(database_url, schema, MIGRATIONS))
+
+    async def client(app: web.Application) -> AsyncIterator[None]:
+        app[CLIENT] = CoordinatorClient(peers.coordinator, service="order")
+        yield
+        await app[CLIENT].close()
+
+    app.cleanup_ctx.append(client)
+    app.add_routes(
+        tcc_routes(POOL, "/tcc", try_=create_order, confirm=mark_paid, cancel=mark_cancelled)
+    )
+    app.router.add_post("/checkout", checkout)
+    app.router.add_get("/orders", list_orders)
+    app.router.add_get("/orders/{id}", get_order)
+    return app

@@ -1,0 +1,48 @@
+"""What every sample service shares: its database lifecycle and its command line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator, Callable
+from importlib.resources.abc import Traversable
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from participants import schema
+
+log = structlog.get_logger(__name__)
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+
+
+def database(
+    dsn: str, schema_name: str, migrations: Traversable
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx: migrate the service's schema, then open its pool for the app's life."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        applied = await schema.migrate(dsn, schema_name, migrations)
+        for name in applied:
+            log.info("participant_migration_applied", migration=name)
+        app[POOL] = await schema.connect_pool(dsn, schema_name)
+        yield
+        await app[POOL].close()
+
+    return lifecycle
+
+
+def base_parser(description: str, default_port: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--database-url", required=True, help="Postgres URL")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=default_port)
+    return parser
+
+
+def serve(app: web.Application, host: str, port: int) -> None:
+    from coordinator.logs import configure_logging
+
+    configure_logging("info", "auto")
+    web.run_app(app, host=host, port=port, print=lambda *_: None, access_log=None)
