@@ -13,7 +13,7 @@ from aiohttp import web
 from coordinator import migrator
 from coordinator.caller import ParticipantCaller
 from coordinator.engine import Engine
-from coordinator.keys import ENGINE, HTTP_SESSION, SETTINGS, STORE
+from coordinator.keys import ENGINE, SETTINGS, STORE
 from coordinator.problems import problem_middleware
 from coordinator.recovery import Recovery
 from coordinator.routes import setup_routes
@@ -23,6 +23,12 @@ from coordinator.store import Store, connect_pool
 log = structlog.get_logger(__name__)
 
 RECOVERY_TASK = web.AppKey("recovery_task", asyncio.Task[None])
+RECOVERY = web.AppKey("recovery", Recovery)
+
+
+async def stop_claiming(app: web.Application) -> None:
+    """On shutdown, before in-flight requests get their grace: claim no new work."""
+    app[RECOVERY].stop()
 
 
 def create_app(settings: Settings, database_url: str, *, recovery: bool = True) -> web.Application:
@@ -40,10 +46,11 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
         )
         store = Store(pool)
         engine = Engine(store, ParticipantCaller(session, settings.max_response_bytes), settings)
-        app[STORE], app[HTTP_SESSION], app[ENGINE] = store, session, engine
+        app[STORE], app[ENGINE] = store, engine
         loop = Recovery(engine)
         task = asyncio.create_task(loop.run_forever(), name="recovery")
         app[RECOVERY_TASK] = task
+        app[RECOVERY] = loop
         log.info("coordinator_started", owner=engine.owner, recovery=recovery)
         if not recovery:
             loop.stop()
@@ -59,5 +66,6 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
             log.info("coordinator_stopped", owner=engine.owner)
 
     app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(stop_claiming)
     setup_routes(app)
     return app

@@ -61,6 +61,8 @@ class ParticipantCaller:
             return CallResult(None, None, f"timed out after {timeout_s:g}s", _ms_since(started))
         except aiohttp.ClientError as exc:
             return CallResult(None, None, _describe(exc), _ms_since(started))
+        except Exception as exc:  # a call must never break a round: it just did not succeed
+            return CallResult(None, None, _describe(exc), _ms_since(started))
         latency = _ms_since(started)
         parsed = _parse(raw)
         error = None if 200 <= status < 300 else f"HTTP {status}: {_snippet(raw)}"
@@ -71,9 +73,14 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+def printable(text: str) -> str:
+    """Text as Postgres can store it: no NUL characters (a participant may send any bytes)."""
+    return text.replace("\x00", "\\x00")
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+    return printable(f"{type(exc).__name__}: {text}"[:500])
 
 
 def _parse(raw: bytes) -> Any:
@@ -82,9 +89,9 @@ def _parse(raw: bytes) -> Any:
     text = raw.decode("utf-8", errors="replace")
     try:
         return json.loads(text)
-    except ValueError:
-        return text
+    except (ValueError, RecursionError):
+        return printable(text)
 
 
 def _snippet(raw: bytes) -> str:
-    return raw[:300].decode("utf-8", errors="replace").strip() or "(empty body)"
+    return printable(raw[:300].decode("utf-8", errors="replace").strip()) or "(empty body)"

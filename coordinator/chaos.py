@@ -192,7 +192,7 @@ class ChaosRun:
             ]
             self.participants[service] = Managed(service, command, clean_env(), self.log_dir)
             self.participant_urls[service] = f"http://127.0.0.1:{port}"
-        # The first coordinator migrates alone; the rest start once it is ready.
+        # All start together: the migration advisory lock lets one coordinator migrate.
         for proc in [*self.coordinators, *self.participants.values()]:
             proc.start()
 

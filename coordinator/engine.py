@@ -94,8 +94,10 @@ class Engine:
         reason = f"try_failed: {failed}" if failed else None
         result = await self.decide(txn.gid, decision, reason=reason)
         if result.judgement.verdict is Verdict.REFUSE and decision is Decision.CONFIRM:
-            # The deadline passed while the tries ran: cancel now rather than wait for recovery.
-            await self.decide(txn.gid, Decision.CANCEL, reason="timeout")
+            # E.g. the deadline passed while the tries ran: cancel now, not at the next scan.
+            refusal = result.judgement.reason
+            why = "timeout" if refusal == states.DEADLINE_PASSED else f"confirm_refused: {refusal}"
+            await self.decide(txn.gid, Decision.CANCEL, reason=why)
         return await self.wait_for(txn.gid)
 
     async def register(self, gid: str, new: NewBranch) -> tuple[Branch, bool]:
@@ -136,6 +138,16 @@ class Engine:
                     txn.gid, Decision.CANCEL, reason=f"try_failed: {branch.branch_id}"
                 )
         return TryOutcome(verdict, result, updated)
+
+    async def retry_stale_try(self, txn: Transaction, branch: Branch) -> TryOutcome | None:
+        """Run a try again if its first run never got an answer logged (e.g. the
+        coordinator that made the call died); None when it is not stale."""
+        stale_after_s = self._call_timeout(txn) + 1.0
+        claimed = await self.store.claim_stale_try(txn.gid, branch.branch_id, stale_after_s)
+        if claimed is None:
+            return None
+        log.info("try_rerun", gid=txn.gid, branch_id=branch.branch_id)
+        return await self.try_branch(txn, claimed)
 
     def _call_timeout(self, txn: Transaction) -> float:
         return txn.call_timeout_s or self.settings.call_timeout_s
@@ -232,10 +244,23 @@ class Engine:
                 log.info("lease_released_on_shutdown")
                 raise
             except Exception:
+                # A bug or an unstorable value: still count the round and back off, so the
+                # transaction is retried later and parked once its budget is spent.
                 log.exception("round_crashed")
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self.store.release_lease(lease)
+                with contextlib.suppress(Exception):
+                    return await self._end_crashed_round(lease)
                 return None
+
+    async def _end_crashed_round(self, lease: Lease) -> Transaction | None:
+        ctx = await self.store.round_context(lease, self.policy.give_up_after)
+        decision = states.decision_of(ctx.transaction.status) if ctx else None
+        if ctx is None or decision is None:
+            await self.store.release_lease(lease)
+            return None
+        outcome = states.round_outcome(decision, all_done=False, budget_spent=ctx.budget_spent)
+        delay = self.policy.delay(ctx.transaction.phase_attempts + 1, self._rng)
+        pending = states.branches_to_call(decision, [b.view for b in ctx.branches])
+        return await self.store.finish_round(lease, decision, outcome, delay, pending, self.owner)
 
     async def _run_round(self, lease: Lease) -> Transaction | None:
         ctx = await self.store.round_context(lease, self.policy.give_up_after)
@@ -247,10 +272,11 @@ class Engine:
         if decision is None or txn.status not in states.PHASE_TWO_STATUSES:
             await self.store.release_lease(lease)
             return txn
-        done_status = states.branch_done_status(decision)
-        pending = [b for b in ctx.branches if b.status is not done_status]
+        to_call = set(states.branches_to_call(decision, [b.view for b in ctx.branches]))
+        pending = [b for b in ctx.branches if b.branch_id in to_call]
         timeout_s = self._call_timeout(txn)
         async with self._renewing(lease):
+            # _phase_call never raises, so every call has ended before the lease is let go.
             done = await asyncio.gather(
                 *(self._phase_call(lease, txn, decision, b, timeout_s) for b in pending)
             )
@@ -301,9 +327,13 @@ class Engine:
                 timeout_s=timeout_s,
             )
             done = states.judge_phase_two(phase, result.http_status)
-            recorded = await self.store.record_phase_call(
-                lease, branch.branch_id, decision, done, _record(result)
-            )
+            try:
+                recorded = await self.store.record_phase_call(
+                    lease, branch.branch_id, decision, done, _record(result)
+                )
+            except Exception as exc:  # the round ends when every call has; this one failed
+                log.warning("phase_call_not_recorded", error=str(exc))
+                return False
             if done:
                 log.info(
                     f"branch_{states.branch_done_status(decision).value}",
@@ -345,7 +375,8 @@ class Engine:
     async def shutdown(self, grace_s: float) -> None:
         """Let in-flight rounds finish within the grace period, then stop them.
 
-        A round cut short leaves its lease to expire; its outcomes so far are logged.
+        A round cut short releases its lease (see _drive), so another coordinator
+        continues at once; its outcomes so far are logged.
         """
         tasks = list(self._drives.values())
         if not tasks:

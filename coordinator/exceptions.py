@@ -15,6 +15,10 @@ class Conflict(CoordinatorError):
     """The request contradicts what the log already holds (409)."""
 
 
+class InvalidInput(CoordinatorError):
+    """A value that passed parsing but cannot be accepted (422)."""
+
+
 class LimitExceeded(CoordinatorError):
     """A configured limit (branches per transaction, ...) would be passed (422)."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from coordinator.engine import Engine
@@ -12,4 +11,3 @@ from coordinator.store import Store
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", Engine)
-HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

@@ -14,6 +14,7 @@ from coordinator.exceptions import (
     Conflict,
     CoordinatorError,
     DatabaseUnavailable,
+    InvalidInput,
     LimitExceeded,
     NotFound,
 )
@@ -80,6 +81,7 @@ _DOMAIN_STATUS: list[tuple[type[CoordinatorError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (LimitExceeded, 422),
+    (InvalidInput, 422),
     (DatabaseUnavailable, 503),
 ]
 

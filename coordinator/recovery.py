@@ -32,7 +32,14 @@ class Recovery:
         for lease, status in claimed:
             with structlog.contextvars.bound_contextvars(gid=lease.gid):
                 log.info("recovery_claimed", status=status.value)
-                task = await self.engine.resume(lease, status)
+                try:
+                    task = await self.engine.resume(lease, status)
+                except Exception as exc:
+                    # Hand this one back at once; the rest of the batch goes on.
+                    log.warning("recovery_resume_failed", error=str(exc))
+                    with contextlib.suppress(Exception):
+                        await self.engine.store.release_lease(lease)
+                    continue
             if task is not None:
                 tasks.append(task)
         if wait and tasks:

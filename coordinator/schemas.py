@@ -59,18 +59,29 @@ class Strict(BaseModel):
 
 
 class BranchIn(Strict):
+    """A branch whose try the caller runs itself (POST .../branches)."""
+
     branch_id: Gid = Field(description="Unique within the transaction; same charset as a gid")
     name: ShortText | None = Field(default=None, description="Human name; defaults to branch_id")
-    try_url: ParticipantUrl | None = None
     confirm_url: ParticipantUrl
     cancel_url: ParticipantUrl
     payload: JsonValue = Field(default=None, description="Sent to every phase of the branch")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_try_url_here(cls, data: Any) -> Any:
+        if cls is BranchIn and isinstance(data, dict) and "try_url" in data:
+            raise ValueError(
+                "try_url is not taken here: this registers a branch whose try you run"
+                " yourself; POST .../try has the coordinator call it"
+            )
+        return data
 
     def to_new(self) -> NewBranch:
         return NewBranch(
             branch_id=self.branch_id,
             name=self.name or self.branch_id,
-            try_url=self.try_url,
+            try_url=getattr(self, "try_url", None),
             confirm_url=self.confirm_url,
             cancel_url=self.cancel_url,
             payload=self.payload,
@@ -79,6 +90,8 @@ class BranchIn(Strict):
 
 
 class TryBranchIn(BranchIn):
+    """A branch whose try the coordinator calls (POST .../try, and auto begins)."""
+
     try_url: ParticipantUrl
 
 

@@ -155,6 +155,9 @@ def branch_done_status(decision: Decision) -> BranchStatus:
     return BranchStatus.CONFIRMED if decision is Decision.CONFIRM else BranchStatus.CANCELLED
 
 
+DEADLINE_PASSED = "the transaction deadline has passed"
+
+
 @dataclass(frozen=True, slots=True)
 class BranchView:
     """What the protocol needs to know about a branch to judge a confirm."""
@@ -180,7 +183,7 @@ def confirm_refusal(
             return f"transaction was cancelled ({cancel_reason or 'unknown reason'})"
         return f"transaction is {status.value}"
     if deadline_passed:
-        return "the transaction deadline has passed"
+        return DEADLINE_PASSED
     for branch in branches:
         if branch.status is BranchStatus.TRY_FAILED:
             return f"try failed for branch {branch.branch_id!r}"
@@ -213,6 +216,17 @@ def judge_try(http_status: int | None) -> TryVerdict:
     if 400 <= http_status < 500:
         return TryVerdict.REFUSED
     return TryVerdict.FAILED
+
+
+def recorded_try_verdict(status: BranchStatus, last_http_status: int | None) -> str:
+    """What a repeated try request should report, from what the log holds for the branch."""
+    if status is BranchStatus.REGISTERED:
+        return "pending"  # its try has not answered (or its answer was never logged)
+    if status is BranchStatus.TRY_FAILED:
+        return judge_try(last_http_status).value
+    if status is BranchStatus.CANCELLED:
+        return "cancelled"
+    return TryVerdict.TRIED.value
 
 
 def judge_phase_two(phase: Phase, http_status: int | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +15,13 @@ from typing import Any
 import asyncpg
 
 from coordinator import states
-from coordinator.exceptions import Conflict, DatabaseUnavailable, LimitExceeded, NotFound
+from coordinator.exceptions import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+)
 from coordinator.models import (
     Branch,
     Event,
@@ -191,6 +197,9 @@ class Store:
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        except asyncpg.DataError as exc:
+            # A value the API let through but Postgres cannot store: the client's input.
+            raise InvalidInput(f"a value cannot be stored: {exc}") from exc
 
     @asynccontextmanager
     async def _transaction_block(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
@@ -310,6 +319,14 @@ class Store:
             row = await self._insert_branch(conn, gid, new)
             assert row is not None  # the row lock above rules out a concurrent insert
             return _branch(row), True
+
+    async def claim_stale_try(
+        self, gid: str, branch_id: str, stale_after_s: float
+    ) -> Branch | None:
+        """The branch, if its try may be run again (see the query); None otherwise."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(q("claim_stale_try"), gid, branch_id, stale_after_s)
+        return _branch(row) if row is not None else None
 
     async def record_try(
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
@@ -447,7 +464,11 @@ class Store:
         done: bool,
         call: CallRecord,
     ) -> bool:
-        """Store one confirm/cancel reply; False if the lease was lost (fenced out)."""
+        """Store one confirm/cancel reply; False if the lease was lost (fenced out).
+
+        A fenced-out coordinator writes nothing at all, not even the timeline event:
+        the new lease holder owns this transaction's story now.
+        """
         target = states.branch_done_status(decision)
         phase = states.phase_of(decision)
         async with self._transaction_block() as conn:
@@ -463,6 +484,9 @@ class Store:
                 lease.token,
                 states.branch_sources_of(target),
             )
+            assert row is not None  # the statement always returns its one summary row
+            if not row["holds_lease"]:
+                return False
             await self._event(
                 conn,
                 lease.gid,
@@ -470,9 +494,9 @@ class Store:
                 branch_id=branch_id,
                 phase=phase,
                 call=call,
-                detail={"done": done, "fenced": row is None},
+                detail={"done": done},
             )
-        return row is not None
+        return True
 
     async def finish_round(
         self,
@@ -480,7 +504,7 @@ class Store:
         decision: Decision,
         outcome: GlobalStatus,
         retry_in_s: float,
-        pending: Iterable[str],
+        pending: list[str],
         owner: str,
     ) -> Transaction | None:
         """End a round and release the lease; None if the lease was lost."""

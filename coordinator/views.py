@@ -5,14 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
-from typing import TypeVar
+import math
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator import migrator, states
-from coordinator.exceptions import LimitExceeded
+from coordinator.exceptions import InvalidInput, LimitExceeded
 from coordinator.keys import ENGINE, SETTINGS, STORE
 from coordinator.models import TransactionDetail
 from coordinator.problems import BadRequest, problem
@@ -30,10 +31,39 @@ from coordinator.schemas import (
     TryOut,
     is_valid_gid,
 )
-from coordinator.states import BranchStatus, GlobalStatus, TryVerdict
+from coordinator.states import GlobalStatus, TryVerdict
 from coordinator.store import ListFilter
 
 M = TypeVar("M", bound=BaseModel)
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_storable(data: Any) -> None:
+    """Refuse what JSON allows but the log cannot hold: NUL characters, infinite
+    numbers, absurd nesting. Iterative, so hostile depth cannot exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        where = path or "(body)"
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidInput(f"{where}: contains a NUL character")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(f"{where}: number out of range")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    raise InvalidInput(f"{where}: a key contains a NUL character")
+                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}.{i}", depth + 1) for i, item in enumerate(value))
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:
@@ -41,12 +71,15 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if not raw.strip():
         raw = b"{}"
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError as exc:
+        raise BadRequest("the body is nested too deeply") from exc
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
-    return model.model_validate_json(raw)
+    check_storable(data)
+    return model.model_validate_json(raw)  # JSON mode: error messages speak JSON
 
 
 def path_gid(request: web.Request) -> str:
@@ -123,22 +156,22 @@ async def try_branch(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_body(request, TryBranchIn)
     branch, created = await engine.register(gid, body.to_new())
-    if not created:
-        # A repeat: report what the log knows, never call try a second time.
-        txn = await engine.store.get(gid)
-        verdict = {
-            BranchStatus.REGISTERED: "pending",
-            BranchStatus.TRY_FAILED: TryVerdict.FAILED.value,
-        }.get(branch.status, TryVerdict.TRIED.value)
-        out = TryOut(
-            verdict=verdict,
-            transaction_status=txn.status,
-            branch=BranchOut.of(branch),
-            participant=None,
-        )
-        return _try_response(out)
     txn = await engine.store.get(gid)
-    outcome = await engine.try_branch(txn, branch)
+    if created:
+        outcome = await engine.try_branch(txn, branch)
+    else:
+        # A repeat: report what the log knows. The try runs again only if its first
+        # answer was never logged and it is older than a call can take.
+        rerun = await engine.retry_stale_try(txn, branch)
+        if rerun is None:
+            out = TryOut(
+                verdict=states.recorded_try_verdict(branch.status, branch.last_http_status),
+                transaction_status=txn.status,
+                branch=BranchOut.of(branch),
+                participant=None,
+            )
+            return _try_response(out)
+        outcome = rerun
     txn = await engine.store.get(gid)
     out = TryOut(
         verdict=outcome.verdict.value,
@@ -159,13 +192,11 @@ def _try_response(out: TryOut) -> web.Response:
         return json_response(out, 200)
     if out.verdict == "pending":
         return json_response(out, 202)
-    status = 409 if out.verdict == TryVerdict.REFUSED.value else 502
     branch_id = out.branch.branch_id if out.branch else "?"
-    detail = (
-        f"the participant refused the try of branch {branch_id!r}"
-        if status == 409
-        else f"the try of branch {branch_id!r} failed"
-    )
+    status, detail = {
+        TryVerdict.REFUSED.value: (409, f"the participant refused the try of branch {branch_id!r}"),
+        "cancelled": (409, f"branch {branch_id!r} was cancelled"),
+    }.get(out.verdict, (502, f"the try of branch {branch_id!r} failed"))
     return problem(
         status,
         f"{detail}; the transaction is {out.transaction_status.value}",
@@ -222,16 +253,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, gid = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(gid)
+        if not isinstance(gid, str) or not is_valid_gid(gid):
+            raise ValueError("bad gid")
+        return datetime.fromisoformat(created_at), gid
     except (ValueError, TypeError, binascii.Error) as exc:
         raise BadRequest("cursor: not a cursor this API returned") from exc
 
 
 async def list_transactions(request: web.Request) -> web.Response:
     query = ListQuery.model_validate(dict(request.query))
+    if query.service is not None:
+        check_storable({"service": query.service})
     for name, value in (("created_from", query.created_from), ("created_to", query.created_to)):
         if value is not None and value.tzinfo is None:
             raise BadRequest(f"{name}: give a time zone, e.g. 2026-01-01T00:00:00Z")
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError as exc:
+                raise BadRequest(f"{name}: out of range") from exc
     rows = await request.app[STORE].list(
         ListFilter(
             status=query.status,

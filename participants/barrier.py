@@ -81,6 +81,8 @@ async def purge(conn: Connection, older_than_s: float, batch: int = 1000) -> int
     Keep rows for longer than any transaction can still send a call (the coordinator's
     give-up time), or a very late retry would be taken for a first call.
     """
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
     total = 0
     while True:
         status = await conn.execute(PURGE, older_than_s, batch)

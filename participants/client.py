@@ -71,11 +71,14 @@ class TransactionState:
         return cls(body["gid"], body["status"], body.get("cancel_reason"), body)
 
 
-def _error_for(status: int, path: str, body: Any) -> CoordinatorError:
+def _error_for(status: int, body: Any) -> CoordinatorError:
     detail = body.get("detail", "") if isinstance(body, dict) else str(body)
-    if status == 409 and path.endswith("/try"):
+    # Only a reply that carries the participant's verdict is about the participant;
+    # a 409 for, say, a transaction that is no longer trying is a plain Conflict.
+    verdict = body.get("verdict") if isinstance(body, dict) else None
+    if status == 409 and verdict == "refused":
         return TryRefused(status, detail, body)
-    if status == 502 and path.endswith("/try"):
+    if status == 502 and verdict == "failed":
         return TryFailed(status, detail, body)
     kind: type[CoordinatorError] = {
         400: InvalidRequest,
@@ -131,7 +134,7 @@ class CoordinatorClient:
                 None, f"coordinator answered something that is not JSON: {exc}"
             ) from exc
         if status >= 400:
-            raise _error_for(status, path, data)
+            raise _error_for(status, data)
         return status, data
 
     # --- the API --------------------------------------------------------------------

@@ -15,6 +15,7 @@ class Reply:
     status: int = 200
     delay_s: float = 0.0
     body: Any = field(default_factory=lambda: {"ok": True})
+    raw: bytes | None = None  # sent as is instead of body, for odd replies
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class FakeParticipant:
         reply = queue.popleft() if queue else self._defaults.get((service, phase), Reply())
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.raw is not None:
+            return web.Response(body=reply.raw, status=reply.status)
         return web.json_response(reply.body, status=reply.status)
 
     async def start(self, port: int | None = None) -> None:

@@ -93,7 +93,7 @@ RETURNING *;
 -- (the CLI) the next recovery scan of any coordinator picks it up.
 UPDATE tcc_transactions
 SET status = $3, phase_started_at = now(), next_attempt_at = now(), updated_at = now(),
-    lease_owner = $2,
+    phase_attempts = 0, lease_owner = $2,
     lease_token = CASE WHEN $2::text IS NULL THEN NULL ELSE gen_random_uuid() END,
     lease_expires_at = CASE WHEN $2::text IS NULL THEN NULL
                             ELSE now() + make_interval(secs => $4) END
@@ -136,14 +136,20 @@ FROM tcc_transactions WHERE gid = $1 AND lease_token = $2;
 
 -- name: record_phase_call
 -- Fenced: only the holder of the current lease may record a phase-two outcome.
-UPDATE tcc_branches b
-SET status = CASE WHEN $3 THEN $4 ELSE b.status END,
-    attempts = b.attempts + 1, last_http_status = $5, last_error = $6, last_latency_ms = $7,
-    next_retry_at = NULL, updated_at = now()
-FROM tcc_transactions t
-WHERE b.gid = $1 AND b.branch_id = $2 AND t.gid = b.gid AND t.lease_token = $8
-  AND b.status = ANY($9::text[])
-RETURNING b.*;
+-- FOR SHARE waits for a concurrent takeover to commit and then sees its new token,
+-- so a stale holder can never slip a write in between.
+WITH holder AS (
+    SELECT gid FROM tcc_transactions WHERE gid = $1 AND lease_token = $8 FOR SHARE
+), moved AS (
+    UPDATE tcc_branches b
+    SET status = CASE WHEN $3 THEN $4 ELSE b.status END,
+        attempts = b.attempts + 1, last_http_status = $5, last_error = $6,
+        last_latency_ms = $7, next_retry_at = NULL, updated_at = now()
+    FROM holder
+    WHERE b.gid = holder.gid AND b.branch_id = $2 AND b.status = ANY($9::text[])
+    RETURNING b.branch_id
+)
+SELECT EXISTS (SELECT 1 FROM holder) AS holds_lease, EXISTS (SELECT 1 FROM moved) AS recorded;
 
 -- name: finish_round
 -- Fenced CAS that ends a round: final, parked, or the next retry time (now() + $5 s).
@@ -156,6 +162,17 @@ SET status = $3, phase_attempts = phase_attempts + 1, updated_at = now(),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE gid = $1 AND lease_token = $2 AND status = ANY($4::text[])
 RETURNING *;
+
+-- name: claim_stale_try
+-- A try that never got an answer logged (its coordinator died mid-call, or the log
+-- was unreachable) may be run again once it is older than a call could take.
+-- The CAS on updated_at lets only one repeat re-run it.
+UPDATE tcc_branches b SET updated_at = now()
+FROM tcc_transactions t
+WHERE b.gid = $1 AND b.branch_id = $2 AND t.gid = b.gid AND t.status = 'trying'
+  AND b.status = 'registered' AND b.try_url IS NOT NULL
+  AND b.updated_at < now() - make_interval(secs => $3)
+RETURNING b.*;
 
 -- name: schedule_branch_retry
 UPDATE tcc_branches SET next_retry_at = $3

@@ -115,7 +115,7 @@ async def test_register__bad_participant_url__is_422(
     status, body = await problem_of(
         coordinator,
         "POST",
-        "/v1/transactions/u/branches",
+        "/v1/transactions/u/try",
         json={**GOOD_BRANCH, "confirm_url": url},
     )
     assert status == 422
@@ -156,7 +156,7 @@ async def test_bad_paths_and_methods__get_problems(
 
 async def test_register_on_a_missing_transaction__is_404(coordinator: CoordinatorClient) -> None:
     status, body = await problem_of(
-        coordinator, "POST", "/v1/transactions/missing/branches", json=GOOD_BRANCH
+        coordinator, "POST", "/v1/transactions/missing/try", json=GOOD_BRANCH
     )
     assert status == 404
     assert "missing" in body["detail"]
@@ -198,3 +198,51 @@ async def test_nothing_bad__was_logged_by_the_bad_requests(
     await problem_of(coordinator, "POST", "/v1/transactions", json={"gid": "g", "x": 1})
     status, _ = await coordinator.get("/v1/transactions/g")
     assert status == 404
+
+
+async def test_register__with_a_try_url__points_to_the_try_endpoint(
+    coordinator: CoordinatorClient,
+) -> None:
+    await coordinator.post("/v1/transactions", {"gid": "reg"})
+    status, body = await problem_of(
+        coordinator, "POST", "/v1/transactions/reg/branches", json=GOOD_BRANCH
+    )
+    assert status == 422
+    assert "POST .../try" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "message"),
+    [
+        (b'{"service": "a\\u0000b"}', 422, "service: contains a NUL character"),
+        (b'{"metadata": {"k": ["x", "\\u0000"]}}', 422, "metadata.k.1: contains a NUL"),
+        (b'{"metadata": {"k\\u0000": 1}}', 422, "a key contains a NUL"),
+        (b'{"metadata": {"n": NaN}}', 400, "NaN is not a JSON number"),
+        (b'{"metadata": {"n": Infinity}}', 400, "Infinity is not a JSON number"),
+        (b'{"metadata": {"n": 1e400}}', 422, "metadata.n: number out of range"),
+        (b'{"metadata": {"d": ' + b"[" * 40 + b"]" * 40 + b"}}", 422, "nested deeper than 32"),
+        (b'{"metadata": {"d": ' + b"[" * 100000 + b"]" * 100000 + b"}}", 400, "nested too deeply"),
+    ],
+)
+async def test_begin__values_the_log_cannot_hold__are_refused(
+    coordinator: CoordinatorClient, raw: bytes, status: int, message: str
+) -> None:
+    got, body = await problem_of(coordinator, "POST", "/v1/transactions", data=raw)
+    assert got == status
+    assert message in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ("service=%00", 422, "NUL"),
+        ("created_from=0001-01-01T00:00:00%2B14:00", 400, "out of range"),
+        ("cursor=WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgImFcdTAwMDAiXQ", 400, "cursor"),
+    ],
+)
+async def test_list__hostile_query__is_refused(
+    coordinator: CoordinatorClient, query: str, status: int, message: str
+) -> None:
+    got, body = await problem_of(coordinator, "GET", f"/v1/transactions?{query}")
+    assert got == status
+    assert message in body["detail"]
