@@ -1,0 +1,100 @@
+"""`tcc up` and `tcc demo` as a newcomer runs them: real processes, real ports on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from coordinator.children import clean_env, free_port
+from tests.processes import TCC, run_tcc_async
+
+pytestmark = pytest.mark.slow
+
+
+async def test_demo__plays_every_scenario_and_the_books_balance() -> None:
+    code, out, err = await run_tcc_async("demo", env=clean_env(), timeout_s=240)
+    assert code == 0, out + err
+    for scenario in (
+        "1. A successful order",
+        "2. Refused for insufficient funds",
+        "3. The wallet crashes during confirm",
+        "4. The inventory hangs in try",
+    ):
+        assert scenario in out
+    assert "cancelled (try_failed: payment)" in out
+    assert "cancelled (timeout)" in out
+    assert "wallet: killed (SIGKILL)" in out
+    assert "Nothing lost or double-spent" in out
+
+
+async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    coordinator_port = free_port()
+    samples = free_port()
+    # Three consecutive free ports for the samples: retry a few bases if one is taken.
+    for _ in range(20):
+        if all(_port_free(samples + i) for i in range(3)):
+            break
+        samples = free_port()
+    proc = _start_up(tmp_path, coordinator_port, samples)
+    try:
+        order = f"http://127.0.0.1:{samples + 2}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(order + "/orders") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                await asyncio.sleep(0.3)
+            body = {"customer": "alice", "sku": "book", "qty": 2}
+            async with http.post(order + "/checkout", json=body) as resp:
+                assert resp.status == 200
+                placed = await resp.json()
+            assert placed["transaction"] == "confirmed"
+            async with http.get(f"http://127.0.0.1:{samples}/accounts/alice") as resp:
+                assert (await resp.json())["balance"] == 1000 - 24
+            url = f"http://127.0.0.1:{coordinator_port}/v1/transactions/{placed['order_id']}"
+            async with http.get(url) as resp:
+                assert (await resp.json())["status"] == "confirmed"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "curl -s -X POST" in out  # the banner's order line
+    assert "tcc up: stopped" in out
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _start_up(tmp_path: Path, coordinator_port: int, samples: int) -> subprocess.Popen[str]:
+    command = [
+        *TCC,
+        "up",
+        "--data-dir",
+        str(tmp_path / "pgdata"),
+        "--port",
+        str(coordinator_port),
+        "--samples-port",
+        str(samples),
+    ]
+    return subprocess.Popen(
+        command, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
