@@ -12,6 +12,7 @@ from aiohttp import web
 
 from coordinator import migrator
 from coordinator.caller import ParticipantCaller
+from coordinator.dtm_views import setup_dtm_routes
 from coordinator.engine import Engine
 from coordinator.keys import ENGINE, SETTINGS, STORE
 from coordinator.problems import problem_middleware
@@ -68,4 +69,6 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(stop_claiming)
     setup_routes(app)
+    if settings.dtm_api:
+        setup_dtm_routes(app)
     return app

@@ -19,6 +19,7 @@ class CallResult:
     body: Any  # parsed JSON if it was JSON, else text, capped in size
     error: str | None
     latency_ms: float
+    text: str = ""  # the reply as text (capped), for protocols that read words in it
 
 
 def idempotency_key(gid: str, branch_id: str, phase: Phase) -> str:
@@ -42,31 +43,82 @@ class ParticipantCaller:
         payload: Any,
         timeout_s: float,
     ) -> CallResult:
+        """Our contract: POST {gid, branch_id, phase, payload} as JSON."""
         body = {"gid": gid, "branch_id": branch_id, "phase": phase.value, "payload": payload}
-        headers = {
-            "X-TCC-Gid": gid,
-            "X-TCC-Branch": branch_id,
-            "X-TCC-Phase": phase.value,
-            "Idempotency-Key": idempotency_key(gid, branch_id, phase),
-        }
+        return await self._send(
+            "POST",
+            url,
+            data=json.dumps(body).encode(),
+            params=None,
+            headers=_protocol_headers(gid, branch_id, phase),
+            timeout_s=timeout_s,
+        )
+
+    async def call_dtm(
+        self,
+        url: str,
+        *,
+        gid: str,
+        branch_id: str,
+        phase: Phase,
+        data: str | None,
+        extra_headers: dict[str, str],
+        timeout_s: float,
+    ) -> CallResult:
+        """DTM's contract: the branch's data string as the body (a GET when there is none),
+        with gid, trans_type, branch_id and op as query parameters."""
+        params = {"gid": gid, "trans_type": "tcc", "branch_id": branch_id, "op": phase.value}
+        headers = {**extra_headers, **_protocol_headers(gid, branch_id, phase)}
+        return await self._send(
+            "POST" if data else "GET",
+            url,
+            data=data.encode() if data else None,
+            params=params,
+            headers=headers,
+            timeout_s=timeout_s,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None,
+        params: dict[str, str] | None,
+        headers: dict[str, str],
+        timeout_s: float,
+    ) -> CallResult:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                async with self.session.post(
-                    url, json=body, headers=headers, allow_redirects=False
+                async with self.session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers=headers,
+                    allow_redirects=False,
                 ) as response:
                     raw = await response.content.read(self.max_response_bytes)
                     status = response.status
         except TimeoutError:
             return CallResult(None, None, f"timed out after {timeout_s:g}s", _ms_since(started))
-        except aiohttp.ClientError as exc:
-            return CallResult(None, None, _describe(exc), _ms_since(started))
         except Exception as exc:  # a call must never break a round: it just did not succeed
             return CallResult(None, None, _describe(exc), _ms_since(started))
         latency = _ms_since(started)
-        parsed = _parse(raw)
+        text = printable(raw.decode("utf-8", errors="replace"))
         error = None if 200 <= status < 300 else f"HTTP {status}: {_snippet(raw)}"
-        return CallResult(status, parsed, error, latency)
+        return CallResult(status, _parse(raw), error, latency, text)
+
+
+def _protocol_headers(gid: str, branch_id: str, phase: Phase) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-TCC-Gid": gid,
+        "X-TCC-Branch": branch_id,
+        "X-TCC-Phase": phase.value,
+        "Idempotency-Key": idempotency_key(gid, branch_id, phase),
+    }
 
 
 def _ms_since(started: float) -> float:

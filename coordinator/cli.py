@@ -386,7 +386,7 @@ async def list_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         rows = await store.list(
             ListFilter(
-                status=GlobalStatus(args.filter_status) if args.filter_status else None,
+                statuses=(GlobalStatus(args.filter_status),) if args.filter_status else None,
                 service=args.filter_service,
                 limit=args.limit,
             )

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from enum import StrEnum
 
 import structlog
 
-from coordinator import states
+from coordinator import dtm_protocol, states
 from coordinator.caller import CallResult, ParticipantCaller
 from coordinator.exceptions import Conflict, DatabaseUnavailable
 from coordinator.models import (
@@ -28,6 +30,7 @@ from coordinator.models import (
     NewTransaction,
     Transaction,
 )
+from coordinator.retry import RetryPolicy
 from coordinator.settings import Settings
 from coordinator.states import Decision, GlobalStatus, Phase, TryVerdict, Verdict
 from coordinator.store import CallRecord, DecideResult, Store
@@ -38,6 +41,20 @@ log = structlog.get_logger(__name__)
 def new_owner_id() -> str:
     """Names this coordinator process in leases; unique per start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class CallOutcome(StrEnum):
+    DONE = "done"
+    ONGOING = "ongoing"  # the participant is still working on it: retry at the normal interval
+    RETRY = "retry"  # failed or no answer: retry with backoff
+
+
+_DTM_OUTCOME = {
+    dtm_protocol.Reply.SUCCESS: CallOutcome.DONE,
+    dtm_protocol.Reply.ONGOING: CallOutcome.ONGOING,
+    dtm_protocol.Reply.FAILURE: CallOutcome.RETRY,
+    dtm_protocol.Reply.ERROR: CallOutcome.RETRY,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +294,21 @@ class Engine:
         timeout_s = self._call_timeout(txn)
         async with self._renewing(lease):
             # _phase_call never raises, so every call has ended before the lease is let go.
-            done = await asyncio.gather(
+            replies = await asyncio.gather(
                 *(self._phase_call(lease, txn, decision, b, timeout_s) for b in pending)
             )
-        still_pending = [b.branch_id for b, ok in zip(pending, done, strict=True) if not ok]
+        still_pending = [
+            b.branch_id for b, r in zip(pending, replies, strict=True) if r is not CallOutcome.DONE
+        ]
         outcome = states.round_outcome(decision, not still_pending, ctx.budget_spent)
-        delay = self.policy.delay(txn.phase_attempts + 1, self._rng)
+        policy = self._policy_for(txn)
+        if still_pending and all(
+            r is CallOutcome.ONGOING for r in replies if r is not CallOutcome.DONE
+        ):
+            # "Still working on it" is no failure: come back at the normal interval.
+            delay = policy.initial_interval
+        else:
+            delay = policy.delay(txn.phase_attempts + 1, self._rng)
         finished = await self.store.finish_round(
             lease, decision, outcome, delay, still_pending, self.owner
         )
@@ -307,6 +333,48 @@ class Engine:
             )
         return finished
 
+    def _policy_for(self, txn: Transaction) -> RetryPolicy:
+        """The retry policy, with a transaction's own retry_interval (DTM option) as base."""
+        interval = txn.options.get("retry_interval")
+        if isinstance(interval, int | float) and interval > 0:
+            return dataclasses.replace(
+                self.policy,
+                initial_interval=float(interval),
+                maximum_interval=max(self.policy.maximum_interval, float(interval)),
+            )
+        return self.policy
+
+    async def _call_phase_two(
+        self, txn: Transaction, branch: Branch, phase: Phase, timeout_s: float
+    ) -> tuple[CallResult, CallOutcome]:
+        """One confirm/cancel call in the transaction's dialect, and what its reply means."""
+        url = branch.confirm_url if phase is Phase.CONFIRM else branch.cancel_url
+        if txn.dialect == "dtm":
+            result = await self.caller.call_dtm(
+                url,
+                gid=txn.gid,
+                branch_id=branch.branch_id,
+                phase=phase,
+                data=branch.data,
+                extra_headers=dtm_protocol.branch_headers(txn.options),
+                timeout_s=timeout_s,
+            )
+            reply = dtm_protocol.judge_reply(result.http_status, result.text)
+            if reply is dtm_protocol.Reply.FAILURE:
+                # TCC confirm and cancel must succeed in the end: say so loudly, and retry.
+                log.error("participant_answered_failure", http_status=result.http_status)
+            return result, _DTM_OUTCOME[reply]
+        result = await self.caller.call(
+            url,
+            gid=txn.gid,
+            branch_id=branch.branch_id,
+            phase=phase,
+            payload=branch.payload,
+            timeout_s=timeout_s,
+        )
+        done = states.judge_phase_two(phase, result.http_status)
+        return result, CallOutcome.DONE if done else CallOutcome.RETRY
+
     async def _phase_call(
         self,
         lease: Lease,
@@ -314,26 +382,18 @@ class Engine:
         decision: Decision,
         branch: Branch,
         timeout_s: float,
-    ) -> bool:
+    ) -> CallOutcome:
         phase = states.phase_of(decision)
-        url = branch.confirm_url if decision is Decision.CONFIRM else branch.cancel_url
         with structlog.contextvars.bound_contextvars(branch_id=branch.branch_id, phase=phase.value):
-            result = await self.caller.call(
-                url,
-                gid=txn.gid,
-                branch_id=branch.branch_id,
-                phase=phase,
-                payload=branch.payload,
-                timeout_s=timeout_s,
-            )
-            done = states.judge_phase_two(phase, result.http_status)
+            result, outcome = await self._call_phase_two(txn, branch, phase, timeout_s)
+            done = outcome is CallOutcome.DONE
             try:
                 recorded = await self.store.record_phase_call(
                     lease, branch.branch_id, decision, done, _record(result)
                 )
             except Exception as exc:  # the round ends when every call has; this one failed
                 log.warning("phase_call_not_recorded", error=str(exc))
-                return False
+                return CallOutcome.RETRY
             if done:
                 log.info(
                     f"branch_{states.branch_done_status(decision).value}",
@@ -346,8 +406,9 @@ class Engine:
                     http_status=result.http_status,
                     error=result.error,
                     latency_ms=result.latency_ms,
+                    ongoing=outcome is CallOutcome.ONGOING,
                 )
-        return done and recorded
+        return outcome if recorded else CallOutcome.RETRY
 
     @contextlib.asynccontextmanager
     async def _renewing(self, lease: Lease) -> AsyncIterator[None]:

@@ -27,6 +27,7 @@ class Branch:
     next_retry_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    data: str | None = None  # DTM dialect: the body of its confirm/cancel calls
 
     @property
     def view(self) -> BranchView:
@@ -54,6 +55,7 @@ class Transaction:
     next_attempt_at: datetime | None
     lease_owner: str | None
     lease_expires_at: datetime | None
+    options: dict[str, Any] = field(default_factory=dict)  # protocol options (DTM's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class NewBranch:
     cancel_url: str
     payload: Any
     request_hash: str
+    data: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ class NewTransaction:
     request_hash: str
     dialect: str = "tcc"
     branches: list[NewBranch] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,6 +150,7 @@ class BranchOut(BaseModel):
     confirm_url: str
     cancel_url: str
     payload: JsonValue
+    data: str | None = Field(description="DTM dialect: the body of confirm/cancel calls")
     attempts: int
     last_http_status: int | None
     last_error: str | None
@@ -168,6 +169,7 @@ class BranchOut(BaseModel):
             confirm_url=b.confirm_url,
             cancel_url=b.cancel_url,
             payload=b.payload,
+            data=b.data,
             attempts=b.attempts,
             last_http_status=b.last_http_status,
             last_error=b.last_error,
@@ -220,6 +222,7 @@ class TransactionOut(BaseModel):
     finished_at: datetime | None
     phase_attempts: int
     next_retry_at: datetime | None = Field(description="Next phase-two round, while one is due")
+    options: dict[str, JsonValue] = Field(description="Protocol options, e.g. DTM's")
 
     @classmethod
     def of(cls, t: Transaction) -> TransactionOut:
@@ -240,6 +243,7 @@ class TransactionOut(BaseModel):
             finished_at=t.finished_at,
             phase_attempts=t.phase_attempts,
             next_retry_at=t.next_attempt_at if in_phase_two else None,
+            options=t.options,
         )
 
 

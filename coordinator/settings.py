@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=2, ge=1, description="Database pool minimum")
     pool_max_size: int = Field(default=20, ge=1, description="Database pool maximum")
     migrate: bool = Field(default=True, description="Apply migrations when serve starts")
+    dtm_api: bool = Field(default=True, description="Serve DTM's HTTP protocol under /api/dtmsvr")
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     log_format: Literal["auto", "json", "console"] = Field(

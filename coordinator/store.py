@@ -113,6 +113,7 @@ def _transaction(row: asyncpg.Record) -> Transaction:
         next_attempt_at=row["next_attempt_at"],
         lease_owner=row["lease_owner"],
         lease_expires_at=row["lease_expires_at"],
+        options=row["options"],
     )
 
 
@@ -134,6 +135,7 @@ def _branch(row: asyncpg.Record) -> Branch:
         next_retry_at=row["next_retry_at"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        data=row["data"],
     )
 
 
@@ -176,7 +178,7 @@ class CallRecord:
 
 @dataclass(frozen=True, slots=True)
 class ListFilter:
-    status: GlobalStatus | None = None
+    statuses: tuple[GlobalStatus, ...] | None = None
     service: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
@@ -249,6 +251,7 @@ class Store:
                 new.request_hash,
                 new.timeout_s,
                 new.call_timeout_s,
+                new.options,
             )
             if row is None:
                 existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
@@ -282,6 +285,7 @@ class Store:
             new.cancel_url,
             new.payload,
             new.request_hash,
+            new.data,
         )
         if row is not None:
             await self._event(
@@ -399,6 +403,13 @@ class Store:
                 detail={"decision": decision.value, "reason": reason, "by": owner},
             )
             return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
+
+    async def set_options(
+        self, gid: str, options: dict[str, Any], call_timeout_s: float | None
+    ) -> bool:
+        """Merge protocol options into a transaction that is still trying."""
+        async with self.connection() as conn:
+            return await conn.fetchval(q("set_options"), gid, options, call_timeout_s) is not None
 
     async def retry_parked(
         self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
@@ -565,7 +576,7 @@ class Store:
         async with self.connection() as conn:
             rows = await conn.fetch(
                 q("list_transactions"),
-                flt.status.value if flt.status else None,
+                [s.value for s in flt.statuses] if flt.statuses else None,
                 flt.service,
                 flt.created_from,
                 flt.created_to,

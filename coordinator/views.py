@@ -274,7 +274,7 @@ async def list_transactions(request: web.Request) -> web.Response:
                 raise BadRequest(f"{name}: out of range") from exc
     rows = await request.app[STORE].list(
         ListFilter(
-            status=query.status,
+            statuses=(query.status,) if query.status else None,
             service=query.service,
             created_from=query.created_from,
             created_to=query.created_to,

@@ -31,10 +31,10 @@ SELECT 1;
 -- $6 is timeout_s; ON CONFLICT lets a repeated begin find the original.
 INSERT INTO tcc_transactions (
     gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
-    deadline, next_attempt_at
+    deadline, next_attempt_at, options
 )
 VALUES ($1, 'trying', $2, $3, $4, $5, $6, $7,
-        now() + make_interval(secs => $6), now() + make_interval(secs => $6))
+        now() + make_interval(secs => $6), now() + make_interval(secs => $6), $8)
 ON CONFLICT (gid) DO NOTHING
 RETURNING *;
 
@@ -51,10 +51,10 @@ SELECT *, deadline <= now() AS deadline_passed FROM tcc_transactions WHERE gid =
 -- name: insert_branch
 INSERT INTO tcc_branches (
     gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
-    request_hash, status
+    request_hash, status, data
 )
 VALUES ($1, $2, (SELECT count(*) FROM tcc_branches WHERE gid = $1), $3, $4, $5, $6, $7, $8,
-        'registered')
+        'registered', $9)
 ON CONFLICT (gid, branch_id) DO NOTHING
 RETURNING *;
 
@@ -185,10 +185,17 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 -- name: list_events
 SELECT * FROM tcc_events WHERE gid = $1 ORDER BY id;
 
+-- name: set_options
+-- Protocol options given again when deciding (DTM's submit); only while trying.
+UPDATE tcc_transactions
+SET options = options || $2, call_timeout_s = COALESCE($3, call_timeout_s), updated_at = now()
+WHERE gid = $1 AND status = 'trying'
+RETURNING gid;
+
 -- name: list_transactions
 -- Newest first; the cursor is the (created_at, gid) of the last row already seen.
 SELECT * FROM tcc_transactions
-WHERE ($1::text IS NULL OR status = $1)
+WHERE ($1::text[] IS NULL OR status = ANY($1))
   AND ($2::text IS NULL OR service = $2)
   AND ($3::timestamptz IS NULL OR created_at >= $3)
   AND ($4::timestamptz IS NULL OR created_at < $4)

@@ -46,13 +46,10 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
         order = f"http://127.0.0.1:{samples + 2}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             deadline = time.monotonic() + 90
+            coordinator = f"http://127.0.0.1:{coordinator_port}/readyz"
             while time.monotonic() < deadline:
-                try:
-                    async with http.get(order + "/orders") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
+                if await _answers(http, order + "/orders") and await _answers(http, coordinator):
+                    break
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 await asyncio.sleep(0.3)
             body = {"customer": "alice", "sku": "book", "qty": 2}
@@ -98,3 +95,11 @@ def _start_up(tmp_path: Path, coordinator_port: int, samples: int) -> subprocess
     return subprocess.Popen(
         command, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url) as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False

@@ -156,7 +156,7 @@ async def test_list__pages_newest_first_with_a_cursor(store: Store) -> None:
         seen += [t.gid for t in page]
         after = (page[-1].created_at, page[-1].gid)
     assert seen == [f"g{i}" for i in reversed(range(7))]
-    cancelled = await store.list(ListFilter(status=GlobalStatus.CANCELLED))
+    cancelled = await store.list(ListFilter(statuses=(GlobalStatus.CANCELLED,)))
     assert cancelled == []
 
 
