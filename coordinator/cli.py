@@ -393,9 +393,16 @@ async def list_command(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         await store.pool.close()
-    table = [["GID", "STATUS", "SERVICE", "CREATED", "REASON"]]
+    table = [["GID", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]]
     table += [
-        [t.gid, t.status.value, t.service or "-", format_time(t.created_at), t.cancel_reason or ""]
+        [
+            t.gid,
+            t.status.value,
+            t.dialect,
+            t.service or "-",
+            format_time(t.created_at),
+            t.cancel_reason or "",
+        ]
         for t in rows
     ]
     print(columns(table))

@@ -53,7 +53,7 @@ async def test_list__filters_by_status(store: Store, database_url: str) -> None:
     result = run_tcc("list", "--status", "trying", env=tcc_env(database_url))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["GID", "STATUS", "SERVICE", "CREATED", "REASON"]
+    assert lines[0].split() == ["GID", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]
     assert [line.split()[0] for line in lines[1:]] == ["kept"]
 
 
