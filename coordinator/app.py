@@ -11,15 +11,18 @@ import structlog
 from aiohttp import web
 
 from coordinator import migrator
+from coordinator.auth import KeyRing, parse_keys
 from coordinator.caller import ParticipantCaller
 from coordinator.dtm_views import setup_dtm_routes
 from coordinator.engine import Engine
-from coordinator.keys import ENGINE, SETTINGS, STORE
+from coordinator.guard import KEYRING, auth_middleware
+from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
 from coordinator.problems import problem_middleware
 from coordinator.recovery import Recovery
 from coordinator.routes import setup_routes
 from coordinator.settings import Settings
 from coordinator.store import Store, connect_pool
+from coordinator.urlpolicy import ParticipantPolicy, PolicyResolver
 
 log = structlog.get_logger(__name__)
 
@@ -33,26 +36,44 @@ async def stop_claiming(app: web.Application) -> None:
 
 
 def create_app(settings: Settings, database_url: str, *, recovery: bool = True) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
+        handler_args={
+            "max_headers": settings.max_headers,
+            "max_field_size": settings.max_header_bytes,
+            "max_line_size": settings.max_header_bytes,
+        },
+    )
     app[SETTINGS] = settings
+    app[KEYRING] = KeyRing(parse_keys(settings.api_keys or ""))
+    policy = ParticipantPolicy.from_config(settings.participant_allow)
+    app[POLICY] = policy
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         if settings.migrate:
             await migrator.migrate(database_url)
         pool = await connect_pool(database_url, settings.pool_min_size, settings.pool_max_size)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=100),
-            # Participant replies are read by the caller with its own size cap.
-            auto_decompress=True,
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=100, resolver=PolicyResolver(policy)
+            ),
         )
         store = Store(pool)
-        engine = Engine(store, ParticipantCaller(session, settings.max_response_bytes), settings)
+        caller = ParticipantCaller(session, settings.max_response_bytes, policy)
+        engine = Engine(store, caller, settings)
         app[STORE], app[ENGINE] = store, engine
         loop = Recovery(engine)
         task = asyncio.create_task(loop.run_forever(), name="recovery")
         app[RECOVERY_TASK] = task
         app[RECOVERY] = loop
         log.info("coordinator_started", owner=engine.owner, recovery=recovery)
+        if settings.insecure:
+            log.warning(
+                "insecure_mode",
+                message="running WITHOUT authentication: anyone who can reach this port can "
+                "read and decide every transaction; never do this outside local development",
+            )
         if not recovery:
             loop.stop()
         try:

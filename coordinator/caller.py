@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from coordinator.states import Phase
+from coordinator.urlpolicy import ParticipantPolicy, PolicyError
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +30,15 @@ def idempotency_key(gid: str, branch_id: str, phase: Phase) -> str:
 class ParticipantCaller:
     """Calls try/confirm/cancel URLs the way the coordinator's contract says."""
 
-    def __init__(self, session: aiohttp.ClientSession, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        max_response_bytes: int,
+        policy: ParticipantPolicy | None = None,
+    ) -> None:
         self.session = session
         self.max_response_bytes = max_response_bytes
+        self.policy = policy
 
     async def call(
         self,
@@ -89,6 +96,11 @@ class ParticipantCaller:
         timeout_s: float,
     ) -> CallResult:
         started = time.perf_counter()
+        if self.policy is not None:
+            try:
+                self.policy.check_url(url)  # names and literal addresses; DNS answers later
+            except PolicyError as exc:
+                return CallResult(None, None, f"refused by policy: {exc}", _ms_since(started))
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session.request(

@@ -161,6 +161,8 @@ class ChaosRun:
                 "TCC_RETRY_MAX_S": "1",
                 "TCC_CONFIRM_WAIT_S": "3",
                 "TCC_POOL_MAX_SIZE": "10",
+                "TCC_INSECURE": "true",  # a private soak run on loopback
+                "TCC_PARTICIPANT_ALLOW": "127.0.0.0/8",
             }
             self.coordinators.append(
                 Managed(

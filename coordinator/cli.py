@@ -17,6 +17,7 @@ from aiohttp import web
 
 from coordinator import migrator
 from coordinator.app import create_app
+from coordinator.auth import hash_key, parse_keys
 from coordinator.caller import ParticipantCaller
 from coordinator.chaos import ChaosConfig, ChaosRun, report_json
 from coordinator.demo import run_demo
@@ -139,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(chaos, ["log_level", "log_format"])
 
+    key_hash = sub.add_parser(
+        "key-hash", help="turn an API key (read from stdin) into a TCC_API_KEYS entry"
+    )
+    key_hash.add_argument("name", help="the service the key belongs to")
+    key_hash.add_argument("--scope", choices=["service", "admin"], default="service")
+
     retry = sub.add_parser("retry", help="send a failed_to_* transaction back into phase two")
     retry.add_argument("gid")
     add_settings_flags(retry, DB_FLAGS)
@@ -165,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = settings_from(args)
         # Admin commands print results; their logs only matter when something is wrong.
-        quiet = args.command != "serve" and args.log_level is None
+        quiet = args.command != "serve" and getattr(args, "log_level", None) is None
         configure_logging("warning" if quiet else settings.log_level, settings.log_format)
         commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
             "serve": serve,
@@ -176,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "recover": lambda a, s: run(recover_command(a, s)),
             "chaos": lambda a, s: run(chaos_command(a)),
             "up": lambda a, s: run(up_command(a, s)),
+            "key-hash": lambda a, s: key_hash_command(a),
             "demo": lambda a, s: run(demo_command()),
         }
         code = commands[args.command](args, settings)
@@ -195,6 +203,11 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.api_keys and not settings.insecure:
+        raise UsageError(
+            "no API keys configured: set TCC_API_KEYS (see tcc key-hash), or pass --insecure"
+            " for local development"
+        )
     url = resolve_database_url(settings.database_url, settings.data_dir)
     if settings.workers > 1:
         if settings.migrate:
@@ -291,6 +304,10 @@ async def up_command(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print("tcc up: starting the embedded Postgres, the coordinator and the samples ...")
+    print(
+        "tcc up: WARNING: local development mode, no authentication (--insecure): keep it"
+        " on 127.0.0.1"
+    )
     try:
         await stack.start()
         print(up_banner(stack))
@@ -327,6 +344,16 @@ Then look at it:
   tcc status ORDER_ID
 
 Ctrl-C stops everything."""
+
+
+def key_hash_command(args: argparse.Namespace) -> int:
+    key = sys.stdin.readline().strip()
+    if len(key) < 16:
+        raise UsageError("give the key on stdin; it must be at least 16 characters")
+    entry = f"{args.name}:{args.scope}:{hash_key(key)}"
+    parse_keys(entry)  # the name must be one the configuration accepts
+    print(entry)
+    return 0
 
 
 async def demo_command() -> int:

@@ -80,3 +80,11 @@ RESERVED_HEADERS = frozenset(
 def branch_headers(options: dict[str, Any]) -> dict[str, str]:
     headers = options.get("branch_headers") or {}
     return {str(k): str(v) for k, v in headers.items() if str(k).lower() not in RESERVED_HEADERS}
+
+
+def redacted(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as shown to people: header values may be credentials, so only names show."""
+    headers = options.get("branch_headers")
+    if not headers:
+        return options
+    return {**options, "branch_headers": dict.fromkeys(headers, "***")}

@@ -25,16 +25,19 @@ from coordinator.dtm_protocol import FAILURE, ONGOING, SUCCESS
 from coordinator.exceptions import (
     Conflict,
     DatabaseUnavailable,
+    Forbidden,
     InvalidInput,
     LimitExceeded,
     NotFound,
 )
-from coordinator.keys import ENGINE, SETTINGS, STORE
+from coordinator.guard import owned, require_admin, service_for_begin
+from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
 from coordinator.models import Branch, NewBranch, NewTransaction, Transaction
 from coordinator.problems import BadRequest, describe_validation
 from coordinator.schemas import Gid, ParticipantUrl, request_hash
 from coordinator.states import Decision, GlobalStatus, Verdict
 from coordinator.store import ListFilter
+from coordinator.urlpolicy import PolicyError
 from coordinator.views import check_storable, decode_cursor, encode_cursor
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -70,6 +73,8 @@ def dtm_endpoint(handler: Handler) -> Handler:
             return response
         except (Conflict, NotFound) as exc:
             return failure(str(exc))
+        except Forbidden as exc:
+            return failure(str(exc), status=403)
 
     return wrapped
 
@@ -162,7 +167,7 @@ async def prepare(request: web.Request) -> web.Response:
         )
     new = NewTransaction(
         gid=body.gid,
-        service=None,
+        service=service_for_begin(request, None),
         metadata={},
         timeout_s=timeout_s,
         call_timeout_s=call_timeout_s,
@@ -181,6 +186,15 @@ async def prepare(request: web.Request) -> web.Response:
 async def register_branch(request: web.Request) -> web.Response:
     body = DtmBranchIn.model_validate(await read_json(request))
     only_tcc(body.trans_type)
+    for field, url in (("confirm", body.confirm), ("cancel", body.cancel)):
+        try:
+            request.app[POLICY].check_url(url)
+        except PolicyError as exc:
+            raise InvalidInput(f"{field}: {exc}") from exc
+    limit = request.app[SETTINGS].max_payload_bytes
+    if len(body.data.encode()) > limit:
+        raise LimitExceeded(f"data: at most {limit} bytes are accepted")
+    await owned(request, body.gid)
     new = NewBranch(
         branch_id=body.branch_id,
         name=body.branch_id,
@@ -208,7 +222,7 @@ async def _decide(request: web.Request, decision: Decision) -> web.Response:
     only_tcc(body.trans_type)
     engine = request.app[ENGINE]
     store = request.app[STORE]
-    txn = await store.get(body.gid)
+    txn = await owned(request, body.gid)
     if decision is Decision.CONFIRM and (body.stored() or body.request_timeout):
         await store.set_options(body.gid, body.stored(), body.request_timeout or None)
     if decision is Decision.CONFIRM:
@@ -265,7 +279,7 @@ def render_transaction(t: Transaction) -> dict[str, Any]:
         "timeout_to_fail": t.timeout_s,
         "request_timeout": t.call_timeout_s or 0,
         "retry_interval": t.options.get("retry_interval", 0),
-        "branch_headers": t.options.get("branch_headers") or {},
+        "branch_headers": dtm_protocol.redacted(t.options).get("branch_headers") or {},
         "dialect": t.dialect,  # ours: 'dtm' when it came in through this API
     }
 
@@ -297,6 +311,7 @@ async def query(request: web.Request) -> web.Response:
     if not gid:
         raise BadRequest("no gid specified")
     try:
+        await owned(request, gid)
         detail = await request.app[STORE].detail(gid)
     except NotFound:
         return web.json_response({"transaction": None, "branches": []})
@@ -310,6 +325,7 @@ async def query(request: web.Request) -> web.Response:
 
 @dtm_endpoint
 async def list_all(request: web.Request) -> web.Response:
+    require_admin(request, "listing transactions")
     status_word = request.query.get("status", "")
     statuses = dtm_protocol.our_statuses(status_word) if status_word else None
     if status_word and not statuses:

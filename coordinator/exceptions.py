@@ -11,6 +11,10 @@ class NotFound(CoordinatorError):
     """No transaction (or branch) with that id."""
 
 
+class Forbidden(CoordinatorError):
+    """The caller's key does not allow this (403)."""
+
+
 class Conflict(CoordinatorError):
     """The request contradicts what the log already holds (409)."""
 

@@ -14,6 +14,7 @@ from coordinator.exceptions import (
     Conflict,
     CoordinatorError,
     DatabaseUnavailable,
+    Forbidden,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -26,6 +27,8 @@ PROBLEM_JSON = "application/problem+json"
 
 _TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -79,6 +82,7 @@ def describe_validation(exc: pydantic.ValidationError) -> tuple[str, list[dict[s
 _DOMAIN_STATUS: list[tuple[type[CoordinatorError], int]] = [
     (BadRequest, 400),
     (NotFound, 404),
+    (Forbidden, 403),
     (Conflict, 409),
     (LimitExceeded, 422),
     (InvalidInput, 422),

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from yarl import URL
 
-from coordinator import states
+from coordinator import dtm_protocol, states
 from coordinator.models import Branch, Event, NewBranch, NewTransaction, Transaction
 from coordinator.states import BranchStatus, GlobalStatus
 
@@ -243,7 +243,7 @@ class TransactionOut(BaseModel):
             finished_at=t.finished_at,
             phase_attempts=t.phase_attempts,
             next_retry_at=t.next_attempt_at if in_phase_two else None,
-            options=t.options,
+            options=dtm_protocol.redacted(t.options),
         )
 
 

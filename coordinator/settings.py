@@ -9,7 +9,9 @@ import platformdirs
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.auth import parse_keys
 from coordinator.retry import RetryPolicy
+from coordinator.urlpolicy import parse_rules
 
 
 def default_data_dir() -> Path:
@@ -83,6 +85,26 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=2, ge=1, description="Database pool minimum")
     pool_max_size: int = Field(default=20, ge=1, description="Database pool maximum")
     migrate: bool = Field(default=True, description="Apply migrations when serve starts")
+    api_keys: str | None = Field(
+        default=None,
+        description="API keys as name:scope:sha256hex entries, comma-separated (tcc key-hash)",
+    )
+    insecure: bool = Field(
+        default=False, description="Run without API keys (local development only)"
+    )
+    protect_health: bool = Field(
+        default=False, description="Require an API key for /healthz, /readyz and /metrics"
+    )
+    participant_allow: str | None = Field(
+        default=None,
+        description="Participant URL allowlist: hosts, .suffixes, CIDRs, each with :port",
+    )
+    max_payload_bytes: int = Field(
+        default=65_536, ge=16, description="Largest branch payload (JSON) or DTM data"
+    )
+    max_metadata_bytes: int = Field(default=16_384, ge=16, description="Largest metadata (JSON)")
+    max_headers: int = Field(default=64, ge=8, description="Most request headers")
+    max_header_bytes: int = Field(default=8190, ge=256, description="Largest request header")
     dtm_api: bool = Field(default=True, description="Serve DTM's HTTP protocol under /api/dtmsvr")
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
@@ -98,6 +120,8 @@ class Settings(BaseSettings):
             raise ValueError("call_timeout_s must not exceed max_call_timeout_s")
         if self.pool_min_size > self.pool_max_size:
             raise ValueError("pool_min_size must not exceed pool_max_size")
+        parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
+        parse_rules(self.participant_allow)
         return self
 
     @property

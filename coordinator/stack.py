@@ -65,6 +65,9 @@ class Stack:
             "TCC_PORT": str(self.ports.coordinator),
             "TCC_LOG_FORMAT": "json",
             "TCC_MIGRATE": "false",
+            # Local development only: no API keys, participants on loopback.
+            "TCC_INSECURE": "true",
+            "TCC_PARTICIPANT_ALLOW": "127.0.0.0/8",
             # Local development: recover quickly after the demo's kills.
             "TCC_RECOVERY_INTERVAL_S": "0.5",
             "TCC_LEASE_TTL_S": "5",

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator import migrator, states
 from coordinator.exceptions import InvalidInput, LimitExceeded
-from coordinator.keys import ENGINE, SETTINGS, STORE
+from coordinator.guard import owned, principal_of, require_admin, service_for_begin
+from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
 from coordinator.models import TransactionDetail
 from coordinator.problems import BadRequest, problem
 from coordinator.schemas import (
@@ -33,6 +34,7 @@ from coordinator.schemas import (
 )
 from coordinator.states import GlobalStatus, TryVerdict
 from coordinator.store import ListFilter
+from coordinator.urlpolicy import PolicyError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -124,6 +126,10 @@ async def begin(request: web.Request) -> web.Response:
             raise LimitExceeded(f"{field}: must be at most {limit:g} seconds")
     if len(body.branches) > settings.max_branches:
         raise LimitExceeded(f"branches: at most {settings.max_branches} per transaction")
+    check_size("metadata", body.metadata, settings.max_metadata_bytes)
+    for i, branch in enumerate(body.branches):
+        check_branch(request, branch, f"branches.{i}.")
+    body = body.model_copy(update={"service": service_for_begin(request, body.service)})
     new = body.to_new(settings.default_timeout_s)
     txn, created = await engine.begin(new)
     location = {"Location": f"/v1/transactions/{txn.gid}"}
@@ -144,9 +150,31 @@ async def begin(request: web.Request) -> web.Response:
     return response
 
 
+def check_size(field: str, value: Any, limit: int) -> None:
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > limit:
+        raise LimitExceeded(f"{field}: {size} bytes of JSON; at most {limit} are accepted")
+
+
+def check_branch(request: web.Request, branch: BranchIn, prefix: str = "") -> None:
+    """Participant URLs against the policy, and the payload against its size limit."""
+    policy = request.app[POLICY]
+    for field in ("try_url", "confirm_url", "cancel_url"):
+        url = getattr(branch, field, None)
+        if url is None:
+            continue
+        try:
+            policy.check_url(url)
+        except PolicyError as exc:
+            raise InvalidInput(f"{prefix}{field}: {exc}") from exc
+    check_size(f"{prefix}payload", branch.payload, request.app[SETTINGS].max_payload_bytes)
+
+
 async def register_branch(request: web.Request) -> web.Response:
     gid = path_gid(request)
     body = await read_body(request, BranchIn)
+    check_branch(request, body)
+    await owned(request, gid)
     branch, created = await request.app[ENGINE].register(gid, body.to_new())
     return json_response(BranchOut.of(branch), 201 if created else 200)
 
@@ -155,6 +183,8 @@ async def try_branch(request: web.Request) -> web.Response:
     gid = path_gid(request)
     engine = request.app[ENGINE]
     body = await read_body(request, TryBranchIn)
+    check_branch(request, body)
+    await owned(request, gid)
     branch, created = await engine.register(gid, body.to_new())
     txn = await engine.store.get(gid)
     if created:
@@ -207,6 +237,7 @@ def _try_response(out: TryOut) -> web.Response:
 async def confirm(request: web.Request) -> web.Response:
     gid = path_gid(request)
     await read_body(request, EmptyIn)
+    await owned(request, gid)
     txn = await request.app[ENGINE].confirm(gid)
     detail = await request.app[STORE].detail(txn.gid)
     return json_response(render_detail(detail), outcome_status(txn.status))
@@ -215,6 +246,7 @@ async def confirm(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     gid = path_gid(request)
     await read_body(request, EmptyIn)
+    await owned(request, gid)
     txn = await request.app[ENGINE].cancel(gid)
     detail = await request.app[STORE].detail(txn.gid)
     return json_response(render_detail(detail), outcome_status(txn.status))
@@ -223,13 +255,17 @@ async def cancel(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     gid = path_gid(request)
     await read_body(request, EmptyIn)
-    txn = await request.app[ENGINE].retry(gid, actor="api")
+    require_admin(request, "retrying a parked transaction")
+    actor = principal_of(request).name or "api (insecure)"
+    txn = await request.app[ENGINE].retry(gid, actor=f"api:{actor}")
     detail = await request.app[STORE].detail(txn.gid)
     return json_response(render_detail(detail), outcome_status(txn.status))
 
 
 async def get_transaction(request: web.Request) -> web.Response:
-    detail = await request.app[STORE].detail(path_gid(request))
+    gid = path_gid(request)
+    await owned(request, gid)
+    detail = await request.app[STORE].detail(gid)
     return json_response(render_detail(detail))
 
 
@@ -261,6 +297,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def list_transactions(request: web.Request) -> web.Response:
+    require_admin(request, "listing transactions")
     query = ListQuery.model_validate(dict(request.query))
     if query.service is not None:
         check_storable({"service": query.service})
@@ -293,6 +330,12 @@ async def list_transactions(request: web.Request) -> web.Response:
 # --- health ----------------------------------------------------------------------------
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    from coordinator.openapi import document_json  # it imports this module's models
+
+    return web.Response(text=document_json(), content_type="application/json")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -304,4 +347,7 @@ async def readyz(request: web.Request) -> web.Response:
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
         return problem(503, f"migrations not applied: {names}")
-    return web.json_response({"status": "ready", "database": "ok", "migrations": "current"})
+    ready: dict[str, str] = {"status": "ready", "database": "ok", "migrations": "current"}
+    if request.app[SETTINGS].insecure:
+        ready["warning"] = "running without authentication (--insecure): development only"
+    return web.json_response(ready)

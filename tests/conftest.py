@@ -116,6 +116,9 @@ def fast_settings(**overrides: object) -> Settings:
         "migrate": False,
         "pool_min_size": 1,
         "pool_max_size": 10,
+        # The tests' participants listen on loopback; auth has tests of its own.
+        "insecure": True,
+        "participant_allow": "127.0.0.0/8",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

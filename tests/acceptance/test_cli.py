@@ -12,6 +12,7 @@ import pytest
 from coordinator.models import NewBranch, NewTransaction
 from coordinator.states import Decision
 from coordinator.store import Store
+from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
 from tests.processes import CoordinatorProcess, run_tcc, run_tcc_async, tcc_env
 
@@ -179,6 +180,10 @@ async def test_serve_workers__two_processes_share_one_port(
     proc = CoordinatorProcess(database_url, tmp_path, workers=2)
     await proc.start()
     try:
+        # /readyz answers as soon as one worker is up; wait for the second as well.
+        await eventually(
+            lambda: _value(proc.logs().count('"coordinator_started"')), lambda n: n == 2
+        )
         async with aiohttp.ClientSession() as http:
             for i in range(20):
                 async with http.post(f"{proc.base}/v1/transactions", json={"gid": f"w{i}"}) as r:
@@ -194,3 +199,7 @@ async def test_serve_workers__two_processes_share_one_port(
     assert len(owners) == 2
     assert logs.count('"coordinator_stopped"') == 2
     assert logs.count('"transaction_begun"') == 20
+
+
+async def _value(value: int) -> int:
+    return value
