@@ -23,6 +23,7 @@ import structlog
 from coordinator import dtm_protocol, states
 from coordinator.caller import CallResult, ParticipantCaller
 from coordinator.exceptions import Conflict, DatabaseUnavailable
+from coordinator.metrics import Metrics
 from coordinator.models import (
     Branch,
     Lease,
@@ -85,6 +86,7 @@ class Engine:
         self._rng = rng or random.Random()
         # Phase-two work running in this process, by gid: requests wait on it.
         self._drives: dict[str, asyncio.Task[Transaction | None]] = {}
+        self.metrics = Metrics()
 
     # --- begin, register, try ------------------------------------------------------
 
@@ -92,6 +94,9 @@ class Engine:
         txn, created = await self.store.begin(new)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
+            self.metrics.count(
+                "tcc_transactions_begun_total", "Transactions begun", dialect=new.dialect
+            )
         return txn, created
 
     async def run_auto(self, txn: Transaction, branches: list[Branch]) -> Transaction:
@@ -140,6 +145,7 @@ class Engine:
                 timeout_s=self._call_timeout(txn),
             )
             verdict = states.judge_try(result.http_status)
+            self._observe_call(Phase.TRY, verdict.value, result)
             updated = await self.store.record_try(
                 txn.gid, branch.branch_id, verdict, _record(result)
             )
@@ -178,6 +184,7 @@ class Engine:
         )
         if result.lease is not None:
             log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
+            self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
             self._spawn_drive(result.lease)
         return result
 
@@ -315,6 +322,12 @@ class Engine:
         if finished is None:
             log.warning("lease_lost_during_round")
             return None
+        if outcome is not states.phase_status(decision):
+            self.metrics.count(
+                "tcc_transactions_ended_total",
+                "Transactions that finished or were parked",
+                status=outcome.value,
+            )
         if outcome in states.PARKED_STATUSES:
             log.error(
                 "transaction_parked",
@@ -332,6 +345,20 @@ class Engine:
                 round=finished.phase_attempts,
             )
         return finished
+
+    def _observe_call(self, phase: Phase, outcome: str, result: CallResult) -> None:
+        self.metrics.count(
+            "tcc_participant_calls_total",
+            "Calls to participants",
+            phase=phase.value,
+            outcome=outcome,
+        )
+        self.metrics.observe(
+            "tcc_participant_call_seconds",
+            "Participant call latency",
+            result.latency_ms / 1000,
+            phase=phase.value,
+        )
 
     def _policy_for(self, txn: Transaction) -> RetryPolicy:
         """The retry policy, with a transaction's own retry_interval (DTM option) as base."""
@@ -387,6 +414,7 @@ class Engine:
         with structlog.contextvars.bound_contextvars(branch_id=branch.branch_id, phase=phase.value):
             result, outcome = await self._call_phase_two(txn, branch, phase, timeout_s)
             done = outcome is CallOutcome.DONE
+            self._observe_call(phase, outcome.value, result)
             try:
                 recorded = await self.store.record_phase_call(
                     lease, branch.branch_id, decision, done, _record(result)

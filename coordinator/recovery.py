@@ -32,6 +32,11 @@ class Recovery:
         for lease, status in claimed:
             with structlog.contextvars.bound_contextvars(gid=lease.gid):
                 log.info("recovery_claimed", status=status.value)
+                self.engine.metrics.count(
+                    "tcc_recovery_claims_total",
+                    "Transactions claimed by recovery",
+                    status=status.value,
+                )
                 try:
                     task = await self.engine.resume(lease, status)
                 except Exception as exc:

@@ -11,6 +11,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/openapi.json", views.openapi_document)
+    app.router.add_get("/metrics", views.metrics)
     app.router.add_post("/v1/transactions", views.begin)
     app.router.add_get("/v1/transactions", views.list_transactions)
     app.router.add_get("/v1/transactions/{gid}", views.get_transaction)

@@ -336,6 +336,17 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(text=document_json(), content_type="application/json")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    gauges = {
+        "tcc_active_rounds": (
+            "Phase-two rounds running in this process",
+            float(engine.active_drives),
+        )
+    }
+    return web.Response(text=engine.metrics.render(gauges), content_type="text/plain")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 

@@ -163,3 +163,12 @@ def test_key_configuration__hashes_never_keys() -> None:
     [key] = parse_keys(f"shop:service:{hash_key('s3cret-s3cret-s3cret')}")
     assert key.sha256.hex() == hash_key("s3cret-s3cret-s3cret")
     assert "s3cret" not in repr(key)
+
+
+async def test_metrics__open_by_default__protected_on_request(
+    secured: CoordinatorClient, make_coordinator: MakeCoordinator
+) -> None:
+    assert (await secured.get("/metrics"))[0] == 200
+    protected = await make_coordinator(insecure=False, api_keys=CONFIG, protect_health=True)
+    assert (await protected.get("/metrics"))[0] == 401
+    assert (await call(protected, "GET", "/metrics", "ops"))[0] == 200
