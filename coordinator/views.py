@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ from coordinator import migrator, states
 from coordinator.exceptions import InvalidInput, LimitExceeded
 from coordinator.guard import owned, principal_of, require_admin, service_for_begin
 from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
-from coordinator.models import TransactionDetail
+from coordinator.models import Transaction, TransactionDetail
 from coordinator.problems import BadRequest, problem
 from coordinator.schemas import (
     BeginIn,
@@ -234,22 +235,23 @@ def _try_response(out: TryOut) -> web.Response:
     )
 
 
-async def confirm(request: web.Request) -> web.Response:
+async def _decide(
+    request: web.Request, take: Callable[[str], Awaitable[Transaction]]
+) -> web.Response:
     gid = path_gid(request)
     await read_body(request, EmptyIn)
     await owned(request, gid)
-    txn = await request.app[ENGINE].confirm(gid)
+    txn = await take(gid)
     detail = await request.app[STORE].detail(txn.gid)
     return json_response(render_detail(detail), outcome_status(txn.status))
+
+
+async def confirm(request: web.Request) -> web.Response:
+    return await _decide(request, request.app[ENGINE].confirm)
 
 
 async def cancel(request: web.Request) -> web.Response:
-    gid = path_gid(request)
-    await read_body(request, EmptyIn)
-    await owned(request, gid)
-    txn = await request.app[ENGINE].cancel(gid)
-    detail = await request.app[STORE].detail(txn.gid)
-    return json_response(render_detail(detail), outcome_status(txn.status))
+    return await _decide(request, request.app[ENGINE].cancel)
 
 
 async def retry(request: web.Request) -> web.Response:
