@@ -111,7 +111,7 @@ class ParticipantCaller:
                     headers=headers,
                     allow_redirects=False,
                 ) as response:
-                    raw = await response.content.read(self.max_response_bytes)
+                    raw = await _read_capped(response, self.max_response_bytes)
                     status = response.status
         except TimeoutError:
             return CallResult(None, None, f"timed out after {timeout_s:g}s", _ms_since(started))
@@ -121,6 +121,18 @@ class ParticipantCaller:
         text = printable(raw.decode("utf-8", errors="replace"))
         error = None if 200 <= status < 300 else f"HTTP {status}: {_snippet(raw)}"
         return CallResult(status, _parse(raw), error, latency, text)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole reply up to ``cap`` bytes (one read() returns only what has arrived)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(16_384):
+        chunks.append(chunk[: cap - size])
+        size += len(chunks[-1])
+        if size >= cap:
+            break
+    return b"".join(chunks)
 
 
 def _protocol_headers(gid: str, branch_id: str, phase: Phase) -> dict[str, str]:

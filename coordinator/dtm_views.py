@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -41,6 +42,9 @@ from coordinator.urlpolicy import PolicyError
 from coordinator.views import check_storable, decode_cursor, encode_cursor
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,2000}")
 
 
 def envelope(status: int, result: str, **fields: Any) -> web.Response:
@@ -88,8 +92,25 @@ class DtmOptions(BaseModel):
     timeout_to_fail: float | None = Field(default=None, ge=0)
     request_timeout: float | None = Field(default=None, ge=0)
     retry_interval: float | None = Field(default=None, ge=0)
-    branch_headers: dict[str, str] | None = None
+    branch_headers: dict[str, str] | None = Field(default=None, max_length=32)
     wait_result: bool = False
+
+    @pydantic.field_validator("timeout_to_fail", "request_timeout", "retry_interval")
+    @classmethod
+    def _not_vanishing(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < 0.01:
+            raise ValueError("must be 0 (the default) or at least 0.01 seconds")
+        return value
+
+    @pydantic.field_validator("branch_headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if not _HEADER_VALUE.fullmatch(text):
+                raise ValueError(f"the value of {name!r} has characters a header cannot carry")
+        return value
 
     def stored(self) -> dict[str, Any]:
         """The options kept with the transaction."""
@@ -165,14 +186,16 @@ async def prepare(request: web.Request) -> web.Response:
         raise BadRequest(
             f"request_timeout: must be at most {settings.max_call_timeout_s:g} seconds"
         )
+    service = service_for_begin(request, None)
     new = NewTransaction(
         gid=body.gid,
-        service=service_for_begin(request, None),
+        service=service,
         metadata={},
         timeout_s=timeout_s,
         call_timeout_s=call_timeout_s,
-        # DTM accepts a repeated prepare whatever its body, as long as it is still prepared.
-        request_hash="dtm:prepare",
+        # DTM accepts a repeated prepare whatever its body, as long as it is still prepared;
+        # the service is part of it, so another service's gid is a plain conflict.
+        request_hash=f"dtm:prepare:{service}",
         dialect="dtm",
         options=body.stored(),
     )

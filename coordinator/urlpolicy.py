@@ -90,6 +90,24 @@ def parse_rules(config: str | None) -> list[Rule]:
     return rules
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: IpAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64, compatible), if any:
+    judged as itself, so ::ffff:127.0.0.1 or 2002:7f00:1:: cannot reach loopback."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def _is_internal(address: IpAddress) -> bool:
     return not address.is_global
 
@@ -118,7 +136,7 @@ class ParticipantPolicy:
         except ValueError:
             self._check_name(host, port)
         else:
-            self.check_address(address, port)
+            self.check_address(address, port, literal=True)
 
     def _check_name(self, host: str, port: int) -> None:
         if not self.name_rules:
@@ -132,10 +150,13 @@ class ParticipantPolicy:
                 return
         raise PolicyError(f"host {host!r} on port {port} is not on the participant allowlist")
 
-    def check_address(self, address: IpAddress, port: int) -> None:
-        """Raise PolicyError unless the coordinator may connect to this address and port."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+    def check_address(self, address: IpAddress, port: int, *, literal: bool = False) -> None:
+        """Raise PolicyError unless the coordinator may connect to this address and port.
+
+        ``literal``: the address was written in the URL, so no name rule vouched for it;
+        once any rule is configured, it must be inside a range rule.
+        """
+        address = _embedded_ipv4(address) or address
         for denied in ALWAYS_DENIED:
             if address.version == denied.version and address in denied:
                 raise PolicyError(
@@ -154,7 +175,7 @@ class ParticipantPolicy:
             raise PolicyError(f"port {port} is not allowed for address {address}")
         if _is_internal(address):
             raise PolicyError(f"address {address} is internal and not on the participant allowlist")
-        if self.range_rules and not self.name_rules:
+        if literal and self.rules:
             raise PolicyError(f"address {address} is not on the participant allowlist")
 
     def allowed_addresses(self, addresses: Iterable[str], port: int) -> list[str]:

@@ -97,11 +97,13 @@ class CoordinatorClient:
         base_url: str,
         *,
         service: str | None = None,
+        api_key: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.service = service
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s)
@@ -124,7 +126,9 @@ class CoordinatorClient:
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         try:
-            async with self._session.request(method, self.base_url + path, json=body) as resp:
+            async with self._session.request(
+                method, self.base_url + path, json=body, headers=self._headers
+            ) as resp:
                 data = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:

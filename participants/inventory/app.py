@@ -20,8 +20,8 @@ def _sku_and_qty(payload: Any) -> tuple[str, int]:
     sku, qty = payload.get("sku"), payload.get("qty")
     if not isinstance(sku, str):
         raise Refused("sku must be a string")
-    if not isinstance(qty, int) or isinstance(qty, bool) or qty <= 0:
-        raise Refused("qty must be a positive integer")
+    if not isinstance(qty, int) or isinstance(qty, bool) or not 0 < qty <= 1_000_000:
+        raise Refused("qty must be a positive integer, at most 1000000")
     return sku, qty
 
 

@@ -1,3 +1,5 @@
+import os
+
 from participants.order.app import Peers, create_app
 from participants.service import base_parser, serve
 
@@ -6,11 +8,17 @@ if __name__ == "__main__":
     parser.add_argument("--coordinator-url", default="http://127.0.0.1:36789")
     parser.add_argument("--wallet-url", default="http://127.0.0.1:8101")
     parser.add_argument("--inventory-url", default="http://127.0.0.1:8102")
+    parser.add_argument(
+        "--coordinator-key",
+        default=os.environ.get("ORDER_COORDINATOR_KEY"),
+        help="API key for the coordinator (env ORDER_COORDINATOR_KEY)",
+    )
     args = parser.parse_args()
     peers = Peers(
         coordinator=args.coordinator_url,
         wallet=args.wallet_url,
         inventory=args.inventory_url,
         public=f"http://{args.host}:{args.port}",
+        coordinator_key=args.coordinator_key,
     )
     serve(create_app(args.database_url, peers), args.host, args.port)

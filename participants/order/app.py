@@ -32,6 +32,7 @@ class Peers:
     wallet: str
     inventory: str
     public: str  # this service's own URL, for its branch's try/confirm/cancel
+    coordinator_key: str | None = None  # API key for the coordinator (not needed --insecure)
 
 
 PEERS = web.AppKey("peers", Peers)
@@ -41,6 +42,11 @@ CLIENT = web.AppKey("client", CoordinatorClient)
 class CheckoutIn(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
+    order_id: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+        description="Your idempotency key: a retried checkout with the same id is the same order",
+    )
     customer: str = pydantic.Field(min_length=1, max_length=100)
     sku: str = pydantic.Field(min_length=1, max_length=100)
     qty: int = pydantic.Field(gt=0, le=1000)
@@ -110,6 +116,7 @@ async def checkout(request: web.Request) -> web.Response:
     holder: list[Transaction] = []
     try:
         async with request.app[CLIENT].transaction(
+            body.order_id,
             timeout_s=body.timeout_s,
             call_timeout_s=body.call_timeout_s,
             metadata={"customer": body.customer, "sku": body.sku, "qty": body.qty},
@@ -129,10 +136,14 @@ async def checkout(request: web.Request) -> web.Response:
             {"order_id": gid, "status": "cancelled", "reason": _reason(exc)},
             status=409 if isinstance(exc, Conflict) else 502,
         )
-    except Unavailable as exc:
-        return web.json_response({"error": exc.detail}, status=503)
-    except CoordinatorError as exc:
-        return web.json_response({"error": exc.detail}, status=502)
+    except (Unavailable, CoordinatorError) as exc:
+        # The outcome is unknown (the decision may be logged already): hand back the id so
+        # the caller can look it up, or retry with it, instead of placing a second order.
+        gid = holder[0].gid if holder else body.order_id
+        status = 503 if isinstance(exc, Unavailable) else 502
+        return web.json_response(
+            {"order_id": gid, "status": "unknown", "error": exc.detail}, status=status
+        )
     outcome = tx.outcome
     assert outcome is not None
     return web.json_response(
@@ -174,7 +185,12 @@ def create_app(database_url: str, peers: Peers, schema: str = "orders") -> web.A
     app.cleanup_ctx.append(database(database_url, schema, MIGRATIONS))
 
     async def client(app: web.Application) -> AsyncIterator[None]:
-        app[CLIENT] = CoordinatorClient(peers.coordinator, service="order")
+        # With a key the coordinator names the service after it; without, say who we are.
+        app[CLIENT] = CoordinatorClient(
+            peers.coordinator,
+            service=None if peers.coordinator_key else "order",
+            api_key=peers.coordinator_key,
+        )
         yield
         await app[CLIENT].close()
 

@@ -21,8 +21,8 @@ def _amount_and_accounts(payload: Any) -> tuple[str, str, int]:
     payee = payload.get("payee", "shop")
     if not isinstance(account, str) or not isinstance(payee, str):
         raise Refused("account and payee must be strings")
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        raise Refused("amount must be a positive integer")
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= 10**12:
+        raise Refused("amount must be a positive integer, at most 10^12")
     return account, payee, amount
 
 

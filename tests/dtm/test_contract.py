@@ -3,6 +3,7 @@ participants are called and read."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -302,3 +303,68 @@ async def test_ongoing_reply__comes_back_at_the_retry_interval_not_backoff(
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(calls)]
     # Each "not yet" waits the transaction's retry_interval (0.2 s), never a shorter jitter.
     assert all(gap >= 0.19 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"branch_headers": {"X-Evil": "a\r\nInjected: 1"}}, "cannot carry"),
+        ({"branch_headers": {"Bad Name": "x"}}, "header name"),
+        ({"request_timeout": 1e-300}, "at least 0.01"),
+    ],
+)
+async def test_prepare__options_that_would_break_every_call__are_refused(
+    coordinator: CoordinatorClient, options: dict[str, Any], message: str
+) -> None:
+    status, body = await coordinator.post(
+        f"{P}/prepare", {"gid": "opt", "trans_type": "tcc", **options}
+    )
+    assert (status, body["dtm_result"]) == (400, "FAILURE")
+    assert message in body["message"]
+
+
+async def test_participant_reply__read_whole__a_late_failure_word_is_not_missed(
+    coordinator: CoordinatorClient,
+) -> None:
+    """The word FAILURE arriving in a second TCP segment must still be seen."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    calls: list[str] = []
+
+    async def slow_failure(request: web.Request) -> web.StreamResponse:
+        calls.append(request.query["op"])
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        if len(calls) == 1:
+            await response.write(b'{"dtm_result": ')
+            await asyncio.sleep(0.2)
+            await response.write(b'"FAILURE"}')
+        else:
+            await response.write(b'{"dtm_result": "SUCCESS"}')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/b/{op}", slow_failure)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("/b/cancel"))
+        await prepare(coordinator, "late-word")
+        await coordinator.post(
+            f"{P}/registerBranch",
+            {
+                "gid": "late-word",
+                "branch_id": "01",
+                "trans_type": "tcc",
+                "data": "x",
+                "confirm": url,
+                "cancel": url,
+            },
+        )
+        await coordinator.post(f"{P}/abort", {"gid": "late-word", "trans_type": "tcc"})
+        await eventually(lambda: v1_status(coordinator, "late-word"), lambda s: s == "cancelled")
+    finally:
+        await server.close()
+    assert calls == ["cancel", "cancel"]  # the first answer was a failure: retried

@@ -172,3 +172,25 @@ async def test_metrics__open_by_default__protected_on_request(
     protected = await make_coordinator(insecure=False, api_keys=CONFIG, protect_health=True)
     assert (await protected.get("/metrics"))[0] == 401
     assert (await call(protected, "GET", "/metrics", "ops"))[0] == 200
+
+
+async def test_dtm_prepare__of_another_services_gid__is_a_plain_conflict(
+    secured: CoordinatorClient,
+) -> None:
+    body = {"gid": "theirs", "trans_type": "tcc"}
+    assert (await call(secured, "POST", "/api/dtmsvr/prepare", "shop", body))[0] == 200
+    await call(secured, "POST", "/api/dtmsvr/abort", "shop", body)
+    status, out = await call(secured, "POST", "/api/dtmsvr/prepare", "bank", body)
+    assert (status, out["dtm_result"]) == (409, "FAILURE")
+    assert "aborting" not in out["message"]  # nothing about the other service's state
+
+
+async def test_python_client__sends_its_api_key(secured: CoordinatorClient) -> None:
+    from participants.client import CoordinatorClient as Client
+
+    async with Client(secured.base, api_key=KEYS["shop"]) as tcc:
+        state = await tcc.begin("with-key")
+        assert state.raw["service"] == "shop"
+    async with Client(secured.base) as anonymous:
+        with pytest.raises(Exception, match="401"):
+            await anonymous.get("with-key")

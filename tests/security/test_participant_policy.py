@@ -37,6 +37,12 @@ MakeCoordinator = Callable[..., Awaitable[CoordinatorClient]]
         ("[::1]:8080", "http://[::1]:8080/x", True),
         ("10.0.0.0/8", "http://[::ffff:10.0.0.1]/x", True),
         ("", "http://[::ffff:169.254.169.254]/x", False),
+        ("", "http://8.8.8.8/x", True),  # no rules: public addresses are fine
+        (".svc.local:8080", "http://8.8.8.8:8080/x", False),  # rules: a literal must be ranged
+        ("wallet.example.com,10.0.0.0/8", "http://8.8.8.8/x", False),
+        ("", "http://[2002:7f00:1::]/x", False),  # 6to4 wrapping loopback
+        ("", "http://[64:ff9b::7f00:1]/x", False),  # NAT64 wrapping loopback
+        ("", "http://[::7f00:1]/x", False),  # IPv4-compatible loopback
     ],
 )
 def test_check_url(rules: str, url: str, allowed: bool) -> None:
