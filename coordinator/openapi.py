@@ -28,7 +28,7 @@ from coordinator.schemas import (
     TryBranchIn,
     TryOut,
 )
-from coordinator.views import ListQuery
+from coordinator.views import ListQuery, ResolveIn
 
 
 class Problem(BaseModel):
@@ -50,7 +50,7 @@ class Health(BaseModel):
     warning: str | None = None
 
 
-REQUEST_MODELS: list[type[BaseModel]] = [BeginIn, TryBranchIn, BranchIn, EmptyIn]
+REQUEST_MODELS: list[type[BaseModel]] = [BeginIn, TryBranchIn, BranchIn, EmptyIn, ResolveIn]
 RESPONSE_MODELS: list[type[BaseModel]] = [
     TransactionDetailOut,
     TransactionPageOut,
@@ -153,6 +153,14 @@ OPERATIONS: list[Operation] = [
         "Send a failed_to_* transaction back into phase two (admin)",
         EmptyIn,
         {200: ("Phase two is over", DETAIL), 202: ("Retrying", DETAIL)},
+        (400, 401, 403, 404, 409, 413, 422, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/transactions/{gid}/resolve",
+        "Mark a failed_to_* transaction done after finishing its branches by hand (admin)",
+        ResolveIn,
+        {200: ("Resolved", DETAIL)},
         (400, 401, 403, 404, 409, 413, 422, 503),
     ),
     Operation(

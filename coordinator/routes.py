@@ -20,3 +20,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/transactions/{gid}/confirm", views.confirm)
     app.router.add_post("/v1/transactions/{gid}/cancel", views.cancel)
     app.router.add_post("/v1/transactions/{gid}/retry", views.retry)
+    app.router.add_post("/v1/transactions/{gid}/resolve", views.resolve)

@@ -54,9 +54,10 @@ GLOBAL_TRANSITIONS: Mapping[GlobalStatus, frozenset[GlobalStatus]] = {
     GlobalStatus.TRYING: frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING}),
     GlobalStatus.CONFIRMING: frozenset({GlobalStatus.CONFIRMED, GlobalStatus.FAILED_TO_CONFIRM}),
     GlobalStatus.CANCELLING: frozenset({GlobalStatus.CANCELLED, GlobalStatus.FAILED_TO_CANCEL}),
-    # Parked for an operator; an admin retry moves them back into phase two.
-    GlobalStatus.FAILED_TO_CONFIRM: frozenset({GlobalStatus.CONFIRMING}),
-    GlobalStatus.FAILED_TO_CANCEL: frozenset({GlobalStatus.CANCELLING}),
+    # Parked for an operator: an admin retry moves them back into phase two, or the
+    # operator, having finished the stuck branches by hand, resolves them as done.
+    GlobalStatus.FAILED_TO_CONFIRM: frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CONFIRMED}),
+    GlobalStatus.FAILED_TO_CANCEL: frozenset({GlobalStatus.CANCELLING, GlobalStatus.CANCELLED}),
     GlobalStatus.CONFIRMED: frozenset(),
     GlobalStatus.CANCELLED: frozenset(),
 }

@@ -438,6 +438,44 @@ class Store:
             lease = Lease(gid, str(row["lease_token"])) if row["lease_token"] else None
             return _transaction(row), lease
 
+    async def resolve_parked(self, gid: str, *, actor: str, note: str) -> Transaction:
+        """An operator declares a parked transaction done: its stuck branches were finished
+        by hand. Audited in the timeline with who and why."""
+        async with self._transaction_block() as conn:
+            txn = await conn.fetchrow(q("lock_transaction"), gid)
+            if txn is None:
+                raise NotFound(f"no transaction {gid!r}")
+            status = GlobalStatus(txn["status"])
+            decision = states.decision_of(status)
+            if status not in states.PARKED_STATUSES or decision is None:
+                raise Conflict(
+                    "only failed_to_confirm and failed_to_cancel transactions can be resolved;"
+                    f" this one is {status.value}"
+                )
+            final = states.final_status(decision)
+            states.check_move(status, final)
+            branch_done = states.branch_done_status(decision)
+            resolved = await conn.fetch(
+                q("resolve_branches"),
+                gid,
+                branch_done.value,
+                note,
+                states.branch_sources_of(branch_done),
+            )
+            row = await conn.fetchrow(q("resolve_transaction"), gid, final.value, status.value)
+            assert row is not None  # locked and checked above
+            await self._event(
+                conn,
+                gid,
+                "admin_resolved",
+                detail={
+                    "actor": actor,
+                    "note": note,
+                    "branches": [r["branch_id"] for r in resolved],
+                },
+            )
+            return _transaction(row)
+
     # --- leases and phase two ----------------------------------------------------
 
     async def claim_due(

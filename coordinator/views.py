@@ -264,6 +264,22 @@ async def retry(request: web.Request) -> web.Response:
     return json_response(render_detail(detail), outcome_status(txn.status))
 
 
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    note: str = Field(min_length=1, max_length=500, description="What was done by hand, and why")
+
+
+async def resolve(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    body = await read_body(request, ResolveIn)
+    require_admin(request, "resolving a parked transaction")
+    actor = principal_of(request).name or "api (insecure)"
+    txn = await request.app[STORE].resolve_parked(gid, actor=f"api:{actor}", note=body.note)
+    detail = await request.app[STORE].detail(txn.gid)
+    return json_response(render_detail(detail))
+
+
 async def get_transaction(request: web.Request) -> web.Response:
     gid = path_gid(request)
     await owned(request, gid)

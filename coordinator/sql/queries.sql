@@ -100,6 +100,21 @@ SET status = $3, phase_started_at = now(), next_attempt_at = now(), updated_at =
 WHERE gid = $1 AND status = $5
 RETURNING *;
 
+-- name: resolve_branches
+-- An operator finished these branches by hand: mark them done, saying so.
+UPDATE tcc_branches
+SET status = $2, last_error = 'resolved by an operator: ' || $3, next_retry_at = NULL,
+    updated_at = now()
+WHERE gid = $1 AND status = ANY($4::text[])
+RETURNING branch_id;
+
+-- name: resolve_transaction
+UPDATE tcc_transactions
+SET status = $2, finished_at = now(), updated_at = now(), next_attempt_at = NULL,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE gid = $1 AND status = $3
+RETURNING *;
+
 -- name: claim_due
 -- Active transactions whose deadline or retry time has come and that nobody
 -- holds: SKIP LOCKED so that coordinators scanning together split the work.

@@ -203,3 +203,18 @@ async def test_serve_workers__two_processes_share_one_port(
 
 async def _value(value: int) -> int:
     return value
+
+
+async def test_resolve__marks_a_parked_transaction_done_from_the_command_line(
+    store: Store, database_url: str
+) -> None:
+    await park(store, "manual")
+    result = run_tcc("resolve", "manual", "--note", "fixed by hand", env=tcc_env(database_url))
+    assert result.returncode == 0, result.stderr
+    assert "manual is confirmed, resolved by hand" in result.stdout
+    detail = await store.detail("manual")
+    assert detail.events[-1].kind == "admin_resolved"
+    assert str(detail.events[-1].detail["actor"]).startswith("cli:")
+    again = run_tcc("resolve", "manual", "--note", "x", env=tcc_env(database_url))
+    assert again.returncode == 1
+    assert "this one is confirmed" in again.stderr

@@ -272,3 +272,30 @@ async def test_chaos__database_stopped_and_started_under_load__nothing_lost() ->
     assert report.outages >= 1
     assert report.ok, report.table()
     assert Counter(report.final).total() == report.begun
+
+
+async def test_admin_resolve__parked_transaction_marked_done_by_hand_is_audited(
+    make_coordinator: MakeCoordinator, participant: FakeParticipant
+) -> None:
+    coordinator = await make_coordinator(give_up_after_s=0.5)
+    await coordinator.post("/v1/transactions", {"gid": "byhand"})
+    await coordinator.post("/v1/transactions/byhand/try", participant.branch("b"))
+    participant.default("confirm", Reply(status=500))
+    await coordinator.post("/v1/transactions/byhand/confirm")
+    await eventually(
+        lambda: detail(coordinator, "byhand"), lambda d: d["status"] == "failed_to_confirm"
+    )
+    status, out = await coordinator.post("/v1/transactions/byhand/resolve", {})
+    assert status == 422  # a note is required
+    status, out = await coordinator.post(
+        "/v1/transactions/byhand/resolve", {"note": "confirmed in the wallet DB, ticket 42"}
+    )
+    assert (status, out["status"]) == (200, "confirmed")
+    assert out["branches"][0]["status"] == "confirmed"
+    assert out["branches"][0]["last_error"].startswith("resolved by an operator")
+    audit = out["events"][-1]
+    assert audit["kind"] == "admin_resolved"
+    assert audit["detail"]["note"] == "confirmed in the wallet DB, ticket 42"
+    assert audit["detail"]["branches"] == ["b"]
+    status, out = await coordinator.post("/v1/transactions/byhand/resolve", {"note": "again"})
+    assert status == 409
