@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(chaos, ["log_level", "log_format"])
 
+    resolve = sub.add_parser(
+        "resolve", help="mark a failed_to_* transaction done after finishing it by hand"
+    )
+    resolve.add_argument("gid")
+    resolve.add_argument("--note", required=True, help="what was done by hand, and why")
+    add_settings_flags(resolve, DB_FLAGS)
+
     key_hash = sub.add_parser(
         "key-hash", help="turn an API key (read from stdin) into a TCC_API_KEYS entry"
     )
@@ -180,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "status": lambda a, s: run(status_command(a, s)),
             "list": lambda a, s: run(list_command(a, s)),
             "retry": lambda a, s: run(retry_command(a, s)),
+            "resolve": lambda a, s: run(resolve_command(a, s)),
             "recover": lambda a, s: run(recover_command(a, s)),
             "chaos": lambda a, s: run(chaos_command(a)),
             "up": lambda a, s: run(up_command(a, s)),
@@ -261,6 +269,20 @@ async def retry_command(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await store.pool.close()
     print(f"{txn.gid} is {txn.status.value} again; a running coordinator continues it now")
+    return 0
+
+
+async def resolve_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not is_valid_gid(args.gid):
+        raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    if not 1 <= len(args.note) <= 500:
+        raise UsageError("--note must be 1-500 characters")
+    store = await _with_store(settings)
+    try:
+        txn = await store.resolve_parked(args.gid, actor=f"cli:{getpass.getuser()}", note=args.note)
+    finally:
+        await store.pool.close()
+    print(f"{txn.gid} is {txn.status.value}, resolved by hand")
     return 0
 
 
