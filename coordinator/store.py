@@ -411,21 +411,29 @@ class Store:
         async with self.connection() as conn:
             return await conn.fetchval(q("set_options"), gid, options, call_timeout_s) is not None
 
+    @staticmethod
+    async def _lock_parked(
+        conn: asyncpg.pool.PoolConnectionProxy, gid: str, verb: str
+    ) -> tuple[GlobalStatus, Decision]:
+        """Lock a transaction an operator acts on; it must be parked."""
+        txn = await conn.fetchrow(q("lock_transaction"), gid)
+        if txn is None:
+            raise NotFound(f"no transaction {gid!r}")
+        status = GlobalStatus(txn["status"])
+        decision = states.decision_of(status)
+        if status not in states.PARKED_STATUSES or decision is None:
+            raise Conflict(
+                f"only failed_to_confirm and failed_to_cancel transactions can be {verb};"
+                f" this one is {status.value}"
+            )
+        return status, decision
+
     async def retry_parked(
         self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
     ) -> tuple[Transaction, Lease | None]:
         """Move a failed_to_* transaction back into phase two (audited in the timeline)."""
         async with self._transaction_block() as conn:
-            txn = await conn.fetchrow(q("lock_transaction"), gid)
-            if txn is None:
-                raise NotFound(f"no transaction {gid!r}")
-            status = GlobalStatus(txn["status"])
-            decision = states.decision_of(status)
-            if status not in states.PARKED_STATUSES or decision is None:
-                raise Conflict(
-                    f"only failed_to_confirm and failed_to_cancel transactions can be retried;"
-                    f" this one is {status.value}"
-                )
+            status, decision = await self._lock_parked(conn, gid, "retried")
             target = states.phase_status(decision)
             states.check_move(status, target)
             row = await conn.fetchrow(
@@ -442,16 +450,7 @@ class Store:
         """An operator declares a parked transaction done: its stuck branches were finished
         by hand. Audited in the timeline with who and why."""
         async with self._transaction_block() as conn:
-            txn = await conn.fetchrow(q("lock_transaction"), gid)
-            if txn is None:
-                raise NotFound(f"no transaction {gid!r}")
-            status = GlobalStatus(txn["status"])
-            decision = states.decision_of(status)
-            if status not in states.PARKED_STATUSES or decision is None:
-                raise Conflict(
-                    "only failed_to_confirm and failed_to_cancel transactions can be resolved;"
-                    f" this one is {status.value}"
-                )
+            status, decision = await self._lock_parked(conn, gid, "resolved")
             final = states.final_status(decision)
             states.check_move(status, final)
             branch_done = states.branch_done_status(decision)

@@ -91,6 +91,20 @@ def _error_for(status: int, body: Any) -> CoordinatorError:
     return kind(status, detail, body)
 
 
+def _branch(
+    branch_id: str, confirm_url: str, cancel_url: str, payload: Any, name: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "branch_id": branch_id,
+        "confirm_url": confirm_url,
+        "cancel_url": cancel_url,
+        "payload": payload,
+    }
+    if name:
+        body["name"] = name
+    return body
+
+
 class CoordinatorClient:
     def __init__(
         self,
@@ -175,14 +189,8 @@ class CoordinatorClient:
         name: str | None = None,
     ) -> dict[str, Any]:
         """Register a branch and have the coordinator call its try; the participant's reply."""
-        body = {
-            "branch_id": branch_id,
-            "try_url": try_url,
-            "confirm_url": confirm_url,
-            "cancel_url": cancel_url,
-            "payload": payload,
-            **({"name": name} if name else {}),
-        }
+        body = _branch(branch_id, confirm_url, cancel_url, payload, name)
+        body["try_url"] = try_url
         _, data = await self._call("POST", f"/v1/transactions/{gid}/try", body)
         result: dict[str, Any] = data
         return result
@@ -198,13 +206,7 @@ class CoordinatorClient:
         name: str | None = None,
     ) -> dict[str, Any]:
         """Register a branch whose try the caller runs itself."""
-        body = {
-            "branch_id": branch_id,
-            "confirm_url": confirm_url,
-            "cancel_url": cancel_url,
-            "payload": payload,
-            **({"name": name} if name else {}),
-        }
+        body = _branch(branch_id, confirm_url, cancel_url, payload, name)
         _, data = await self._call("POST", f"/v1/transactions/{gid}/branches", body)
         result: dict[str, Any] = data
         return result
