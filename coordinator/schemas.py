@@ -143,6 +143,8 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 class BranchOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     branch_id: str
     name: str
     status: BranchStatus
@@ -161,26 +163,12 @@ class BranchOut(BaseModel):
 
     @classmethod
     def of(cls, b: Branch) -> BranchOut:
-        return cls(
-            branch_id=b.branch_id,
-            name=b.name,
-            status=b.status,
-            try_url=b.try_url,
-            confirm_url=b.confirm_url,
-            cancel_url=b.cancel_url,
-            payload=b.payload,
-            data=b.data,
-            attempts=b.attempts,
-            last_http_status=b.last_http_status,
-            last_error=b.last_error,
-            last_latency_ms=b.last_latency_ms,
-            next_retry_at=b.next_retry_at,
-            created_at=b.created_at,
-            updated_at=b.updated_at,
-        )
+        return cls.model_validate(b, from_attributes=True)
 
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     at: datetime
     kind: str
@@ -193,17 +181,7 @@ class EventOut(BaseModel):
 
     @classmethod
     def of(cls, e: Event) -> EventOut:
-        return cls(
-            id=e.id,
-            at=e.at,
-            kind=e.kind,
-            branch_id=e.branch_id,
-            phase=e.phase,
-            http_status=e.http_status,
-            latency_ms=e.latency_ms,
-            error=e.error,
-            detail=e.detail,
-        )
+        return cls.model_validate(e, from_attributes=True)
 
 
 class TransactionOut(BaseModel):
