@@ -168,6 +168,14 @@ class CoordinatorClient:
         return status, body
 
 
+async def transaction_detail(coordinator: CoordinatorClient, gid: str) -> dict[str, Any]:
+    """GET /v1/transactions/{gid}, which must exist."""
+    status, out = await coordinator.get(f"/v1/transactions/{gid}")
+    assert status == 200, out
+    assert isinstance(out, dict)
+    return out
+
+
 async def start_coordinator(
     database_url: str, settings: Settings
 ) -> tuple[TestServer, aiohttp.ClientSession]:

@@ -10,7 +10,6 @@ import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from coordinator.chaos import ChaosConfig, ChaosRun
 from coordinator.embedded import EmbeddedServer
 from tests.conftest import CoordinatorClient, fast_settings, start_coordinator
+from tests.conftest import transaction_detail as detail
 from tests.helpers import event_kinds, eventually
 from tests.participant_server import FakeParticipant, Reply
 from tests.processes import CoordinatorProcess
@@ -25,12 +25,6 @@ from tests.processes import CoordinatorProcess
 pytestmark = pytest.mark.slow
 
 MakeCoordinator = Callable[..., Awaitable[CoordinatorClient]]
-
-
-async def detail(coordinator: CoordinatorClient, gid: str) -> dict[str, Any]:
-    status, out = await coordinator.get(f"/v1/transactions/{gid}")
-    assert status == 200, out
-    return out  # type: ignore[no-any-return]
 
 
 async def test_deadline__hanging_try__is_cancelled_by_recovery_and_the_participant_told(

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from coordinator.schemas import TryBranchIn
 from coordinator.store import Store
 from tests.conftest import CoordinatorClient
+from tests.conftest import transaction_detail as detail
 from tests.helpers import event_kinds, eventually
 from tests.participant_server import FakeParticipant, Reply
 
 MakeCoordinator = Callable[..., Awaitable[CoordinatorClient]]
-
-
-async def detail(coordinator: CoordinatorClient, gid: str) -> dict[str, Any]:
-    status, out = await coordinator.get(f"/v1/transactions/{gid}")
-    assert status == 200
-    return out  # type: ignore[no-any-return]
 
 
 async def test_repeated_try__after_a_refusal__still_answers_refused(

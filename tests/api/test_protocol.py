@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CoordinatorClient
+from tests.conftest import transaction_detail as detail
 from tests.helpers import event_kinds, eventually
 from tests.participant_server import FakeParticipant, Reply
 
@@ -18,13 +19,6 @@ MakeCoordinator = Callable[..., Awaitable[CoordinatorClient]]
 async def begin(coordinator: CoordinatorClient, gid: str, **body: Any) -> dict[str, Any]:
     status, out = await coordinator.post("/v1/transactions", {"gid": gid, **body})
     assert status == 201, out
-    assert isinstance(out, dict)
-    return out
-
-
-async def detail(coordinator: CoordinatorClient, gid: str) -> dict[str, Any]:
-    status, out = await coordinator.get(f"/v1/transactions/{gid}")
-    assert status == 200, out
     assert isinstance(out, dict)
     return out
 

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 import requests
 from dtmcli import tcc, utils
 
 from tests.conftest import CoordinatorClient
+from tests.conftest import transaction_detail as v1
 from tests.dtm_participant import DtmParticipant, DtmReply
 from tests.helpers import eventually
 
 
 def dtm_url(coordinator: CoordinatorClient) -> str:
     return coordinator.url("/api/dtmsvr")
-
-
-async def v1(coordinator: CoordinatorClient, gid: str) -> dict[str, Any]:
-    status, body = await coordinator.get(f"/v1/transactions/{gid}")
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
 
 
 async def test_dtmcli__successful_tcc__confirms_every_branch(
