@@ -5,21 +5,31 @@ reach internal services (SSRF).
 
 - ``wallet.internal`` a host name; ``.svc.cluster.local`` a suffix (the leading dot);
 - ``10.0.0.0/8``, ``127.0.0.1``, ``[fd00::]/8`` address ranges (IPv6 in brackets when a port
-  follows: ``[::1]:8080``).
+  follows: ``[::1]:8080``); ``0.0.0.0/0,::/0`` allows every address.
 
-A URL passes when it is http or https, and its host matches a name rule (when there are any)
-or is an address inside a range rule, on an allowed port. Every address it resolves to is
-checked again when the call is made, so a DNS answer that changes later cannot get round
-the rules: internal addresses (loopback, private, shared, reserved) must be inside a range
-rule, and link-local and cloud metadata addresses are refused whatever the rules say.
-With no rules, any host name passes, and only public addresses.
+Once any rule is configured, a URL is called only if
+
+- its host is a name matching a name rule (on that rule's port): the operator vouched for the
+  name, so the addresses it resolves to only have to avoid link-local and cloud metadata; or
+- every address its host resolves to (or the address written in it) falls in a range rule,
+  on that rule's port. One address outside is enough to refuse the call.
+
+With no rules, any host name passes and only public addresses are called.
+Link-local and cloud-metadata addresses (``ALWAYS_DENIED``) are refused whatever the rules
+say. An IPv4 address inside an IPv6 one (mapped, 6to4, NAT64, compatible) is judged as IPv4.
+
+``check_url`` judges what can be judged before DNS (at registration, and again before each
+call); ``PolicyResolver`` judges the addresses when the call is made, so a DNS answer that
+changes after registration cannot get round the rules.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 import socket
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,9 +49,23 @@ ALWAYS_DENIED: tuple[IpNetwork, ...] = (
     ipaddress.ip_network("::/128"),
 )
 
+OPEN_POLICY_WARNING = (
+    "TCC_PARTICIPANT_ALLOW is empty: any host name is accepted and every public address it"
+    " resolves to is called; list your participants' names or ranges"
+)
+
+# A host name after IDNA encoding: letters, digits, "-" and "_" in non-empty labels.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+# What inet_aton reads as one part of an IPv4 number: decimal, octal (leading 0) or hex.
+_NUMBER_PART = re.compile(r"[0-9]+|0x[0-9a-f]*")
+_CONTROL_NAMES = {"\r": "CR", "\n": "LF", "\t": "TAB"}
+
 
 class PolicyError(ValueError):
     """A participant URL or address the policy refuses; the message says why."""
+
+
+# --- rules ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +77,28 @@ class Rule:
     def port_ok(self, port: int) -> bool:
         return self.port is None or self.port == port
 
+    def matches_name(self, host: str, port: int) -> bool:
+        if self.host is None or not self.port_ok(port):
+            return False
+        if self.host.startswith("."):
+            return host.endswith(self.host) or host == self.host[1:]
+        return host == self.host
+
+    def covers(self, address: IpAddress) -> bool:
+        return (
+            self.network is not None
+            and address.version == self.network.version
+            and address in self.network
+        )
+
 
 def _split_port(text: str) -> tuple[str, int | None]:
     if text.startswith("["):
-        inner, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        return inner, int(port) if port else None
+        inner, bracket, rest = text[1:].partition("]")
+        prefix, colon, port = rest.partition(":")  # "[fd00::]/8:443"
+        if not bracket or (prefix and not prefix.startswith("/")):
+            raise ValueError(text)
+        return inner + prefix, int(port) if colon else None
     if text.count(":") == 1:
         host, port = text.split(":")
         return host, int(port)
@@ -69,25 +109,135 @@ def parse_rules(config: str | None) -> list[Rule]:
     rules: list[Rule] = []
     for raw in (config or "").split(","):
         entry = raw.strip().lower()
-        if not entry:
-            continue
-        try:
-            target, port = _split_port(entry)
-        except ValueError as exc:
-            raise PolicyError(f"participant rule {entry!r}: bad port") from exc
-        if port is not None and not 0 < port < 65536:
-            raise PolicyError(f"participant rule {entry!r}: port out of range")
-        try:
-            network = ipaddress.ip_network(target, strict=False)
-        except ValueError:
-            if not target or "/" in target or " " in target:
-                raise PolicyError(
-                    f"participant rule {entry!r} is neither a host nor a range"
-                ) from None
-            rules.append(Rule(host=target, port=port))
-        else:
-            rules.append(Rule(network=network, port=port))
+        if entry:
+            rules.append(_parse_rule(entry))
     return rules
+
+
+def _parse_rule(entry: str) -> Rule:
+    try:
+        target, port = _split_port(entry)
+    except ValueError as exc:
+        raise PolicyError(f"participant rule {entry!r}: bad port") from exc
+    if "%" in target:
+        raise PolicyError(f"participant rule {entry!r}: a zone id has no place in a rule")
+    if port is not None and not 0 < port < 65536:
+        raise PolicyError(f"participant rule {entry!r}: port out of range")
+    try:
+        return Rule(network=ipaddress.ip_network(target, strict=False), port=port)
+    except ValueError:
+        pass
+    name = target.rstrip(".")
+    if not _HOST_NAME.fullmatch(name.removeprefix(".")):
+        raise PolicyError(f"participant rule {entry!r} is neither a host nor a range")
+    if _is_numeric_host(name):
+        # Such a host is judged as the address it encodes, never as a name.
+        raise PolicyError(f"participant rule {entry!r}: write an address in dotted decimal")
+    return Rule(host=name, port=port)
+
+
+# --- what a URL names ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A participant URL's host and port, as they will be connected to."""
+
+    host: str  # lower case, IDNA-encoded, no trailing dot, no brackets
+    port: int
+    address: IpAddress | None  # set when the host is an address, in any notation
+
+
+def parse_target(url: str) -> Target:
+    """The URL's host and port, or PolicyError for what no rule can make callable."""
+    _refuse_hidden_characters(url)
+    try:
+        parsed = URL(url)
+    except ValueError as exc:
+        raise PolicyError(f"not a URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise PolicyError("only http and https participant URLs are allowed")
+    if parsed.user is not None or parsed.password is not None:
+        raise PolicyError("the URL must not carry credentials")
+    host = (parsed.raw_host or "").lower().rstrip(".")
+    if not host:
+        raise PolicyError("the URL names no host")
+    if parsed.explicit_port == 0:
+        raise PolicyError("port 0 is not a port")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    address = _host_address(host)
+    if address is not None:
+        _refuse_always_denied(address, written=host)
+    return Target(host=host, port=port, address=address)
+
+
+def check_url_form(url: str) -> None:
+    """Raise PolicyError for a URL no allowlist could make callable (the rules aside)."""
+    parse_target(url)
+
+
+def _refuse_hidden_characters(url: str) -> None:
+    # The URL parser strips these silently, so what would be called differs from what is stored.
+    for char in url:
+        if unicodedata.category(char) == "Cc":
+            name = _CONTROL_NAMES.get(char, f"U+{ord(char):04X}")
+            raise PolicyError(f"the URL contains a control character ({name})")
+    if url != url.strip():
+        raise PolicyError("the URL starts or ends with whitespace")
+
+
+def _host_address(host: str) -> IpAddress | None:
+    """The address a host denotes (None for a name); PolicyError for a malformed host."""
+    if ":" in host:  # only a bracketed IPv6 literal can hold a colon
+        return _ipv6_literal(host)
+    if _is_numeric_host(host):
+        return _ipv4_number(host)
+    if not _HOST_NAME.fullmatch(host):
+        raise PolicyError(f"host {host!r} has characters a host name cannot have")
+    return None
+
+
+def _ipv6_literal(host: str) -> ipaddress.IPv6Address:
+    if "%" in host:
+        raise PolicyError(f"[{host}]: a zone id has no place in a participant URL")
+    try:
+        return ipaddress.IPv6Address(host)
+    except ValueError:
+        raise PolicyError(f"[{host}] is not a valid IPv6 address") from None
+
+
+def _is_numeric_host(host: str) -> bool:
+    """Whether the C library would read the host as an IPv4 number, not look it up."""
+    return all(_NUMBER_PART.fullmatch(part) for part in host.split("."))
+
+
+def _ipv4_number(host: str) -> ipaddress.IPv4Address:
+    """The address inet_aton reads: ``a.b.c.d``, ``a.b.c``, ``a.b`` or ``a``, each part
+    decimal, octal or hex, the last one filling the remaining bytes (``127.1``,
+    ``2852039166``, ``0xa9.0xfe.0xa9.0xfe``)."""
+    parts = [_number_part(part) for part in host.split(".")]
+    numbers = [n for n in parts if n is not None]
+    if len(numbers) != len(parts) or len(numbers) > 4:
+        raise _malformed(host)
+    *leading, last = numbers
+    if any(n > 0xFF for n in leading) or last >= 1 << (8 * (4 - len(leading))):
+        raise _malformed(host)
+    return ipaddress.IPv4Address(sum(n << (24 - 8 * i) for i, n in enumerate(leading)) + last)
+
+
+def _number_part(part: str) -> int | None:
+    if part.startswith("0x"):
+        return int(part[2:], 16) if len(part) > 2 else None  # inet_aton refuses a bare "0x"
+    if part.startswith("0"):
+        return None if set(part) & {"8", "9"} else int(part, 8)
+    return int(part) if len(part) <= 10 else None  # longer cannot fit 32 bits anyway
+
+
+def _malformed(host: str) -> PolicyError:
+    return PolicyError(f"host {host!r} is neither a host name nor a valid IPv4 address")
+
+
+# --- addresses --------------------------------------------------------------------------
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -108,8 +258,27 @@ def _embedded_ipv4(address: IpAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
-def _is_internal(address: IpAddress) -> bool:
-    return not address.is_global
+def _judged_as(address: IpAddress) -> IpAddress:
+    return _embedded_ipv4(address) or address
+
+
+def _refuse_always_denied(address: IpAddress, *, written: str | None = None) -> None:
+    address = _judged_as(address)
+    if any(address.version == d.version and address in d for d in ALWAYS_DENIED):
+        shown = (
+            str(address) if written in (None, str(address)) else f"{address} (written {written})"
+        )
+        raise PolicyError(f"address {shown} is link-local or cloud metadata: never called")
+
+
+def _parse_resolved(address: str) -> IpAddress:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        raise PolicyError(f"{address!r} is not an address") from None
+
+
+# --- the policy ----------------------------------------------------------------------------
 
 
 class ParticipantPolicy:
@@ -122,92 +291,91 @@ class ParticipantPolicy:
     def from_config(cls, config: str | None) -> ParticipantPolicy:
         return cls(parse_rules(config))
 
+    @property
+    def is_open(self) -> bool:
+        """No rules: any public address may be called (worth a warning at start-up)."""
+        return not self.rules
+
+    @property
+    def startup_warning(self) -> str | None:
+        """One line for the start-up log when the policy is open, else None."""
+        return OPEN_POLICY_WARNING if self.is_open else None
+
     def check_url(self, url: str) -> None:
-        """Raise PolicyError unless the URL may be registered (and called)."""
-        parsed = URL(url)
-        if parsed.scheme not in ("http", "https"):
-            raise PolicyError("only http and https participant URLs are allowed")
-        host = (parsed.host or "").lower().rstrip(".")
-        if not host:
-            raise PolicyError("the URL names no host")
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            self._check_name(host, port)
-        else:
-            self.check_address(address, port, literal=True)
-
-    def _check_name(self, host: str, port: int) -> None:
-        if not self.name_rules:
-            return  # no name rules: the addresses it resolves to decide, at call time
-        for rule in self.name_rules:
-            assert rule.host is not None
-            matches = host == rule.host or (
-                rule.host.startswith(".") and (host.endswith(rule.host) or host == rule.host[1:])
+        """Raise PolicyError unless the URL may be registered; what its host name resolves
+        to is judged when the call is made (PolicyResolver)."""
+        target = parse_target(url)
+        if target.address is not None:
+            self.check_address(target.address, target.port)
+        elif not self._name_may_resolve_later(target.host, target.port):
+            raise PolicyError(
+                f"host {target.host!r} on port {target.port} is not on the participant allowlist"
             )
-            if matches and rule.port_ok(port):
-                return
-        raise PolicyError(f"host {host!r} on port {port} is not on the participant allowlist")
 
-    def check_address(self, address: IpAddress, port: int, *, literal: bool = False) -> None:
-        """Raise PolicyError unless the coordinator may connect to this address and port.
+    def _name_may_resolve_later(self, host: str, port: int) -> bool:
+        # Without rules only public addresses are called; with range rules, the addresses
+        # decide; with name rules only, the name has to match one.
+        return self.is_open or bool(self.range_rules) or self.vouches_for(host, port)
 
-        ``literal``: the address was written in the URL, so no name rule vouched for it;
-        once any rule is configured, it must be inside a range rule.
-        """
-        address = _embedded_ipv4(address) or address
-        for denied in ALWAYS_DENIED:
-            if address.version == denied.version and address in denied:
+    def vouches_for(self, host: str, port: int) -> bool:
+        """Whether a name rule covers this host name and port."""
+        host = host.lower().rstrip(".")
+        return any(rule.matches_name(host, port) for rule in self.name_rules)
+
+    def check_address(self, address: IpAddress, port: int) -> None:
+        """Raise PolicyError unless an address no name rule vouched for may be called:
+        inside a range rule once any rule is configured, public when there are none."""
+        _refuse_always_denied(address)
+        address = _judged_as(address)
+        if self.is_open:
+            if not address.is_global:
                 raise PolicyError(
-                    f"address {address} is link-local or cloud metadata: never called"
+                    f"address {address} is internal and not on the participant allowlist"
                 )
-        in_range = [
-            r
-            for r in self.range_rules
-            if r.network is not None
-            and address.version == r.network.version
-            and address in r.network
-        ]
+            return
+        in_range = [r for r in self.range_rules if r.covers(address)]
         if any(r.port_ok(port) for r in in_range):
             return
         if in_range:
             raise PolicyError(f"port {port} is not allowed for address {address}")
-        if _is_internal(address):
-            raise PolicyError(f"address {address} is internal and not on the participant allowlist")
-        if literal and self.rules:
-            raise PolicyError(f"address {address} is not on the participant allowlist")
+        kind = "public" if address.is_global else "internal"
+        raise PolicyError(f"address {address} is {kind} and not on the participant allowlist")
 
-    def allowed_addresses(self, addresses: Iterable[str], port: int) -> list[str]:
-        return [a for a in addresses if self._address_ok(a, port)]
-
-    def _address_ok(self, address: str, port: int) -> bool:
-        try:
-            self.check_address(ipaddress.ip_address(address), port)
-        except (PolicyError, ValueError):
-            return False
-        return True
+    def check_resolved(self, host: str, port: int, addresses: Iterable[str]) -> None:
+        """Raise PolicyError unless every address the host resolved to may be called."""
+        found = list(addresses)
+        if not found:
+            raise PolicyError(f"{host} resolves to nothing")
+        vouched = self.vouches_for(host, port)
+        for text in found:
+            try:
+                address = _parse_resolved(text)
+                if vouched:
+                    _refuse_always_denied(address)
+                else:
+                    self.check_address(address, port)
+            except PolicyError as exc:
+                raise PolicyError(f"{host} resolves to {text}: {exc}") from None
 
 
 class PolicyResolver(AbstractResolver):
-    """DNS for participant calls: resolves, then keeps only the addresses the policy allows."""
+    """DNS for participant calls: resolves, then refuses the call unless the policy allows
+    every address found (none is silently dropped: the error names the one refused)."""
 
-    def __init__(self, policy: ParticipantPolicy) -> None:
+    def __init__(self, policy: ParticipantPolicy, inner: AbstractResolver | None = None) -> None:
         self.policy = policy
-        self._inner = ThreadedResolver()
+        self._inner = inner if inner is not None else ThreadedResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self.policy._address_ok(r["host"], port)]
-        if not allowed:
-            found = ", ".join(sorted({r["host"] for r in results})) or "nothing"
+        try:
+            self.policy.check_resolved(host, port, [r["host"] for r in results])
+        except PolicyError as exc:
             # (errno, text): aiohttp keeps only these two when it wraps the error.
-            raise OSError(
-                errno.EACCES, f"participant URL policy: {host} resolves to {found}, none allowed"
-            )
-        return allowed
+            raise OSError(errno.EACCES, f"participant URL policy: {exc}") from None
+        return results
 
     async def close(self) -> None:
         await self._inner.close()

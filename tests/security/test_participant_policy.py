@@ -60,10 +60,13 @@ def test_bad_rules__are_refused(rule: str) -> None:
         ParticipantPolicy.from_config(rule)
 
 
-def test_resolved_addresses__internal_ones_need_a_range() -> None:
+def test_resolved_addresses__a_name_rule_vouches_only_for_its_own_name() -> None:
     policy = ParticipantPolicy.from_config("localhost")
-    assert policy.allowed_addresses(["127.0.0.1", "93.184.216.34"], 80) == ["93.184.216.34"]
-    policy.check_address(ipaddress.ip_address("93.184.216.34"), 80)
+    policy.check_resolved("localhost", 80, ["127.0.0.1", "::1"])  # vouched for
+    with pytest.raises(PolicyError, match="public and not on the participant allowlist"):
+        policy.check_resolved("example.com", 80, ["93.184.216.34"])  # no rule covers it
+    with pytest.raises(PolicyError, match="not on the participant allowlist"):
+        policy.check_address(ipaddress.ip_address("93.184.216.34"), 80)
 
 
 async def test_registration__refused_url__is_422_with_the_reason(
@@ -78,26 +81,27 @@ async def test_registration__refused_url__is_422_with_the_reason(
     assert participant.calls == []
 
 
-async def test_hostname_resolving_to_loopback__refused_unless_loopback_is_allowed(
+async def test_hostname_resolving_to_loopback__called_when_a_name_rule_vouches_for_it(
     make_coordinator: MakeCoordinator, participant: FakeParticipant
 ) -> None:
-    """'localhost' passes the name rule; what it resolves to is checked at call time."""
+    """A name rule vouches for what the name resolves to (link-local and metadata aside);
+    a name no rule vouches for must resolve inside a range rule."""
     branch = {
         "branch_id": "b",
         "try_url": f"http://localhost:{participant.port}/svc/try",
         "confirm_url": f"http://localhost:{participant.port}/svc/confirm",
         "cancel_url": f"http://localhost:{participant.port}/svc/cancel",
     }
-    refused = await make_coordinator(participant_allow="localhost")
+    refused = await make_coordinator(participant_allow="wallet.internal,10.0.0.0/8")
     await refused.post("/v1/transactions", {"gid": "r"})
     status, body = await refused.post("/v1/transactions/r/try", branch)
     assert status == 502
     assert "participant URL policy" in body["participant"]["error"]
     assert participant.calls == []
 
-    allowed = await make_coordinator(participant_allow="localhost,127.0.0.0/8,::1")
-    await allowed.post("/v1/transactions", {"gid": "a"})
-    status, body = await allowed.post("/v1/transactions/a/try", branch)
+    vouched = await make_coordinator(participant_allow="localhost")
+    await vouched.post("/v1/transactions", {"gid": "a"})
+    status, body = await vouched.post("/v1/transactions/a/try", branch)
     assert (status, body["verdict"]) == (200, "tried")
     assert len(participant.calls) == 1
 
