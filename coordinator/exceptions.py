@@ -41,3 +41,7 @@ class ServiceStartError(CoordinatorError):
 
 class EmbeddedDatabaseError(CoordinatorError):
     """The embedded Postgres could not be started."""
+
+
+class StartRefused(CoordinatorError):
+    """`tcc serve` / `tcc up` will not start: a port is taken, or too few open files allowed."""

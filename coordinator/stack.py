@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +19,8 @@ import aiohttp
 from coordinator import migrator
 from coordinator.children import Managed, clean_env
 from coordinator.embedded import EmbeddedServer
-from coordinator.exceptions import ServiceStartError
+from coordinator.exceptions import ServiceStartError, StartRefused
+from coordinator.server import port_problem
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Ports:
     wallet: int = 8101
     inventory: int = 8102
     order: int = 8103
+
+    def by_service(self) -> dict[str, int]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 # Where each service answers once it is up.
@@ -50,6 +54,20 @@ class Stack:
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
+
+    def check_ports(self) -> None:
+        """Refuse to start, in one line, if a port of the stack is taken (naming who holds it)
+        or given to two services: better than Postgres and three children started in vain."""
+        problems: list[str] = []
+        owners: dict[int, str] = {}
+        for name, port in self.ports.by_service().items():
+            if port in owners:
+                problems.append(f"port {port} is given to both {owners[port]} and {name}")
+            elif problem := port_problem("127.0.0.1", port, label=name):
+                problems.append(problem)
+            owners.setdefault(port, name)
+        if problems:
+            raise StartRefused("; ".join(problems))
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
