@@ -1,12 +1,21 @@
-"""structlog set-up: readable on a terminal, JSON lines otherwise."""
+"""structlog set-up: readable on a terminal, JSON lines otherwise; no secret in any line.
+
+Two guards keep API keys out of the logs. aiohttp's server logs a malformed request with the
+parser's error, which quotes the offending header line verbatim (an Authorization header
+with a control character in it carries the key): that record is replaced by one naming only
+the kind of error. And every line, ours or a library's, passes a redaction of anything that
+follows ``Authorization`` or ``Bearer``, in case some other path quotes a header.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -14,6 +23,51 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+# A credential after one of these words, up to the end of the line, quote or comma.
+_SECRET = re.compile(
+    r"(?i)(authorization[\"']?\s*[:=]\s*|bearer\s+|\bbearer\b\W{0,3})[^\r\n\"',}\]]+"
+)
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(r"\1***", text)
+
+
+class _MalformedRequestGuard(logging.Filter):
+    """Rewrites aiohttp's "Error handling request" records about unparseable requests so
+    that they carry no request bytes: the error's class and status code only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed request from %s refused: %s (HTTP %s)"
+            record.args = (remote, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
+    """The last structlog processor: the rendered line, with credentials masked."""
+    return redact(rendered) if isinstance(rendered, str) else rendered
+
+
+_SERVER_GUARD = _MalformedRequestGuard()
+
+
+def guard_server_logs() -> None:
+    """Idempotent: install the malformed-request guard on aiohttp's server logger."""
+    server_logger = logging.getLogger("aiohttp.server")
+    if _SERVER_GUARD not in server_logger.filters:
+        server_logger.addFilter(_SERVER_GUARD)
 
 
 def configure_logging(
@@ -30,6 +84,7 @@ def configure_logging(
         processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    processors.append(_redact_rendered)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -37,4 +92,7 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     # aiohttp and asyncpg log through the standard library.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(levelname)s:%(name)s:%(message)s"))
+    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), handlers=[handler], force=True)
+    guard_server_logs()
