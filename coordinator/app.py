@@ -17,6 +17,7 @@ from coordinator.dtm_views import setup_dtm_routes
 from coordinator.engine import Engine
 from coordinator.guard import KEYRING, auth_middleware
 from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
+from coordinator.logs import guard_server_logs
 from coordinator.problems import problem_middleware
 from coordinator.recovery import Recovery
 from coordinator.routes import setup_routes
@@ -43,8 +44,15 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
             "max_headers": settings.max_headers,
             "max_field_size": settings.max_header_bytes,
             "max_line_size": settings.max_header_bytes,
+            # aiohttp's own idle timer (75 s under web.run_app), from the connection's start
+            # and after each response.
+            "keepalive_timeout": settings.keepalive_timeout_s,
+            # How long an unread request body is drained after the response before the
+            # connection is closed (aiohttp: 10 s), so a refused upload frees its slot soon.
+            "lingering_time": 2.0,
         },
     )
+    guard_server_logs()
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(parse_keys(settings.api_keys or ""))
     policy = ParticipantPolicy.from_config(settings.participant_allow)
@@ -56,7 +64,10 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
         pool = await connect_pool(database_url, settings.pool_min_size, settings.pool_max_size)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=0, limit_per_host=100, resolver=PolicyResolver(policy)
+                # Bounded, so the open-file budget (coordinator/server.py) holds.
+                limit=settings.max_participant_connections,
+                limit_per_host=100,
+                resolver=PolicyResolver(policy),
             ),
         )
         store = Store(pool)
@@ -74,6 +85,8 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
                 message="running WITHOUT authentication: anyone who can reach this port can "
                 "read and decide every transaction; never do this outside local development",
             )
+        if policy.startup_warning:
+            log.warning("participant_policy_open", message=policy.startup_warning)
         if not recovery:
             loop.stop()
         try:

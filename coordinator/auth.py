@@ -36,6 +36,12 @@ class Principal:
     def may_see(self, owner: str | None) -> bool:
         return self.is_admin or (owner is not None and owner == self.name)
 
+    @property
+    def gid_namespace(self) -> str | None:
+        """The prefix a service's gids carry when gids are namespaced: its name and a colon.
+        (Key names cannot contain a colon, so no service's namespace contains another's.)"""
+        return f"{self.name}:" if self.scope is Scope.SERVICE and self.name else None
+
 
 INSECURE = Principal(None, Scope.ADMIN)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from coordinator.jsonsafe import printable, storable_or_text
 from coordinator.states import Phase
 from coordinator.urlpolicy import ParticipantPolicy, PolicyError
 
@@ -120,7 +121,7 @@ class ParticipantCaller:
         latency = _ms_since(started)
         text = printable(raw.decode("utf-8", errors="replace"))
         error = None if 200 <= status < 300 else f"HTTP {status}: {_snippet(raw)}"
-        return CallResult(status, _parse(raw), error, latency, text)
+        return CallResult(status, storable_or_text(raw), error, latency, text)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
@@ -149,24 +150,9 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def printable(text: str) -> str:
-    """Text as Postgres can store it: no NUL characters (a participant may send any bytes)."""
-    return text.replace("\x00", "\\x00")
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return printable(f"{type(exc).__name__}: {text}"[:500])
-
-
-def _parse(raw: bytes) -> Any:
-    if not raw:
-        return None
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return printable(text)
 
 
 def _snippet(raw: bytes) -> str:

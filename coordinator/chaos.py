@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -120,6 +121,9 @@ class ChaosRun:
         self.config = config
         self.rng = random.Random(config.seed)
         self.report = ChaosReport(transactions=config.transactions)
+        # A folder of our own making is removed after a clean run; a failed run keeps it,
+        # since its logs are then the evidence.
+        self._own_log_dir = config.log_dir is None
         self.log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="tcc-chaos-"))
         self.report.log_dir = str(self.log_dir)
         self.coordinators: list[Managed] = []
@@ -436,6 +440,9 @@ class ChaosRun:
             if self.database is not None:
                 await asyncio.to_thread(self.database.close)
         self.report.elapsed_s = time.monotonic() - started
+        if self.report.ok and self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+            self.report.log_dir = "(removed after a clean run)"
         return self.report
 
 

@@ -13,7 +13,6 @@ from typing import Any, get_args
 
 import aiohttp
 import pydantic
-from aiohttp import web
 
 from coordinator import migrator
 from coordinator.app import create_app
@@ -28,6 +27,7 @@ from coordinator.logs import configure_logging
 from coordinator.recovery import Recovery
 from coordinator.report import columns, format_detail, format_time
 from coordinator.schemas import is_valid_gid
+from coordinator.server import ensure_port_free, log_connection_budget, plan_connections, serve_app
 from coordinator.settings import Settings
 from coordinator.stack import Ports, Stack
 from coordinator.states import GlobalStatus
@@ -89,6 +89,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 DB_FLAGS = ["database_url", "data_dir", "log_level", "log_format"]
+
+# `tcc status` shows the whole timeline (identical failures are collapsed, so it stays short).
+STATUS_EVENTS_LIMIT = 10_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +219,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             "no API keys configured: set TCC_API_KEYS (see tcc key-hash), or pass --insecure"
             " for local development"
         )
+    # Before the database: a coordinator that cannot serve says so at once, in one line.
+    ensure_port_free(settings.host, settings.port, reuse_port=args.reuse_port)
+    budget = plan_connections(settings)
+    log_connection_budget(budget)
     url = resolve_database_url(settings.database_url, settings.data_dir)
     if settings.workers > 1:
         if settings.migrate:
@@ -228,17 +235,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         env["TCC_DATABASE_URL"] = url
         return Supervisor(settings.workers, env).run()
     app = create_app(settings, url)
-    # SIGTERM: stop accepting, give in-flight requests shutdown_grace_s, then the
-    # cleanup context stops recovery and releases the leases of unfinished rounds.
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=lambda *_: None,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_grace_s,
-        reuse_port=args.reuse_port or None,
-    )
+    asyncio.run(serve_app(app, settings, budget.max_connections, reuse_port=args.reuse_port))
     return 0
 
 
@@ -321,6 +318,7 @@ async def up_command(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--samples-port must be between 1024 and 65533")
     base = args.samples_port
     stack = Stack(settings.data_dir, Ports(settings.port, base, base + 1, base + 2))
+    stack.check_ports()  # before Postgres or any child starts
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -416,7 +414,7 @@ async def status_command(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     store = await _with_store(settings)
     try:
-        detail = await store.detail(args.gid)
+        detail = await store.detail(args.gid, events_limit=STATUS_EVENTS_LIMIT)
     finally:
         await store.pool.close()
     if args.json:

@@ -9,6 +9,7 @@ and after to prove nothing was lost or double-spent.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -176,6 +177,7 @@ def _show(say: Say, title: str, snapshot: dict[str, Any]) -> None:
 
 async def run_demo(say: Say = print, data_root: Path | None = None) -> bool:
     """Play every scenario; True when the books balance at the end."""
+    own_root = data_root is None
     root = data_root or Path(tempfile.mkdtemp(prefix="tcc-demo-"))
     ports = Ports(free_port(), free_port(), free_port(), free_port())
     stack = Stack(root / "pgdata", ports, temporary=True)
@@ -202,6 +204,9 @@ async def run_demo(say: Say = print, data_root: Path | None = None) -> bool:
                 orders = await demo.get("order", "/orders")
         finally:
             await store.pool.close()
+    except BaseException:
+        say(f"The demo stopped early; its logs are in {stack.log_dir}")
+        raise
     finally:
         await stack.stop()
     money_before, units_before, _, _ = _totals(before)
@@ -225,4 +230,8 @@ async def run_demo(say: Say = print, data_root: Path | None = None) -> bool:
             f"BOOKS DO NOT BALANCE: money {money_before} -> {money_after}, units {units_before} -> "
             f"{units_after}, frozen {frozen}, reserved {reserved}"
         )
+    if balanced and own_root:
+        shutil.rmtree(root, ignore_errors=True)
+    elif not balanced:
+        say(f"The logs of every service are in {stack.log_dir}")
     return balanced

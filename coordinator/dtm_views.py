@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import metadata
@@ -21,7 +19,7 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator import dtm_protocol
+from coordinator import dtm_protocol, guard
 from coordinator.dtm_protocol import FAILURE, ONGOING, SUCCESS
 from coordinator.exceptions import (
     Conflict,
@@ -31,7 +29,8 @@ from coordinator.exceptions import (
     LimitExceeded,
     NotFound,
 )
-from coordinator.guard import owned, require_admin, service_for_begin
+from coordinator.guard import gid_for_begin, owned, require_admin, service_for_begin
+from coordinator.http_body import BodyTooSlow
 from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
 from coordinator.models import Branch, NewBranch, NewTransaction, Transaction
 from coordinator.problems import BadRequest, describe_validation
@@ -39,7 +38,7 @@ from coordinator.schemas import Gid, ParticipantUrl, request_hash
 from coordinator.states import Decision, GlobalStatus, Verdict
 from coordinator.store import ListFilter
 from coordinator.urlpolicy import PolicyError
-from coordinator.views import check_storable, decode_cursor, encode_cursor
+from coordinator.views import decode_cursor, encode_cursor, read_json_object
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -60,6 +59,15 @@ def success() -> web.Response:
     return envelope(200, SUCCESS)
 
 
+# The core's names for the options a DTM client sets under other names.
+_DTM_FIELD_NAMES = {"timeout_s": "timeout_to_fail", "call_timeout_s": "request_timeout"}
+
+
+def in_dtm_words(message: str) -> str:
+    field, sep, rest = message.partition(":")
+    return f"{_DTM_FIELD_NAMES.get(field, field)}{sep}{rest}"
+
+
 def dtm_endpoint(handler: Handler) -> Handler:
     """Errors in DTM's envelope rather than problem+json."""
 
@@ -69,8 +77,14 @@ def dtm_endpoint(handler: Handler) -> Handler:
             return await handler(request)
         except pydantic.ValidationError as exc:
             return failure(describe_validation(exc)[0], status=400)
-        except (BadRequest, InvalidInput, LimitExceeded) as exc:
+        except LimitExceeded as exc:
+            return failure(in_dtm_words(str(exc)), status=400)
+        except (BadRequest, InvalidInput) as exc:
             return failure(str(exc), status=400)
+        except BodyTooSlow as exc:
+            response = failure(str(exc), status=408)
+            response.force_close()
+            return response
         except DatabaseUnavailable:
             response = failure("the transaction log is unavailable; retry shortly", status=503)
             response.headers["Retry-After"] = "1"
@@ -138,22 +152,6 @@ class DtmBranchIn(BaseModel):
     cancel: ParticipantUrl
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        data = json.loads(raw or b"{}", parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    check_storable(data)
-    return data
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def only_tcc(trans_type: str) -> None:
     if trans_type != "tcc":
         raise BadRequest(
@@ -170,25 +168,19 @@ def dtm_status(status: GlobalStatus) -> str:
 
 @dtm_endpoint
 async def new_gid(request: web.Request) -> web.Response:
-    return web.json_response({"gid": uuid.uuid4().hex, "dtm_result": SUCCESS})
+    return web.json_response({"gid": guard.new_gid(request), "dtm_result": SUCCESS})
 
 
 @dtm_endpoint
 async def prepare(request: web.Request) -> web.Response:
-    body = DtmGlobalIn.model_validate(await read_json(request))
+    body = DtmGlobalIn.model_validate(await read_json_object(request))
     only_tcc(body.trans_type)
     settings = request.app[SETTINGS]
     timeout_s = body.timeout_to_fail or settings.default_timeout_s
-    if timeout_s > settings.max_timeout_s:
-        raise BadRequest(f"timeout_to_fail: must be at most {settings.max_timeout_s:g} seconds")
     call_timeout_s = body.request_timeout or None
-    if call_timeout_s is not None and call_timeout_s > settings.max_call_timeout_s:
-        raise BadRequest(
-            f"request_timeout: must be at most {settings.max_call_timeout_s:g} seconds"
-        )
     service = service_for_begin(request, None)
     new = NewTransaction(
-        gid=body.gid,
+        gid=gid_for_begin(request, body.gid),
         service=service,
         metadata={},
         timeout_s=timeout_s,
@@ -207,16 +199,13 @@ async def prepare(request: web.Request) -> web.Response:
 
 @dtm_endpoint
 async def register_branch(request: web.Request) -> web.Response:
-    body = DtmBranchIn.model_validate(await read_json(request))
+    body = DtmBranchIn.model_validate(await read_json_object(request))
     only_tcc(body.trans_type)
     for field, url in (("confirm", body.confirm), ("cancel", body.cancel)):
         try:
             request.app[POLICY].check_url(url)
         except PolicyError as exc:
             raise InvalidInput(f"{field}: {exc}") from exc
-    limit = request.app[SETTINGS].max_payload_bytes
-    if len(body.data.encode()) > limit:
-        raise LimitExceeded(f"data: at most {limit} bytes are accepted")
     await owned(request, body.gid)
     new = NewBranch(
         branch_id=body.branch_id,
@@ -241,13 +230,12 @@ async def register_branch(request: web.Request) -> web.Response:
 
 
 async def _decide(request: web.Request, decision: Decision) -> web.Response:
-    body = DtmGlobalIn.model_validate(await read_json(request))
+    body = DtmGlobalIn.model_validate(await read_json_object(request))
     only_tcc(body.trans_type)
     engine = request.app[ENGINE]
-    store = request.app[STORE]
     txn = await owned(request, body.gid)
     if decision is Decision.CONFIRM and (body.stored() or body.request_timeout):
-        await store.set_options(body.gid, body.stored(), body.request_timeout or None)
+        await engine.set_options(body.gid, body.stored(), body.request_timeout or None)
     if decision is Decision.CONFIRM:
         reason = None
     elif body.rollback_reason:

@@ -17,12 +17,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import structlog
 
 from coordinator import dtm_protocol, states
 from coordinator.caller import CallResult, ParticipantCaller
 from coordinator.exceptions import Conflict, DatabaseUnavailable
+from coordinator.limits import RETRY_INTERVAL_OPTION
 from coordinator.metrics import Metrics
 from coordinator.models import (
     Branch,
@@ -33,7 +35,7 @@ from coordinator.models import (
 )
 from coordinator.retry import RetryPolicy
 from coordinator.settings import Settings
-from coordinator.states import Decision, GlobalStatus, Phase, TryVerdict, Verdict
+from coordinator.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict, Verdict
 from coordinator.store import CallRecord, DecideResult, Store
 
 log = structlog.get_logger(__name__)
@@ -60,9 +62,10 @@ _DTM_OUTCOME = {
 
 @dataclass(frozen=True, slots=True)
 class TryOutcome:
-    verdict: TryVerdict
+    report: TryReport  # the reply's verdict, or what the log holds if the branch moved on
+    verdict: TryVerdict  # how the participant's reply itself was judged
     result: CallResult
-    branch: Branch | None  # None when the branch had moved on before the answer came
+    branch: Branch  # as the log holds it after the answer
 
 
 def _record(result: CallResult) -> CallRecord:
@@ -82,6 +85,7 @@ class Engine:
         self.caller = caller
         self.settings = settings
         self.policy = settings.retry_policy
+        self.limits = settings.limits
         self.owner = owner or new_owner_id()
         self._rng = rng or random.Random()
         # Phase-two work running in this process, by gid: requests wait on it.
@@ -91,6 +95,7 @@ class Engine:
     # --- begin, register, try ------------------------------------------------------
 
     async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
+        self.limits.check_transaction(new)
         txn, created = await self.store.begin(new)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
@@ -123,6 +128,7 @@ class Engine:
         return await self.wait_for(txn.gid)
 
     async def register(self, gid: str, new: NewBranch) -> tuple[Branch, bool]:
+        self.limits.check_branch(new)
         branch, created = await self.store.register_branch(gid, new, self.settings.max_branches)
         if created:
             log.info("branch_registered", gid=gid, branch_id=new.branch_id)
@@ -146,7 +152,7 @@ class Engine:
             )
             verdict = states.judge_try(result.http_status)
             self._observe_call(Phase.TRY, verdict.value, result)
-            updated = await self.store.record_try(
+            updated, recorded = await self.store.record_try(
                 txn.gid, branch.branch_id, verdict, _record(result)
             )
             log.info(
@@ -156,11 +162,16 @@ class Engine:
                 latency_ms=result.latency_ms,
                 error=result.error,
             )
-            if verdict is not TryVerdict.TRIED and updated is not None and cancel_on_failure:
+            if verdict is not TryVerdict.TRIED and recorded and cancel_on_failure:
                 await self.decide(
                     txn.gid, Decision.CANCEL, reason=f"try_failed: {branch.branch_id}"
                 )
-        return TryOutcome(verdict, result, updated)
+        report = (
+            states.report_of(verdict)
+            if recorded
+            else states.recorded_try_report(updated.status, updated.last_http_status)
+        )
+        return TryOutcome(report, verdict, result, updated)
 
     async def retry_stale_try(self, txn: Transaction, branch: Branch) -> TryOutcome | None:
         """Run a try again if its first run never got an answer logged (e.g. the
@@ -187,6 +198,13 @@ class Engine:
             self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
             self._spawn_drive(result.lease)
         return result
+
+    async def set_options(
+        self, gid: str, options: dict[str, Any], call_timeout_s: float | None
+    ) -> None:
+        """Protocol options given again when deciding (DTM's submit), within the limits."""
+        self.limits.check_options(call_timeout_s, options)
+        await self.store.set_options(gid, options, call_timeout_s)
 
     async def confirm(self, gid: str) -> Transaction:
         return await self._decide_and_wait(gid, Decision.CONFIRM, None)
@@ -362,12 +380,14 @@ class Engine:
 
     def _policy_for(self, txn: Transaction) -> RetryPolicy:
         """The retry policy, with a transaction's own retry_interval (DTM option) as base."""
-        interval = txn.options.get("retry_interval")
+        interval = txn.options.get(RETRY_INTERVAL_OPTION)
         if isinstance(interval, int | float) and interval > 0:
+            # Bounded at begin; bounded here too, for rows logged before the bound existed.
+            base = min(float(interval), self.limits.max_retry_interval_s)
             return dataclasses.replace(
                 self.policy,
-                initial_interval=float(interval),
-                maximum_interval=max(self.policy.maximum_interval, float(interval)),
+                initial_interval=base,
+                maximum_interval=max(self.policy.maximum_interval, base),
             )
         return self.policy
 

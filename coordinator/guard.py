@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from coordinator.auth import INSECURE, KeyRing, Principal, bearer_token
-from coordinator.exceptions import Forbidden, NotFound
+from coordinator.exceptions import Forbidden, InvalidInput, NotFound
 from coordinator.keys import SETTINGS, STORE
 from coordinator.models import Transaction
 from coordinator.problems import problem
@@ -62,8 +63,37 @@ def service_for_begin(request: web.Request, asked: str | None) -> str | None:
     return principal.name
 
 
+def _namespace(request: web.Request) -> str | None:
+    if not request.app[SETTINGS].gid_namespaces:
+        return None
+    return principal_of(request).gid_namespace
+
+
+def new_gid(request: web.Request) -> str:
+    """A fresh gid, inside the caller's namespace when it has one."""
+    return f"{_namespace(request) or ''}{uuid.uuid4().hex}"
+
+
+def gid_for_begin(request: web.Request, asked: str | None) -> str:
+    """The gid a begin may use: the one asked for if it lies in the caller's namespace
+    (so that no service can take, or learn of, another's gids), or a fresh one."""
+    if asked is None:
+        return new_gid(request)
+    prefix = _namespace(request)
+    if prefix is not None and not (asked.startswith(prefix) and len(asked) > len(prefix)):
+        raise InvalidInput(
+            f"gid: the gids of service {prefix[:-1]!r} begin with {prefix!r} (each service"
+            " has its own namespace); omit gid to have one generated"
+        )
+    return asked
+
+
 async def owned(request: web.Request, gid: str) -> Transaction:
-    """The transaction, if the caller may see it; another service's is simply not found."""
+    """The transaction, if the caller may see it; another service's is simply not found
+    (outside the caller's namespace without even asking the log)."""
+    prefix = _namespace(request)
+    if prefix is not None and not gid.startswith(prefix):
+        raise NotFound(f"no transaction {gid!r}")
     txn = await request.app[STORE].get(gid)
     if not principal_of(request).may_see(txn.service):
         raise NotFound(f"no transaction {gid!r}")

@@ -69,6 +69,8 @@ class Event:
     latency_ms: float | None
     error: str | None
     detail: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1  # identical failures in a row are one event
+    last_at: datetime | None = None  # when the last repeat happened
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,8 @@ class TransactionDetail:
 
     transaction: Transaction
     branches: list[Branch]
-    events: list[Event]
+    events: list[Event]  # the first page of the timeline
+    more_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,12 +23,13 @@ from coordinator.schemas import (
     BranchIn,
     BranchOut,
     EmptyIn,
+    EventPageOut,
     TransactionDetailOut,
     TransactionPageOut,
     TryBranchIn,
     TryOut,
 )
-from coordinator.views import ListQuery, ResolveIn
+from coordinator.views import EventsQuery, ListQuery, ResolveIn
 
 
 class Problem(BaseModel):
@@ -54,6 +55,7 @@ REQUEST_MODELS: list[type[BaseModel]] = [BeginIn, TryBranchIn, BranchIn, EmptyIn
 RESPONSE_MODELS: list[type[BaseModel]] = [
     TransactionDetailOut,
     TransactionPageOut,
+    EventPageOut,
     TryOut,
     BranchOut,
     Problem,
@@ -103,6 +105,15 @@ OPERATIONS: list[Operation] = [
         None,
         {200: ("The transaction", DETAIL)},
         (400, 401, 404, 503),
+    ),
+    Operation(
+        "get",
+        "/v1/transactions/{gid}/events",
+        "A page of a transaction's timeline, oldest first",
+        None,
+        {200: ("A page of events", EventPageOut)},
+        (400, 401, 404, 422, 503),
+        query=EventsQuery,
     ),
     Operation(
         "post",
@@ -183,6 +194,7 @@ _REASONS = {
     403: "The key's scope does not allow this",
     404: "No such transaction (or not the caller's)",
     409: "Conflicts with what the log holds (the detail says why)",
+    408: "The body arrived slower than the minimum rate",
     413: "The body is too large",
     422: "A field is invalid (the detail and errors name it)",
     503: "The transaction log is unavailable; retry after Retry-After seconds",
@@ -227,7 +239,9 @@ def _operation(op: Operation) -> dict[str, Any]:
     for code, (text, model) in op.responses.items():
         media = "application/problem+json" if model is Problem else "application/json"
         responses[str(code)] = {"description": text, "content": _content(model, media)}
-    for code in op.errors:
+    # Every operation that reads a body cuts one that arrives too slowly.
+    errors = (*op.errors, 408) if op.request is not None else op.errors
+    for code in errors:
         responses.setdefault(
             str(code),
             {

@@ -19,6 +19,7 @@ from coordinator.exceptions import (
     LimitExceeded,
     NotFound,
 )
+from coordinator.http_body import BodyTooSlow
 from coordinator.keys import SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
@@ -81,6 +83,7 @@ def describe_validation(exc: pydantic.ValidationError) -> tuple[str, list[dict[s
 
 _DOMAIN_STATUS: list[tuple[type[CoordinatorError], int]] = [
     (BadRequest, 400),
+    (BodyTooSlow, 408),
     (NotFound, 404),
     (Forbidden, 403),
     (Conflict, 409),
@@ -108,7 +111,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except CoordinatorError as exc:
         for kind, status in _DOMAIN_STATUS:
             if isinstance(exc, kind):
-                return problem(status, str(exc))
+                response = problem(status, str(exc))
+                if status == 408:
+                    response.force_close()  # the rest of a dribbled body is not worth waiting for
+                return response
         raise
     except web.HTTPException as exc:
         if exc.status < 400:

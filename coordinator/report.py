@@ -63,8 +63,12 @@ def format_detail(detail: TransactionDetail) -> str:
             parts.append(f"{e.latency_ms:.1f}ms")
         if e.error:
             parts.append(f"error={e.error[:80]!r}")
+        if e.repeats > 1:
+            parts.append(f"x{e.repeats} until {format_time(e.last_at)}")
         extra = {k: v for k, v in e.detail.items() if v not in (None, False, [], {})}
         if extra:
             parts.append(json.dumps(extra, sort_keys=True))
         lines.append("  " + "  ".join(parts))
+    if detail.more_events:
+        lines.append(f"  ... the timeline goes on after {len(detail.events)} entries")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/transactions", views.begin)
     app.router.add_get("/v1/transactions", views.list_transactions)
     app.router.add_get("/v1/transactions/{gid}", views.get_transaction)
+    app.router.add_get("/v1/transactions/{gid}/events", views.list_events)
     app.router.add_post("/v1/transactions/{gid}/try", views.try_branch)
     app.router.add_post("/v1/transactions/{gid}/branches", views.register_branch)
     app.router.add_post("/v1/transactions/{gid}/confirm", views.confirm)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,11 +17,11 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
-from yarl import URL
 
 from coordinator import dtm_protocol, states
 from coordinator.models import Branch, Event, NewBranch, NewTransaction, Transaction
-from coordinator.states import BranchStatus, GlobalStatus
+from coordinator.states import BranchStatus, GlobalStatus, TryReport
+from coordinator.urlpolicy import check_url_form
 
 GID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _GID_RE = re.compile(GID_PATTERN)
@@ -35,16 +34,8 @@ def is_valid_gid(value: str) -> bool:
 
 
 def _participant_url(value: str) -> str:
-    try:
-        url = URL(value)
-    except ValueError as exc:
-        raise ValueError(f"not a URL: {exc}") from exc
-    if url.scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
-    if not url.host:
-        raise ValueError("must name a host")
-    if url.user is not None or url.password is not None:
-        raise ValueError("must not carry credentials")
+    """Refuse what no allowlist could make callable; the rules are applied in the view."""
+    check_url_form(value)  # its PolicyError is a ValueError: a 422 naming the field
     return value
 
 
@@ -117,8 +108,8 @@ class BeginIn(Strict):
             raise ValueError("branch_id values must be unique")
         return self
 
-    def to_new(self, default_timeout_s: float) -> NewTransaction:
-        gid = self.gid or uuid.uuid4().hex
+    def to_new(self, gid: str, default_timeout_s: float) -> NewTransaction:
+        """The transaction to log, under ``gid`` (the one asked for, or a generated one)."""
         return NewTransaction(
             gid=gid,
             service=self.service,
@@ -178,6 +169,8 @@ class EventOut(BaseModel):
     latency_ms: float | None
     error: str | None
     detail: dict[str, JsonValue]
+    repeats: int = Field(description="How many identical events in a row this one stands for")
+    last_at: datetime | None = Field(description="When the last repeat happened (repeats > 1)")
 
     @classmethod
     def of(cls, e: Event) -> EventOut:
@@ -227,7 +220,15 @@ class TransactionOut(BaseModel):
 
 class TransactionDetailOut(TransactionOut):
     branches: list[BranchOut]
+    events: list[EventOut] = Field(description="The timeline, oldest first (its first page)")
+    events_next_cursor: str | None = Field(
+        description="Set when the timeline goes on: GET .../events?cursor=... for the rest"
+    )
+
+
+class EventPageOut(BaseModel):
     events: list[EventOut]
+    next_cursor: str | None
 
 
 class ParticipantReplyOut(BaseModel):
@@ -238,7 +239,7 @@ class ParticipantReplyOut(BaseModel):
 
 
 class TryOut(BaseModel):
-    verdict: str
+    verdict: TryReport
     transaction_status: GlobalStatus
     branch: BranchOut | None
     participant: ParticipantReplyOut | None

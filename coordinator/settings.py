@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.auth import parse_keys
+from coordinator.limits import Limits
 from coordinator.retry import RetryPolicy
 from coordinator.urlpolicy import parse_rules
 
@@ -53,9 +54,17 @@ class Settings(BaseSettings):
         description="How long confirm/cancel/auto requests wait for phase two before 202",
     )
 
-    retry_initial_s: float = Field(default=0.5, gt=0, description="First retry delay ceiling")
+    retry_initial_s: float = Field(
+        default=0.5, gt=0, le=86400, description="First retry delay ceiling"
+    )
     retry_coefficient: float = Field(default=2.0, ge=1, description="Backoff growth per round")
-    retry_max_s: float = Field(default=60.0, gt=0, description="Largest retry delay")
+    retry_max_s: float = Field(default=60.0, gt=0, le=86400, description="Largest retry delay")
+    max_retry_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        description="Largest retry_interval (DTM option) a client may ask for",
+    )
     give_up_after_s: float = Field(
         default=86400.0,
         gt=0,
@@ -71,6 +80,34 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body")
+    header_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Close a connection whose request line and headers have not all arrived"
+        " in this time",
+    )
+    keepalive_timeout_s: float = Field(
+        default=15.0, gt=0, description="Close an idle keep-alive connection after this long"
+    )
+    body_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Time a request body may take before it must keep the minimum rate",
+    )
+    body_min_bytes_per_s: int = Field(
+        default=1024,
+        ge=1,
+        description="Slowest accepted request body after the grace time (slower: 408)",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=16,
+        description="Most inbound connections at once (default: derived from the open-file"
+        " limit, leaving room for database and participant connections)",
+    )
+    max_participant_connections: int = Field(
+        default=256, ge=1, description="Most outbound connections to participants at once"
+    )
     max_branches: int = Field(default=100, ge=1, description="Branches per transaction")
     max_response_bytes: int = Field(
         default=65_536, ge=256, description="Bytes of a participant reply kept and logged"
@@ -94,6 +131,11 @@ class Settings(BaseSettings):
     )
     protect_health: bool = Field(
         default=False, description="Require an API key for /healthz, /readyz and /metrics"
+    )
+    gid_namespaces: bool = Field(
+        default=True,
+        description="A service key's gids must begin with its name and a colon (shop:...),"
+        " so that no service can take or probe another's gids",
     )
     participant_allow: str | None = Field(
         default=None,
@@ -123,6 +165,17 @@ class Settings(BaseSettings):
         parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
         parse_rules(self.participant_allow)
         return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_timeout_s=self.max_timeout_s,
+            max_call_timeout_s=self.max_call_timeout_s,
+            max_retry_interval_s=self.max_retry_interval_s,
+            max_branches=self.max_branches,
+            max_payload_bytes=self.max_payload_bytes,
+            max_metadata_bytes=self.max_metadata_bytes,
+        )
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -41,6 +41,24 @@ class Decision(StrEnum):
     CANCEL = "cancel"
 
 
+class EventKind(StrEnum):
+    """What a line of a transaction's timeline records."""
+
+    BEGIN = "begin"
+    BRANCH_REGISTERED = "branch_registered"
+    TRY_RESULT = "try_result"
+    DECISION = "decision"
+    CONFIRM_CALL = "confirm_call"
+    CANCEL_CALL = "cancel_call"
+    RETRY_SCHEDULED = "retry_scheduled"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+    FAILED_TO_CONFIRM = "failed_to_confirm"
+    FAILED_TO_CANCEL = "failed_to_cancel"
+    ADMIN_RETRY = "admin_retry"
+    ADMIN_RESOLVED = "admin_resolved"
+
+
 class InvalidTransition(Exception):
     """A status change the protocol forbids."""
 
@@ -152,6 +170,15 @@ def phase_of(decision: Decision) -> Phase:
     return Phase.CONFIRM if decision is Decision.CONFIRM else Phase.CANCEL
 
 
+def call_event(phase: Phase) -> EventKind:
+    return EventKind.CONFIRM_CALL if phase is Phase.CONFIRM else EventKind.CANCEL_CALL
+
+
+def outcome_event(status: GlobalStatus) -> EventKind:
+    """The timeline entry for a round that ended the phase (finished or parked)."""
+    return EventKind(status.value)
+
+
 def branch_done_status(decision: Decision) -> BranchStatus:
     return BranchStatus.CONFIRMED if decision is Decision.CONFIRM else BranchStatus.CANCELLED
 
@@ -219,15 +246,29 @@ def judge_try(http_status: int | None) -> TryVerdict:
     return TryVerdict.FAILED
 
 
-def recorded_try_verdict(status: BranchStatus, last_http_status: int | None) -> str:
-    """What a repeated try request should report, from what the log holds for the branch."""
+class TryReport(StrEnum):
+    """What a client is told about a branch's try: a fresh verdict, or what the log holds."""
+
+    TRIED = "tried"
+    REFUSED = "refused"
+    FAILED = "failed"
+    PENDING = "pending"  # the try has not answered (or its answer was never logged)
+    CANCELLED = "cancelled"  # the branch was cancelled; a late answer changes nothing
+
+
+def report_of(verdict: TryVerdict) -> TryReport:
+    return TryReport(verdict.value)
+
+
+def recorded_try_report(status: BranchStatus, last_http_status: int | None) -> TryReport:
+    """What a repeated (or late) try should report, from what the log holds for the branch."""
     if status is BranchStatus.REGISTERED:
-        return "pending"  # its try has not answered (or its answer was never logged)
+        return TryReport.PENDING
     if status is BranchStatus.TRY_FAILED:
-        return judge_try(last_http_status).value
+        return report_of(judge_try(last_http_status))
     if status is BranchStatus.CANCELLED:
-        return "cancelled"
-    return TryVerdict.TRIED.value
+        return TryReport.CANCELLED
+    return TryReport.TRIED
 
 
 def judge_phase_two(phase: Phase, http_status: int | None) -> bool:

@@ -34,12 +34,16 @@ from coordinator.models import (
 from coordinator.states import (
     BranchStatus,
     Decision,
+    EventKind,
     GlobalStatus,
     Judgement,
     Phase,
     TryVerdict,
     Verdict,
 )
+
+# Timeline entries returned with a transaction; the rest is paged (GET .../events).
+DEFAULT_EVENTS_PAGE = 200
 
 _BLOCK_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -150,6 +154,8 @@ def _event(row: asyncpg.Record) -> Event:
         latency_ms=row["latency_ms"],
         error=row["error"],
         detail=row["detail"],
+        repeats=row["repeats"],
+        last_at=row["last_at"],
     )
 
 
@@ -218,17 +224,20 @@ class Store:
     async def _event(
         conn: asyncpg.pool.PoolConnectionProxy,
         gid: str,
-        kind: str,
+        kind: EventKind,
         *,
         branch_id: str | None = None,
         phase: Phase | None = None,
         call: CallRecord | None = None,
         detail: dict[str, Any] | None = None,
+        repeatable: bool = False,
     ) -> None:
+        """Append to the timeline; a ``repeatable`` event identical to the branch's latest
+        one only bumps that one's repeat count."""
         await conn.execute(
-            q("insert_event"),
+            q("insert_or_repeat_event" if repeatable else "insert_event"),
             gid,
-            kind,
+            kind.value,
             branch_id,
             phase.value if phase else None,
             call.http_status if call else None,
@@ -256,8 +265,11 @@ class Store:
             if row is None:
                 existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
                 if existing_hash != new.request_hash:
+                    # The same words whoever holds the gid: a refusal must not tell a
+                    # caller whether another service uses it.
                     raise Conflict(
-                        f"transaction {new.gid!r} already exists with a different request"
+                        f"gid {new.gid!r} cannot be used for a new transaction: it is taken"
+                        " (omit gid to have one generated)"
                     )
                 original = await conn.fetchrow(q("get_transaction"), new.gid)
                 assert original is not None  # rows are never deleted
@@ -265,7 +277,7 @@ class Store:
             await self._event(
                 conn,
                 new.gid,
-                "begin",
+                EventKind.BEGIN,
                 detail={"timeout_s": new.timeout_s, "service": new.service},
             )
             for branch in new.branches:
@@ -291,7 +303,7 @@ class Store:
             await self._event(
                 conn,
                 gid,
-                "branch_registered",
+                EventKind.BRANCH_REGISTERED,
                 branch_id=new.branch_id,
                 detail={"name": new.name, "coordinator_runs_try": new.try_url is not None},
             )
@@ -334,8 +346,9 @@ class Store:
 
     async def record_try(
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
-    ) -> Branch | None:
-        """Store a try's outcome; None when the branch had already moved on."""
+    ) -> tuple[Branch, bool]:
+        """Store a try's outcome. Returns the branch as the log now holds it, and whether
+        this answer was recorded (False: the branch had moved on, e.g. cancelled)."""
         target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
@@ -351,13 +364,17 @@ class Store:
             await self._event(
                 conn,
                 gid,
-                "try_result",
+                EventKind.TRY_RESULT,
                 branch_id=branch_id,
                 phase=Phase.TRY,
                 call=call,
                 detail={"verdict": verdict.value, "late": row is None},
             )
-        return _branch(row) if row is not None else None
+            if row is not None:
+                return _branch(row), True
+            current = await conn.fetchrow(q("get_branch"), gid, branch_id)
+            assert current is not None  # branches are never deleted while their log lives
+            return _branch(current), False
 
     # --- decisions -------------------------------------------------------------
 
@@ -399,7 +416,7 @@ class Store:
             await self._event(
                 conn,
                 gid,
-                "decision",
+                EventKind.DECISION,
                 detail={"decision": decision.value, "reason": reason, "by": owner},
             )
             return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
@@ -441,7 +458,7 @@ class Store:
             )
             assert row is not None  # locked and checked above
             await self._event(
-                conn, gid, "admin_retry", detail={"from": status.value, "actor": actor}
+                conn, gid, EventKind.ADMIN_RETRY, detail={"from": status.value, "actor": actor}
             )
             lease = Lease(gid, str(row["lease_token"])) if row["lease_token"] else None
             return _transaction(row), lease
@@ -466,7 +483,7 @@ class Store:
             await self._event(
                 conn,
                 gid,
-                "admin_resolved",
+                EventKind.ADMIN_RESOLVED,
                 detail={
                     "actor": actor,
                     "note": note,
@@ -538,11 +555,12 @@ class Store:
             await self._event(
                 conn,
                 lease.gid,
-                f"{phase.value}_call",
+                states.call_event(phase),
                 branch_id=branch_id,
                 phase=phase,
                 call=call,
                 detail={"done": done},
+                repeatable=not done,
             )
         return True
 
@@ -573,17 +591,20 @@ class Store:
                 await conn.execute(
                     q("schedule_branch_retry"), lease.gid, list(pending), txn.next_attempt_at
                 )
+                # No round number in the detail: identical rounds collapse into one entry
+                # whose repeat count says how many there were.
                 await self._event(
                     conn,
                     lease.gid,
-                    "retry_scheduled",
-                    detail={"round": txn.phase_attempts, "pending": sorted(pending), "by": owner},
+                    EventKind.RETRY_SCHEDULED,
+                    detail={"pending": sorted(pending), "by": owner},
+                    repeatable=True,
                 )
             else:
                 await self._event(
                     conn,
                     lease.gid,
-                    outcome.value,
+                    states.outcome_event(outcome),
                     detail={"rounds": txn.phase_attempts, "by": owner},
                 )
             return txn
@@ -597,16 +618,30 @@ class Store:
             raise NotFound(f"no transaction {gid!r}")
         return _transaction(row)
 
-    async def detail(self, gid: str) -> TransactionDetail:
+    async def detail(self, gid: str, events_limit: int = DEFAULT_EVENTS_PAGE) -> TransactionDetail:
+        """The transaction, its branches and the first page of its timeline, all as of one
+        moment."""
         async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
             row = await conn.fetchrow(q("get_transaction"), gid)
             if row is None:
                 raise NotFound(f"no transaction {gid!r}")
             branches = await conn.fetch(q("list_branches"), gid)
-            events = await conn.fetch(q("list_events"), gid)
+            events = await conn.fetch(q("list_events"), gid, 0, events_limit + 1)
+        page = [_event(e) for e in events[:events_limit]]
         return TransactionDetail(
-            _transaction(row), [_branch(b) for b in branches], [_event(e) for e in events]
+            _transaction(row),
+            [_branch(b) for b in branches],
+            page,
+            more_events=len(events) > events_limit,
         )
+
+    async def events(self, gid: str, after_id: int, limit: int) -> tuple[list[Event], bool]:
+        """A page of the timeline after event ``after_id``, and whether more follow."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(q("list_events"), gid, after_id, limit + 1)
+            if not rows and await conn.fetchval(q("transaction_request_hash"), gid) is None:
+                raise NotFound(f"no transaction {gid!r}")
+        return [_event(e) for e in rows[:limit]], len(rows) > limit
 
     async def list(self, flt: ListFilter) -> list[Transaction]:
         after_at, after_gid = flt.after if flt.after else (None, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -13,9 +12,16 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator import migrator, states
-from coordinator.exceptions import InvalidInput, LimitExceeded
-from coordinator.guard import owned, principal_of, require_admin, service_for_begin
+from coordinator import jsonsafe, migrator, states
+from coordinator.exceptions import InvalidInput
+from coordinator.guard import (
+    gid_for_begin,
+    owned,
+    principal_of,
+    require_admin,
+    service_for_begin,
+)
+from coordinator.http_body import read_body_bytes
 from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
 from coordinator.models import Transaction, TransactionDetail
 from coordinator.problems import BadRequest, problem
@@ -25,6 +31,7 @@ from coordinator.schemas import (
     BranchOut,
     EmptyIn,
     EventOut,
+    EventPageOut,
     ParticipantReplyOut,
     TransactionDetailOut,
     TransactionOut,
@@ -33,56 +40,48 @@ from coordinator.schemas import (
     TryOut,
     is_valid_gid,
 )
-from coordinator.states import GlobalStatus, TryVerdict
+from coordinator.states import GlobalStatus, TryReport
 from coordinator.store import ListFilter
 from coordinator.urlpolicy import PolicyError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-MAX_JSON_DEPTH = 32
+async def read_request(request: web.Request) -> bytes:
+    """The raw body, bounded in size and in how slowly it may arrive."""
+    settings = request.app[SETTINGS]
+    return await read_body_bytes(
+        request,
+        max_bytes=settings.max_body_bytes,
+        grace_s=settings.body_grace_s,
+        min_bytes_per_s=settings.body_min_bytes_per_s,
+    )
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def check_storable(data: Any) -> None:
-    """Refuse what JSON allows but the log cannot hold: NUL characters, infinite
-    numbers, absurd nesting. Iterative, so hostile depth cannot exhaust the stack."""
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        where = path or "(body)"
-        if depth > MAX_JSON_DEPTH:
-            raise InvalidInput(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(value, str) and "\x00" in value:
-            raise InvalidInput(f"{where}: contains a NUL character")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInput(f"{where}: number out of range")
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if "\x00" in key:
-                    raise InvalidInput(f"{where}: a key contains a NUL character")
-                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, f"{path}.{i}", depth + 1) for i, item in enumerate(value))
-
-
-async def read_body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()  # aiohttp raises 413 past client_max_size
-    if not raw.strip():
-        raw = b"{}"
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A body as a JSON object the log can hold (an empty body is {})."""
     try:
-        data = json.loads(raw, parse_constant=_no_constants)
-    except RecursionError as exc:
-        raise BadRequest("the body is nested too deeply") from exc
-    except ValueError as exc:
+        data = jsonsafe.parse(raw)
+    except jsonsafe.UnreadableJson as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
-    check_storable(data)
-    return model.model_validate_json(raw)  # JSON mode: error messages speak JSON
+    jsonsafe.check_storable(data)
+    return data
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    raw = await read_request(request)
+    return parse_object(raw if raw.strip() else b"{}")
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    raw = await read_request(request)
+    if not raw.strip():
+        raw = b"{}"
+    parse_object(raw)
+    # JSON mode keeps JSON's rules (strict types, error messages that speak JSON).
+    return model.model_validate_json(raw)
 
 
 def path_gid(request: web.Request) -> str:
@@ -104,6 +103,7 @@ def render_detail(detail: TransactionDetail) -> TransactionDetailOut:
         **base.model_dump(),
         branches=[BranchOut.of(b) for b in detail.branches],
         events=[EventOut.of(e) for e in detail.events],
+        events_next_cursor=str(detail.events[-1].id) if detail.more_events else None,
     )
 
 
@@ -119,19 +119,10 @@ async def begin(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
     body = await read_body(request, BeginIn)
-    for field, value, limit in (
-        ("timeout_s", body.timeout_s, settings.max_timeout_s),
-        ("call_timeout_s", body.call_timeout_s, settings.max_call_timeout_s),
-    ):
-        if value is not None and value > limit:
-            raise LimitExceeded(f"{field}: must be at most {limit:g} seconds")
-    if len(body.branches) > settings.max_branches:
-        raise LimitExceeded(f"branches: at most {settings.max_branches} per transaction")
-    check_size("metadata", body.metadata, settings.max_metadata_bytes)
     for i, branch in enumerate(body.branches):
         check_branch(request, branch, f"branches.{i}.")
     body = body.model_copy(update={"service": service_for_begin(request, body.service)})
-    new = body.to_new(settings.default_timeout_s)
+    new = body.to_new(gid_for_begin(request, body.gid), settings.default_timeout_s)
     txn, created = await engine.begin(new)
     location = {"Location": f"/v1/transactions/{txn.gid}"}
     if not created:
@@ -151,14 +142,8 @@ async def begin(request: web.Request) -> web.Response:
     return response
 
 
-def check_size(field: str, value: Any, limit: int) -> None:
-    size = len(json.dumps(value, separators=(",", ":")).encode())
-    if size > limit:
-        raise LimitExceeded(f"{field}: {size} bytes of JSON; at most {limit} are accepted")
-
-
 def check_branch(request: web.Request, branch: BranchIn, prefix: str = "") -> None:
-    """Participant URLs against the policy, and the payload against its size limit."""
+    """Participant URLs against the policy."""
     policy = request.app[POLICY]
     for field in ("try_url", "confirm_url", "cancel_url"):
         url = getattr(branch, field, None)
@@ -168,7 +153,6 @@ def check_branch(request: web.Request, branch: BranchIn, prefix: str = "") -> No
             policy.check_url(url)
         except PolicyError as exc:
             raise InvalidInput(f"{prefix}{field}: {exc}") from exc
-    check_size(f"{prefix}payload", branch.payload, request.app[SETTINGS].max_payload_bytes)
 
 
 async def register_branch(request: web.Request) -> web.Response:
@@ -196,7 +180,7 @@ async def try_branch(request: web.Request) -> web.Response:
         rerun = await engine.retry_stale_try(txn, branch)
         if rerun is None:
             out = TryOut(
-                verdict=states.recorded_try_verdict(branch.status, branch.last_http_status),
+                verdict=states.recorded_try_report(branch.status, branch.last_http_status),
                 transaction_status=txn.status,
                 branch=BranchOut.of(branch),
                 participant=None,
@@ -205,9 +189,9 @@ async def try_branch(request: web.Request) -> web.Response:
         outcome = rerun
     txn = await engine.store.get(gid)
     out = TryOut(
-        verdict=outcome.verdict.value,
+        verdict=outcome.report,
         transaction_status=txn.status,
-        branch=BranchOut.of(outcome.branch) if outcome.branch else None,
+        branch=BranchOut.of(outcome.branch),
         participant=ParticipantReplyOut(
             http_status=outcome.result.http_status,
             body=outcome.result.body,
@@ -218,19 +202,23 @@ async def try_branch(request: web.Request) -> web.Response:
     return _try_response(out)
 
 
+_TRY_PROBLEMS = {
+    TryReport.REFUSED: (409, "the participant refused the try of branch {}"),
+    TryReport.CANCELLED: (409, "branch {} was cancelled"),
+    TryReport.FAILED: (502, "the try of branch {} failed"),
+}
+
+
 def _try_response(out: TryOut) -> web.Response:
-    if out.verdict == TryVerdict.TRIED.value:
+    if out.verdict is TryReport.TRIED:
         return json_response(out, 200)
-    if out.verdict == "pending":
+    if out.verdict is TryReport.PENDING:
         return json_response(out, 202)
+    status, text = _TRY_PROBLEMS[out.verdict]
     branch_id = out.branch.branch_id if out.branch else "?"
-    status, detail = {
-        TryVerdict.REFUSED.value: (409, f"the participant refused the try of branch {branch_id!r}"),
-        "cancelled": (409, f"branch {branch_id!r} was cancelled"),
-    }.get(out.verdict, (502, f"the try of branch {branch_id!r} failed"))
     return problem(
         status,
-        f"{detail}; the transaction is {out.transaction_status.value}",
+        f"{text.format(repr(branch_id))}; the transaction is {out.transaction_status.value}",
         **out.model_dump(mode="json"),
     )
 
@@ -287,6 +275,25 @@ async def get_transaction(request: web.Request) -> web.Response:
     return json_response(render_detail(detail))
 
 
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cursor: str | None = Field(default=None, max_length=20, pattern=r"^[0-9]{1,19}$")
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    query = EventsQuery.model_validate(dict(request.query))
+    await owned(request, gid)
+    events, more = await request.app[STORE].events(gid, int(query.cursor or 0), query.limit)
+    out = EventPageOut(
+        events=[EventOut.of(e) for e in events],
+        next_cursor=str(events[-1].id) if more else None,
+    )
+    return json_response(out)
+
+
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -318,7 +325,7 @@ async def list_transactions(request: web.Request) -> web.Response:
     require_admin(request, "listing transactions")
     query = ListQuery.model_validate(dict(request.query))
     if query.service is not None:
-        check_storable({"service": query.service})
+        jsonsafe.check_storable({"service": query.service})
     for name, value in (("created_from", query.created_from), ("created_to", query.created_to)):
         if value is not None and value.tzinfo is None:
             raise BadRequest(f"{name}: give a time zone, e.g. 2026-01-01T00:00:00Z")

@@ -117,6 +117,9 @@ class CoordinatorClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.service = service
+        # With keys, the coordinator keeps each service's gids under "<service>:"; the
+        # client puts the gids its caller chooses there, so an order id can still be one.
+        self._namespace = f"{service}:" if service and api_key else None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession(
@@ -167,7 +170,7 @@ class CoordinatorClient:
     ) -> TransactionState:
         body: dict[str, Any] = {"metadata": metadata or {}}
         for key, value in (
-            ("gid", gid),
+            ("gid", self.qualified(gid) if gid else None),
             ("service", self.service),
             ("timeout_s", timeout_s),
             ("call_timeout_s", call_timeout_s),
@@ -176,6 +179,12 @@ class CoordinatorClient:
                 body[key] = value
         _, data = await self._call("POST", "/v1/transactions", body)
         return TransactionState.of(data)
+
+    def qualified(self, gid: str) -> str:
+        """The gid as the coordinator knows it: inside this service's namespace, if any."""
+        if self._namespace is None or gid.startswith(self._namespace):
+            return gid
+        return self._namespace + gid
 
     async def try_branch(
         self,

@@ -4,6 +4,7 @@ query parameters, the body is the branch's data, and the answer is DTM's envelop
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ class DtmCall:
     query: dict[str, str]
     body: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

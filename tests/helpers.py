@@ -29,3 +29,9 @@ async def eventually(
 
 def event_kinds(detail: Any) -> list[str]:
     return [e["kind"] for e in detail["events"]]
+
+
+def event_count(detail: Any, kind: str) -> int:
+    """How many times ``kind`` happened: identical failures in a row are one event with
+    a repeat count."""
+    return sum(e["repeats"] for e in detail["events"] if e["kind"] == kind)

@@ -197,8 +197,31 @@ WHERE gid = $1 AND branch_id = ANY($2::text[]);
 INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
+-- name: insert_or_repeat_event
+-- A failure identical to the latest event of the same branch (same kind, phase, HTTP
+-- status, error and detail) only counts as one more repeat of it: a participant that stays
+-- down for a day must not grow the timeline by one row per round and branch.
+WITH latest AS (
+    SELECT id, kind, phase, http_status, error, detail FROM tcc_events
+    WHERE gid = $1 AND branch_id IS NOT DISTINCT FROM $3
+    ORDER BY id DESC
+    LIMIT 1
+), repeated AS (
+    UPDATE tcc_events e
+    SET repeats = e.repeats + 1, last_at = clock_timestamp(), latency_ms = $6
+    FROM latest
+    WHERE e.id = latest.id AND latest.kind = $2 AND latest.phase IS NOT DISTINCT FROM $4
+      AND latest.http_status IS NOT DISTINCT FROM $5 AND latest.error IS NOT DISTINCT FROM $7
+      AND latest.detail = $8::jsonb
+    RETURNING e.id
+)
+INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8
+WHERE NOT EXISTS (SELECT 1 FROM repeated);
+
 -- name: list_events
-SELECT * FROM tcc_events WHERE gid = $1 ORDER BY id;
+-- One page of the timeline, oldest first, after the event id $2 (0: from the start).
+SELECT * FROM tcc_events WHERE gid = $1 AND id > $2 ORDER BY id LIMIT $3;
 
 -- name: set_options
 -- Protocol options given again when deciding (DTM's submit); only while trying.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import time
@@ -31,6 +32,10 @@ async def test_demo__plays_every_scenario_and_the_books_balance() -> None:
     assert "cancelled (timeout)" in out
     assert "wallet: killed (SIGKILL)" in out
     assert "Nothing lost or double-spent" in out
+    # It cleans up after itself: the private stack's folder is gone.
+    match = re.search(r"Starting a private stack .* in (\S+)", out)
+    assert match is not None, out
+    assert not await asyncio.to_thread(Path(match[1]).exists)
 
 
 async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -72,6 +73,7 @@ async def main(finished: int, active: int, rounds: int) -> None:
             print("   ", row[0])
     finally:
         await asyncio.to_thread(server.close)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

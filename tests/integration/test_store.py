@@ -126,7 +126,9 @@ async def test_record_try__late_answer_after_cancel__changes_nothing(store: Stor
     decided = await store.decide("g", Decision.CANCEL, reason="timeout", owner="a", lease_ttl_s=30)
     assert decided.lease is not None
     assert await store.record_phase_call(decided.lease, "b", Decision.CANCEL, True, OK)
-    assert await store.record_try("g", "b", TryVerdict.TRIED, OK) is None
+    branch, recorded = await store.record_try("g", "b", TryVerdict.TRIED, OK)
+    assert not recorded
+    assert branch.status.value == "cancelled"  # what the log holds, for the late caller
     detail = await store.detail("g")
     assert detail.branches[0].status.value == "cancelled"
     assert detail.events[-1].detail == {"verdict": "tried", "late": True}

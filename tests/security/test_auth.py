@@ -73,33 +73,33 @@ async def test_health__can_be_protected(make_coordinator: MakeCoordinator) -> No
 async def test_a_transaction_belongs_to_the_service_that_began_it(
     secured: CoordinatorClient, participant: FakeParticipant
 ) -> None:
-    status, out = await call(secured, "POST", "/v1/transactions", "shop", {"gid": "mine"})
+    status, out = await call(secured, "POST", "/v1/transactions", "shop", {"gid": "shop:mine"})
     assert (status, out["service"]) == (201, "shop")
     branch = participant.branch("b")
-    assert (await call(secured, "POST", "/v1/transactions/mine/try", "shop", branch))[0] == 200
+    assert (await call(secured, "POST", "/v1/transactions/shop:mine/try", "shop", branch))[0] == 200
 
     # Another service sees nothing at all: every operation is a plain 404.
     for method, path, body in (
-        ("GET", "/v1/transactions/mine", None),
-        ("POST", "/v1/transactions/mine/try", participant.branch("c")),
-        ("POST", "/v1/transactions/mine/branches", participant.branch("d", with_try=False)),
-        ("POST", "/v1/transactions/mine/confirm", None),
-        ("POST", "/v1/transactions/mine/cancel", None),
+        ("GET", "/v1/transactions/shop:mine", None),
+        ("POST", "/v1/transactions/shop:mine/try", participant.branch("c")),
+        ("POST", "/v1/transactions/shop:mine/branches", participant.branch("d", with_try=False)),
+        ("POST", "/v1/transactions/shop:mine/confirm", None),
+        ("POST", "/v1/transactions/shop:mine/cancel", None),
     ):
         status, out = await call(secured, method, path, "bank", body)
         assert status == 404, (method, path, status)
-        assert out["detail"] == "no transaction 'mine'"
+        assert out["detail"] == "no transaction 'shop:mine'"
     assert participant.calls_for("cancel") == []
 
     # The owner and an admin can.
-    assert (await call(secured, "GET", "/v1/transactions/mine", "ops"))[0] == 200
-    status, out = await call(secured, "POST", "/v1/transactions/mine/confirm", "shop")
+    assert (await call(secured, "GET", "/v1/transactions/shop:mine", "ops"))[0] == 200
+    status, out = await call(secured, "POST", "/v1/transactions/shop:mine/confirm", "shop")
     assert (status, out["status"]) == (200, "confirmed")
 
 
 async def test_service_key__cannot_begin_as_another_service(secured: CoordinatorClient) -> None:
     status, out = await call(
-        secured, "POST", "/v1/transactions", "shop", {"gid": "x", "service": "bank"}
+        secured, "POST", "/v1/transactions", "shop", {"gid": "shop:x", "service": "bank"}
     )
     assert status == 403
     assert "cannot begin transactions as 'bank'" in out["detail"]
@@ -116,7 +116,7 @@ async def test_service_key__cannot_begin_as_another_service(secured: Coordinator
 async def test_admin_only_operations__refuse_service_keys(
     secured: CoordinatorClient, method: str, path: str
 ) -> None:
-    await call(secured, "POST", "/v1/transactions", "shop", {"gid": "g"})
+    await call(secured, "POST", "/v1/transactions", "shop", {"gid": "shop:g"})
     status, _ = await call(secured, method, path, "shop")
     assert status == 403
     assert (await call(secured, method, path, "ops"))[0] != 403
@@ -125,17 +125,17 @@ async def test_admin_only_operations__refuse_service_keys(
 async def test_dtm_endpoints__take_the_same_keys_and_ownership(
     secured: CoordinatorClient,
 ) -> None:
-    body = {"gid": "d1", "trans_type": "tcc"}
+    body = {"gid": "shop:d1", "trans_type": "tcc"}
     assert (await secured.post("/api/dtmsvr/prepare", body))[0] == 401
     assert await call(secured, "POST", "/api/dtmsvr/prepare", "shop", body) == (
         200,
         {"dtm_result": "SUCCESS"},
     )
-    status, out = await call(secured, "GET", "/api/dtmsvr/query?gid=d1", "bank")
+    status, out = await call(secured, "GET", "/api/dtmsvr/query?gid=shop:d1", "bank")
     assert out == {"transaction": None, "branches": []}
     status, out = await call(secured, "POST", "/api/dtmsvr/abort", "bank", body)
     assert (status, out["dtm_result"]) == (409, "FAILURE")
-    status, out = await call(secured, "GET", "/api/dtmsvr/query?gid=d1", "shop")
+    status, out = await call(secured, "GET", "/api/dtmsvr/query?gid=shop:d1", "shop")
     assert out["transaction"]["status"] == "prepared"
 
 
@@ -174,23 +174,57 @@ async def test_metrics__open_by_default__protected_on_request(
     assert (await call(protected, "GET", "/metrics", "ops"))[0] == 200
 
 
-async def test_dtm_prepare__of_another_services_gid__is_a_plain_conflict(
+async def test_gids__live_in_their_services_namespace__so_none_can_be_taken_or_probed(
     secured: CoordinatorClient,
 ) -> None:
-    body = {"gid": "theirs", "trans_type": "tcc"}
-    assert (await call(secured, "POST", "/api/dtmsvr/prepare", "shop", body))[0] == 200
-    await call(secured, "POST", "/api/dtmsvr/abort", "shop", body)
-    status, out = await call(secured, "POST", "/api/dtmsvr/prepare", "bank", body)
+    status, out = await call(secured, "POST", "/v1/transactions", "shop", {})
+    assert (status, out["gid"][:5]) == (201, "shop:")  # generated inside the namespace
+    # Another service cannot even name a gid of shop's: refused before the log is asked,
+    # with the same words whether or not the gid exists.
+    taken = out["gid"]
+    for gid in (taken, "shop:never-used"):
+        status, out = await call(secured, "POST", "/v1/transactions", "bank", {"gid": gid})
+        assert status == 422, gid
+        assert "the gids of service 'bank' begin with 'bank:'" in out["detail"]
+        dtm = {"gid": gid, "trans_type": "tcc"}
+        status, out = await call(secured, "POST", "/api/dtmsvr/prepare", "bank", dtm)
+        assert (status, out["dtm_result"]) == (400, "FAILURE")
+        assert "begin with 'bank:'" in out["message"]
+    # The same suffix in each namespace is two unrelated transactions.
+    for who in ("shop", "bank"):
+        body = {"gid": f"{who}:order-1"}
+        assert (await call(secured, "POST", "/v1/transactions", who, body))[0] == 201
+    status, out = await call(secured, "GET", "/api/dtmsvr/newGid", "bank")
+    assert out["gid"].startswith("bank:")
+    # Admins are not namespaced.
+    assert (await call(secured, "POST", "/v1/transactions", "ops", {"gid": "ops-free"}))[0] == 201
+
+
+async def test_gids__with_one_global_namespace__a_refusal_says_nothing_about_the_owner(
+    make_coordinator: MakeCoordinator,
+) -> None:
+    c = await make_coordinator(insecure=False, api_keys=CONFIG, gid_namespaces=False)
+    assert (await call(c, "POST", "/v1/transactions", "shop", {"gid": "g1"}))[0] == 201
+    theirs = await call(c, "POST", "/v1/transactions", "bank", {"gid": "g1"})
+    own_other_body = await call(
+        c, "POST", "/v1/transactions", "shop", {"gid": "g1", "timeout_s": 5}
+    )
+    assert theirs == own_other_body
+    assert theirs[0] == 409
+    assert "cannot be used" in theirs[1]["detail"]
+    dtm = {"gid": "g1", "trans_type": "tcc"}
+    status, out = await call(c, "POST", "/api/dtmsvr/prepare", "bank", dtm)
     assert (status, out["dtm_result"]) == (409, "FAILURE")
-    assert "aborting" not in out["message"]  # nothing about the other service's state
+    assert "trying" not in out["message"] and "prepared" not in out["message"]
 
 
 async def test_python_client__sends_its_api_key(secured: CoordinatorClient) -> None:
     from participants.client import CoordinatorClient as Client
 
-    async with Client(secured.base, api_key=KEYS["shop"]) as tcc:
+    async with Client(secured.base, service="shop", api_key=KEYS["shop"]) as tcc:
         state = await tcc.begin("with-key")
-        assert state.raw["service"] == "shop"
+        # The client keeps the gid it was given inside its service's namespace.
+        assert (state.gid, state.raw["service"]) == ("shop:with-key", "shop")
     async with Client(secured.base) as anonymous:
         with pytest.raises(Exception, match="401"):
-            await anonymous.get("with-key")
+            await anonymous.get("shop:with-key")
