@@ -215,7 +215,8 @@ async def test_gids__with_one_global_namespace__a_refusal_says_nothing_about_the
     dtm = {"gid": "g1", "trans_type": "tcc"}
     status, out = await call(c, "POST", "/api/dtmsvr/prepare", "bank", dtm)
     assert (status, out["dtm_result"]) == (409, "FAILURE")
-    assert "trying" not in out["message"] and "prepared" not in out["message"]
+    assert "trying" not in out["message"]
+    assert "prepared" not in out["message"]
 
 
 async def test_python_client__sends_its_api_key(secured: CoordinatorClient) -> None:

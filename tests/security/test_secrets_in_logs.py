@@ -66,7 +66,7 @@ async def test_malformed_requests__never_put_the_key_in_a_log_line(
     # Every request was answered (4xx), so each went through the paths that log.
     for name, answer in answers.items():
         status_line = answer.split(b"\r\n", 1)[0]
-        assert status_line.startswith(b"HTTP/1.") and status_line[9:10] == b"4", (name, answer[:80])
+        assert status_line[:7] + status_line[8:10] == b"HTTP/1 4", (name, answer[:80])
     logs = proc.logs()
     assert "malformed request" in logs  # the parser errors were logged, safely
     for fragment in (KEY, KEY[:12], KEY[-12:], KEY[::-1][:12]):
