@@ -66,7 +66,9 @@ async def test_malformed_requests__never_put_the_key_in_a_log_line(
     # Every request was answered (4xx), so each went through the paths that log.
     for name, answer in answers.items():
         status_line = answer.split(b"\r\n", 1)[0]
-        assert status_line[:7] + status_line[8:10] == b"HTTP/1 4", (name, answer[:80])
+        version, code = status_line.split(b" ")[:2]
+        assert version.startswith(b"HTTP/1."), (name, answer[:80])
+        assert code.startswith(b"4"), (name, answer[:80])
     logs = proc.logs()
     assert "malformed request" in logs  # the parser errors were logged, safely
     for fragment in (KEY, KEY[:12], KEY[-12:], KEY[::-1][:12]):
