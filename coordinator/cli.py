@@ -14,24 +14,29 @@ from typing import Any, get_args
 import aiohttp
 import pydantic
 
-from coordinator import migrator
-from coordinator.app import create_app
-from coordinator.auth import hash_key, parse_keys
-from coordinator.caller import ParticipantCaller
-from coordinator.chaos import ChaosConfig, ChaosRun, report_json
-from coordinator.demo import run_demo
+from coordinator.api.app import create_app
+from coordinator.api.schemas import is_valid_gid
+from coordinator.api.server import (
+    ensure_port_free,
+    log_connection_budget,
+    plan_connections,
+    serve_app,
+)
+from coordinator.core.apikeys import hash_key, parse_keys
+from coordinator.core.errors import CoordinatorError
+from coordinator.core.states import GlobalStatus
+from coordinator.devtools.chaos import ChaosConfig, ChaosRun, report_json
+from coordinator.devtools.demo import run_demo
+from coordinator.devtools.stack import Ports, Stack
 from coordinator.embedded import resolve_database_url
-from coordinator.engine import Engine
-from coordinator.exceptions import CoordinatorError
+from coordinator.engine.driver import Engine
+from coordinator.engine.recovery import Recovery
 from coordinator.logs import configure_logging
-from coordinator.recovery import Recovery
+from coordinator.outbound import ParticipantCaller
 from coordinator.report import columns, format_detail, format_time
-from coordinator.schemas import is_valid_gid
-from coordinator.server import ensure_port_free, log_connection_budget, plan_connections, serve_app
 from coordinator.settings import Settings
-from coordinator.stack import Ports, Stack
-from coordinator.states import GlobalStatus
-from coordinator.store import ListFilter, Store, connect_pool
+from coordinator.txlog import migrator
+from coordinator.txlog.postgres import ListFilter, Store, connect_pool
 from coordinator.workers import Supervisor
 
 
@@ -418,7 +423,7 @@ async def status_command(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await store.pool.close()
     if args.json:
-        from coordinator.views import render_detail
+        from coordinator.api.v1 import render_detail
 
         print(render_detail(detail).model_dump_json(indent=2))
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import structlog
 
-from coordinator.exceptions import EmbeddedDatabaseError
+from coordinator.core.errors import EmbeddedDatabaseError
 
 log = structlog.get_logger(__name__)
 

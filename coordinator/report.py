@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coordinator.models import TransactionDetail
+from coordinator.core.records import TransactionDetail
 
 
 def format_time(value: Any) -> str:

@@ -9,10 +9,10 @@ import platformdirs
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from coordinator.auth import parse_keys
-from coordinator.limits import Limits
-from coordinator.retry import RetryPolicy
-from coordinator.urlpolicy import parse_rules
+from coordinator.core.apikeys import parse_keys
+from coordinator.core.limits import Limits
+from coordinator.core.retry import RetryPolicy
+from coordinator.core.urlpolicy import parse_rules
 
 
 def default_data_dir() -> Path:

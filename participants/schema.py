@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from coordinator.migrator import Migration, load_migrations
+from coordinator.txlog.migrator import Migration, load_migrations
 
 BARRIER_MIGRATIONS = Path(__file__).with_name("sql")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -19,11 +19,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from coordinator import migrator
-from coordinator.app import create_app
-from coordinator.keys import ENGINE
+from coordinator.api.app import create_app
+from coordinator.api.appkeys import ENGINE
 from coordinator.settings import Settings
-from coordinator.store import Store, connect_pool
+from coordinator.txlog import migrator
+from coordinator.txlog.postgres import Store, connect_pool
 from tests.participant_server import FakeParticipant
 
 TEMPLATE_DB = f"tcc_template_{os.getpid()}"

@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from coordinator.models import NewBranch, NewTransaction
-from coordinator.states import Decision
-from coordinator.store import Store
+from coordinator.core.records import NewBranch, NewTransaction
+from coordinator.core.states import Decision
+from coordinator.txlog.postgres import Store
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
 from tests.processes import CoordinatorProcess, run_tcc, run_tcc_async, tcc_env

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator.chaos import ChaosConfig, ChaosRun
+from coordinator.devtools.chaos import ChaosConfig, ChaosRun
 from coordinator.embedded import EmbeddedServer
 from tests.conftest import CoordinatorClient, fast_settings, start_coordinator
 from tests.conftest import transaction_detail as detail

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.children import clean_env
+from coordinator.devtools.children import clean_env
 from tests.processes import free_port, run_tcc, tcc_env
 
 pytestmark = pytest.mark.slow

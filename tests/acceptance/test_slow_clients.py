@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from coordinator.server import (
+from coordinator.api.server import (
     ConnectionLimits,
     GuardedSite,
     awaiting_next_request,

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from coordinator.children import clean_env, free_port
+from coordinator.devtools.children import clean_env, free_port
 from tests.processes import TCC, run_tcc_async
 
 pytestmark = pytest.mark.slow

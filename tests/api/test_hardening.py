@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from coordinator.children import free_port
+from coordinator.devtools.children import free_port
 from tests.conftest import CoordinatorClient
 from tests.conftest import transaction_detail as detail
 from tests.dtm_participant import dtm_participant
@@ -91,7 +91,7 @@ async def test_a_dead_participant__collapses_into_one_event_per_branch__and_the_
 async def test_transaction_detail__embeds_only_the_first_page_of_a_long_timeline(
     make_coordinator: MakeCoordinator, participant: FakeParticipant
 ) -> None:
-    from coordinator.store import DEFAULT_EVENTS_PAGE
+    from coordinator.txlog.postgres import DEFAULT_EVENTS_PAGE
 
     coordinator = await make_coordinator(max_branches=DEFAULT_EVENTS_PAGE)
     await coordinator.post("/v1/transactions", {"gid": "long"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from coordinator.schemas import TryBranchIn
-from coordinator.store import Store
+from coordinator.api.schemas import TryBranchIn
+from coordinator.txlog.postgres import Store
 from tests.conftest import CoordinatorClient
 from tests.conftest import transaction_detail as detail
 from tests.helpers import event_count, eventually

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import asyncpg
 
-from coordinator import migrator
 from coordinator.embedded import EmbeddedServer
-from coordinator.store import q
+from coordinator.txlog import migrator
+from coordinator.txlog.postgres import q
 
 FILL = """
 INSERT INTO tcc_transactions (gid, status, request_hash, timeout_s, deadline, created_at,

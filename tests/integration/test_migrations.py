@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator import migrator
-from coordinator.exceptions import MigrationError
+from coordinator.core.errors import MigrationError
+from coordinator.txlog import migrator
 
 EXPECTED_SCHEMA = Path(__file__).with_name("expected_schema.txt")
 

@@ -7,10 +7,10 @@ import dataclasses
 
 import pytest
 
-from coordinator.exceptions import Conflict, NotFound
-from coordinator.models import NewBranch, NewTransaction
-from coordinator.states import Decision, GlobalStatus, TryVerdict, Verdict
-from coordinator.store import CallRecord, ListFilter, Store, q
+from coordinator.core.errors import Conflict, NotFound
+from coordinator.core.records import NewBranch, NewTransaction
+from coordinator.core.states import Decision, GlobalStatus, TryVerdict, Verdict
+from coordinator.txlog.postgres import CallRecord, ListFilter, Store, q
 
 
 def new_txn(gid: str, timeout_s: float = 60.0) -> NewTransaction:

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from coordinator.children import free_port
+from coordinator.devtools.children import free_port
 from participants.inventory.app import create_app as inventory_app
 from participants.order.app import Peers
 from participants.order.app import create_app as order_app

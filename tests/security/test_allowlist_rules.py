@@ -9,7 +9,7 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from coordinator.urlpolicy import ParticipantPolicy, PolicyError, PolicyResolver
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, PolicyResolver
 
 RANGES_ALL = "0.0.0.0/0,::/0"
 

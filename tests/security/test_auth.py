@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.auth import hash_key, parse_keys
+from coordinator.core.apikeys import hash_key, parse_keys
 from tests.conftest import CoordinatorClient
 from tests.participant_server import FakeParticipant
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.auth import hash_key
-from coordinator.openapi import build, markdown
+from coordinator.api.openapi import build, markdown
+from coordinator.core.apikeys import hash_key
 from tests.conftest import CoordinatorClient
 from tests.participant_server import FakeParticipant
 from tests.processes import CoordinatorProcess, run_tcc, tcc_env
@@ -35,7 +35,7 @@ async def test_openapi__is_served_and_the_reference_doc_is_in_step(
     )
     assert "application/problem+json" in begin["responses"]["422"]["content"]
     assert (ROOT / "docs" / "api.md").read_text() == markdown(build()), (
-        "docs/api.md is stale: python -m coordinator.openapi --markdown > docs/api.md"
+        "docs/api.md is stale: python -m coordinator.api.openapi --markdown > docs/api.md"
     )
 
 

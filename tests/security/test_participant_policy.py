@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from coordinator.urlpolicy import ParticipantPolicy, PolicyError
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
 from tests.conftest import CoordinatorClient
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.auth import hash_key
+from coordinator.core.apikeys import hash_key
 from coordinator.logs import guard_server_logs, redact
 from tests.processes import CoordinatorProcess
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.retry import RetryPolicy
+from coordinator.core.retry import RetryPolicy
 
 DEFAULT = RetryPolicy()
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.states import (
+from coordinator.core.states import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
     PARKED_STATUSES,

@@ -10,7 +10,9 @@ import pydantic
 import structlog
 from aiohttp import web
 
-from coordinator.exceptions import (
+from coordinator.api.appkeys import SETTINGS
+from coordinator.api.body import BodyTooSlow
+from coordinator.core.errors import (
     Conflict,
     CoordinatorError,
     DatabaseUnavailable,
@@ -19,8 +21,6 @@ from coordinator.exceptions import (
     LimitExceeded,
     NotFound,
 )
-from coordinator.http_body import BodyTooSlow
-from coordinator.keys import SETTINGS
 
 log = structlog.get_logger(__name__)
 

@@ -35,7 +35,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from coordinator.exceptions import StartRefused
+from coordinator.core.errors import StartRefused
 from coordinator.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -18,10 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator import dtm_protocol, states
-from coordinator.models import Branch, Event, NewBranch, NewTransaction, Transaction
-from coordinator.states import BranchStatus, GlobalStatus, TryReport
-from coordinator.urlpolicy import check_url_form
+from coordinator.core import states
+from coordinator.core.records import Branch, Event, NewBranch, NewTransaction, Transaction
+from coordinator.core.states import BranchStatus, GlobalStatus, TryReport
+from coordinator.core.urlpolicy import check_url_form
+from coordinator.dialects import dtm as dtm_protocol
 
 GID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _GID_RE = re.compile(GID_PATTERN)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from coordinator.states import BranchStatus, BranchView, GlobalStatus
+from coordinator.core.states import BranchStatus, BranchView, GlobalStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from coordinator.exceptions import MigrationError
-from coordinator.store import DbConnection, q
+from coordinator.core.errors import MigrationError
+from coordinator.txlog.postgres import DbConnection, q
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,7 @@ def migrations_dir() -> Traversable:
     packaged = resources.files("coordinator").joinpath("migrations")
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
     if checkout.is_dir():
         return checkout
     raise MigrationError("cannot find the migrations folder")

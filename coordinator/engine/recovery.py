@@ -7,9 +7,9 @@ import contextlib
 
 import structlog
 
-from coordinator.engine import Engine
-from coordinator.exceptions import DatabaseUnavailable
-from coordinator.models import Lease, Transaction
+from coordinator.core.errors import DatabaseUnavailable
+from coordinator.core.records import Lease, Transaction
+from coordinator.engine.driver import Engine
 
 log = structlog.get_logger(__name__)
 

@@ -21,22 +21,23 @@ from typing import Any
 
 import structlog
 
-from coordinator import dtm_protocol, states
-from coordinator.caller import CallResult, ParticipantCaller
-from coordinator.exceptions import Conflict, DatabaseUnavailable
-from coordinator.limits import RETRY_INTERVAL_OPTION
-from coordinator.metrics import Metrics
-from coordinator.models import (
+from coordinator.core import states
+from coordinator.core.errors import Conflict, DatabaseUnavailable
+from coordinator.core.limits import RETRY_INTERVAL_OPTION
+from coordinator.core.records import (
     Branch,
     Lease,
     NewBranch,
     NewTransaction,
     Transaction,
 )
-from coordinator.retry import RetryPolicy
+from coordinator.core.retry import RetryPolicy
+from coordinator.core.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict, Verdict
+from coordinator.dialects import dtm as dtm_protocol
+from coordinator.metrics import Metrics
+from coordinator.outbound import CallResult, ParticipantCaller
 from coordinator.settings import Settings
-from coordinator.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict, Verdict
-from coordinator.store import CallRecord, DecideResult, Store
+from coordinator.txlog.postgres import CallRecord, DecideResult, Store
 
 log = structlog.get_logger(__name__)
 

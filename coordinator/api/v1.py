@@ -12,20 +12,17 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator import jsonsafe, migrator, states
-from coordinator.exceptions import InvalidInput
-from coordinator.guard import (
+from coordinator.api.appkeys import ENGINE, POLICY, SETTINGS, STORE
+from coordinator.api.body import read_body_bytes
+from coordinator.api.guard import (
     gid_for_begin,
     owned,
     principal_of,
     require_admin,
     service_for_begin,
 )
-from coordinator.http_body import read_body_bytes
-from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
-from coordinator.models import Transaction, TransactionDetail
-from coordinator.problems import BadRequest, problem
-from coordinator.schemas import (
+from coordinator.api.problems import BadRequest, problem
+from coordinator.api.schemas import (
     BeginIn,
     BranchIn,
     BranchOut,
@@ -40,9 +37,13 @@ from coordinator.schemas import (
     TryOut,
     is_valid_gid,
 )
-from coordinator.states import GlobalStatus, TryReport
-from coordinator.store import ListFilter
-from coordinator.urlpolicy import PolicyError
+from coordinator.core import jsonsafe, states
+from coordinator.core.errors import InvalidInput
+from coordinator.core.records import Transaction, TransactionDetail
+from coordinator.core.states import GlobalStatus, TryReport
+from coordinator.core.urlpolicy import PolicyError
+from coordinator.txlog import migrator
+from coordinator.txlog.postgres import ListFilter
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -356,7 +357,7 @@ async def list_transactions(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    from coordinator.openapi import document_json  # it imports this module's models
+    from coordinator.api.openapi import document_json  # it imports this module's models
 
     return web.Response(text=document_json(), content_type="application/json")
 

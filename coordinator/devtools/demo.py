@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from coordinator.children import free_port
+from coordinator.devtools.children import free_port
+from coordinator.devtools.stack import Ports, Stack
 from coordinator.report import columns
-from coordinator.stack import Ports, Stack
-from coordinator.store import Store, connect_pool
+from coordinator.txlog.postgres import Store, connect_pool
 from participants.client import CoordinatorClient
 
 Say = Callable[[str], None]

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of /v1, built from the same pydantic models that validate
 requests and render responses, so it cannot drift from what the server does.
 
-    python -m coordinator.openapi            # the JSON document
-    python -m coordinator.openapi --markdown # docs/api.md
+    python -m coordinator.api.openapi            # the JSON document
+    python -m coordinator.api.openapi --markdown # docs/api.md
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from coordinator.schemas import (
+from coordinator.api.schemas import (
     GID_PATTERN,
     BeginIn,
     BranchIn,
@@ -29,7 +29,7 @@ from coordinator.schemas import (
     TryBranchIn,
     TryOut,
 )
-from coordinator.views import EventsQuery, ListQuery, ResolveIn
+from coordinator.api.v1 import EventsQuery, ListQuery, ResolveIn
 
 
 class Problem(BaseModel):
@@ -313,7 +313,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "# API reference (`/v1`)",
         "",
         "Generated from the OpenAPI document the server serves at `/openapi.json`",
-        "(`python -m coordinator.openapi --markdown > docs/api.md`; a test keeps it in step).",
+        "(`python -m coordinator.api.openapi --markdown > docs/api.md`; a test keeps it in step).",
         "Every operation but the health checks takes `Authorization: Bearer <key>`;",
         "errors are `application/problem+json`.",
         "",

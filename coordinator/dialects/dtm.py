@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from coordinator.states import BranchStatus, GlobalStatus
+from coordinator.core.states import BranchStatus, GlobalStatus
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"

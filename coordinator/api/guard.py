@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from coordinator.auth import INSECURE, KeyRing, Principal, bearer_token
-from coordinator.exceptions import Forbidden, InvalidInput, NotFound
-from coordinator.keys import SETTINGS, STORE
-from coordinator.models import Transaction
-from coordinator.problems import problem
+from coordinator.api.appkeys import SETTINGS, STORE
+from coordinator.api.problems import problem
+from coordinator.core.apikeys import INSECURE, KeyRing, Principal, bearer_token
+from coordinator.core.errors import Forbidden, InvalidInput, NotFound
+from coordinator.core.records import Transaction
 
 KEYRING = web.AppKey("keyring", KeyRing)
 PRINCIPAL = web.RequestKey("principal", Principal)

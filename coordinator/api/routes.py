@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator import views
+from coordinator.api import v1 as views
 
 
 def setup_routes(app: web.Application) -> None:

@@ -19,9 +19,14 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator import dtm_protocol, guard
-from coordinator.dtm_protocol import FAILURE, ONGOING, SUCCESS
-from coordinator.exceptions import (
+from coordinator.api import guard
+from coordinator.api.appkeys import ENGINE, POLICY, SETTINGS, STORE
+from coordinator.api.body import BodyTooSlow
+from coordinator.api.guard import gid_for_begin, owned, require_admin, service_for_begin
+from coordinator.api.problems import BadRequest, describe_validation
+from coordinator.api.schemas import Gid, ParticipantUrl, request_hash
+from coordinator.api.v1 import decode_cursor, encode_cursor, read_json_object
+from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
     Forbidden,
@@ -29,16 +34,12 @@ from coordinator.exceptions import (
     LimitExceeded,
     NotFound,
 )
-from coordinator.guard import gid_for_begin, owned, require_admin, service_for_begin
-from coordinator.http_body import BodyTooSlow
-from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
-from coordinator.models import Branch, NewBranch, NewTransaction, Transaction
-from coordinator.problems import BadRequest, describe_validation
-from coordinator.schemas import Gid, ParticipantUrl, request_hash
-from coordinator.states import Decision, GlobalStatus, Verdict
-from coordinator.store import ListFilter
-from coordinator.urlpolicy import PolicyError
-from coordinator.views import decode_cursor, encode_cursor, read_json_object
+from coordinator.core.records import Branch, NewBranch, NewTransaction, Transaction
+from coordinator.core.states import Decision, GlobalStatus, Verdict
+from coordinator.core.urlpolicy import PolicyError
+from coordinator.dialects import dtm as dtm_protocol
+from coordinator.dialects.dtm import FAILURE, ONGOING, SUCCESS
+from coordinator.txlog.postgres import ListFilter
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.engine import Engine
+from coordinator.core.urlpolicy import ParticipantPolicy
+from coordinator.engine.driver import Engine
 from coordinator.settings import Settings
-from coordinator.store import Store
-from coordinator.urlpolicy import ParticipantPolicy
+from coordinator.txlog.postgres import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

@@ -10,20 +10,20 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from coordinator import migrator
-from coordinator.auth import KeyRing, parse_keys
-from coordinator.caller import ParticipantCaller
-from coordinator.dtm_views import setup_dtm_routes
-from coordinator.engine import Engine
-from coordinator.guard import KEYRING, auth_middleware
-from coordinator.keys import ENGINE, POLICY, SETTINGS, STORE
+from coordinator.api.appkeys import ENGINE, POLICY, SETTINGS, STORE
+from coordinator.api.dtm import setup_dtm_routes
+from coordinator.api.guard import KEYRING, auth_middleware
+from coordinator.api.problems import problem_middleware
+from coordinator.api.routes import setup_routes
+from coordinator.core.apikeys import KeyRing, parse_keys
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyResolver
+from coordinator.engine.driver import Engine
+from coordinator.engine.recovery import Recovery
 from coordinator.logs import guard_server_logs
-from coordinator.problems import problem_middleware
-from coordinator.recovery import Recovery
-from coordinator.routes import setup_routes
+from coordinator.outbound import ParticipantCaller
 from coordinator.settings import Settings
-from coordinator.store import Store, connect_pool
-from coordinator.urlpolicy import ParticipantPolicy, PolicyResolver
+from coordinator.txlog import migrator
+from coordinator.txlog.postgres import Store, connect_pool
 
 log = structlog.get_logger(__name__)
 

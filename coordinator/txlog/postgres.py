@@ -14,15 +14,15 @@ from typing import Any
 
 import asyncpg
 
-from coordinator import states
-from coordinator.exceptions import (
+from coordinator.core import states
+from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
     InvalidInput,
     LimitExceeded,
     NotFound,
 )
-from coordinator.models import (
+from coordinator.core.records import (
     Branch,
     Event,
     Lease,
@@ -31,7 +31,7 @@ from coordinator.models import (
     Transaction,
     TransactionDetail,
 )
-from coordinator.states import (
+from coordinator.core.states import (
     BranchStatus,
     Decision,
     EventKind,
@@ -68,7 +68,7 @@ DbConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 @cache
 def queries() -> dict[str, str]:
     """The named blocks of sql/queries.sql, parsed once."""
-    text = resources.files("coordinator").joinpath("sql/queries.sql").read_text("utf-8")
+    text = resources.files("coordinator.txlog").joinpath("sql/queries.sql").read_text("utf-8")
     parts = _BLOCK_HEADER.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from coordinator.jsonsafe import printable, storable_or_text
-from coordinator.states import Phase
-from coordinator.urlpolicy import ParticipantPolicy, PolicyError
+from coordinator.core.jsonsafe import printable, storable_or_text
+from coordinator.core.states import Phase
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import aiohttp
 
-from coordinator import migrator
-from coordinator.children import Managed, clean_env
+from coordinator.api.server import port_problem
+from coordinator.core.errors import ServiceStartError, StartRefused
+from coordinator.devtools.children import Managed, clean_env
 from coordinator.embedded import EmbeddedServer
-from coordinator.exceptions import ServiceStartError, StartRefused
-from coordinator.server import port_problem
+from coordinator.txlog import migrator
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import asyncio
 
 from aiohttp import web
 
-from coordinator.exceptions import CoordinatorError
+from coordinator.core.errors import CoordinatorError
 
 
 class BodyTooSlow(CoordinatorError):

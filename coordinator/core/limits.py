@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.exceptions import LimitExceeded
-from coordinator.models import NewBranch, NewTransaction
+from coordinator.core.errors import LimitExceeded
+from coordinator.core.records import NewBranch, NewTransaction
 
 # The per-transaction option that sets the base of the retry backoff (DTM's retry_interval).
 RETRY_INTERVAL_OPTION = "retry_interval"

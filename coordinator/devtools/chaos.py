@@ -33,7 +33,7 @@ import aiohttp
 import asyncpg
 from yarl import URL
 
-from coordinator.children import Managed, clean_env, free_port
+from coordinator.devtools.children import Managed, clean_env, free_port
 from coordinator.embedded import EmbeddedServer
 
 COORDINATOR_DB = "tcc_chaos"

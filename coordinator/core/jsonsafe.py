@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from coordinator.exceptions import InvalidInput
+from coordinator.core.errors import InvalidInput
 
 MAX_JSON_DEPTH = 32
 
