@@ -6,42 +6,34 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from types import ModuleType
 from typing import Any, get_args
 
-import aiohttp
 import pydantic
 
 from coordinator.api.app import create_app
-from coordinator.api.schemas import is_valid_gid
+from coordinator.api.schemas import is_valid_gid, render_detail
 from coordinator.api.server import (
     ensure_port_free,
     log_connection_budget,
     plan_connections,
     serve_app,
 )
-from coordinator.core.apikeys import hash_key, parse_keys
-from coordinator.core.errors import CoordinatorError
+from coordinator.core.apikeys import INSECURE, hash_key, parse_keys
+from coordinator.core.errors import CoordinatorError, UsageError
+from coordinator.core.records import ListFilter
 from coordinator.core.states import GlobalStatus
-from coordinator.devtools.chaos import ChaosConfig, ChaosRun, report_json
-from coordinator.devtools.demo import run_demo
-from coordinator.devtools.stack import Ports, Stack
 from coordinator.embedded import resolve_database_url
-from coordinator.engine.driver import Engine
-from coordinator.engine.recovery import Recovery
+from coordinator.engine.runtime import Runtime, running
 from coordinator.logs import configure_logging
-from coordinator.outbound import ParticipantCaller
 from coordinator.report import columns, format_detail, format_time
 from coordinator.settings import Settings
 from coordinator.txlog import migrator
-from coordinator.txlog.postgres import ListFilter, Store, connect_pool
 from coordinator.workers import Supervisor
-
-
-class UsageError(Exception):
-    """Bad command-line input: one line on stderr, exit 2."""
 
 
 def _flag(name: str) -> str:
@@ -197,10 +189,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "retry": lambda a, s: run(retry_command(a, s)),
             "resolve": lambda a, s: run(resolve_command(a, s)),
             "recover": lambda a, s: run(recover_command(a, s)),
-            "chaos": lambda a, s: run(chaos_command(a)),
-            "up": lambda a, s: run(up_command(a, s)),
+            "chaos": lambda a, s: run(_devtools().chaos_command(a)),
+            "up": lambda a, s: run(_devtools().up_command(a, s)),
             "key-hash": lambda a, s: key_hash_command(a),
-            "demo": lambda a, s: run(demo_command()),
+            "demo": lambda a, s: run(_devtools().demo_command()),
         }
         code = commands[args.command](args, settings)
     except UsageError as exc:
@@ -212,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _devtools() -> ModuleType:
+    """Developer tooling (tcc up, demo, chaos), imported only when one of them runs: the
+    service itself never loads it."""
+    return importlib.import_module("coordinator.devtools.commands")
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:
@@ -260,115 +258,67 @@ async def migrate_command(settings: Settings) -> int:
     return 0
 
 
-async def retry_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not is_valid_gid(args.gid):
+@contextlib.asynccontextmanager
+async def admin_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """A coordinator for one admin command: no recovery, no migrations, a small pool."""
+    url = resolve_database_url(settings.database_url, settings.data_dir)
+    quiet = settings.model_copy(update={"migrate": False, "pool_min_size": 1, "pool_max_size": 2})
+    async with running(quiet, url, recovery=False) as runtime:
+        yield runtime
+
+
+def _cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _gid(value: str) -> str:
+    if not is_valid_gid(value):
         raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-    store = await _with_store(settings)
-    try:
-        txn, _ = await store.retry_parked(
-            args.gid, actor=f"cli:{getpass.getuser()}", owner=None, lease_ttl_s=0
-        )
-    finally:
-        await store.pool.close()
-    print(f"{txn.gid} is {txn.status.value} again; a running coordinator continues it now")
+    return value
+
+
+async def retry_command(args: argparse.Namespace, settings: Settings) -> int:
+    gid = _gid(args.gid)
+    async with admin_runtime(settings) as runtime:
+        detail = await runtime.coordinator.retry(gid, INSECURE, actor=_cli_actor(), run_now=False)
+    status = detail.transaction.status.value
+    print(f"{gid} is {status} again; a running coordinator continues it now")
     return 0
 
 
 async def resolve_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not is_valid_gid(args.gid):
-        raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    gid = _gid(args.gid)
     if not 1 <= len(args.note) <= 500:
         raise UsageError("--note must be 1-500 characters")
-    store = await _with_store(settings)
-    try:
-        txn = await store.resolve_parked(args.gid, actor=f"cli:{getpass.getuser()}", note=args.note)
-    finally:
-        await store.pool.close()
-    print(f"{txn.gid} is {txn.status.value}, resolved by hand")
+    async with admin_runtime(settings) as runtime:
+        detail = await runtime.coordinator.resolve(
+            gid, INSECURE, actor=_cli_actor(), note=args.note
+        )
+    print(f"{gid} is {detail.transaction.status.value}, resolved by hand")
     return 0
 
 
 async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
     url = resolve_database_url(settings.database_url, settings.data_dir)
-    store = Store(await connect_pool(url, 1, settings.pool_max_size))
-    try:
-        async with aiohttp.ClientSession() as session:
-            engine = Engine(
-                store, ParticipantCaller(session, settings.max_response_bytes), settings
-            )
-            recovery = Recovery(engine)
-            if not args.once:
-                await _run_until_signalled(recovery)
-                return 0
-            leases = await recovery.run_once(wait=True)
-            for lease in leases:
-                txn = await store.get(lease.gid)
-                print(f"{txn.gid}  {txn.status.value}")
-            print(f"recovery pass done: {len(leases)} transaction(s) handled")
-    finally:
-        await store.pool.close()
+    async with running(settings, url, recovery=not args.once) as runtime:
+        if not args.once:
+            await _until_signalled(runtime)
+            return 0
+        leases = await runtime.recovery.run_once(wait=True)
+        for lease in leases:
+            txn = await runtime.log.get(lease.gid)
+            print(f"{txn.gid}  {txn.status.value}")
+        print(f"recovery pass done: {len(leases)} transaction(s) handled")
     return 0
 
 
-async def _run_until_signalled(recovery: Recovery) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, recovery.stop)
-    await recovery.run_forever()
-    await recovery.engine.shutdown(recovery.settings.shutdown_grace_s)
-
-
-async def up_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not 1024 <= args.samples_port <= 65533:
-        raise UsageError("--samples-port must be between 1024 and 65533")
-    base = args.samples_port
-    stack = Stack(settings.data_dir, Ports(settings.port, base, base + 1, base + 2))
-    stack.check_ports()  # before Postgres or any child starts
+async def _until_signalled(runtime: Runtime) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print("tcc up: starting the embedded Postgres, the coordinator and the samples ...")
-    print(
-        "tcc up: WARNING: local development mode, no authentication (--insecure): keep it"
-        " on 127.0.0.1"
-    )
-    try:
-        await stack.start()
-        print(up_banner(stack))
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            if stop.is_set():
-                break  # Ctrl-C reaches the children too: their exit is no crash
-            for name in stack.dead():
-                print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
-                await stack.restart(name)
-    finally:
-        print("tcc up: stopping ...")
-        await stack.stop()
-    print("tcc up: stopped")
-    return 0
-
-
-def up_banner(stack: Stack) -> str:
-    c, w, i, o = (stack.url(n) for n in ("coordinator", "wallet", "inventory", "order"))
-    return f"""
-  coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
-  wallet       {w}    GET /accounts
-  inventory    {i}    GET /items
-  order        {o}    POST /checkout, GET /orders
-  database     embedded Postgres in {stack.data_dir}
-  logs         {stack.log_dir}
-
-Place an order (alice has 1000, a book costs 12):
-  curl -s -X POST {o}/checkout -d '{{"customer": "alice", "sku": "book", "qty": 2}}'
-Then look at it:
-  curl -s '{c}/v1/transactions?limit=1'
-  curl -s {w}/accounts
-  tcc status ORDER_ID
-
-Ctrl-C stops everything."""
+    await stop.wait()
+    runtime.recovery.stop()
 
 
 def key_hash_command(args: argparse.Namespace) -> int:
@@ -381,50 +331,11 @@ def key_hash_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def demo_command() -> int:
-    return 0 if await run_demo() else 1
-
-
-async def chaos_command(args: argparse.Namespace) -> int:
-    if not 1 <= args.transactions <= 1_000_000:
-        raise UsageError("--transactions must be between 1 and 1000000")
-    if not 1 <= args.concurrency <= 500 or not 1 <= args.coordinators <= 16:
-        raise UsageError("--concurrency must be 1-500 and --coordinators 1-16")
-    if not 0 <= args.fail_rate < 1:
-        raise UsageError("--fail-rate must be at least 0 and below 1")
-    config = ChaosConfig(
-        transactions=args.transactions,
-        concurrency=args.concurrency,
-        coordinators=args.coordinators,
-        kill_every_s=args.fault_every_s,
-        kill_coordinators=not args.no_coordinator_kills,
-        kill_participants=not args.no_participant_kills,
-        database_outages=not args.no_outages,
-        fail_rate=args.fail_rate,
-        time_limit_s=args.time_limit_s,
-        seed=args.seed,
-    )
-    report = await ChaosRun(config).run()
-    print(report_json(report) if args.json else report.table())
-    return 0 if report.ok else 1
-
-
-async def _with_store(settings: Settings) -> Store:
-    url = resolve_database_url(settings.database_url, settings.data_dir)
-    return Store(await connect_pool(url, 1, 2))
-
-
 async def status_command(args: argparse.Namespace, settings: Settings) -> int:
-    if not is_valid_gid(args.gid):
-        raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-    store = await _with_store(settings)
-    try:
-        detail = await store.detail(args.gid, events_limit=STATUS_EVENTS_LIMIT)
-    finally:
-        await store.pool.close()
+    gid = _gid(args.gid)
+    async with admin_runtime(settings) as runtime:
+        detail = await runtime.coordinator.detail(gid, INSECURE, STATUS_EVENTS_LIMIT)
     if args.json:
-        from coordinator.api.v1 import render_detail
-
         print(render_detail(detail).model_dump_json(indent=2))
     else:
         print(format_detail(detail))
@@ -434,17 +345,13 @@ async def status_command(args: argparse.Namespace, settings: Settings) -> int:
 async def list_command(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.limit <= 1000:
         raise UsageError("--limit must be between 1 and 1000")
-    store = await _with_store(settings)
-    try:
-        rows = await store.list(
-            ListFilter(
-                statuses=(GlobalStatus(args.filter_status),) if args.filter_status else None,
-                service=args.filter_service,
-                limit=args.limit,
-            )
-        )
-    finally:
-        await store.pool.close()
+    flt = ListFilter(
+        statuses=(GlobalStatus(args.filter_status),) if args.filter_status else None,
+        service=args.filter_service,
+        limit=args.limit,
+    )
+    async with admin_runtime(settings) as runtime:
+        rows, _ = await runtime.coordinator.list_transactions(flt, INSECURE)
     table = [["GID", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]]
     table += [
         [

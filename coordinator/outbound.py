@@ -1,36 +1,34 @@
-"""HTTP calls to participants: one shared keep-alive session, bounded time and bytes."""
+"""Calls to participants over HTTP: one shared keep-alive session, bounded in time and bytes,
+under the participant URL policy (checked on the URL, and on every address DNS gives).
+
+The engine depends on the ParticipantCaller protocol only, so its tests can script replies
+without a network.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import errno
+import socket
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from coordinator.core.jsonsafe import printable, storable_or_text
-from coordinator.core.states import Phase
+from coordinator.core.records import CallResult, OutboundCall
 from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
 
 
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    http_status: int | None  # None: no HTTP answer at all
-    body: Any  # parsed JSON if it was JSON, else text, capped in size
-    error: str | None
-    latency_ms: float
-    text: str = ""  # the reply as text (capped), for protocols that read words in it
+class ParticipantCaller(Protocol):
+    async def send(self, call: OutboundCall, timeout_s: float) -> CallResult:
+        """Make the call; never raises: a failure is a result with an error and no status."""
+        ...
 
 
-def idempotency_key(gid: str, branch_id: str, phase: Phase) -> str:
-    return f"{gid}:{branch_id}:{phase.value}"
-
-
-class ParticipantCaller:
-    """Calls try/confirm/cancel URLs the way the coordinator's contract says."""
-
+class HttpCaller:
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -41,75 +39,21 @@ class ParticipantCaller:
         self.max_response_bytes = max_response_bytes
         self.policy = policy
 
-    async def call(
-        self,
-        url: str,
-        *,
-        gid: str,
-        branch_id: str,
-        phase: Phase,
-        payload: Any,
-        timeout_s: float,
-    ) -> CallResult:
-        """Our contract: POST {gid, branch_id, phase, payload} as JSON."""
-        body = {"gid": gid, "branch_id": branch_id, "phase": phase.value, "payload": payload}
-        return await self._send(
-            "POST",
-            url,
-            data=json.dumps(body).encode(),
-            params=None,
-            headers=_protocol_headers(gid, branch_id, phase),
-            timeout_s=timeout_s,
-        )
-
-    async def call_dtm(
-        self,
-        url: str,
-        *,
-        gid: str,
-        branch_id: str,
-        phase: Phase,
-        data: str | None,
-        extra_headers: dict[str, str],
-        timeout_s: float,
-    ) -> CallResult:
-        """DTM's contract: the branch's data string as the body (a GET when there is none),
-        with gid, trans_type, branch_id and op as query parameters."""
-        params = {"gid": gid, "trans_type": "tcc", "branch_id": branch_id, "op": phase.value}
-        headers = {**extra_headers, **_protocol_headers(gid, branch_id, phase)}
-        return await self._send(
-            "POST" if data else "GET",
-            url,
-            data=data.encode() if data else None,
-            params=params,
-            headers=headers,
-            timeout_s=timeout_s,
-        )
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        data: bytes | None,
-        params: dict[str, str] | None,
-        headers: dict[str, str],
-        timeout_s: float,
-    ) -> CallResult:
+    async def send(self, call: OutboundCall, timeout_s: float) -> CallResult:
         started = time.perf_counter()
         if self.policy is not None:
             try:
-                self.policy.check_url(url)  # names and literal addresses; DNS answers later
+                self.policy.check_url(call.url)  # names and literal addresses; DNS later
             except PolicyError as exc:
                 return CallResult(None, None, f"refused by policy: {exc}", _ms_since(started))
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session.request(
-                    method,
-                    url,
-                    data=data,
-                    params=params,
-                    headers=headers,
+                    call.method,
+                    call.url,
+                    data=call.body,
+                    params=call.params,
+                    headers=call.headers,
                     allow_redirects=False,
                 ) as response:
                     raw = await _read_capped(response, self.max_response_bytes)
@@ -124,6 +68,18 @@ class ParticipantCaller:
         return CallResult(status, storable_or_text(raw), error, latency, text)
 
 
+def http_session(policy: ParticipantPolicy, max_connections: int) -> aiohttp.ClientSession:
+    """The one client session participant calls share: bounded, and DNS under the policy."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            # Bounded, so the open-file budget (coordinator/api/server.py) holds.
+            limit=max_connections,
+            limit_per_host=100,
+            resolver=PolicyResolver(policy),
+        ),
+    )
+
+
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     """The whole reply up to ``cap`` bytes (one read() returns only what has arrived)."""
     chunks: list[bytes] = []
@@ -134,16 +90,6 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(chunks)
-
-
-def _protocol_headers(gid: str, branch_id: str, phase: Phase) -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "X-TCC-Gid": gid,
-        "X-TCC-Branch": branch_id,
-        "X-TCC-Phase": phase.value,
-        "Idempotency-Key": idempotency_key(gid, branch_id, phase),
-    }
 
 
 def _ms_since(started: float) -> float:
@@ -157,3 +103,26 @@ def _describe(exc: BaseException) -> str:
 
 def _snippet(raw: bytes) -> str:
     return printable(raw[:300].decode("utf-8", errors="replace").strip()) or "(empty body)"
+
+
+class PolicyResolver(AbstractResolver):
+    """DNS for participant calls: resolves, then refuses the call unless the policy allows
+    every address found (none is silently dropped: the error names the one refused)."""
+
+    def __init__(self, policy: ParticipantPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._inner = inner if inner is not None else ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        try:
+            self.policy.check_resolved(host, port, [r["host"] for r in results])
+        except PolicyError as exc:
+            # (errno, text): aiohttp keeps only these two when it wraps the error.
+            raise OSError(errno.EACCES, f"participant URL policy: {exc}") from None
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()

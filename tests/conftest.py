@@ -20,10 +20,11 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from coordinator.api.app import create_app
-from coordinator.api.appkeys import ENGINE
+from coordinator.api.app import RUNTIME
+from coordinator.engine.runtime import Runtime
 from coordinator.settings import Settings
 from coordinator.txlog import migrator
-from coordinator.txlog.postgres import Store, connect_pool
+from coordinator.txlog.postgres import PostgresLog
 from tests.participant_server import FakeParticipant
 
 TEMPLATE_DB = f"tcc_template_{os.getpid()}"
@@ -99,10 +100,10 @@ async def database_url(pg_admin_url: str, template_url: str) -> AsyncIterator[st
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await connect_pool(database_url, 1, 10)
-    yield Store(pool)
-    await pool.close()
+async def store(database_url: str) -> AsyncIterator[PostgresLog]:
+    txlog = await PostgresLog.connect(database_url, 1, 10)
+    yield txlog
+    await txlog.close()
 
 
 def fast_settings(**overrides: object) -> Settings:
@@ -135,8 +136,8 @@ class CoordinatorClient:
         self.base = str(server.make_url(""))
 
     @property
-    def engine(self):  # type: ignore[no-untyped-def]
-        return self.server.app[ENGINE]
+    def runtime(self) -> Runtime:
+        return self.server.app[RUNTIME]
 
     def url(self, path: str) -> str:
         return self.base.rstrip("/") + path

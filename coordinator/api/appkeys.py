@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.core.urlpolicy import ParticipantPolicy
-from coordinator.engine.driver import Engine
+from coordinator.core.apikeys import KeyRing
+from coordinator.engine.service import Coordinator
 from coordinator.settings import Settings
-from coordinator.txlog.postgres import Store
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
-ENGINE = web.AppKey("engine", Engine)
-POLICY = web.AppKey("participant_policy", ParticipantPolicy)
+COORDINATOR = web.AppKey("coordinator", Coordinator)
+KEYRING = web.AppKey("keyring", KeyRing)

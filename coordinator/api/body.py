@@ -14,13 +14,20 @@ class BodyTooSlow(CoordinatorError):
     """The request body arrived slower than the minimum rate (408)."""
 
 
+class BodyTooLarge(CoordinatorError):
+    """The request body is larger than the configured limit (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than {limit} bytes")
+
+
 async def read_body_bytes(
     request: web.Request, *, max_bytes: int, grace_s: float, min_bytes_per_s: int
 ) -> bytes:
     """The whole body. After ``grace_s`` the body must keep arriving at ``min_bytes_per_s``
     on average since it started (BodyTooSlow otherwise); more than ``max_bytes`` is 413."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+        raise BodyTooLarge(max_bytes)
     loop = asyncio.get_running_loop()
     started = loop.time()
     chunks: list[bytes] = []
@@ -40,5 +47,5 @@ async def read_body_bytes(
             return b"".join(chunks)
         received += len(chunk)
         if received > max_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=received)
+            raise BodyTooLarge(max_bytes)
         chunks.append(chunk)

@@ -1,17 +1,16 @@
 """DTM's HTTP protocol for TCC under /api/dtmsvr, so DTM's client SDKs work unchanged.
 
-Same log, same state machine, same recovery: these handlers only translate DTM's
-requests and answers. Replies use DTM's envelope: 200 {"dtm_result": "SUCCESS"},
-409 {"dtm_result": "FAILURE", "message": ...}, 425 {"dtm_result": "ONGOING"}.
+Same log, same state machine, same recovery: these handlers only translate DTM's requests
+into calls to the service layer and its answers into DTM's envelope: 200
+{"dtm_result": "SUCCESS"}, 409 {"dtm_result": "FAILURE", "message": ...}, 425
+{"dtm_result": "ONGOING"}. Our records in DTM's words come from the dtm dialect.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from importlib import metadata
 from typing import Any
 
@@ -19,13 +18,12 @@ import pydantic
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api import guard
-from coordinator.api.appkeys import ENGINE, POLICY, SETTINGS, STORE
+from coordinator.api.appkeys import COORDINATOR
 from coordinator.api.body import BodyTooSlow
-from coordinator.api.guard import gid_for_begin, owned, require_admin, service_for_begin
+from coordinator.api.guard import caller
 from coordinator.api.problems import BadRequest, describe_validation
 from coordinator.api.schemas import Gid, ParticipantUrl, request_hash
-from coordinator.api.v1 import decode_cursor, encode_cursor, read_json_object
+from coordinator.api.wire import decode_cursor, encode_cursor, read_json_object
 from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -33,13 +31,22 @@ from coordinator.core.errors import (
     InvalidInput,
     LimitExceeded,
     NotFound,
+    NotTrying,
 )
-from coordinator.core.records import Branch, NewBranch, NewTransaction, Transaction
+from coordinator.core.limits import RETRY_INTERVAL_OPTION
+from coordinator.core.records import ListFilter, NewBranch, OptionsUpdate
 from coordinator.core.states import Decision, GlobalStatus, Verdict
-from coordinator.core.urlpolicy import PolicyError
-from coordinator.dialects import dtm as dtm_protocol
-from coordinator.dialects.dtm import FAILURE, ONGOING, SUCCESS
-from coordinator.txlog.postgres import ListFilter
+from coordinator.dialects.dtm import (
+    BRANCH_HEADERS_OPTION,
+    FAILURE,
+    ONGOING,
+    SUCCESS,
+    dtm_status,
+    our_statuses,
+    render_branches,
+    render_transaction,
+)
+from coordinator.engine.service import BeginRequest, Decided
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -130,16 +137,36 @@ class DtmOptions(BaseModel):
     def stored(self) -> dict[str, Any]:
         """The options kept with the transaction."""
         kept = {
-            "retry_interval": self.retry_interval or None,
-            "branch_headers": self.branch_headers or None,
+            RETRY_INTERVAL_OPTION: self.retry_interval or None,
+            BRANCH_HEADERS_OPTION: self.branch_headers or None,
         }
         return {k: v for k, v in kept.items() if v is not None}
+
+    def update(self) -> OptionsUpdate | None:
+        """The options a submit sets again, if it carries any."""
+        if not (self.stored() or self.request_timeout):
+            return None
+        return OptionsUpdate(self.stored(), self.request_timeout or None)
 
 
 class DtmGlobalIn(DtmOptions):
     gid: Gid
     trans_type: str = "tcc"
     rollback_reason: str | None = Field(default=None, max_length=500)
+
+    def to_request(self) -> BeginRequest:
+        return BeginRequest(
+            gid=self.gid,
+            service=None,
+            metadata={},
+            timeout_s=self.timeout_to_fail or None,
+            call_timeout_s=self.request_timeout or None,
+            # DTM accepts a repeated prepare whatever its body, as long as it is still
+            # prepared; the service is part of the request, so another's gid is taken.
+            body_hash="dtm:prepare",
+            dialect="dtm",
+            options=self.stored(),
+        )
 
 
 class DtmBranchIn(BaseModel):
@@ -152,6 +179,20 @@ class DtmBranchIn(BaseModel):
     confirm: ParticipantUrl
     cancel: ParticipantUrl
 
+    def to_new(self) -> NewBranch:
+        return NewBranch(
+            branch_id=self.branch_id,
+            name=self.branch_id,
+            try_url=None,  # DTM clients call try themselves
+            confirm_url=self.confirm,
+            cancel_url=self.cancel,
+            payload=None,
+            request_hash=request_hash(
+                {"data": self.data, "confirm": self.confirm, "cancel": self.cancel}
+            ),
+            data=self.data or None,
+        )
+
 
 def only_tcc(trans_type: str) -> None:
     if trans_type != "tcc":
@@ -160,39 +201,20 @@ def only_tcc(trans_type: str) -> None:
         )
 
 
-def dtm_status(status: GlobalStatus) -> str:
-    return dtm_protocol.DTM_STATUS[status]
-
-
 # --- endpoints ---------------------------------------------------------------------------
 
 
 @dtm_endpoint
 async def new_gid(request: web.Request) -> web.Response:
-    return web.json_response({"gid": guard.new_gid(request), "dtm_result": SUCCESS})
+    gid = request.app[COORDINATOR].new_gid(caller(request))
+    return web.json_response({"gid": gid, "dtm_result": SUCCESS})
 
 
 @dtm_endpoint
 async def prepare(request: web.Request) -> web.Response:
     body = DtmGlobalIn.model_validate(await read_json_object(request))
     only_tcc(body.trans_type)
-    settings = request.app[SETTINGS]
-    timeout_s = body.timeout_to_fail or settings.default_timeout_s
-    call_timeout_s = body.request_timeout or None
-    service = service_for_begin(request, None)
-    new = NewTransaction(
-        gid=gid_for_begin(request, body.gid),
-        service=service,
-        metadata={},
-        timeout_s=timeout_s,
-        call_timeout_s=call_timeout_s,
-        # DTM accepts a repeated prepare whatever its body, as long as it is still prepared;
-        # the service is part of it, so another service's gid is a plain conflict.
-        request_hash=f"dtm:prepare:{service}",
-        dialect="dtm",
-        options=body.stored(),
-    )
-    txn, created = await request.app[ENGINE].begin(new)
+    txn, created = await request.app[COORDINATOR].prepare(body.to_request(), caller(request))
     if not created and txn.status is not GlobalStatus.TRYING:
         return failure(f"current status '{dtm_status(txn.status)}', cannot prepare")
     return success()
@@ -202,59 +224,25 @@ async def prepare(request: web.Request) -> web.Response:
 async def register_branch(request: web.Request) -> web.Response:
     body = DtmBranchIn.model_validate(await read_json_object(request))
     only_tcc(body.trans_type)
-    for field, url in (("confirm", body.confirm), ("cancel", body.cancel)):
-        try:
-            request.app[POLICY].check_url(url)
-        except PolicyError as exc:
-            raise InvalidInput(f"{field}: {exc}") from exc
-    await owned(request, body.gid)
-    new = NewBranch(
-        branch_id=body.branch_id,
-        name=body.branch_id,
-        try_url=None,  # DTM clients call try themselves
-        confirm_url=body.confirm,
-        cancel_url=body.cancel,
-        payload=None,
-        request_hash=request_hash(
-            {"data": body.data, "confirm": body.confirm, "cancel": body.cancel}
-        ),
-        data=body.data or None,
-    )
     try:
-        await request.app[ENGINE].register(body.gid, new)
-    except Conflict as exc:
-        txn = await request.app[STORE].get(body.gid)
-        if txn.status is not GlobalStatus.TRYING:
-            return failure(f"current status: {dtm_status(txn.status)} cannot register branch")
-        return failure(str(exc))
+        await request.app[COORDINATOR].register_branch(body.gid, body.to_new(), caller(request))
+    except NotTrying as exc:
+        return failure(f"current status: {dtm_status(exc.status)} cannot register branch")
     return success()
 
 
-async def _decide(request: web.Request, decision: Decision) -> web.Response:
-    body = DtmGlobalIn.model_validate(await read_json_object(request))
-    only_tcc(body.trans_type)
-    engine = request.app[ENGINE]
-    txn = await owned(request, body.gid)
-    if decision is Decision.CONFIRM and (body.stored() or body.request_timeout):
-        await engine.set_options(body.gid, body.stored(), body.request_timeout or None)
-    if decision is Decision.CONFIRM:
-        reason = None
-    elif body.rollback_reason:
-        reason = f"client: {body.rollback_reason}"
-    else:
-        reason = "client"
-    result = await engine.decide(body.gid, decision, reason=reason)
-    if result.judgement.verdict is Verdict.REFUSE:
+def _answer(decided: Decided, decision: Decision) -> web.Response:
+    if decided.judgement.verdict is Verdict.REFUSE:
         verb = "submit" if decision is Decision.CONFIRM else "abort"
         return failure(
-            f"trans type: 'tcc' current status '{dtm_status(txn.status)}', cannot {verb}:"
-            f" {result.judgement.reason}"
+            f"trans type: 'tcc' current status '{dtm_status(decided.before.status)}', cannot"
+            f" {verb}: {decided.judgement.reason}"
         )
-    if not body.wait_result:
-        return success()
-    final = await engine.wait_for(body.gid)
-    if final.status is GlobalStatus.CONFIRMED or (
-        decision is Decision.CANCEL and final.status is GlobalStatus.CANCELLED
+    final = decided.after
+    if (
+        final is None
+        or final.status is GlobalStatus.CONFIRMED
+        or (decision is Decision.CANCEL and final.status is GlobalStatus.CANCELLED)
     ):
         return success()
     if final.status is GlobalStatus.CANCELLED:
@@ -264,57 +252,22 @@ async def _decide(request: web.Request, decision: Decision) -> web.Response:
 
 @dtm_endpoint
 async def submit(request: web.Request) -> web.Response:
-    return await _decide(request, Decision.CONFIRM)
+    body = DtmGlobalIn.model_validate(await read_json_object(request))
+    only_tcc(body.trans_type)
+    decided = await request.app[COORDINATOR].submit(
+        body.gid, caller(request), body.update(), wait=body.wait_result
+    )
+    return _answer(decided, Decision.CONFIRM)
 
 
 @dtm_endpoint
 async def abort(request: web.Request) -> web.Response:
-    return await _decide(request, Decision.CANCEL)
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def render_transaction(t: Transaction) -> dict[str, Any]:
-    return {
-        "gid": t.gid,
-        "trans_type": "tcc",
-        "status": dtm_status(t.status),
-        "protocol": "http",
-        "create_time": _time(t.created_at),
-        "update_time": _time(t.updated_at),
-        "finish_time": _time(t.finished_at) if t.status is GlobalStatus.CONFIRMED else None,
-        "rollback_time": _time(t.finished_at) if t.status is GlobalStatus.CANCELLED else None,
-        "rollback_reason": t.cancel_reason or "",
-        "next_cron_time": _time(t.next_attempt_at),
-        "timeout_to_fail": t.timeout_s,
-        "request_timeout": t.call_timeout_s or 0,
-        "retry_interval": t.options.get("retry_interval", 0),
-        "branch_headers": dtm_protocol.redacted(t.options).get("branch_headers") or {},
-        "dialect": t.dialect,  # ours: 'dtm' when it came in through this API
-    }
-
-
-def render_branches(branches: list[Branch]) -> list[dict[str, Any]]:
-    rows = []
-    for b in branches:
-        for op, url in (("cancel", b.cancel_url), ("confirm", b.confirm_url)):
-            status = dtm_protocol.branch_op_status(b.status, op)
-            rows.append(
-                {
-                    "gid": b.gid,
-                    "branch_id": b.branch_id,
-                    "op": op,
-                    "url": url,
-                    "bin_data": base64.b64encode((b.data or "").encode()).decode(),
-                    "status": status,
-                    "create_time": _time(b.created_at),
-                    "update_time": _time(b.updated_at),
-                    "finish_time": _time(b.updated_at) if status == "succeed" else None,
-                }
-            )
-    return rows
+    body = DtmGlobalIn.model_validate(await read_json_object(request))
+    only_tcc(body.trans_type)
+    decided = await request.app[COORDINATOR].abort(
+        body.gid, caller(request), body.rollback_reason, wait=body.wait_result
+    )
+    return _answer(decided, Decision.CANCEL)
 
 
 @dtm_endpoint
@@ -323,8 +276,7 @@ async def query(request: web.Request) -> web.Response:
     if not gid:
         raise BadRequest("no gid specified")
     try:
-        await owned(request, gid)
-        detail = await request.app[STORE].detail(gid)
+        detail = await request.app[COORDINATOR].detail(gid, caller(request))
     except NotFound:
         return web.json_response({"transaction": None, "branches": []})
     return web.json_response(
@@ -335,11 +287,9 @@ async def query(request: web.Request) -> web.Response:
     )
 
 
-@dtm_endpoint
-async def list_all(request: web.Request) -> web.Response:
-    require_admin(request, "listing transactions")
+def _all_filter(request: web.Request) -> ListFilter:
     status_word = request.query.get("status", "")
-    statuses = dtm_protocol.our_statuses(status_word) if status_word else None
+    statuses = our_statuses(status_word) if status_word else None
     if status_word and not statuses:
         raise BadRequest(f"status: unknown status {status_word!r}")
     try:
@@ -349,14 +299,15 @@ async def list_all(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise BadRequest("limit: must be between 1 and 1000")
     position = request.query.get("position", "")
-    rows = await request.app[STORE].list(
-        ListFilter(
-            statuses=statuses,
-            after=decode_cursor(position) if position else None,
-            limit=limit + 1,
-        )
+    return ListFilter(
+        statuses=statuses, after=decode_cursor(position) if position else None, limit=limit
     )
-    page, more = rows[:limit], len(rows) > limit
+
+
+@dtm_endpoint
+async def list_all(request: web.Request) -> web.Response:
+    flt = _all_filter(request)
+    page, more = await request.app[COORDINATOR].list_transactions(flt, caller(request))
     return web.json_response(
         {
             "transactions": [render_transaction(t) for t in page],
@@ -371,17 +322,3 @@ async def version(request: web.Request) -> web.Response:
 
 async def ping(request: web.Request) -> web.Response:
     return web.json_response({"msg": "pong"})
-
-
-def setup_dtm_routes(app: web.Application) -> None:
-    prefix = "/api/dtmsvr"
-    app.router.add_get(f"{prefix}/newGid", new_gid)
-    app.router.add_post(f"{prefix}/prepare", prepare)
-    app.router.add_post(f"{prefix}/registerBranch", register_branch)
-    app.router.add_post(f"{prefix}/registerTccBranch", register_branch)  # older SDKs
-    app.router.add_post(f"{prefix}/submit", submit)
-    app.router.add_post(f"{prefix}/abort", abort)
-    app.router.add_get(f"{prefix}/query", query)
-    app.router.add_get(f"{prefix}/all", list_all)
-    app.router.add_get(f"{prefix}/version", version)
-    app.router.add_get("/api/ping", ping)

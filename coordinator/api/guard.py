@@ -1,19 +1,15 @@
-"""Authentication middleware and the ownership checks the handlers use."""
+"""Authentication: who is calling. What they may do is the service layer's to decide."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from coordinator.api.appkeys import SETTINGS, STORE
+from coordinator.api.appkeys import KEYRING, SETTINGS
 from coordinator.api.problems import problem
-from coordinator.core.apikeys import INSECURE, KeyRing, Principal, bearer_token
-from coordinator.core.errors import Forbidden, InvalidInput, NotFound
-from coordinator.core.records import Transaction
+from coordinator.core.apikeys import INSECURE, Principal, bearer_token
 
-KEYRING = web.AppKey("keyring", KeyRing)
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -43,58 +39,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def principal_of(request: web.Request) -> Principal:
+def caller(request: web.Request) -> Principal:
     principal: Principal | None = request.get(PRINCIPAL)
     return principal or INSECURE
 
 
-def require_admin(request: web.Request, action: str) -> None:
-    if not principal_of(request).is_admin:
-        raise Forbidden(f"{action} needs an admin key")
-
-
-def service_for_begin(request: web.Request, asked: str | None) -> str | None:
-    """A service key begins transactions as itself; an admin may name any service."""
-    principal = principal_of(request)
-    if principal.is_admin:
-        return asked
-    if asked is not None and asked != principal.name:
-        raise Forbidden(f"the key of {principal.name!r} cannot begin transactions as {asked!r}")
-    return principal.name
-
-
-def _namespace(request: web.Request) -> str | None:
-    if not request.app[SETTINGS].gid_namespaces:
-        return None
-    return principal_of(request).gid_namespace
-
-
-def new_gid(request: web.Request) -> str:
-    """A fresh gid, inside the caller's namespace when it has one."""
-    return f"{_namespace(request) or ''}{uuid.uuid4().hex}"
-
-
-def gid_for_begin(request: web.Request, asked: str | None) -> str:
-    """The gid a begin may use: the one asked for if it lies in the caller's namespace
-    (so that no service can take, or learn of, another's gids), or a fresh one."""
-    if asked is None:
-        return new_gid(request)
-    prefix = _namespace(request)
-    if prefix is not None and not (asked.startswith(prefix) and len(asked) > len(prefix)):
-        raise InvalidInput(
-            f"gid: the gids of service {prefix[:-1]!r} begin with {prefix!r} (each service"
-            " has its own namespace); omit gid to have one generated"
-        )
-    return asked
-
-
-async def owned(request: web.Request, gid: str) -> Transaction:
-    """The transaction, if the caller may see it; another service's is simply not found
-    (outside the caller's namespace without even asking the log)."""
-    prefix = _namespace(request)
-    if prefix is not None and not gid.startswith(prefix):
-        raise NotFound(f"no transaction {gid!r}")
-    txn = await request.app[STORE].get(gid)
-    if not principal_of(request).may_see(txn.service):
-        raise NotFound(f"no transaction {gid!r}")
-    return txn
+def actor(request: web.Request) -> str:
+    """Who did an operator action, for the audit trail."""
+    return f"api:{caller(request).name or 'api (insecure)'}"

@@ -24,12 +24,14 @@ from coordinator.api.schemas import (
     BranchOut,
     EmptyIn,
     EventPageOut,
+    EventsQuery,
+    ListQuery,
+    ResolveIn,
     TransactionDetailOut,
     TransactionPageOut,
     TryBranchIn,
     TryOut,
 )
-from coordinator.api.v1 import EventsQuery, ListQuery, ResolveIn
 
 
 class Problem(BaseModel):

@@ -10,8 +10,7 @@ import pydantic
 import structlog
 from aiohttp import web
 
-from coordinator.api.appkeys import SETTINGS
-from coordinator.api.body import BodyTooSlow
+from coordinator.api.body import BodyTooLarge, BodyTooSlow
 from coordinator.core.errors import (
     Conflict,
     CoordinatorError,
@@ -84,6 +83,7 @@ def describe_validation(exc: pydantic.ValidationError) -> tuple[str, list[dict[s
 _DOMAIN_STATUS: list[tuple[type[CoordinatorError], int]] = [
     (BadRequest, 400),
     (BodyTooSlow, 408),
+    (BodyTooLarge, 413),
     (NotFound, 404),
     (Forbidden, 403),
     (Conflict, 409),
@@ -120,10 +120,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 413:
-            limit = request.app[SETTINGS].max_body_bytes
-            detail = f"request body is larger than {limit} bytes"
-        elif exc.status == 405:
+        if exc.status == 405:
             detail = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 404:
             detail = f"no route for {request.path}"

@@ -1,24 +1,45 @@
-"""Every URL the coordinator serves, in one place."""
+"""Every URL the coordinator serves, for both APIs, in one table."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.api import v1 as views
+from coordinator.api import dtm, v1
+
+V1_ROUTES = [
+    web.get("/healthz", v1.healthz),
+    web.get("/readyz", v1.readyz),
+    web.get("/openapi.json", v1.openapi_document),
+    web.get("/metrics", v1.metrics),
+    web.post("/v1/transactions", v1.begin),
+    web.get("/v1/transactions", v1.list_transactions),
+    web.get("/v1/transactions/{gid}", v1.get_transaction),
+    web.get("/v1/transactions/{gid}/events", v1.list_events),
+    web.post("/v1/transactions/{gid}/try", v1.try_branch),
+    web.post("/v1/transactions/{gid}/branches", v1.register_branch),
+    web.post("/v1/transactions/{gid}/confirm", v1.confirm),
+    web.post("/v1/transactions/{gid}/cancel", v1.cancel),
+    web.post("/v1/transactions/{gid}/retry", v1.retry),
+    web.post("/v1/transactions/{gid}/resolve", v1.resolve),
+]
+
+# DTM's protocol, on DTM's paths (TCC only); switched off with TCC_DTM_API=false.
+DTM = "/api/dtmsvr"
+DTM_ROUTES = [
+    web.get(f"{DTM}/newGid", dtm.new_gid),
+    web.post(f"{DTM}/prepare", dtm.prepare),
+    web.post(f"{DTM}/registerBranch", dtm.register_branch),
+    web.post(f"{DTM}/registerTccBranch", dtm.register_branch),  # older SDKs
+    web.post(f"{DTM}/submit", dtm.submit),
+    web.post(f"{DTM}/abort", dtm.abort),
+    web.get(f"{DTM}/query", dtm.query),
+    web.get(f"{DTM}/all", dtm.list_all),
+    web.get(f"{DTM}/version", dtm.version),
+    web.get("/api/ping", dtm.ping),
+]
 
 
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/openapi.json", views.openapi_document)
-    app.router.add_get("/metrics", views.metrics)
-    app.router.add_post("/v1/transactions", views.begin)
-    app.router.add_get("/v1/transactions", views.list_transactions)
-    app.router.add_get("/v1/transactions/{gid}", views.get_transaction)
-    app.router.add_get("/v1/transactions/{gid}/events", views.list_events)
-    app.router.add_post("/v1/transactions/{gid}/try", views.try_branch)
-    app.router.add_post("/v1/transactions/{gid}/branches", views.register_branch)
-    app.router.add_post("/v1/transactions/{gid}/confirm", views.confirm)
-    app.router.add_post("/v1/transactions/{gid}/cancel", views.cancel)
-    app.router.add_post("/v1/transactions/{gid}/retry", views.retry)
-    app.router.add_post("/v1/transactions/{gid}/resolve", views.resolve)
+def setup_routes(app: web.Application, *, dtm_api: bool) -> None:
+    app.add_routes(V1_ROUTES)
+    if dtm_api:
+        app.add_routes(DTM_ROUTES)

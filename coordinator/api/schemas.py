@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -15,14 +16,23 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    create_model,
     model_validator,
 )
 
 from coordinator.core import states
-from coordinator.core.records import Branch, Event, NewBranch, NewTransaction, Transaction
-from coordinator.core.states import BranchStatus, GlobalStatus, TryReport
+from coordinator.core.records import (
+    Branch,
+    Event,
+    NewBranch,
+    Transaction,
+    TransactionDetail,
+    shown_fields,
+)
+from coordinator.core.states import GlobalStatus, TryReport
 from coordinator.core.urlpolicy import check_url_form
-from coordinator.dialects import dtm as dtm_protocol
+from coordinator.dialects.registry import dialect
+from coordinator.engine.service import BeginRequest
 
 GID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _GID_RE = re.compile(GID_PATTERN)
@@ -109,16 +119,18 @@ class BeginIn(Strict):
             raise ValueError("branch_id values must be unique")
         return self
 
-    def to_new(self, gid: str, default_timeout_s: float) -> NewTransaction:
-        """The transaction to log, under ``gid`` (the one asked for, or a generated one)."""
-        return NewTransaction(
-            gid=gid,
+    def to_request(self) -> BeginRequest:
+        return BeginRequest(
+            gid=self.gid,
             service=self.service,
             metadata=self.metadata,
-            timeout_s=self.timeout_s or default_timeout_s,
+            timeout_s=self.timeout_s,
             call_timeout_s=self.call_timeout_s,
-            request_hash=request_hash(self.model_dump(mode="json", exclude={"gid"})),
-            branches=[b.to_new() for b in self.branches],
+            # The gid and the service are the coordinator's to settle; the rest must match
+            # on a repeat.
+            body_hash=request_hash(self.model_dump(mode="json", exclude={"gid", "service"})),
+            branches=tuple(b.to_new() for b in self.branches),
+            auto=self.auto,
         )
 
 
@@ -126,104 +138,107 @@ class EmptyIn(Strict):
     """Confirm and cancel take no fields; an empty body or {} is fine."""
 
 
+class ResolveIn(Strict):
+    note: str = Field(min_length=1, max_length=500, description="What was done by hand, and why")
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cursor: str | None = Field(default=None, max_length=20, pattern=r"^[0-9]{1,19}$")
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: GlobalStatus | None = None
+    service: str | None = Field(default=None, min_length=1, max_length=200)
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=400)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
 def request_hash(body: dict[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# --- responses -----------------------------------------------------------------
+# --- responses: built from the records' own fields ------------------------------------
 
 
-class BranchOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+def _api_type(hint: Any) -> Any:
+    """A record field's type as JSON carries it."""
+    if hint is Any:
+        return JsonValue
+    if typing.get_origin(hint) is dict:
+        return dict[str, JsonValue]
+    return hint
 
-    branch_id: str
-    name: str
-    status: BranchStatus
-    try_url: str | None
-    confirm_url: str
-    cancel_url: str
-    payload: JsonValue
-    data: str | None = Field(description="DTM dialect: the body of confirm/cancel calls")
-    attempts: int
-    last_http_status: int | None
-    last_error: str | None
-    last_latency_ms: float | None
-    next_retry_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
 
+def record_fields(record: type[Any], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The fields a record shows, with their documentation, as pydantic field definitions."""
+    hints = typing.get_type_hints(record)
+    return {
+        f.name: (_api_type(hints[f.name]), Field(description=f.metadata["doc"]))
+        for f in shown_fields(record)
+        if f.name not in skip
+    }
+
+
+class _BranchBase(BaseModel):
     @classmethod
-    def of(cls, b: Branch) -> BranchOut:
-        return cls.model_validate(b, from_attributes=True)
+    def of(cls, b: Branch) -> Self:
+        return cls(**{name: getattr(b, name) for name in cls.model_fields})
 
 
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    at: datetime
-    kind: str
-    branch_id: str | None
-    phase: str | None
-    http_status: int | None
-    latency_ms: float | None
-    error: str | None
-    detail: dict[str, JsonValue]
-    repeats: int = Field(description="How many identical events in a row this one stands for")
-    last_at: datetime | None = Field(description="When the last repeat happened (repeats > 1)")
-
+class _EventBase(BaseModel):
     @classmethod
-    def of(cls, e: Event) -> EventOut:
-        return cls.model_validate(e, from_attributes=True)
+    def of(cls, e: Event) -> Self:
+        return cls(**{name: getattr(e, name) for name in cls.model_fields})
 
 
-class TransactionOut(BaseModel):
-    gid: str
-    status: GlobalStatus
-    dialect: str
-    service: str | None
-    metadata: dict[str, JsonValue]
-    timeout_s: float
-    call_timeout_s: float | None
-    deadline: datetime
-    cancel_reason: str | None
-    created_at: datetime
-    updated_at: datetime
-    decided_at: datetime | None
-    finished_at: datetime | None
-    phase_attempts: int
+class _TransactionBase(BaseModel):
     next_retry_at: datetime | None = Field(description="Next phase-two round, while one is due")
-    options: dict[str, JsonValue] = Field(description="Protocol options, e.g. DTM's")
 
     @classmethod
-    def of(cls, t: Transaction) -> TransactionOut:
-        in_phase_two = t.status in states.PHASE_TWO_STATUSES
-        return cls(
-            gid=t.gid,
-            status=t.status,
-            dialect=t.dialect,
-            service=t.service,
-            metadata=t.metadata,
-            timeout_s=t.timeout_s,
-            call_timeout_s=t.call_timeout_s,
-            deadline=t.deadline,
-            cancel_reason=t.cancel_reason,
-            created_at=t.created_at,
-            updated_at=t.updated_at,
-            decided_at=t.decided_at,
-            finished_at=t.finished_at,
-            phase_attempts=t.phase_attempts,
-            next_retry_at=t.next_attempt_at if in_phase_two else None,
-            options=dtm_protocol.redacted(t.options),
+    def of(cls, t: Transaction) -> Self:
+        values = {name: getattr(t, name) for name in record_fields(Transaction)}
+        values["options"] = dialect(t.dialect).shown_options(t.options)
+        values["next_retry_at"] = (
+            t.next_attempt_at if t.status in states.PHASE_TWO_STATUSES else None
         )
+        return cls(**values)
 
 
-class TransactionDetailOut(TransactionOut):
-    branches: list[BranchOut]
-    events: list[EventOut] = Field(description="The timeline, oldest first (its first page)")
-    events_next_cursor: str | None = Field(
-        description="Set when the timeline goes on: GET .../events?cursor=... for the rest"
+BranchOut = create_model("BranchOut", __base__=_BranchBase, **record_fields(Branch))
+EventOut = create_model("EventOut", __base__=_EventBase, **record_fields(Event))
+TransactionOut = create_model(
+    "TransactionOut", __base__=_TransactionBase, **record_fields(Transaction)
+)
+TransactionDetailOut = create_model(
+    "TransactionDetailOut",
+    __base__=TransactionOut,
+    branches=(list[BranchOut], ...),
+    events=(
+        list[EventOut],
+        Field(description="The timeline, oldest first (its first page)"),
+    ),
+    events_next_cursor=(
+        str | None,
+        Field(description="Set when the timeline goes on: GET .../events?cursor=... for the rest"),
+    ),
+)
+
+
+def render_detail(detail: TransactionDetail) -> BaseModel:
+    base = TransactionOut.of(detail.transaction)
+    return TransactionDetailOut(
+        **base.model_dump(),
+        branches=[BranchOut.of(b) for b in detail.branches],
+        events=[EventOut.of(e) for e in detail.events],
+        events_next_cursor=str(detail.events[-1].id) if detail.more_events else None,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from coordinator.core.states import GlobalStatus
+
 
 class CoordinatorError(Exception):
     """Base of every error the coordinator raises on purpose."""
@@ -17,6 +19,25 @@ class Forbidden(CoordinatorError):
 
 class Conflict(CoordinatorError):
     """The request contradicts what the log already holds (409)."""
+
+
+class NotTrying(Conflict):
+    """The transaction has left the trying phase, so it takes no more branches (409)."""
+
+    def __init__(self, status: GlobalStatus) -> None:
+        super().__init__(f"transaction is {status.value}; branches can only be added while trying")
+        self.status = status
+
+
+class TakenGid(Conflict):
+    """The gid cannot be used for a new transaction. The words are the same whoever holds
+    it, so that a refusal tells nobody whether another service uses it (409)."""
+
+    def __init__(self, gid: str) -> None:
+        super().__init__(
+            f"gid {gid!r} cannot be used for a new transaction: it is taken"
+            " (omit gid to have one generated)"
+        )
 
 
 class InvalidInput(CoordinatorError):
@@ -45,3 +66,7 @@ class EmbeddedDatabaseError(CoordinatorError):
 
 class StartRefused(CoordinatorError):
     """`tcc serve` / `tcc up` will not start: a port is taken, or too few open files allowed."""
+
+
+class UsageError(CoordinatorError):
+    """Bad command-line input: one line on stderr, exit 2."""

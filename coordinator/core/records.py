@@ -1,33 +1,79 @@
-"""Immutable records of the transaction log, as the rest of the coordinator sees them."""
+"""The records of the transaction log and of the calls around it, each declared once.
+
+A record's fields carry their documentation (``doc``) and whether the API shows them; the
+log maps rows to records by these fields (``from_row``) and the API builds its response
+models from them (coordinator.api.schemas), so a field is added in one place plus its
+migration.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import enum
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from coordinator.core.states import BranchStatus, BranchView, GlobalStatus
+from coordinator.core.states import (
+    BranchStatus,
+    BranchView,
+    EventKind,
+    GlobalStatus,
+    Judgement,
+    Phase,
+)
+
+
+def doc(text: str, *, shown: bool = True, default: Any = dataclasses.MISSING) -> Any:
+    """A field with its description; ``shown=False`` keeps it out of API responses."""
+    return dataclasses.field(default=default, metadata={"doc": text, "shown": shown})
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    gid: str = doc("The global transaction id")
+    status: GlobalStatus = doc("Where the transaction is in the protocol")
+    dialect: str = doc("The protocol it came in through: tcc (/v1) or dtm")
+    service: str | None = doc("The service that began it (owns it)")
+    metadata: dict[str, Any] = doc("Free JSON the client attached at begin")
+    timeout_s: float = doc("Seconds from begin to the deadline")
+    call_timeout_s: float | None = doc("Timeout of each participant call, if set")
+    deadline: datetime = doc("After this (database clock) a trying transaction is cancelled")
+    cancel_reason: str | None = doc("Why it was cancelled: client, timeout, try_failed: <branch>")
+    created_at: datetime = doc("When it began")
+    updated_at: datetime = doc("Last change")
+    decided_at: datetime | None = doc("When confirm or cancel was decided")
+    finished_at: datetime | None = doc("When it ended (confirmed, cancelled or resolved)")
+    phase_attempts: int = doc("Phase-two rounds made so far")
+    next_attempt_at: datetime | None = doc(
+        "When the coordinator looks at it next (deadline, or next round)", shown=False
+    )
+    lease_owner: str | None = doc("The coordinator working on it now", shown=False)
+    lease_expires_at: datetime | None = doc("When that claim lapses", shown=False)
+    options: dict[str, Any] = doc("Per-transaction protocol options (e.g. DTM's)")
 
 
 @dataclass(frozen=True, slots=True)
 class Branch:
-    gid: str
-    branch_id: str
-    position: int
-    name: str
-    try_url: str | None
-    confirm_url: str
-    cancel_url: str
-    payload: Any
-    status: BranchStatus
-    attempts: int
-    last_http_status: int | None
-    last_error: str | None
-    last_latency_ms: float | None
-    next_retry_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    data: str | None = None  # DTM dialect: the body of its confirm/cancel calls
+    gid: str = doc("The transaction", shown=False)
+    branch_id: str = doc("Unique within the transaction")
+    position: int = doc("Registration order", shown=False)
+    name: str = doc("Human name")
+    try_url: str | None = doc("Set when the coordinator runs the try")
+    confirm_url: str = doc("Called to confirm")
+    cancel_url: str = doc("Called to cancel")
+    payload: Any = doc("Sent to every phase of the branch")
+    status: BranchStatus = doc("Where the branch is")
+    attempts: int = doc("Calls made to the participant")
+    last_http_status: int | None = doc("Status of the last call")
+    last_error: str | None = doc("Error of the last call, if it failed")
+    last_latency_ms: float | None = doc("Latency of the last call")
+    next_retry_at: datetime | None = doc("Next phase-two call, while one is due")
+    created_at: datetime = doc("When it was registered")
+    updated_at: datetime = doc("Last change")
+    data: str | None = doc("DTM dialect: the body of confirm/cancel calls")
 
     @property
     def view(self) -> BranchView:
@@ -37,40 +83,63 @@ class Branch:
 
 
 @dataclass(frozen=True, slots=True)
-class Transaction:
-    gid: str
-    status: GlobalStatus
-    dialect: str
-    service: str | None
-    metadata: dict[str, Any]
-    timeout_s: float
-    call_timeout_s: float | None
-    deadline: datetime
-    cancel_reason: str | None
-    created_at: datetime
-    updated_at: datetime
-    decided_at: datetime | None
-    finished_at: datetime | None
-    phase_attempts: int
-    next_attempt_at: datetime | None
-    lease_owner: str | None
-    lease_expires_at: datetime | None
-    options: dict[str, Any] = field(default_factory=dict)  # protocol options (DTM's)
-
-
-@dataclass(frozen=True, slots=True)
 class Event:
-    id: int
-    at: datetime
-    kind: str
-    branch_id: str | None
-    phase: str | None
-    http_status: int | None
-    latency_ms: float | None
-    error: str | None
-    detail: dict[str, Any] = field(default_factory=dict)
-    repeats: int = 1  # identical failures in a row are one event
-    last_at: datetime | None = None  # when the last repeat happened
+    id: int = doc("Position in the timeline")
+    at: datetime = doc("When it happened (the first time, for repeats)")
+    kind: EventKind = doc("What happened")
+    branch_id: str | None = doc("The branch it concerns")
+    phase: Phase | None = doc("try, confirm or cancel, for calls")
+    http_status: int | None = doc("The participant's status code, for calls")
+    latency_ms: float | None = doc("Call latency (of the last repeat)")
+    error: str | None = doc("Why the call failed")
+    detail: dict[str, Any] = doc("More about it (decision, reason, who, ...)")
+    repeats: int = doc("How many identical events in a row this one stands for")
+    last_at: datetime | None = doc("When the last repeat happened (repeats > 1)")
+
+
+RECORD = typing.TypeVar("RECORD", Transaction, Branch, Event)
+
+
+class Row(Protocol):
+    """A database row, or any mapping by field name."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+_CONVERTERS: dict[type[Any], tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {}
+
+
+def _converters(kind: type[Any]) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """Per field: its name, and the enum that turns a stored text into a member (if any)."""
+    if kind in _CONVERTERS:
+        return _CONVERTERS[kind]
+    hints = typing.get_type_hints(kind)
+    out: list[tuple[str, Callable[[Any], Any] | None]] = []
+    for f in dataclasses.fields(kind):
+        enum_type = next(
+            (
+                t
+                for t in (hints[f.name], *typing.get_args(hints[f.name]))
+                if isinstance(t, type) and issubclass(t, enum.Enum)
+            ),
+            None,
+        )
+        out.append((f.name, enum_type))
+    _CONVERTERS[kind] = tuple(out)
+    return _CONVERTERS[kind]
+
+
+def from_row(kind: type[RECORD], row: Row) -> RECORD:
+    """A record from a row (or any mapping) holding at least its fields."""
+    values = {}
+    for name, convert in _converters(kind):
+        value = row[name]
+        values[name] = convert(value) if convert is not None and value is not None else value
+    return kind(**values)
+
+
+def shown_fields(kind: type[Any]) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(kind) if f.metadata.get("shown", True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +150,9 @@ class TransactionDetail:
     branches: list[Branch]
     events: list[Event]  # the first page of the timeline
     more_events: bool = False
+
+
+# --- what clients ask for ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +168,16 @@ class NewBranch:
     request_hash: str
     data: str | None = None
 
+    @property
+    def urls(self) -> dict[str, str]:
+        """The participant URLs by field name (no try_url when the client runs the try)."""
+        named = {
+            "try_url": self.try_url,
+            "confirm_url": self.confirm_url,
+            "cancel_url": self.cancel_url,
+        }
+        return {field: url for field, url in named.items() if url is not None}
+
 
 @dataclass(frozen=True, slots=True)
 class NewTransaction:
@@ -106,8 +188,30 @@ class NewTransaction:
     call_timeout_s: float | None
     request_hash: str
     dialect: str = "tcc"
-    branches: list[NewBranch] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
+    branches: list[NewBranch] = dataclasses.field(default_factory=list)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionsUpdate:
+    """Protocol options given again with a decision (DTM's submit): set in the same
+    database transaction as the decision, only while the transaction is trying."""
+
+    options: dict[str, Any]
+    call_timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    statuses: tuple[GlobalStatus, ...] | None = None
+    service: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    after: tuple[datetime, str] | None = None  # cursor: last (created_at, gid) seen
+    limit: int = 50
+
+
+# --- phase two -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +220,52 @@ class Lease:
 
     gid: str
     token: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecideResult:
+    transaction: Transaction  # as it was when judged (or after the decision, if taken)
+    judgement: Judgement
+    lease: Lease | None  # set when this call took the decision
+
+
+@dataclass(frozen=True, slots=True)
+class RoundContext:
+    transaction: Transaction
+    branches: list[Branch]
+    budget_spent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One participant call as the timeline keeps it."""
+
+    http_status: int | None
+    error: str | None
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """One participant call as it came back."""
+
+    http_status: int | None  # None: no HTTP answer at all
+    body: Any  # parsed JSON if the log can hold it, else text, capped in size
+    error: str | None
+    latency_ms: float
+    text: str = ""  # the reply as text (capped), for protocols that read words in it
+
+    @property
+    def record(self) -> CallRecord:
+        return CallRecord(self.http_status, self.error, self.latency_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundCall:
+    """An HTTP request to a participant, as a dialect shapes it."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+    params: dict[str, str] | None = None

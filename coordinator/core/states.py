@@ -8,7 +8,7 @@ cannot drift between Python and the database.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -183,7 +183,27 @@ def branch_done_status(decision: Decision) -> BranchStatus:
     return BranchStatus.CONFIRMED if decision is Decision.CONFIRM else BranchStatus.CANCELLED
 
 
-DEADLINE_PASSED = "the transaction deadline has passed"
+class CancelReason(StrEnum):
+    """Why a transaction was cancelled; stored as the kind, then ": detail" where there is one."""
+
+    CLIENT = "client"  # the client cancelled (DTM's abort may add its rollback_reason)
+    TIMEOUT = "timeout"  # the deadline passed while it was trying
+    TRY_FAILED = "try_failed"  # a try was refused or failed (detail: the branch)
+    CONFIRM_REFUSED = "confirm_refused"  # auto mode could not confirm (detail: why)
+
+    def text(self, detail: str | None = None) -> str:
+        return f"{self.value}: {detail}" if detail else self.value
+
+
+class Refusal(StrEnum):
+    """Why a decision cannot be taken now."""
+
+    CANCELLED = "cancelled"  # confirm asked of a cancelled transaction
+    DECIDED_OTHERWISE = "decided_otherwise"  # cancel asked of a confirming one
+    NOT_TRYING = "not_trying"
+    DEADLINE_PASSED = "deadline_passed"
+    TRY_FAILED = "try_failed"
+    TRY_PENDING = "try_pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,29 +215,41 @@ class BranchView:
     coordinator_runs_try: bool
 
 
-def confirm_refusal(
+def confirm_refusal_of(
     status: GlobalStatus,
     deadline_passed: bool,
     branches: Iterable[BranchView],
     cancel_reason: str | None = None,
-) -> str | None:
-    """Why a confirm must be refused now, or None if the transaction may confirm.
+) -> tuple[Refusal, str] | None:
+    """Why a confirm must be refused now (the kind and the words), or None if it may confirm.
 
     Only a transaction that is still trying can be decided; callers handle the
     idempotent repeats (already confirming/confirmed) before asking.
     """
     if status is not GlobalStatus.TRYING:
         if decision_of(status) is Decision.CANCEL:
-            return f"transaction was cancelled ({cancel_reason or 'unknown reason'})"
-        return f"transaction is {status.value}"
+            reason = cancel_reason or "unknown reason"
+            return Refusal.CANCELLED, f"transaction was cancelled ({reason})"
+        return Refusal.NOT_TRYING, f"transaction is {status.value}"
     if deadline_passed:
-        return DEADLINE_PASSED
+        return Refusal.DEADLINE_PASSED, "the transaction deadline has passed"
     for branch in branches:
         if branch.status is BranchStatus.TRY_FAILED:
-            return f"try failed for branch {branch.branch_id!r}"
+            return Refusal.TRY_FAILED, f"try failed for branch {branch.branch_id!r}"
         if branch.status is BranchStatus.REGISTERED and branch.coordinator_runs_try:
-            return f"try of branch {branch.branch_id!r} has not answered yet"
+            return Refusal.TRY_PENDING, f"try of branch {branch.branch_id!r} has not answered yet"
     return None
+
+
+def confirm_refusal(
+    status: GlobalStatus,
+    deadline_passed: bool,
+    branches: Iterable[BranchView],
+    cancel_reason: str | None = None,
+) -> str | None:
+    """The words of confirm_refusal_of, for people."""
+    found = confirm_refusal_of(status, deadline_passed, branches, cancel_reason)
+    return found[1] if found else None
 
 
 def branches_to_call(decision: Decision, branches: Iterable[BranchView]) -> list[str]:
@@ -295,7 +327,8 @@ class Verdict(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Judgement:
     verdict: Verdict
-    reason: str | None = None
+    reason: str | None = None  # for people
+    refusal: Refusal | None = field(default=None, compare=False)  # for code
 
 
 def judge_decision(
@@ -309,16 +342,16 @@ def judge_decision(
     current = decision_of(status)
     if current is requested:
         return Judgement(Verdict.ALREADY)
+    if current is Decision.CANCEL:
+        reason = f"transaction was cancelled ({cancel_reason or 'unknown reason'})"
+        return Judgement(Verdict.REFUSE, reason, Refusal.CANCELLED)
     if current is not None:
-        if current is Decision.CANCEL:
-            return Judgement(
-                Verdict.REFUSE, f"transaction was cancelled ({cancel_reason or 'unknown reason'})"
-            )
-        return Judgement(Verdict.REFUSE, f"transaction is already {status.value}")
+        reason = f"transaction is already {status.value}"
+        return Judgement(Verdict.REFUSE, reason, Refusal.DECIDED_OTHERWISE)
     if requested is Decision.CONFIRM:
-        refusal = confirm_refusal(status, deadline_passed, branches, cancel_reason)
-        if refusal is not None:
-            return Judgement(Verdict.REFUSE, refusal)
+        refused = confirm_refusal_of(status, deadline_passed, branches, cancel_reason)
+        if refused is not None:
+            return Judgement(Verdict.REFUSE, refused[1], refused[0])
     return Judgement(Verdict.DECIDE)
 
 

@@ -19,22 +19,18 @@ Link-local and cloud-metadata addresses (``ALWAYS_DENIED``) are refused whatever
 say. An IPv4 address inside an IPv6 one (mapped, 6to4, NAT64, compatible) is judged as IPv4.
 
 ``check_url`` judges what can be judged before DNS (at registration, and again before each
-call); ``PolicyResolver`` judges the addresses when the call is made, so a DNS answer that
-changes after registration cannot get round the rules.
+call); ``coordinator.outbound.PolicyResolver`` judges the addresses when the call is made, so
+a DNS answer that changes after registration cannot get round the rules.
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import re
-import socket
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -303,7 +299,7 @@ class ParticipantPolicy:
 
     def check_url(self, url: str) -> None:
         """Raise PolicyError unless the URL may be registered; what its host name resolves
-        to is judged when the call is made (PolicyResolver)."""
+        to is judged when the call is made (coordinator.outbound.PolicyResolver)."""
         target = parse_target(url)
         if target.address is not None:
             self.check_address(target.address, target.port)
@@ -356,26 +352,3 @@ class ParticipantPolicy:
                     self.check_address(address, port)
             except PolicyError as exc:
                 raise PolicyError(f"{host} resolves to {text}: {exc}") from None
-
-
-class PolicyResolver(AbstractResolver):
-    """DNS for participant calls: resolves, then refuses the call unless the policy allows
-    every address found (none is silently dropped: the error names the one refused)."""
-
-    def __init__(self, policy: ParticipantPolicy, inner: AbstractResolver | None = None) -> None:
-        self.policy = policy
-        self._inner = inner if inner is not None else ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        try:
-            self.policy.check_resolved(host, port, [r["host"] for r in results])
-        except PolicyError as exc:
-            # (errno, text): aiohttp keeps only these two when it wraps the error.
-            raise OSError(errno.EACCES, f"participant URL policy: {exc}") from None
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()

@@ -18,17 +18,18 @@ from typing import Any
 
 import aiohttp
 
+from coordinator.core.states import FINAL_STATUSES, GlobalStatus
 from coordinator.devtools.children import free_port
 from coordinator.devtools.stack import Ports, Stack
 from coordinator.report import columns
-from coordinator.txlog.postgres import Store, connect_pool
+from coordinator.txlog.postgres import PostgresLog
 from participants.client import CoordinatorClient
 
 Say = Callable[[str], None]
 
 
 class Demo:
-    def __init__(self, stack: Stack, http: aiohttp.ClientSession, store: Store, say: Say):
+    def __init__(self, stack: Stack, http: aiohttp.ClientSession, store: PostgresLog, say: Say):
         self.stack = stack
         self.http = http
         self.store = store
@@ -46,14 +47,14 @@ class Demo:
             self.say(f"  -> {resp.status} {body}  ({time.monotonic() - started:.1f} s)")
             return resp.status, body
 
-    async def status(self, gid: str) -> str:
-        return (await self.store.get(gid)).status.value
+    async def status(self, gid: str) -> GlobalStatus:
+        return (await self.store.get(gid)).status
 
-    async def wait_final(self, gid: str, timeout_s: float = 60) -> str:
+    async def wait_final(self, gid: str, timeout_s: float = 60) -> GlobalStatus:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = await self.status(gid)
-            if status in ("confirmed", "cancelled"):
+            if status in FINAL_STATUSES:
                 return status
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{gid} did not finish within {timeout_s:g}s")
@@ -64,7 +65,7 @@ class Demo:
         reason = f" ({t.cancel_reason})" if t.cancel_reason else ""
         self.say(f"  transaction {gid}: {t.status.value}{reason}")
         for e in detail.events:
-            what = e.kind
+            what = e.kind.value
             if e.branch_id:
                 what += f" {e.branch_id}"
             if e.http_status is not None:
@@ -185,7 +186,7 @@ async def run_demo(say: Say = print, data_root: Path | None = None) -> bool:
     await stack.start()
     try:
         assert stack.database is not None
-        store = Store(await connect_pool(stack.database.url, 1, 4))
+        store = await PostgresLog.connect(stack.database.url, 1, 4)
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
                 demo = Demo(stack, http, store, say)
@@ -203,7 +204,7 @@ async def run_demo(say: Say = print, data_root: Path | None = None) -> bool:
                 _show(say, "After:", after)
                 orders = await demo.get("order", "/orders")
         finally:
-            await store.pool.close()
+            await store.close()
     except BaseException:
         say(f"The demo stopped early; its logs are in {stack.log_dir}")
         raise

@@ -1,20 +1,34 @@
 """DTM's HTTP protocol for TCC, as pure data and functions (no I/O).
 
-The coordinator keeps one log and one state machine; this module only translates:
-our statuses to DTM's words, DTM's request options to ours, and DTM-style
-participant replies to verdicts.
+The coordinator keeps one log and one state machine; this dialect only translates: how a
+DTM-style participant is called and read, DTM's per-transaction options, and our records
+in DTM's words (statuses, the shape of `query` and `all`).
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from coordinator.core.states import BranchStatus, GlobalStatus
+from coordinator.core.limits import RETRY_INTERVAL_OPTION
+from coordinator.core.records import Branch, CallResult, OutboundCall, Transaction
+from coordinator.core.retry import RetryPolicy
+from coordinator.core.states import BranchStatus, GlobalStatus, Phase
+from coordinator.dialects.base import (
+    RESERVED_HEADERS,
+    CallOutcome,
+    branch_url,
+    protocol_headers,
+)
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 ONGOING = "ONGOING"
+
+BRANCH_HEADERS_OPTION = "branch_headers"
 
 # Our status -> DTM's. Parked transactions are still unfinished to a DTM client
 # (DTM itself would keep retrying them), so they keep their phase's word.
@@ -29,14 +43,18 @@ DTM_STATUS: dict[GlobalStatus, str] = {
 }
 
 
-def our_statuses(dtm_status: str) -> tuple[GlobalStatus, ...]:
+def dtm_status(status: GlobalStatus) -> str:
+    return DTM_STATUS[status]
+
+
+def our_statuses(word: str) -> tuple[GlobalStatus, ...]:
     """The statuses a DTM status filter stands for; empty for an unknown word."""
-    return tuple(s for s, word in DTM_STATUS.items() if word == dtm_status)
+    return tuple(s for s, dtm_word in DTM_STATUS.items() if dtm_word == word)
 
 
-def branch_op_status(branch: BranchStatus, op: str) -> str:
+def branch_op_status(branch: BranchStatus, op: Phase) -> str:
     """DTM shows one row per branch and operation: the op that ran is 'succeed'."""
-    done = {"confirm": BranchStatus.CONFIRMED, "cancel": BranchStatus.CANCELLED}[op]
+    done = BranchStatus.CONFIRMED if op is Phase.CONFIRM else BranchStatus.CANCELLED
     return "succeed" if branch is done else "prepared"
 
 
@@ -60,31 +78,117 @@ def judge_reply(http_status: int | None, text: str) -> Reply:
     return Reply.ERROR
 
 
-# Headers a branch_headers option may not set: they belong to the call itself.
-RESERVED_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Host",
-        "Content-Type",
-        "Content-Length",
-        "Transfer-Encoding",
-        "Connection",
-        "Idempotency-Key",
-        "X-TCC-Gid",
-        "X-TCC-Branch",
-        "X-TCC-Phase",
-    )
-)
+_OUTCOME = {
+    Reply.SUCCESS: CallOutcome.DONE,
+    Reply.ONGOING: CallOutcome.ONGOING,
+    Reply.FAILURE: CallOutcome.FAILURE,
+    Reply.ERROR: CallOutcome.RETRY,
+}
 
 
 def branch_headers(options: dict[str, Any]) -> dict[str, str]:
-    headers = options.get("branch_headers") or {}
+    headers = options.get(BRANCH_HEADERS_OPTION) or {}
     return {str(k): str(v) for k, v in headers.items() if str(k).lower() not in RESERVED_HEADERS}
 
 
 def redacted(options: dict[str, Any]) -> dict[str, Any]:
     """Options as shown to people: header values may be credentials, so only names show."""
-    headers = options.get("branch_headers")
+    headers = options.get(BRANCH_HEADERS_OPTION)
     if not headers:
         return options
-    return {**options, "branch_headers": dict.fromkeys(headers, "***")}
+    return {**options, BRANCH_HEADERS_OPTION: dict.fromkeys(headers, "***")}
+
+
+# A retry interval a transaction may carry at most, whatever a row from before the limit
+# existed says: beyond it, retry times would leave the range of a timestamp.
+_LONGEST_RETRY_INTERVAL_S = 86400.0
+
+
+class DtmDialect:
+    name = "dtm"
+
+    def participant_call(self, txn: Transaction, branch: Branch, phase: Phase) -> OutboundCall:
+        """The branch's data string as the body (a GET when there is none), with gid,
+        trans_type, branch_id and op as query parameters, and the branch_headers option."""
+        params = {"gid": txn.gid, "trans_type": "tcc", "branch_id": branch.branch_id}
+        params["op"] = phase.value
+        headers = {
+            **branch_headers(txn.options),
+            **protocol_headers(txn.gid, branch.branch_id, phase),
+        }
+        return OutboundCall(
+            "POST" if branch.data else "GET",
+            branch_url(branch, phase),
+            headers,
+            body=branch.data.encode() if branch.data else None,
+            params=params,
+        )
+
+    def judge_phase_two(self, phase: Phase, result: CallResult) -> CallOutcome:
+        return _OUTCOME[judge_reply(result.http_status, result.text)]
+
+    def retry_policy(self, base: RetryPolicy, txn: Transaction) -> RetryPolicy:
+        """The transaction's retry_interval, when set, is the base of its backoff."""
+        interval = txn.options.get(RETRY_INTERVAL_OPTION)
+        if not isinstance(interval, int | float) or interval <= 0:
+            return base
+        interval = min(float(interval), _LONGEST_RETRY_INTERVAL_S)
+        return dataclasses.replace(
+            base,
+            initial_interval=interval,
+            maximum_interval=max(base.maximum_interval, interval),
+        )
+
+    def shown_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return redacted(options)
+
+
+DIALECT = DtmDialect()
+
+
+# --- our records in DTM's words (query and all) --------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def render_transaction(t: Transaction) -> dict[str, Any]:
+    return {
+        "gid": t.gid,
+        "trans_type": "tcc",
+        "status": dtm_status(t.status),
+        "protocol": "http",
+        "create_time": _time(t.created_at),
+        "update_time": _time(t.updated_at),
+        "finish_time": _time(t.finished_at) if t.status is GlobalStatus.CONFIRMED else None,
+        "rollback_time": _time(t.finished_at) if t.status is GlobalStatus.CANCELLED else None,
+        "rollback_reason": t.cancel_reason or "",
+        "next_cron_time": _time(t.next_attempt_at),
+        "timeout_to_fail": t.timeout_s,
+        "request_timeout": t.call_timeout_s or 0,
+        "retry_interval": t.options.get(RETRY_INTERVAL_OPTION, 0),
+        "branch_headers": redacted(t.options).get(BRANCH_HEADERS_OPTION) or {},
+        "dialect": t.dialect,  # ours: 'dtm' when it came in through this API
+    }
+
+
+def render_branches(branches: list[Branch]) -> list[dict[str, Any]]:
+    rows = []
+    for b in branches:
+        for op in (Phase.CANCEL, Phase.CONFIRM):
+            status = branch_op_status(b.status, op)
+            rows.append(
+                {
+                    "gid": b.gid,
+                    "branch_id": b.branch_id,
+                    "op": op.value,
+                    "url": branch_url(b, op),
+                    "bin_data": base64.b64encode((b.data or "").encode()).decode(),
+                    "status": status,
+                    "create_time": _time(b.created_at),
+                    "update_time": _time(b.updated_at),
+                    "finish_time": _time(b.updated_at) if status == "succeed" else None,
+                }
+            )
+    return rows

@@ -1,43 +1,42 @@
-"""Drives transactions through the protocol: tries, decisions and phase-two rounds.
+"""Drives transactions through the protocol: participant calls, decisions, phase-two rounds.
 
-The engine owns no state that matters after a crash: every decision and every
-branch outcome is in the log before the next step, and phase-two work is done
-under a lease so that only one coordinator works on a transaction at a time.
+The driver owns no state that matters after a crash: every decision and every branch outcome
+is in the log before the next step, and phase-two work is done under a lease so that only one
+coordinator works on a transaction at a time. How a participant is called and its reply read
+is the transaction's dialect's business; the driver only makes the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
 import structlog
 
 from coordinator.core import states
-from coordinator.core.errors import Conflict, DatabaseUnavailable
-from coordinator.core.limits import RETRY_INTERVAL_OPTION
+from coordinator.core.errors import DatabaseUnavailable
 from coordinator.core.records import (
     Branch,
+    CallResult,
+    DecideResult,
     Lease,
-    NewBranch,
-    NewTransaction,
+    OptionsUpdate,
     Transaction,
 )
 from coordinator.core.retry import RetryPolicy
-from coordinator.core.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict, Verdict
-from coordinator.dialects import dtm as dtm_protocol
+from coordinator.core.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict
+from coordinator.dialects.base import CallOutcome
+from coordinator.dialects.registry import dialect
 from coordinator.metrics import Metrics
-from coordinator.outbound import CallResult, ParticipantCaller
+from coordinator.outbound import ParticipantCaller
 from coordinator.settings import Settings
-from coordinator.txlog.postgres import CallRecord, DecideResult, Store
+from coordinator.txlog.interface import TransactionLog
 
 log = structlog.get_logger(__name__)
 
@@ -45,20 +44,6 @@ log = structlog.get_logger(__name__)
 def new_owner_id() -> str:
     """Names this coordinator process in leases; unique per start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class CallOutcome(StrEnum):
-    DONE = "done"
-    ONGOING = "ongoing"  # the participant is still working on it: retry at the normal interval
-    RETRY = "retry"  # failed or no answer: retry with backoff
-
-
-_DTM_OUTCOME = {
-    dtm_protocol.Reply.SUCCESS: CallOutcome.DONE,
-    dtm_protocol.Reply.ONGOING: CallOutcome.ONGOING,
-    dtm_protocol.Reply.FAILURE: CallOutcome.RETRY,
-    dtm_protocol.Reply.ERROR: CallOutcome.RETRY,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,92 +54,38 @@ class TryOutcome:
     branch: Branch  # as the log holds it after the answer
 
 
-def _record(result: CallResult) -> CallRecord:
-    return CallRecord(result.http_status, result.error, result.latency_ms)
-
-
-class Engine:
+class PhaseDriver:
     def __init__(
         self,
-        store: Store,
+        txlog: TransactionLog,
         caller: ParticipantCaller,
         settings: Settings,
+        metrics: Metrics,
         owner: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.store = store
+        self.log = txlog
         self.caller = caller
         self.settings = settings
-        self.policy = settings.retry_policy
-        self.limits = settings.limits
+        self.metrics = metrics
         self.owner = owner or new_owner_id()
         self._rng = rng or random.Random()
         # Phase-two work running in this process, by gid: requests wait on it.
         self._drives: dict[str, asyncio.Task[Transaction | None]] = {}
-        self.metrics = Metrics()
 
-    # --- begin, register, try ------------------------------------------------------
+    # --- tries ---------------------------------------------------------------------
 
-    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
-        self.limits.check_transaction(new)
-        txn, created = await self.store.begin(new)
-        if created:
-            log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
-            self.metrics.count(
-                "tcc_transactions_begun_total", "Transactions begun", dialect=new.dialect
-            )
-        return txn, created
-
-    async def run_auto(self, txn: Transaction, branches: list[Branch]) -> Transaction:
-        """Run every try in parallel, decide, and wait (bounded) for phase two."""
-        outcomes = await asyncio.gather(
-            *(self.try_branch(txn, b, cancel_on_failure=False) for b in branches)
-        )
-        decision = states.decision_after_tries(o.verdict for o in outcomes)
-        failed = next(
-            (
-                b.branch_id
-                for b, o in zip(branches, outcomes, strict=True)
-                if o.verdict is not TryVerdict.TRIED
-            ),
-            None,
-        )
-        reason = f"try_failed: {failed}" if failed else None
-        result = await self.decide(txn.gid, decision, reason=reason)
-        if result.judgement.verdict is Verdict.REFUSE and decision is Decision.CONFIRM:
-            # E.g. the deadline passed while the tries ran: cancel now, not at the next scan.
-            refusal = result.judgement.reason
-            why = "timeout" if refusal == states.DEADLINE_PASSED else f"confirm_refused: {refusal}"
-            await self.decide(txn.gid, Decision.CANCEL, reason=why)
-        return await self.wait_for(txn.gid)
-
-    async def register(self, gid: str, new: NewBranch) -> tuple[Branch, bool]:
-        self.limits.check_branch(new)
-        branch, created = await self.store.register_branch(gid, new, self.settings.max_branches)
-        if created:
-            log.info("branch_registered", gid=gid, branch_id=new.branch_id)
-        return branch, created
-
-    async def try_branch(
-        self, txn: Transaction, branch: Branch, *, cancel_on_failure: bool = True
-    ) -> TryOutcome:
-        """Call the branch's try and log the result; a failed try cancels the transaction."""
-        assert branch.try_url is not None
+    async def run_try(self, txn: Transaction, branch: Branch) -> TryOutcome:
+        """Call the branch's try and log the result."""
         with structlog.contextvars.bound_contextvars(
             gid=txn.gid, branch_id=branch.branch_id, phase=Phase.TRY.value
         ):
-            result = await self.caller.call(
-                branch.try_url,
-                gid=txn.gid,
-                branch_id=branch.branch_id,
-                phase=Phase.TRY,
-                payload=branch.payload,
-                timeout_s=self._call_timeout(txn),
-            )
+            call = dialect(txn.dialect).participant_call(txn, branch, Phase.TRY)
+            result = await self.caller.send(call, self.call_timeout(txn))
             verdict = states.judge_try(result.http_status)
             self._observe_call(Phase.TRY, verdict.value, result)
-            updated, recorded = await self.store.record_try(
-                txn.gid, branch.branch_id, verdict, _record(result)
+            updated, recorded = await self.log.record_try(
+                txn.gid, branch.branch_id, verdict, result.record
             )
             log.info(
                 "try_answered",
@@ -162,11 +93,8 @@ class Engine:
                 http_status=result.http_status,
                 latency_ms=result.latency_ms,
                 error=result.error,
+                late=not recorded,
             )
-            if verdict is not TryVerdict.TRIED and recorded and cancel_on_failure:
-                await self.decide(
-                    txn.gid, Decision.CANCEL, reason=f"try_failed: {branch.branch_id}"
-                )
         report = (
             states.report_of(verdict)
             if recorded
@@ -174,64 +102,33 @@ class Engine:
         )
         return TryOutcome(report, verdict, result, updated)
 
-    async def retry_stale_try(self, txn: Transaction, branch: Branch) -> TryOutcome | None:
-        """Run a try again if its first run never got an answer logged (e.g. the
-        coordinator that made the call died); None when it is not stale."""
-        stale_after_s = self._call_timeout(txn) + 1.0
-        claimed = await self.store.claim_stale_try(txn.gid, branch.branch_id, stale_after_s)
-        if claimed is None:
-            return None
-        log.info("try_rerun", gid=txn.gid, branch_id=branch.branch_id)
-        return await self.try_branch(txn, claimed)
-
-    def _call_timeout(self, txn: Transaction) -> float:
+    def call_timeout(self, txn: Transaction) -> float:
         return txn.call_timeout_s or self.settings.call_timeout_s
 
-    # --- decisions -------------------------------------------------------------
+    # --- decisions -------------------------------------------------------------------
 
-    async def decide(self, gid: str, decision: Decision, *, reason: str | None) -> DecideResult:
+    async def decide(
+        self,
+        gid: str,
+        decision: Decision,
+        *,
+        reason: str | None,
+        options: OptionsUpdate | None = None,
+    ) -> DecideResult:
         """Log the decision (durably), then start phase two in the background."""
-        result = await self.store.decide(
-            gid, decision, reason=reason, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
+        result = await self.log.decide(
+            gid,
+            decision,
+            reason=reason,
+            owner=self.owner,
+            lease_ttl_s=self.settings.lease_ttl_s,
+            options=options,
         )
         if result.lease is not None:
             log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
             self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
-            self._spawn_drive(result.lease)
+            self.spawn_drive(result.lease)
         return result
-
-    async def set_options(
-        self, gid: str, options: dict[str, Any], call_timeout_s: float | None
-    ) -> None:
-        """Protocol options given again when deciding (DTM's submit), within the limits."""
-        self.limits.check_options(call_timeout_s, options)
-        await self.store.set_options(gid, options, call_timeout_s)
-
-    async def confirm(self, gid: str) -> Transaction:
-        return await self._decide_and_wait(gid, Decision.CONFIRM, None)
-
-    async def cancel(self, gid: str, reason: str = "client") -> Transaction:
-        return await self._decide_and_wait(gid, Decision.CANCEL, reason)
-
-    async def _decide_and_wait(
-        self, gid: str, decision: Decision, reason: str | None
-    ) -> Transaction:
-        result = await self.decide(gid, decision, reason=reason)
-        if result.judgement.verdict is Verdict.REFUSE:
-            raise Conflict(result.judgement.reason or "refused")
-        return await self.wait_for(gid)
-
-    async def retry(self, gid: str, actor: str) -> Transaction:
-        """Operator retry of a parked transaction; this process runs the first round."""
-        txn, lease = await self.store.retry_parked(
-            gid, actor=actor, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
-        )
-        log.warning(
-            "transaction_retried_by_operator", gid=gid, actor=actor, status=txn.status.value
-        )
-        if lease is not None:
-            self._spawn_drive(lease)
-        return await self.wait_for(gid)
 
     async def wait_for(self, gid: str, timeout_s: float | None = None) -> Transaction:
         """Wait (bounded) for phase-two work this process runs on ``gid``; the current state."""
@@ -239,11 +136,11 @@ class Engine:
         if task is not None:
             wait = self.settings.confirm_wait_s if timeout_s is None else timeout_s
             await asyncio.wait({task}, timeout=wait)
-        return await self.store.get(gid)
+        return await self.log.get(gid)
 
     # --- phase two -------------------------------------------------------------------
 
-    def _spawn_drive(self, lease: Lease) -> asyncio.Task[Transaction | None]:
+    def spawn_drive(self, lease: Lease) -> asyncio.Task[Transaction | None]:
         task = asyncio.create_task(self._drive(lease), name=f"drive:{lease.gid}")
         self._drives[lease.gid] = task
 
@@ -263,14 +160,16 @@ class Engine:
     ) -> asyncio.Task[Transaction | None] | None:
         """Continue a transaction claimed by recovery: time it out, or run its next round."""
         if status is GlobalStatus.TRYING:
-            result = await self.decide(lease.gid, Decision.CANCEL, reason="timeout")
+            reason = states.CancelReason.TIMEOUT.text()
+            result = await self.decide(lease.gid, Decision.CANCEL, reason=reason)
             if result.lease is None:
                 # Someone decided it first; our claim is moot.
-                await self.store.release_lease(lease)
+                await self.log.release_lease(lease)
                 return None
+            self.metrics.count("tcc_timeouts_total", "Transactions cancelled at their deadline")
             # The decision replaced our claim with a fresh lease and started the drive.
             return self._drives.get(lease.gid)
-        return self._spawn_drive(lease)
+        return self.spawn_drive(lease)
 
     async def _drive(self, lease: Lease) -> Transaction | None:
         with structlog.contextvars.bound_contextvars(gid=lease.gid):
@@ -283,7 +182,7 @@ class Engine:
             except asyncio.CancelledError:
                 # Shutting down: hand the transaction to the other coordinators at once.
                 with contextlib.suppress(DatabaseUnavailable):
-                    await asyncio.shield(self.store.release_lease(lease))
+                    await asyncio.shield(self.log.release_lease(lease))
                 log.info("lease_released_on_shutdown")
                 raise
             except Exception:
@@ -294,34 +193,38 @@ class Engine:
                     return await self._end_crashed_round(lease)
                 return None
 
+    def _policy_for(self, txn: Transaction) -> RetryPolicy:
+        return dialect(txn.dialect).retry_policy(self.settings.retry_policy, txn)
+
     async def _end_crashed_round(self, lease: Lease) -> Transaction | None:
-        ctx = await self.store.round_context(lease, self.policy.give_up_after)
+        ctx = await self.log.round_context(lease, self.settings.give_up_after_s)
         decision = states.decision_of(ctx.transaction.status) if ctx else None
         if ctx is None or decision is None:
-            await self.store.release_lease(lease)
+            await self.log.release_lease(lease)
             return None
         outcome = states.round_outcome(decision, all_done=False, budget_spent=ctx.budget_spent)
-        delay = self.policy.delay(ctx.transaction.phase_attempts + 1, self._rng)
+        delay = self._policy_for(ctx.transaction).delay(
+            ctx.transaction.phase_attempts + 1, self._rng
+        )
         pending = states.branches_to_call(decision, [b.view for b in ctx.branches])
-        return await self.store.finish_round(lease, decision, outcome, delay, pending, self.owner)
+        return await self.log.finish_round(lease, decision, outcome, delay, pending, self.owner)
 
     async def _run_round(self, lease: Lease) -> Transaction | None:
-        ctx = await self.store.round_context(lease, self.policy.give_up_after)
+        ctx = await self.log.round_context(lease, self.settings.give_up_after_s)
         if ctx is None:
             log.info("lease_lost_before_round")
             return None
         txn = ctx.transaction
         decision = states.decision_of(txn.status)
         if decision is None or txn.status not in states.PHASE_TWO_STATUSES:
-            await self.store.release_lease(lease)
+            await self.log.release_lease(lease)
             return txn
         to_call = set(states.branches_to_call(decision, [b.view for b in ctx.branches]))
         pending = [b for b in ctx.branches if b.branch_id in to_call]
-        timeout_s = self._call_timeout(txn)
         async with self._renewing(lease):
             # _phase_call never raises, so every call has ended before the lease is let go.
             replies = await asyncio.gather(
-                *(self._phase_call(lease, txn, decision, b, timeout_s) for b in pending)
+                *(self._phase_call(lease, txn, decision, b) for b in pending)
             )
         still_pending = [
             b.branch_id for b, r in zip(pending, replies, strict=True) if r is not CallOutcome.DONE
@@ -335,12 +238,23 @@ class Engine:
             delay = policy.initial_interval
         else:
             delay = policy.delay(txn.phase_attempts + 1, self._rng)
-        finished = await self.store.finish_round(
+        finished = await self.log.finish_round(
             lease, decision, outcome, delay, still_pending, self.owner
         )
         if finished is None:
             log.warning("lease_lost_during_round")
             return None
+        self._report_round(outcome, decision, finished, still_pending, delay)
+        return finished
+
+    def _report_round(
+        self,
+        outcome: GlobalStatus,
+        decision: Decision,
+        finished: Transaction,
+        still_pending: list[str],
+        delay: float,
+    ) -> None:
         if outcome is not states.phase_status(decision):
             self.metrics.count(
                 "tcc_transactions_ended_total",
@@ -363,7 +277,6 @@ class Engine:
                 retry_in_s=round(delay, 3),
                 round=finished.phase_attempts,
             )
-        return finished
 
     def _observe_call(self, phase: Phase, outcome: str, result: CallResult) -> None:
         self.metrics.count(
@@ -379,78 +292,31 @@ class Engine:
             phase=phase.value,
         )
 
-    def _policy_for(self, txn: Transaction) -> RetryPolicy:
-        """The retry policy, with a transaction's own retry_interval (DTM option) as base."""
-        interval = txn.options.get(RETRY_INTERVAL_OPTION)
-        if isinstance(interval, int | float) and interval > 0:
-            # Bounded at begin; bounded here too, for rows logged before the bound existed.
-            base = min(float(interval), self.limits.max_retry_interval_s)
-            return dataclasses.replace(
-                self.policy,
-                initial_interval=base,
-                maximum_interval=max(self.policy.maximum_interval, base),
-            )
-        return self.policy
-
-    async def _call_phase_two(
-        self, txn: Transaction, branch: Branch, phase: Phase, timeout_s: float
-    ) -> tuple[CallResult, CallOutcome]:
-        """One confirm/cancel call in the transaction's dialect, and what its reply means."""
-        url = branch.confirm_url if phase is Phase.CONFIRM else branch.cancel_url
-        if txn.dialect == "dtm":
-            result = await self.caller.call_dtm(
-                url,
-                gid=txn.gid,
-                branch_id=branch.branch_id,
-                phase=phase,
-                data=branch.data,
-                extra_headers=dtm_protocol.branch_headers(txn.options),
-                timeout_s=timeout_s,
-            )
-            reply = dtm_protocol.judge_reply(result.http_status, result.text)
-            if reply is dtm_protocol.Reply.FAILURE:
-                # TCC confirm and cancel must succeed in the end: say so loudly, and retry.
-                log.error("participant_answered_failure", http_status=result.http_status)
-            return result, _DTM_OUTCOME[reply]
-        result = await self.caller.call(
-            url,
-            gid=txn.gid,
-            branch_id=branch.branch_id,
-            phase=phase,
-            payload=branch.payload,
-            timeout_s=timeout_s,
-        )
-        done = states.judge_phase_two(phase, result.http_status)
-        return result, CallOutcome.DONE if done else CallOutcome.RETRY
-
     async def _phase_call(
-        self,
-        lease: Lease,
-        txn: Transaction,
-        decision: Decision,
-        branch: Branch,
-        timeout_s: float,
+        self, lease: Lease, txn: Transaction, decision: Decision, branch: Branch
     ) -> CallOutcome:
         phase = states.phase_of(decision)
+        speaks = dialect(txn.dialect)
         with structlog.contextvars.bound_contextvars(branch_id=branch.branch_id, phase=phase.value):
-            result, outcome = await self._call_phase_two(txn, branch, phase, timeout_s)
+            call = speaks.participant_call(txn, branch, phase)
+            result = await self.caller.send(call, self.call_timeout(txn))
+            outcome = speaks.judge_phase_two(phase, result)
             done = outcome is CallOutcome.DONE
             self._observe_call(phase, outcome.value, result)
             try:
-                recorded = await self.store.record_phase_call(
-                    lease, branch.branch_id, decision, done, _record(result)
+                recorded = await self.log.record_phase_call(
+                    lease, branch.branch_id, decision, done, result.record
                 )
             except Exception as exc:  # the round ends when every call has; this one failed
                 log.warning("phase_call_not_recorded", error=str(exc))
                 return CallOutcome.RETRY
             if done:
-                log.info(
-                    f"branch_{states.branch_done_status(decision).value}",
-                    http_status=result.http_status,
-                    latency_ms=result.latency_ms,
-                )
+                event = "branch_confirmed" if decision is Decision.CONFIRM else "branch_cancelled"
+                log.info(event, http_status=result.http_status, latency_ms=result.latency_ms)
             else:
-                log.warning(
+                # A participant saying confirm/cancel *failed* breaks TCC's contract: loudly.
+                level = log.error if outcome is CallOutcome.FAILURE else log.warning
+                level(
                     "phase_call_failed",
                     http_status=result.http_status,
                     error=result.error,
@@ -468,7 +334,7 @@ class Engine:
             while True:
                 await asyncio.sleep(ttl / 3)
                 try:
-                    if not await self.store.renew_lease(lease, ttl):
+                    if not await self.log.renew_lease(lease, ttl):
                         log.warning("lease_taken_over", gid=lease.gid)
                         return
                 except DatabaseUnavailable:

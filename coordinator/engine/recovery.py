@@ -9,41 +9,41 @@ import structlog
 
 from coordinator.core.errors import DatabaseUnavailable
 from coordinator.core.records import Lease, Transaction
-from coordinator.engine.driver import Engine
+from coordinator.engine.driver import PhaseDriver
 
 log = structlog.get_logger(__name__)
 
 
 class Recovery:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.settings = engine.settings
+    def __init__(self, driver: PhaseDriver) -> None:
+        self.driver = driver
+        self.settings = driver.settings
         self._stopping = asyncio.Event()
 
     async def run_once(self, wait: bool = False) -> list[Lease]:
         """Claim what is due and start on it; with ``wait``, until those rounds end."""
-        room = self.settings.recovery_batch - self.engine.active_drives
+        room = self.settings.recovery_batch - self.driver.active_drives
         if room <= 0:
             return []
-        claimed = await self.engine.store.claim_due(
-            self.engine.owner, room, self.settings.lease_ttl_s
+        claimed = await self.driver.log.claim_due(
+            self.driver.owner, room, self.settings.lease_ttl_s
         )
         tasks: list[asyncio.Task[Transaction | None]] = []
         for lease, status in claimed:
             with structlog.contextvars.bound_contextvars(gid=lease.gid):
                 log.info("recovery_claimed", status=status.value)
-                self.engine.metrics.count(
+                self.driver.metrics.count(
                     "tcc_recovery_claims_total",
                     "Transactions claimed by recovery",
                     status=status.value,
                 )
                 try:
-                    task = await self.engine.resume(lease, status)
+                    task = await self.driver.resume(lease, status)
                 except Exception as exc:
                     # Hand this one back at once; the rest of the batch goes on.
                     log.warning("recovery_resume_failed", error=str(exc))
                     with contextlib.suppress(Exception):
-                        await self.engine.store.release_lease(lease)
+                        await self.driver.log.release_lease(lease)
                     continue
             if task is not None:
                 tasks.append(task)

@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 
 from coordinator.core.errors import MigrationError
-from coordinator.txlog.postgres import DbConnection, q
+from coordinator.txlog.queries import DbConnection, q
 
 log = structlog.get_logger(__name__)
 

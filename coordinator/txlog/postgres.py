@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -21,31 +16,36 @@ from coordinator.core.errors import (
     InvalidInput,
     LimitExceeded,
     NotFound,
+    NotTrying,
+    TakenGid,
 )
 from coordinator.core.records import (
     Branch,
+    CallRecord,
+    DecideResult,
     Event,
     Lease,
+    ListFilter,
     NewBranch,
     NewTransaction,
+    OptionsUpdate,
+    RoundContext,
     Transaction,
     TransactionDetail,
+    from_row,
 )
 from coordinator.core.states import (
     BranchStatus,
     Decision,
     EventKind,
     GlobalStatus,
-    Judgement,
     Phase,
     TryVerdict,
     Verdict,
 )
-
-# Timeline entries returned with a transaction; the rest is paged (GET .../events).
-DEFAULT_EVENTS_PAGE = 200
-
-_BLOCK_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+from coordinator.txlog import migrator
+from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE
+from coordinator.txlog.queries import q
 
 # Errors that mean "the database is not there right now", not "the query is wrong".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -60,22 +60,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     TimeoutError,
 )
-
-
-DbConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-
-
-@cache
-def queries() -> dict[str, str]:
-    """The named blocks of sql/queries.sql, parsed once."""
-    text = resources.files("coordinator.txlog").joinpath("sql/queries.sql").read_text("utf-8")
-    parts = _BLOCK_HEADER.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-
-def q(name: str) -> str:
-    return queries()[name]
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -99,104 +83,29 @@ async def connect_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> async
 
 
 def _transaction(row: asyncpg.Record) -> Transaction:
-    return Transaction(
-        gid=row["gid"],
-        status=GlobalStatus(row["status"]),
-        dialect=row["dialect"],
-        service=row["service"],
-        metadata=row["metadata"],
-        timeout_s=row["timeout_s"],
-        call_timeout_s=row["call_timeout_s"],
-        deadline=row["deadline"],
-        cancel_reason=row["cancel_reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        decided_at=row["decided_at"],
-        finished_at=row["finished_at"],
-        phase_attempts=row["phase_attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        options=row["options"],
-    )
+    return from_row(Transaction, row)
 
 
 def _branch(row: asyncpg.Record) -> Branch:
-    return Branch(
-        gid=row["gid"],
-        branch_id=row["branch_id"],
-        position=row["position"],
-        name=row["name"],
-        try_url=row["try_url"],
-        confirm_url=row["confirm_url"],
-        cancel_url=row["cancel_url"],
-        payload=row["payload"],
-        status=BranchStatus(row["status"]),
-        attempts=row["attempts"],
-        last_http_status=row["last_http_status"],
-        last_error=row["last_error"],
-        last_latency_ms=row["last_latency_ms"],
-        next_retry_at=row["next_retry_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        data=row["data"],
-    )
+    return from_row(Branch, row)
 
 
 def _event(row: asyncpg.Record) -> Event:
-    return Event(
-        id=row["id"],
-        at=row["at"],
-        kind=row["kind"],
-        branch_id=row["branch_id"],
-        phase=row["phase"],
-        http_status=row["http_status"],
-        latency_ms=row["latency_ms"],
-        error=row["error"],
-        detail=row["detail"],
-        repeats=row["repeats"],
-        last_at=row["last_at"],
-    )
+    return from_row(Event, row)
 
 
-@dataclass(frozen=True, slots=True)
-class DecideResult:
-    transaction: Transaction
-    judgement: Judgement
-    lease: Lease | None  # set when this call took the decision
-
-
-@dataclass(frozen=True, slots=True)
-class RoundContext:
-    transaction: Transaction
-    branches: list[Branch]
-    budget_spent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One participant call as the timeline keeps it."""
-
-    http_status: int | None
-    error: str | None
-    latency_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class ListFilter:
-    statuses: tuple[GlobalStatus, ...] | None = None
-    service: str | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-    after: tuple[datetime, str] | None = None  # cursor: last (created_at, gid) seen
-    limit: int = 50
-
-
-class Store:
-    """Every read and write of the transaction log."""
+class PostgresLog:
+    """Every read and write of the transaction log (see TransactionLog for the contract)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20) -> PostgresLog:
+        return cls(await connect_pool(dsn, min_size, max_size))
+
+    async def close(self) -> None:
+        await self.pool.close()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
@@ -217,6 +126,11 @@ class Store:
     async def ping(self) -> None:
         async with self.connection() as conn:
             await conn.fetchval(q("ping"))
+
+    async def readiness(self) -> list[str]:
+        async with self.connection() as conn:
+            pending = await migrator.pending_migrations(conn)
+        return [f"migration {m.version:04d}_{m.name} not applied" for m in pending]
 
     # --- events ------------------------------------------------------------
 
@@ -265,12 +179,7 @@ class Store:
             if row is None:
                 existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
                 if existing_hash != new.request_hash:
-                    # The same words whoever holds the gid: a refusal must not tell a
-                    # caller whether another service uses it.
-                    raise Conflict(
-                        f"gid {new.gid!r} cannot be used for a new transaction: it is taken"
-                        " (omit gid to have one generated)"
-                    )
+                    raise TakenGid(new.gid)
                 original = await conn.fetchrow(q("get_transaction"), new.gid)
                 assert original is not None  # rows are never deleted
                 return _transaction(original), False
@@ -325,9 +234,7 @@ class Store:
                     )
                 return _branch(existing), False
             if txn["status"] != GlobalStatus.TRYING:
-                raise Conflict(
-                    f"transaction is {txn['status']}; branches can only be added while trying"
-                )
+                raise NotTrying(GlobalStatus(txn["status"]))
             if txn["deadline_passed"]:
                 raise Conflict("the transaction deadline has passed")
             if await conn.fetchval(q("count_branches"), gid) >= max_branches:
@@ -386,8 +293,8 @@ class Store:
         reason: str | None,
         owner: str,
         lease_ttl_s: float,
+        options: OptionsUpdate | None = None,
     ) -> DecideResult:
-        """Take a decision if the protocol allows it; durable when this returns."""
         target = states.phase_status(decision)
         async with self._transaction_block() as conn:
             txn = await conn.fetchrow(q("lock_transaction"), gid)
@@ -403,6 +310,8 @@ class Store:
             )
             if judgement.verdict is not Verdict.DECIDE:
                 return DecideResult(_transaction(txn), judgement, None)
+            if options is not None:
+                await conn.execute(q("set_options"), gid, options.options, options.call_timeout_s)
             row = await conn.fetchrow(
                 q("decide"),
                 gid,
@@ -420,13 +329,6 @@ class Store:
                 detail={"decision": decision.value, "reason": reason, "by": owner},
             )
             return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
-
-    async def set_options(
-        self, gid: str, options: dict[str, Any], call_timeout_s: float | None
-    ) -> bool:
-        """Merge protocol options into a transaction that is still trying."""
-        async with self.connection() as conn:
-            return await conn.fetchval(q("set_options"), gid, options, call_timeout_s) is not None
 
     @staticmethod
     async def _lock_parked(

@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.core.records import NewBranch, NewTransaction
 from coordinator.core.states import Decision
-from coordinator.txlog.postgres import Store
+from coordinator.txlog.postgres import PostgresLog
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
 from tests.processes import CoordinatorProcess, run_tcc, run_tcc_async, tcc_env
@@ -19,7 +19,7 @@ from tests.processes import CoordinatorProcess, run_tcc, run_tcc_async, tcc_env
 pytestmark = pytest.mark.slow
 
 
-async def seed(store: Store) -> None:
+async def seed(store: PostgresLog) -> None:
     for gid, decision in (("kept", None), ("dropped", Decision.CANCEL)):
         await store.begin(
             NewTransaction(
@@ -36,7 +36,7 @@ async def seed(store: Store) -> None:
 
 
 async def test_status__prints_the_transaction_and_its_timeline(
-    store: Store, database_url: str
+    store: PostgresLog, database_url: str
 ) -> None:
     await seed(store)
     result = run_tcc("status", "dropped", env=tcc_env(database_url))
@@ -49,7 +49,7 @@ async def test_status__prints_the_transaction_and_its_timeline(
     assert '"status": "cancelling"' in as_json.stdout
 
 
-async def test_list__filters_by_status(store: Store, database_url: str) -> None:
+async def test_list__filters_by_status(store: PostgresLog, database_url: str) -> None:
     await seed(store)
     result = run_tcc("list", "--status", "trying", env=tcc_env(database_url))
     assert result.returncode == 0, result.stderr
@@ -93,7 +93,7 @@ def test_unreachable_database__is_one_clear_line(tmp_path: object) -> None:
     assert "cannot connect to the database" in lines[0]
 
 
-async def park(store: Store, gid: str) -> None:
+async def park(store: PostgresLog, gid: str) -> None:
     """A transaction whose confirm budget ran out (as recovery would leave it)."""
     await seed_one(store, gid)
     await store.decide(gid, Decision.CONFIRM, reason=None, owner="cli-test", lease_ttl_s=30)
@@ -105,7 +105,7 @@ async def park(store: Store, gid: str) -> None:
         )
 
 
-async def seed_one(store: Store, gid: str) -> None:
+async def seed_one(store: PostgresLog, gid: str) -> None:
     await store.begin(
         NewTransaction(
             gid=gid,
@@ -119,7 +119,7 @@ async def seed_one(store: Store, gid: str) -> None:
 
 
 async def test_retry__sends_a_parked_transaction_back_and_audits_it(
-    store: Store, database_url: str
+    store: PostgresLog, database_url: str
 ) -> None:
     await park(store, "stuck")
     result = run_tcc("retry", "stuck", env=tcc_env(database_url))
@@ -135,7 +135,7 @@ async def test_retry__sends_a_parked_transaction_back_and_audits_it(
 
 
 async def test_retry__of_a_transaction_that_is_not_parked__fails_clearly(
-    store: Store, database_url: str
+    store: PostgresLog, database_url: str
 ) -> None:
     await seed_one(store, "fine")
     result = run_tcc("retry", "fine", env=tcc_env(database_url))
@@ -144,7 +144,7 @@ async def test_retry__of_a_transaction_that_is_not_parked__fails_clearly(
 
 
 async def test_recover_once__finishes_due_work_and_exits(
-    store: Store, database_url: str, participant: FakeParticipant
+    store: PostgresLog, database_url: str, participant: FakeParticipant
 ) -> None:
     await seed_one(store, "due")
     branch = participant.branch("b", with_try=False)
@@ -206,7 +206,7 @@ async def _value(value: int) -> int:
 
 
 async def test_resolve__marks_a_parked_transaction_done_from_the_command_line(
-    store: Store, database_url: str
+    store: PostgresLog, database_url: str
 ) -> None:
     await park(store, "manual")
     result = run_tcc("resolve", "manual", "--note", "fixed by hand", env=tcc_env(database_url))

@@ -114,7 +114,7 @@ async def test_two_coordinators_racing__each_branch_called_once_per_round(
             # Every round called every pending branch exactly once: never twice in a round.
             assert calls == rounds, (gid, service, calls, rounds)
         owners |= {e["detail"]["by"] for e in final["events"] if e["kind"] == "retry_scheduled"}
-    assert {first.engine.owner, second.engine.owner} <= owners
+    assert {first.runtime.driver.owner, second.runtime.driver.owner} <= owners
 
 
 async def test_admin_retry__parked_transaction_goes_back_and_confirms(

@@ -91,7 +91,7 @@ async def test_a_dead_participant__collapses_into_one_event_per_branch__and_the_
 async def test_transaction_detail__embeds_only_the_first_page_of_a_long_timeline(
     make_coordinator: MakeCoordinator, participant: FakeParticipant
 ) -> None:
-    from coordinator.txlog.postgres import DEFAULT_EVENTS_PAGE
+    from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE
 
     coordinator = await make_coordinator(max_branches=DEFAULT_EVENTS_PAGE)
     await coordinator.post("/v1/transactions", {"gid": "long"})

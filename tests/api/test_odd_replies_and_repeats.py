@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from coordinator.api.schemas import TryBranchIn
-from coordinator.txlog.postgres import Store
+from coordinator.txlog.postgres import PostgresLog
 from tests.conftest import CoordinatorClient
 from tests.conftest import transaction_detail as detail
 from tests.helpers import event_count, eventually
@@ -30,7 +30,7 @@ async def test_repeated_try__after_a_refusal__still_answers_refused(
 
 
 async def test_repeated_try__of_a_try_whose_answer_was_never_logged__runs_it_again(
-    coordinator: CoordinatorClient, participant: FakeParticipant, store: Store
+    coordinator: CoordinatorClient, participant: FakeParticipant, store: PostgresLog
 ) -> None:
     await coordinator.post("/v1/transactions", {"gid": "stale", "call_timeout_s": 0.2})
     branch = participant.branch("b")

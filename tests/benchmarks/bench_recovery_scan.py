@@ -22,7 +22,7 @@ import asyncpg
 
 from coordinator.embedded import EmbeddedServer
 from coordinator.txlog import migrator
-from coordinator.txlog.postgres import q
+from coordinator.txlog.queries import q
 
 FILL = """
 INSERT INTO tcc_transactions (gid, status, request_hash, timeout_s, deadline, created_at,

@@ -9,8 +9,10 @@ import pytest
 
 from coordinator.core.errors import Conflict, NotFound
 from coordinator.core.records import NewBranch, NewTransaction
-from coordinator.core.states import Decision, GlobalStatus, TryVerdict, Verdict
-from coordinator.txlog.postgres import CallRecord, ListFilter, Store, q
+from coordinator.core.states import Decision, EventKind, GlobalStatus, TryVerdict, Verdict
+from coordinator.core.records import CallRecord, ListFilter
+from coordinator.txlog.postgres import PostgresLog
+from coordinator.txlog.queries import q
 
 
 def new_txn(gid: str, timeout_s: float = 60.0) -> NewTransaction:
@@ -40,7 +42,7 @@ OK = CallRecord(200, None, 1.0)
 FAIL = CallRecord(500, "HTTP 500", 1.0)
 
 
-async def test_decide__many_concurrent_deciders__exactly_one_wins(store: Store) -> None:
+async def test_decide__many_concurrent_deciders__exactly_one_wins(store: PostgresLog) -> None:
     await store.begin(new_txn("g"))
     await store.register_branch("g", new_branch("b", with_try=False), 10)
     results = await asyncio.gather(
@@ -64,10 +66,10 @@ async def test_decide__many_concurrent_deciders__exactly_one_wins(store: Store) 
             assert r.judgement.reason
     detail = await store.detail("g")
     assert detail.transaction.status is decided
-    assert [e.kind for e in detail.events].count("decision") == 1
+    assert [e.kind for e in detail.events].count(EventKind.DECISION) == 1
 
 
-async def test_finish_round__with_a_stale_lease__writes_nothing(store: Store) -> None:
+async def test_finish_round__with_a_stale_lease__writes_nothing(store: PostgresLog) -> None:
     await store.begin(new_txn("g"))
     await store.register_branch("g", new_branch("b", with_try=False), 10)
     first = await store.decide("g", Decision.CONFIRM, reason=None, owner="a", lease_ttl_s=30)
@@ -98,7 +100,7 @@ async def test_finish_round__with_a_stale_lease__writes_nothing(store: Store) ->
 
 
 async def test_claim_due__concurrent_scanners__never_claim_the_same_transaction(
-    store: Store,
+    store: PostgresLog,
 ) -> None:
     for i in range(30):
         await store.begin(new_txn(f"g{i}", timeout_s=0.01))
@@ -110,7 +112,7 @@ async def test_claim_due__concurrent_scanners__never_claim_the_same_transaction(
     assert await store.claim_due("late", 100, 30) == []
 
 
-async def test_claim_due__an_expired_lease__is_taken_over(store: Store) -> None:
+async def test_claim_due__an_expired_lease__is_taken_over(store: PostgresLog) -> None:
     await store.begin(new_txn("g", timeout_s=0.01))
     await asyncio.sleep(0.05)
     [(lease, _)] = await store.claim_due("dead", 10, 0.2)
@@ -120,7 +122,7 @@ async def test_claim_due__an_expired_lease__is_taken_over(store: Store) -> None:
     assert taken.token != lease.token
 
 
-async def test_record_try__late_answer_after_cancel__changes_nothing(store: Store) -> None:
+async def test_record_try__late_answer_after_cancel__changes_nothing(store: PostgresLog) -> None:
     await store.begin(new_txn("g"))
     await store.register_branch("g", new_branch("b"), 10)
     decided = await store.decide("g", Decision.CANCEL, reason="timeout", owner="a", lease_ttl_s=30)
@@ -134,7 +136,7 @@ async def test_record_try__late_answer_after_cancel__changes_nothing(store: Stor
     assert detail.events[-1].detail == {"verdict": "tried", "late": True}
 
 
-async def test_register_branch__conflicts(store: Store) -> None:
+async def test_register_branch__conflicts(store: PostgresLog) -> None:
     with pytest.raises(NotFound):
         await store.register_branch("nope", new_branch("b"), 10)
     await store.begin(new_txn("g"))
@@ -146,7 +148,7 @@ async def test_register_branch__conflicts(store: Store) -> None:
         await store.register_branch("g", other, 10)
 
 
-async def test_list__pages_newest_first_with_a_cursor(store: Store) -> None:
+async def test_list__pages_newest_first_with_a_cursor(store: PostgresLog) -> None:
     for i in range(7):
         await store.begin(new_txn(f"g{i}"))
     seen: list[str] = []
@@ -162,7 +164,7 @@ async def test_list__pages_newest_first_with_a_cursor(store: Store) -> None:
     assert cancelled == []
 
 
-async def test_claim_due__uses_the_partial_index_with_many_finished_rows(store: Store) -> None:
+async def test_claim_due__uses_the_partial_index_with_many_finished_rows(store: PostgresLog) -> None:
     async with store.connection() as conn:
         await conn.execute(
             "INSERT INTO tcc_transactions (gid, status, request_hash, timeout_s, deadline)"

@@ -9,7 +9,8 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, PolicyResolver
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
+from coordinator.outbound import PolicyResolver
 
 RANGES_ALL = "0.0.0.0/0,::/0"
 

@@ -1,0 +1,88 @@
+"""Assembles a running coordinator from its parts, and takes it apart again in order.
+
+The HTTP app, `tcc recover` and the admin commands all run the same assembly; tests build
+one from an in-memory log and a scripted participant caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from coordinator.core.urlpolicy import ParticipantPolicy
+from coordinator.engine.driver import PhaseDriver
+from coordinator.engine.recovery import Recovery
+from coordinator.engine.service import Coordinator
+from coordinator.metrics import Metrics
+from coordinator.outbound import HttpCaller, ParticipantCaller, http_session
+from coordinator.settings import Settings
+from coordinator.txlog import migrator
+from coordinator.txlog.interface import TransactionLog
+from coordinator.txlog.postgres import PostgresLog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    log: TransactionLog
+    driver: PhaseDriver
+    coordinator: Coordinator
+    recovery: Recovery
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        txlog: TransactionLog,
+        caller: ParticipantCaller,
+        *,
+        owner: str | None = None,
+    ) -> Runtime:
+        metrics = Metrics()
+        policy = ParticipantPolicy.from_config(settings.participant_allow)
+        driver = PhaseDriver(txlog, caller, settings, metrics, owner=owner)
+        coordinator = Coordinator(txlog, driver, settings, policy, metrics)
+        return cls(settings, txlog, driver, coordinator, Recovery(driver))
+
+    async def stop(self) -> None:
+        """Claim no more work, let rounds finish within the grace time (then hand them
+        back), and close the log."""
+        self.recovery.stop()
+        await self.driver.shutdown(self.settings.shutdown_grace_s)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, database_url: str, *, recovery: bool = True
+) -> AsyncIterator[Runtime]:
+    """A coordinator on Postgres with real participant calls; recovery runs in the
+    background unless ``recovery`` is False."""
+    if settings.migrate:
+        await migrator.migrate(database_url)
+    txlog = await PostgresLog.connect(database_url, settings.pool_min_size, settings.pool_max_size)
+    policy = ParticipantPolicy.from_config(settings.participant_allow)
+    session = http_session(policy, settings.max_participant_connections)
+    try:
+        caller = HttpCaller(session, settings.max_response_bytes, policy)
+        runtime = Runtime.build(settings, txlog, caller)
+        scanning = asyncio.create_task(runtime.recovery.run_forever(), name="recovery")
+        if not recovery:
+            runtime.recovery.stop()
+        log.info("coordinator_started", owner=runtime.driver.owner, recovery=recovery)
+        try:
+            yield runtime
+        finally:
+            runtime.recovery.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scanning
+            await runtime.driver.shutdown(settings.shutdown_grace_s)
+            log.info("coordinator_stopped", owner=runtime.driver.owner)
+    finally:
+        await session.close()
+        await txlog.close()

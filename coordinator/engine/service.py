@@ -1,0 +1,399 @@
+"""The service layer: one method per operation of either API (and of the admin CLI).
+
+Handlers parse a request, make one call here and render what comes back; every rule that is
+not about HTTP lives here or below: who may see and move a transaction, where a service's
+gids live, the participant URL policy and the limits, the repeat and stale-try rules of a
+try, the decision with the options that come with it, operator actions (logged and counted
+like everything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from coordinator.core import states
+from coordinator.core.apikeys import Principal
+from coordinator.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from coordinator.core.records import (
+    Branch,
+    CallResult,
+    Event,
+    ListFilter,
+    NewBranch,
+    NewTransaction,
+    OptionsUpdate,
+    Transaction,
+    TransactionDetail,
+)
+from coordinator.core.states import (
+    CancelReason,
+    Decision,
+    GlobalStatus,
+    Judgement,
+    Refusal,
+    TryReport,
+    TryVerdict,
+    Verdict,
+)
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
+from coordinator.engine.driver import PhaseDriver, TryOutcome
+from coordinator.metrics import Metrics
+from coordinator.settings import Settings
+from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE, TransactionLog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BeginRequest:
+    """A begin as a client asked for it, before the coordinator fills in the rest."""
+
+    gid: str | None
+    service: str | None
+    metadata: dict[str, Any]
+    timeout_s: float | None
+    call_timeout_s: float | None
+    # A digest of the request's own fields: a repeat must match it (plus the service).
+    body_hash: str
+    branches: tuple[NewBranch, ...] = ()
+    auto: bool = False
+    dialect: str = "tcc"
+    options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    detail: TransactionDetail
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TryResult:
+    report: TryReport
+    transaction_status: GlobalStatus
+    branch: Branch
+    reply: CallResult | None  # None when the answer came from the log (a repeat)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A decision asked for over DTM's API: refused or taken, and where it stands."""
+
+    judgement: Judgement
+    before: Transaction  # the transaction as the caller found it
+    after: Transaction | None  # after a bounded wait for phase two, when asked to wait
+
+
+class Coordinator:
+    def __init__(
+        self,
+        txlog: TransactionLog,
+        driver: PhaseDriver,
+        settings: Settings,
+        policy: ParticipantPolicy,
+        metrics: Metrics,
+    ) -> None:
+        self.log = txlog
+        self.driver = driver
+        self.settings = settings
+        self.policy = policy
+        self.metrics = metrics
+        self.limits = settings.limits
+
+    # --- who may do what ------------------------------------------------------------
+
+    def _namespace(self, caller: Principal) -> str | None:
+        return caller.gid_namespace if self.settings.gid_namespaces else None
+
+    def new_gid(self, caller: Principal) -> str:
+        """A fresh gid, inside the caller's namespace when it has one."""
+        return f"{self._namespace(caller) or ''}{uuid.uuid4().hex}"
+
+    def _gid_for_begin(self, caller: Principal, asked: str | None) -> str:
+        """The gid asked for if it lies in the caller's namespace (so that no service can
+        take, or learn of, another's gids), or a fresh one."""
+        if asked is None:
+            return self.new_gid(caller)
+        prefix = self._namespace(caller)
+        if prefix is not None and not (asked.startswith(prefix) and len(asked) > len(prefix)):
+            raise InvalidInput(
+                f"gid: the gids of service {prefix[:-1]!r} begin with {prefix!r} (each service"
+                " has its own namespace); omit gid to have one generated"
+            )
+        return asked
+
+    @staticmethod
+    def _service_for_begin(caller: Principal, asked: str | None) -> str | None:
+        """A service key begins transactions as itself; an admin may name any service."""
+        if caller.is_admin:
+            return asked
+        if asked is not None and asked != caller.name:
+            raise Forbidden(f"the key of {caller.name!r} cannot begin transactions as {asked!r}")
+        return caller.name
+
+    @staticmethod
+    def _require_admin(caller: Principal, action: str) -> None:
+        if not caller.is_admin:
+            raise Forbidden(f"{action} needs an admin key")
+
+    async def _owned(self, gid: str, caller: Principal) -> Transaction:
+        """The transaction, if the caller may see it; another service's is simply not found
+        (outside the caller's namespace without even asking the log)."""
+        prefix = self._namespace(caller)
+        if prefix is not None and not gid.startswith(prefix):
+            raise NotFound(f"no transaction {gid!r}")
+        txn = await self.log.get(gid)
+        if not caller.may_see(txn.service):
+            raise NotFound(f"no transaction {gid!r}")
+        return txn
+
+    def _check_branch(self, branch: NewBranch, prefix: str = "") -> None:
+        """The participant URL policy and the size limits, on every way in."""
+        for field, url in branch.urls.items():
+            try:
+                self.policy.check_url(url)
+            except PolicyError as exc:
+                raise InvalidInput(f"{prefix}{field}: {exc}") from exc
+        self.limits.check_branch(branch, prefix)
+
+    # --- begin ---------------------------------------------------------------------------
+
+    def _new_transaction(self, request: BeginRequest, caller: Principal) -> NewTransaction:
+        service = self._service_for_begin(caller, request.service)
+        for i, branch in enumerate(request.branches):
+            self._check_branch(branch, f"branches.{i}.")
+        new = NewTransaction(
+            gid=self._gid_for_begin(caller, request.gid),
+            service=service,
+            metadata=dict(request.metadata),
+            timeout_s=request.timeout_s or self.settings.default_timeout_s,
+            call_timeout_s=request.call_timeout_s,
+            request_hash=_digest(request.body_hash, service or ""),
+            dialect=request.dialect,
+            branches=list(request.branches),
+            options=dict(request.options or {}),
+        )
+        self.limits.check_transaction(new)
+        return new
+
+    async def _begin(self, request: BeginRequest, caller: Principal) -> tuple[Transaction, bool]:
+        new = self._new_transaction(request, caller)
+        txn, created = await self.log.begin(new)
+        if created:
+            log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
+            self.metrics.count(
+                "tcc_transactions_begun_total", "Transactions begun", dialect=new.dialect
+            )
+        return txn, created
+
+    async def begin(self, request: BeginRequest, caller: Principal) -> Begun:
+        """Begin a transaction; with ``auto``, run its tries, decide, and wait (bounded)
+        for phase two. An identical repeat answers what the log holds."""
+        txn, created = await self._begin(request, caller)
+        if created and request.auto:
+            detail = await self.log.detail(txn.gid)
+            await self._run_auto(txn, detail.branches)
+        return Begun(await self.log.detail(txn.gid), created)
+
+    async def prepare(self, request: BeginRequest, caller: Principal) -> tuple[Transaction, bool]:
+        """DTM's prepare: a begin that answers the transaction alone."""
+        return await self._begin(request, caller)
+
+    async def _run_auto(self, txn: Transaction, branches: list[Branch]) -> None:
+        outcomes = await asyncio.gather(*(self.driver.run_try(txn, b) for b in branches))
+        failed = next(
+            (
+                b.branch_id
+                for b, o in zip(branches, outcomes, strict=True)
+                if o.verdict is not TryVerdict.TRIED
+            ),
+            None,
+        )
+        if failed is None:
+            result = await self.driver.decide(txn.gid, Decision.CONFIRM, reason=None)
+            refusal = result.judgement
+            if refusal.verdict is Verdict.REFUSE:
+                # E.g. the deadline passed while the tries ran: cancel now, not at the next scan.
+                reason = (
+                    CancelReason.TIMEOUT.text()
+                    if refusal.refusal is Refusal.DEADLINE_PASSED
+                    else CancelReason.CONFIRM_REFUSED.text(refusal.reason)
+                )
+                await self.driver.decide(txn.gid, Decision.CANCEL, reason=reason)
+        else:
+            reason = CancelReason.TRY_FAILED.text(failed)
+            await self.driver.decide(txn.gid, Decision.CANCEL, reason=reason)
+        await self.driver.wait_for(txn.gid)
+
+    # --- branches and tries ------------------------------------------------------------
+
+    async def register_branch(
+        self, gid: str, branch: NewBranch, caller: Principal
+    ) -> tuple[Branch, bool]:
+        """Register a branch whose try the client runs itself (/v1 branches, DTM)."""
+        self._check_branch(branch)
+        await self._owned(gid, caller)
+        return await self._register(gid, branch)
+
+    async def _register(self, gid: str, branch: NewBranch) -> tuple[Branch, bool]:
+        registered, created = await self.log.register_branch(
+            gid, branch, self.settings.max_branches
+        )
+        if created:
+            log.info("branch_registered", gid=gid, branch_id=branch.branch_id)
+        return registered, created
+
+    async def try_branch(self, gid: str, branch: NewBranch, caller: Principal) -> TryResult:
+        """Register a branch and run its try; a failed try cancels the transaction.
+
+        A repeat reports what the log knows without calling again, unless the first try's
+        answer was never logged (its coordinator died mid-call) and it is older than a call
+        can take: then it is run again, once.
+        """
+        self._check_branch(branch)
+        txn = await self._owned(gid, caller)
+        registered, created = await self._register(gid, branch)
+        if created:
+            outcome: TryOutcome | None = await self.driver.run_try(txn, registered)
+        else:
+            stale_after_s = self.driver.call_timeout(txn) + 1.0
+            claimed = await self.log.claim_stale_try(gid, branch.branch_id, stale_after_s)
+            if claimed is not None:
+                log.info("try_rerun", gid=gid, branch_id=branch.branch_id)
+            outcome = await self.driver.run_try(txn, claimed) if claimed else None
+        if outcome is None:
+            report = states.recorded_try_report(registered.status, registered.last_http_status)
+            return TryResult(report, txn.status, registered, None)
+        if outcome.report in (TryReport.REFUSED, TryReport.FAILED):
+            reason = CancelReason.TRY_FAILED.text(branch.branch_id)
+            await self.driver.decide(gid, Decision.CANCEL, reason=reason)
+        txn = await self.log.get(gid)
+        return TryResult(outcome.report, txn.status, outcome.branch, outcome.result)
+
+    # --- decisions -------------------------------------------------------------------
+
+    async def _decide_and_wait(
+        self, gid: str, decision: Decision, reason: str | None, caller: Principal
+    ) -> TransactionDetail:
+        await self._owned(gid, caller)
+        result = await self.driver.decide(gid, decision, reason=reason)
+        if result.judgement.verdict is Verdict.REFUSE:
+            raise Conflict(result.judgement.reason or "refused")
+        await self.driver.wait_for(gid)
+        return await self.log.detail(gid)
+
+    async def confirm(self, gid: str, caller: Principal) -> TransactionDetail:
+        """Decide confirm, then wait (bounded) for phase two; Conflict when refused."""
+        return await self._decide_and_wait(gid, Decision.CONFIRM, None, caller)
+
+    async def cancel(self, gid: str, caller: Principal) -> TransactionDetail:
+        return await self._decide_and_wait(gid, Decision.CANCEL, CancelReason.CLIENT, caller)
+
+    async def submit(
+        self, gid: str, caller: Principal, options: OptionsUpdate | None, *, wait: bool
+    ) -> Decided:
+        """DTM's submit: confirm, with the options it carries set in the same database
+        transaction as the decision."""
+        if options is not None:
+            self.limits.check_options(options.call_timeout_s, options.options)
+        return await self._decide_dtm(gid, Decision.CONFIRM, None, caller, options, wait)
+
+    async def abort(self, gid: str, caller: Principal, why: str | None, *, wait: bool) -> Decided:
+        """DTM's abort: cancel, with the client's rollback reason."""
+        reason = CancelReason.CLIENT.text(why)
+        return await self._decide_dtm(gid, Decision.CANCEL, reason, caller, None, wait)
+
+    async def _decide_dtm(
+        self,
+        gid: str,
+        decision: Decision,
+        reason: str | None,
+        caller: Principal,
+        options: OptionsUpdate | None,
+        wait: bool,
+    ) -> Decided:
+        before = await self._owned(gid, caller)
+        result = await self.driver.decide(gid, decision, reason=reason, options=options)
+        if result.judgement.verdict is Verdict.REFUSE or not wait:
+            return Decided(result.judgement, before, None)
+        return Decided(result.judgement, before, await self.driver.wait_for(gid))
+
+    # --- operator actions ----------------------------------------------------------------
+
+    async def retry(
+        self, gid: str, caller: Principal, *, actor: str, run_now: bool = True
+    ) -> TransactionDetail:
+        """Send a parked transaction back into phase two with a fresh retry budget. With
+        ``run_now`` this process runs the first round at once and waits for it (bounded);
+        otherwise the next recovery scan of any coordinator does."""
+        self._require_admin(caller, "retrying a parked transaction")
+        txn, lease = await self.log.retry_parked(
+            gid,
+            actor=actor,
+            owner=self.driver.owner if run_now else None,
+            lease_ttl_s=self.settings.lease_ttl_s,
+        )
+        self._audit("retry", gid, actor, status=txn.status.value)
+        if lease is not None:
+            self.driver.spawn_drive(lease)
+            await self.driver.wait_for(gid)
+        return await self.log.detail(gid)
+
+    async def resolve(
+        self, gid: str, caller: Principal, *, actor: str, note: str
+    ) -> TransactionDetail:
+        """An operator finished a parked transaction's stuck branches by hand."""
+        self._require_admin(caller, "resolving a parked transaction")
+        txn = await self.log.resolve_parked(gid, actor=actor, note=note)
+        self._audit("resolve", gid, actor, status=txn.status.value, note=note)
+        return await self.log.detail(gid)
+
+    def _audit(self, action: str, gid: str, actor: str, **details: str) -> None:
+        log.warning("operator_action", action=action, gid=gid, actor=actor, **details)
+        self.metrics.count("tcc_admin_actions_total", "Operator actions", action=action)
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def detail(
+        self, gid: str, caller: Principal, events_limit: int = DEFAULT_EVENTS_PAGE
+    ) -> TransactionDetail:
+        await self._owned(gid, caller)
+        return await self.log.detail(gid, events_limit)
+
+    async def events(
+        self, gid: str, caller: Principal, after_id: int, limit: int
+    ) -> tuple[list[Event], bool]:
+        await self._owned(gid, caller)
+        return await self.log.events(gid, after_id, limit)
+
+    async def list_transactions(
+        self, flt: ListFilter, caller: Principal
+    ) -> tuple[list[Transaction], bool]:
+        """A page of transactions, newest first, and whether more follow."""
+        self._require_admin(caller, "listing transactions")
+        rows = await self.log.list(dataclasses.replace(flt, limit=flt.limit + 1))
+        return rows[: flt.limit], len(rows) > flt.limit
+
+    def metrics_exposition(self) -> str:
+        gauges = {
+            "tcc_active_rounds": (
+                "Phase-two rounds running in this process",
+                float(self.driver.active_drives),
+            )
+        }
+        return self.metrics.render(gauges)
+
+    async def ready(self) -> list[str]:
+        """What keeps this coordinator from serving; empty when it is ready."""
+        return await self.log.readiness()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

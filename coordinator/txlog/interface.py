@@ -1,0 +1,142 @@
+"""The transaction log as the engine sees it: domain operations, each one atomic.
+
+Two implementations keep the same contract (tests/txlog runs one suite on both):
+PostgresLog, the real one, and InMemoryLog, a twin with a clock the caller moves, for unit
+tests of the engine and for users testing code that talks to the coordinator. Every time
+(deadlines, retry times, lease expiry) comes from the log's clock, never the host's.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from coordinator.core.records import (
+    Branch,
+    CallRecord,
+    DecideResult,
+    Event,
+    Lease,
+    ListFilter,
+    NewBranch,
+    NewTransaction,
+    OptionsUpdate,
+    RoundContext,
+    Transaction,
+    TransactionDetail,
+)
+from coordinator.core.states import Decision, GlobalStatus, TryVerdict
+
+# Timeline entries returned with a transaction; the rest is paged.
+DEFAULT_EVENTS_PAGE = 200
+
+
+class TransactionLog(Protocol):
+    async def close(self) -> None: ...
+
+    async def readiness(self) -> list[str]:
+        """What keeps the log from serving (e.g. migrations not applied); empty when ready.
+        Raises DatabaseUnavailable when it cannot be reached."""
+        ...
+
+    # --- begin, register, try -----------------------------------------------------
+
+    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
+        """Log a transaction with its branches; an identical repeat returns the original
+        (created False); a gid taken by any other request raises Conflict."""
+        ...
+
+    async def register_branch(
+        self, gid: str, new: NewBranch, max_branches: int
+    ) -> tuple[Branch, bool]:
+        """Add a branch while trying (NotTrying otherwise); an identical repeat is a no-op."""
+        ...
+
+    async def claim_stale_try(
+        self, gid: str, branch_id: str, stale_after_s: float
+    ) -> Branch | None:
+        """The branch, if its try never got an answer logged and is older than a call can
+        take (so it may be run again); at most one caller gets it."""
+        ...
+
+    async def record_try(
+        self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
+    ) -> tuple[Branch, bool]:
+        """Store a try's outcome: the branch as the log now holds it, and whether this
+        answer was recorded (False: the branch had moved on, e.g. cancelled)."""
+        ...
+
+    # --- decisions and operator actions -------------------------------------------
+
+    async def decide(
+        self,
+        gid: str,
+        decision: Decision,
+        *,
+        reason: str | None,
+        owner: str,
+        lease_ttl_s: float,
+        options: OptionsUpdate | None = None,
+    ) -> DecideResult:
+        """Take the decision if the protocol allows it, with ``options`` set in the same
+        database transaction; durable when this returns. The decider gets the lease."""
+        ...
+
+    async def retry_parked(
+        self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
+    ) -> tuple[Transaction, Lease | None]:
+        """Send a failed_to_* transaction back into phase two with a fresh retry budget."""
+        ...
+
+    async def resolve_parked(self, gid: str, *, actor: str, note: str) -> Transaction:
+        """An operator finished a parked transaction's stuck branches by hand: mark it done."""
+        ...
+
+    # --- leases and phase two -------------------------------------------------------
+
+    async def claim_due(
+        self, owner: str, limit: int, lease_ttl_s: float
+    ) -> list[tuple[Lease, GlobalStatus]]:
+        """Leases on active transactions whose deadline or retry time has come and that
+        nobody holds; coordinators claiming together split the work."""
+        ...
+
+    async def renew_lease(self, lease: Lease, lease_ttl_s: float) -> bool: ...
+
+    async def release_lease(self, lease: Lease) -> None: ...
+
+    async def round_context(self, lease: Lease, give_up_after_s: float) -> RoundContext | None:
+        """The transaction and its branches under the lease; None if the lease was lost."""
+        ...
+
+    async def record_phase_call(
+        self, lease: Lease, branch_id: str, decision: Decision, done: bool, call: CallRecord
+    ) -> bool:
+        """Store one confirm/cancel reply; False (and nothing written) if the lease was lost."""
+        ...
+
+    async def finish_round(
+        self,
+        lease: Lease,
+        decision: Decision,
+        outcome: GlobalStatus,
+        retry_in_s: float,
+        pending: list[str],
+        owner: str,
+    ) -> Transaction | None:
+        """End a round (final, parked, or the next retry) and let the lease go; None if
+        the lease was lost."""
+        ...
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def get(self, gid: str) -> Transaction: ...
+
+    async def detail(
+        self, gid: str, events_limit: int = DEFAULT_EVENTS_PAGE
+    ) -> TransactionDetail: ...
+
+    async def events(self, gid: str, after_id: int, limit: int) -> tuple[list[Event], bool]:
+        """A page of the timeline after event ``after_id``, and whether more follow."""
+        ...
+
+    async def list(self, flt: ListFilter) -> list[Transaction]: ...
