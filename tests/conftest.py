@@ -19,8 +19,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from coordinator.api.app import create_app
-from coordinator.api.app import RUNTIME
+from coordinator.api.app import RUNTIME, create_app
 from coordinator.engine.runtime import Runtime
 from coordinator.settings import Settings
 from coordinator.txlog import migrator

@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 
 from coordinator.core.errors import Conflict, NotFound
-from coordinator.core.records import NewBranch, NewTransaction
+from coordinator.core.records import CallRecord, ListFilter, NewBranch, NewTransaction
 from coordinator.core.states import Decision, EventKind, GlobalStatus, TryVerdict, Verdict
-from coordinator.core.records import CallRecord, ListFilter
 from coordinator.txlog.postgres import PostgresLog
 from coordinator.txlog.queries import q
 
@@ -164,7 +163,9 @@ async def test_list__pages_newest_first_with_a_cursor(store: PostgresLog) -> Non
     assert cancelled == []
 
 
-async def test_claim_due__uses_the_partial_index_with_many_finished_rows(store: PostgresLog) -> None:
+async def test_claim_due__uses_the_partial_index_with_many_finished_rows(
+    store: PostgresLog,
+) -> None:
     async with store.connection() as conn:
         await conn.execute(
             "INSERT INTO tcc_transactions (gid, status, request_hash, timeout_s, deadline)"
