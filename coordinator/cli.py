@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import importlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -209,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _devtools() -> ModuleType:
     """Developer tooling (tcc up, demo, chaos), imported only when one of them runs: the
     service itself never loads it."""
-    return importlib.import_module("coordinator.devtools.commands")
+    from coordinator.devtools import commands
+
+    return commands
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

@@ -5,15 +5,39 @@ from __future__ import annotations
 
 import re
 import zlib
+from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import asyncpg
 
-from coordinator.txlog.migrator import Migration, load_migrations
-
 BARRIER_MIGRATIONS = Path(__file__).with_name("sql")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(folder: Traversable) -> list[Migration]:
+    """The NNNN_name.sql files of a folder, in order; versions must run 1, 2, 3, ..."""
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            raise ValueError(f"migration file name {entry.name!r} is not NNNN_name.sql")
+        found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise ValueError(f"migration versions must run 1, 2, 3, ... without gaps: {versions}")
+    return found
 
 
 def _lock_key(schema: str) -> int:

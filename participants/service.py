@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from importlib.resources.abc import Traversable
 
@@ -41,8 +43,21 @@ def base_parser(description: str, default_port: int) -> argparse.ArgumentParser:
     return parser
 
 
-def serve(app: web.Application, host: str, port: int) -> None:
-    from coordinator.logs import configure_logging
+def configure_logging() -> None:
+    """JSON lines on stderr (the samples run as child processes with a log file each)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+    )
 
-    configure_logging("info", "auto")
+
+def serve(app: web.Application, host: str, port: int) -> None:
+    configure_logging()
     web.run_app(app, host=host, port=port, print=lambda *_: None, access_log=None)

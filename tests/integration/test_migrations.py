@@ -90,3 +90,26 @@ def test_load_migrations__refuses_a_bad_folder(
         (tmp_path / name).write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=message):
         migrator.load_migrations(tmp_path)
+
+
+async def test_every_field_of_a_record__is_a_column_of_its_table(database_url: str) -> None:
+    import dataclasses
+
+    from coordinator.core.records import Branch, Event, Transaction
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        for record, table in (
+            (Transaction, "tcc_transactions"),
+            (Branch, "tcc_branches"),
+            (Event, "tcc_events"),
+        ):
+            rows = await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = $1",
+                table,
+            )
+            columns = {r["column_name"] for r in rows}
+            fields = {f.name for f in dataclasses.fields(record)}
+            assert fields <= columns, (table, fields - columns)
+    finally:
+        await conn.close()

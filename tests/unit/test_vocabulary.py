@@ -1,0 +1,44 @@
+"""The words the SQL and the migrations use for statuses are the enums' words, and the
+records' fields are the log's columns: the log and the code cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from coordinator.core.states import BranchStatus, GlobalStatus
+from coordinator.dialects.registry import names as dialect_names
+
+ROOT = Path(__file__).resolve().parents[2]
+QUERIES = (ROOT / "coordinator" / "txlog" / "sql" / "queries.sql").read_text()
+MIGRATIONS = "\n".join(p.read_text() for p in sorted((ROOT / "migrations").glob("*.sql")))
+STATUS_WORDS = {s.value for s in GlobalStatus} | {s.value for s in BranchStatus}
+
+
+def _check_constraint(table: str) -> set[str]:
+    """The words of the status CHECK of a table's CREATE TABLE."""
+    body = MIGRATIONS.split(f"CREATE TABLE {table} (", 1)[1].split(");", 1)[0]
+    check = re.search(r"status\s+text NOT NULL CHECK \(status IN \(([^)]*)\)\)", body, re.S)
+    assert check is not None, f"{table} has no status CHECK"
+    return set(re.findall(r"'([a-z_]+)'", check[1]))
+
+
+def test_the_transaction_status_check__lists_exactly_the_global_statuses() -> None:
+    assert _check_constraint("tcc_transactions") == {s.value for s in GlobalStatus}
+
+
+def test_the_branch_status_check__lists_exactly_the_branch_statuses() -> None:
+    assert _check_constraint("tcc_branches") == {s.value for s in BranchStatus}
+
+
+def test_every_word_quoted_in_the_queries__is_a_status_of_the_enums() -> None:
+    # Table names given to to_regclass() are the only other quoted words.
+    quoted = set(re.findall(r"'([a-z_]+)'", QUERIES)) - {"tcc_schema_migrations"}
+    assert quoted, "the queries quote no status at all: this test reads the wrong file"
+    assert quoted <= STATUS_WORDS, quoted - STATUS_WORDS
+
+
+def test_the_dialects_the_migrations_default_to__are_registered() -> None:
+    defaults = set(re.findall(r"dialect\s+text NOT NULL DEFAULT '([a-z]+)'", MIGRATIONS))
+    assert defaults
+    assert defaults <= set(dialect_names())
