@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from coordinator.core.records import TransactionDetail
+from coordinator.core.states import PHASE_TWO_STATUSES
 
 
 def format_time(value: Any) -> str:
@@ -33,7 +34,7 @@ def format_detail(detail: TransactionDetail) -> str:
         f"  finished       {format_time(t.finished_at)}",
         f"  rounds         {t.phase_attempts}",
     ]
-    if t.next_attempt_at and t.status.value in ("confirming", "cancelling"):
+    if t.next_attempt_at and t.status in PHASE_TWO_STATUSES:
         lines.append(f"  next retry     {format_time(t.next_attempt_at)}")
     if t.metadata:
         lines.append(f"  metadata       {json.dumps(t.metadata)}")

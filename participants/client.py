@@ -55,6 +55,11 @@ class Unavailable(CoordinatorError):
     """503, or no answer at all: safe to retry later, every call is idempotent."""
 
 
+# The coordinator's final statuses, as its API spells them (the toolkit does not import the
+# coordinator: it talks to it over HTTP only).
+FINISHED = frozenset({"confirmed", "cancelled"})
+
+
 @dataclass(frozen=True)
 class TransactionState:
     gid: str
@@ -64,7 +69,7 @@ class TransactionState:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("confirmed", "cancelled")
+        return self.status in FINISHED
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> TransactionState:

@@ -33,6 +33,14 @@ import aiohttp
 import asyncpg
 from yarl import URL
 
+from coordinator.core.states import (
+    FINAL_STATUSES,
+    BranchStatus,
+    Decision,
+    EventKind,
+    GlobalStatus,
+    decision_of,
+)
 from coordinator.devtools.children import Managed, clean_env, free_port
 from coordinator.embedded import EmbeddedServer
 
@@ -331,8 +339,8 @@ class ChaosRun:
                 conn = await asyncpg.connect(conn_url)
                 try:
                     open_count = await conn.fetchval(
-                        "SELECT count(*) FROM tcc_transactions"
-                        " WHERE status NOT IN ('confirmed', 'cancelled')"
+                        "SELECT count(*) FROM tcc_transactions WHERE status <> ALL($1::text[])",
+                        [s.value for s in FINAL_STATUSES],
                     )
                 finally:
                     await conn.close()
@@ -345,12 +353,13 @@ class ChaosRun:
         conn = await asyncpg.connect(_with_database(self.admin_url, COORDINATOR_DB))
         try:
             statuses = {
-                r["gid"]: r["status"]
+                r["gid"]: GlobalStatus(r["status"])
                 for r in await conn.fetch("SELECT gid, status FROM tcc_transactions")
             }
             decisions = await conn.fetch(
-                "SELECT gid, count(*) AS n FROM tcc_events WHERE kind = 'decision'"
-                " GROUP BY gid HAVING count(*) > 1"
+                "SELECT gid, count(*) AS n FROM tcc_events WHERE kind = $1"
+                " GROUP BY gid HAVING count(*) > 1",
+                EventKind.DECISION.value,
             )
             branches = await conn.fetch("SELECT gid, branch_id, status FROM tcc_branches")
         finally:
@@ -372,33 +381,23 @@ class ChaosRun:
             final = statuses.get(gid)
             if final is None:
                 report.lost.append(f"{gid} (begun, not in the log)")
-            elif promise == "confirm" and final not in (
-                "confirmed",
-                "confirming",
-                "failed_to_confirm",
-            ):
-                report.lost.append(f"{gid} (confirm acknowledged, now {final})")
-            elif promise == "cancel" and final not in (
-                "cancelled",
-                "cancelling",
-                "failed_to_cancel",
-            ):
-                report.lost.append(f"{gid} (cancel acknowledged, now {final})")
-        report.stuck = sorted(g for g, s in statuses.items() if s not in ("confirmed", "cancelled"))
+            elif promise in ("confirm", "cancel") and decision_of(final) is not Decision(promise):
+                report.lost.append(f"{gid} ({promise} acknowledged, now {final})")
+        report.stuck = sorted(g for g, s in statuses.items() if s not in FINAL_STATUSES)
         report.double_decisions = sorted(r["gid"] for r in decisions)
         told = {(r["gid"], r["branch_id"], r["phase"]) for r in answered}
         for b in branches:
             final = statuses[b["gid"]]
             where = f"{b['gid']}/{b['branch_id']}"
-            if final == "confirmed":
-                if b["status"] != "confirmed":
+            if final is GlobalStatus.CONFIRMED:
+                if b["status"] != BranchStatus.CONFIRMED:
                     report.disagreements.append(f"{where} is {b['status']} in a confirmed txn")
                 if (b["gid"], b["branch_id"], "cancel") in told:
                     report.disagreements.append(f"{where} was cancelled by its participant")
                 if (b["gid"], b["branch_id"], "confirm") not in told:
                     report.disagreements.append(f"{where} never confirmed at its participant")
-            elif final == "cancelled":
-                if b["status"] != "cancelled":
+            elif final is GlobalStatus.CANCELLED:
+                if b["status"] != BranchStatus.CANCELLED:
                     report.disagreements.append(f"{where} is {b['status']} in a cancelled txn")
                 if (b["gid"], b["branch_id"], "confirm") in told:
                     report.disagreements.append(f"{where} was confirmed by its participant")

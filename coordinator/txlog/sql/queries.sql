@@ -1,5 +1,5 @@
 -- Every SQL statement the coordinator runs, one named block each ("-- name: x").
--- coordinator/store.py loads this file once and refers to the blocks by name.
+-- coordinator/txlog/postgres.py refers to the blocks by name (coordinator/txlog/queries.py).
 -- Times always come from the database clock (now()), never from the host.
 
 -- name: migrations_lock
