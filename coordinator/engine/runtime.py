@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -43,10 +44,12 @@ class Runtime:
         caller: ParticipantCaller,
         *,
         owner: str | None = None,
+        rng: random.Random | None = None,
     ) -> Runtime:
+        """``rng`` draws the retry jitter: tests pass one to know the delays."""
         metrics = Metrics()
         policy = ParticipantPolicy.from_config(settings.participant_allow)
-        driver = PhaseDriver(txlog, caller, settings, metrics, owner=owner)
+        driver = PhaseDriver(txlog, caller, settings, metrics, owner=owner, rng=rng)
         coordinator = Coordinator(txlog, driver, settings, policy, metrics)
         return cls(settings, txlog, driver, coordinator, Recovery(driver))
 

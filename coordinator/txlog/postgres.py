@@ -114,7 +114,7 @@ class PostgresLog:
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
-        except asyncpg.DataError as exc:
+        except (asyncpg.DataError, asyncpg.CheckViolationError) as exc:
             # A value the API let through but Postgres cannot store: the client's input.
             raise InvalidInput(f"a value cannot be stored: {exc}") from exc
 
@@ -254,8 +254,6 @@ class PostgresLog:
     async def record_try(
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
     ) -> tuple[Branch, bool]:
-        """Store a try's outcome. Returns the branch as the log now holds it, and whether
-        this answer was recorded (False: the branch had moved on, e.g. cancelled)."""
         target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
@@ -268,6 +266,11 @@ class PostgresLog:
                 call.latency_ms,
                 states.branch_sources_of(target),
             )
+            current = (
+                row if row is not None else await conn.fetchrow(q("get_branch"), gid, branch_id)
+            )
+            if current is None:
+                raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
             await self._event(
                 conn,
                 gid,
@@ -277,11 +280,7 @@ class PostgresLog:
                 call=call,
                 detail={"verdict": verdict.value, "late": row is None},
             )
-            if row is not None:
-                return _branch(row), True
-            current = await conn.fetchrow(q("get_branch"), gid, branch_id)
-            assert current is not None  # branches are never deleted while their log lives
-            return _branch(current), False
+            return _branch(current), row is not None
 
     # --- decisions -------------------------------------------------------------
 

@@ -1,0 +1,792 @@
+"""The transaction log in memory: PostgresLog's twin, with a clock the caller moves.
+
+For unit tests of the engine, and for users testing code that talks to the coordinator.
+Every rule of sql/queries.sql holds here too (the CAS guards, leases and fencing, collapsing
+of identical failures, paging and ordering), and tests/txlog runs one contract suite on both
+logs so that they cannot drift apart. Time passes only when ManualClock.advance is called:
+a test of a day-long retry budget takes no time at all.
+
+Pure Python on purpose (no database driver), so it can ship with the package and be used
+wherever the coordinator's engine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from coordinator.core import states
+from coordinator.core.errors import (
+    Conflict,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    NotTrying,
+    TakenGid,
+)
+from coordinator.core.records import (
+    Branch,
+    CallRecord,
+    DecideResult,
+    Event,
+    Lease,
+    ListFilter,
+    NewBranch,
+    NewTransaction,
+    OptionsUpdate,
+    RoundContext,
+    Transaction,
+    TransactionDetail,
+)
+from coordinator.core.states import (
+    BranchStatus,
+    Decision,
+    EventKind,
+    GlobalStatus,
+    Phase,
+    TryVerdict,
+    Verdict,
+)
+from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE
+
+if TYPE_CHECKING:
+    from coordinator.txlog.interface import TransactionLog
+
+# The resolution of a Postgres timestamp: the smallest step the timeline can take.
+_TICK = timedelta(microseconds=1)
+
+
+class ManualClock:
+    """Aware UTC time that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        if start is None:
+            start = datetime.now(UTC)
+        elif start.tzinfo is None:
+            raise ValueError("the clock needs an aware datetime (e.g. tzinfo=UTC)")
+        self._now = start.astimezone(UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> datetime:
+        """Move the clock forward; returns the new time."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self._now += timedelta(seconds=seconds)
+        return self._now
+
+
+# --- stored values --------------------------------------------------------------------
+
+
+def _stored(value: Any) -> Any:
+    """A copy of a JSON value as Postgres would give it back (tuples become lists, keys
+    become text), so that a caller changing what it passed changes nothing here. What
+    Postgres refuses to store (NaN, non-JSON objects) is refused the same way."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"a value cannot be stored: {exc}") from exc
+
+
+def _later(moment: datetime, seconds: float) -> datetime:
+    """``moment + make_interval(secs => seconds)``; an interval out of range is the caller's
+    input, as in Postgres."""
+    try:
+        return moment + timedelta(seconds=seconds)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"a value cannot be stored: {exc}") from exc
+
+
+def _row_limit(limit: int) -> int:
+    """SQL's LIMIT: a negative one is an error, not "all but the last few"."""
+    if limit < 0:
+        raise InvalidInput("a value cannot be stored: LIMIT must not be negative")
+    return limit
+
+
+def _aware(moment: datetime) -> datetime:
+    # asyncpg reads a naive datetime as local time; compare the same instant here.
+    return moment.astimezone(UTC)
+
+
+def _new_token() -> str:
+    return str(uuid.uuid4())
+
+
+def _double(value: float | None) -> float | None:
+    """A double precision column: an int passed in comes back a float, as from Postgres
+    (and is shown so by the API: 60.0, not 60)."""
+    return None if value is None else float(value)
+
+
+# Records handed out are fresh copies: Postgres builds new objects from every row read,
+# so a caller mutating a returned dict must not reach into the log either.
+
+
+def _out_transaction(txn: Transaction) -> Transaction:
+    return dataclasses.replace(
+        txn, metadata=copy.deepcopy(txn.metadata), options=copy.deepcopy(txn.options)
+    )
+
+
+def _out_branch(branch: Branch) -> Branch:
+    return dataclasses.replace(branch, payload=copy.deepcopy(branch.payload))
+
+
+def _out_event(event: Event) -> Event:
+    return dataclasses.replace(event, detail=copy.deepcopy(event.detail))
+
+
+@dataclass(slots=True)
+class _TransactionRow:
+    """A transaction as stored, with the columns the Transaction record does not carry."""
+
+    record: Transaction
+    request_hash: str
+    lease_token: str | None = None
+    phase_started_at: datetime | None = None
+
+    def update(self, **changes: Any) -> Transaction:
+        self.record = dataclasses.replace(self.record, **changes)
+        return self.record
+
+
+@dataclass(slots=True)
+class _BranchRow:
+    record: Branch
+    request_hash: str
+
+    def update(self, **changes: Any) -> Branch:
+        self.record = dataclasses.replace(self.record, **changes)
+        return self.record
+
+
+class InMemoryLog:
+    """The transaction log in memory (see TransactionLog for the contract, and PostgresLog
+    with sql/queries.sql for the rules it mirrors). Each operation holds one lock, so each
+    is atomic as a database transaction is; each reads the clock once, as ``now()`` is
+    fixed for a Postgres transaction."""
+
+    def __init__(self, clock: ManualClock | None = None) -> None:
+        self.clock = clock or ManualClock()
+        self._lock = asyncio.Lock()
+        self._transactions: dict[str, _TransactionRow] = {}
+        # Per transaction, by branch_id in registration order (which is ``position``).
+        self._branches: dict[str, dict[str, _BranchRow]] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._last_event_id = 0
+        self._last_event_at: datetime | None = None
+
+    async def close(self) -> None:
+        """Nothing to close; the log lives as long as the object."""
+
+    async def readiness(self) -> list[str]:
+        return []
+
+    # --- rows ---------------------------------------------------------------------
+
+    def _row(self, gid: str) -> _TransactionRow:
+        row = self._transactions.get(gid)
+        if row is None:
+            raise NotFound(f"no transaction {gid!r}")
+        return row
+
+    def _branch_rows(self, gid: str) -> list[_BranchRow]:
+        return list(self._branches.get(gid, {}).values())
+
+    def _leased(self, lease: Lease) -> _TransactionRow | None:
+        """The transaction if ``lease`` is its current lease (the fencing check). Like the
+        SQL, this compares tokens only: a lapsed lease nobody took over still holds."""
+        row = self._transactions.get(lease.gid)
+        if row is None or row.lease_token is None or row.lease_token != lease.token:
+            return None
+        return row
+
+    # --- events -------------------------------------------------------------------
+
+    def _event_time(self) -> datetime:
+        """Postgres stamps events with clock_timestamp(), which moves on even inside one
+        transaction: keep the timeline strictly increasing while the manual clock stands
+        still."""
+        at = self.clock.now()
+        if self._last_event_at is not None and at <= self._last_event_at:
+            at = self._last_event_at + _TICK
+        self._last_event_at = at
+        return at
+
+    def _event(
+        self,
+        gid: str,
+        kind: EventKind,
+        *,
+        branch_id: str | None = None,
+        phase: Phase | None = None,
+        call: CallRecord | None = None,
+        detail: dict[str, Any] | None = None,
+        repeatable: bool = False,
+    ) -> None:
+        """Append to the timeline; a ``repeatable`` event identical to the latest one of the
+        same branch (or of the transaction itself, without a branch) only counts as one
+        more repeat of it (the insert_or_repeat_event rule)."""
+        event = Event(
+            id=0,  # numbered below, once it is known to be a new row
+            at=self._event_time(),
+            kind=kind,
+            branch_id=branch_id,
+            phase=phase,
+            http_status=call.http_status if call else None,
+            latency_ms=_double(call.latency_ms) if call else None,
+            error=call.error if call else None,
+            detail=_stored(detail or {}),
+            repeats=1,
+            last_at=None,
+        )
+        timeline = self._events.setdefault(gid, [])
+        if repeatable and self._repeat_latest(timeline, event):
+            return
+        # Ids increase across the whole log, like the identity column.
+        self._last_event_id += 1
+        timeline.append(dataclasses.replace(event, id=self._last_event_id))
+
+    @staticmethod
+    def _repeat_latest(timeline: list[Event], event: Event) -> bool:
+        """Count ``event`` as a repeat of its branch's latest event if the two are the same
+        failure (kind, phase, HTTP status, error and detail); True when it was."""
+        index = next(
+            (i for i in reversed(range(len(timeline))) if timeline[i].branch_id == event.branch_id),
+            None,
+        )
+        if index is None:
+            return False
+        latest = timeline[index]
+        same = (latest.kind, latest.phase, latest.http_status, latest.error, latest.detail) == (
+            event.kind,
+            event.phase,
+            event.http_status,
+            event.error,
+            event.detail,
+        )
+        if not same:
+            return False
+        timeline[index] = dataclasses.replace(
+            latest, repeats=latest.repeats + 1, last_at=event.at, latency_ms=event.latency_ms
+        )
+        return True
+
+    # --- begin, register, try -----------------------------------------------------
+
+    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
+        """Log a new transaction; a repeat with the same request returns the original."""
+        async with self._lock:
+            existing = self._transactions.get(new.gid)
+            if existing is not None:
+                if existing.request_hash != new.request_hash:
+                    raise TakenGid(new.gid)
+                return _out_transaction(existing.record), False
+            now = self.clock.now()
+            deadline = _later(now, new.timeout_s)
+            # Everything that may refuse the input is done before the first write, so that a
+            # refused begin leaves nothing behind (as a rolled-back transaction).
+            begin_detail = _stored({"timeout_s": new.timeout_s, "service": new.service})
+            branches = self._first_of_each(new.branches)
+            for branch in branches:
+                _stored(branch.payload)
+            txn = Transaction(
+                gid=new.gid,
+                status=GlobalStatus.TRYING,
+                dialect=new.dialect,
+                service=new.service,
+                metadata=_stored(new.metadata),
+                timeout_s=float(new.timeout_s),
+                call_timeout_s=_double(new.call_timeout_s),
+                deadline=deadline,
+                cancel_reason=None,
+                created_at=now,
+                updated_at=now,
+                decided_at=None,
+                finished_at=None,
+                phase_attempts=0,
+                next_attempt_at=deadline,
+                lease_owner=None,
+                lease_expires_at=None,
+                options=_stored(new.options),
+            )
+            self._transactions[new.gid] = _TransactionRow(txn, new.request_hash)
+            self._branches[new.gid] = {}
+            self._event(new.gid, EventKind.BEGIN, detail=begin_detail)
+            for branch in branches:
+                self._insert_branch(new.gid, branch, now)
+            return _out_transaction(txn), True
+
+    @staticmethod
+    def _first_of_each(branches: Iterable[NewBranch]) -> list[NewBranch]:
+        """A branch id given twice in one begin is inserted once (ON CONFLICT DO NOTHING)."""
+        seen: dict[str, NewBranch] = {}
+        for branch in branches:
+            seen.setdefault(branch.branch_id, branch)
+        return list(seen.values())
+
+    def _insert_branch(self, gid: str, new: NewBranch, now: datetime) -> Branch:
+        rows = self._branches[gid]
+        branch = Branch(
+            gid=gid,
+            branch_id=new.branch_id,
+            position=len(rows),
+            name=new.name,
+            try_url=new.try_url,
+            confirm_url=new.confirm_url,
+            cancel_url=new.cancel_url,
+            payload=_stored(new.payload),
+            status=BranchStatus.REGISTERED,
+            attempts=0,
+            last_http_status=None,
+            last_error=None,
+            last_latency_ms=None,
+            next_retry_at=None,
+            created_at=now,
+            updated_at=now,
+            data=new.data,
+        )
+        rows[new.branch_id] = _BranchRow(branch, new.request_hash)
+        self._event(
+            gid,
+            EventKind.BRANCH_REGISTERED,
+            branch_id=new.branch_id,
+            detail={"name": new.name, "coordinator_runs_try": new.try_url is not None},
+        )
+        return branch
+
+    async def register_branch(
+        self, gid: str, new: NewBranch, max_branches: int
+    ) -> tuple[Branch, bool]:
+        """Add a branch while the transaction is trying; an identical repeat is a no-op."""
+        async with self._lock:
+            row = self._row(gid)
+            existing = self._branches[gid].get(new.branch_id)
+            if existing is not None:
+                if existing.request_hash != new.request_hash:
+                    raise Conflict(
+                        f"branch {new.branch_id!r} is already registered with other values"
+                    )
+                return _out_branch(existing.record), False
+            now = self.clock.now()
+            if row.record.status is not GlobalStatus.TRYING:
+                raise NotTrying(row.record.status)
+            if row.record.deadline <= now:
+                raise Conflict("the transaction deadline has passed")
+            if len(self._branches[gid]) >= max_branches:
+                raise LimitExceeded(f"a transaction may have at most {max_branches} branches")
+            _stored(new.payload)  # refuse an unstorable payload before writing anything
+            return _out_branch(self._insert_branch(gid, new, now)), True
+
+    async def claim_stale_try(
+        self, gid: str, branch_id: str, stale_after_s: float
+    ) -> Branch | None:
+        """The branch, if its try may be run again; touching updated_at is the CAS that lets
+        only one repeat have it."""
+        async with self._lock:
+            row = self._transactions.get(gid)
+            branch_row = self._branches.get(gid, {}).get(branch_id)
+            if row is None or branch_row is None:
+                return None
+            now = self.clock.now()
+            branch = branch_row.record
+            stale = (
+                row.record.status is GlobalStatus.TRYING
+                and branch.status is BranchStatus.REGISTERED
+                and branch.try_url is not None
+                and branch.updated_at < _later(now, -stale_after_s)
+            )
+            if not stale:
+                return None
+            return _out_branch(branch_row.update(updated_at=now))
+
+    async def record_try(
+        self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
+    ) -> tuple[Branch, bool]:
+        """Store a try's outcome; a late answer (the branch moved on) is only logged."""
+        target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
+        async with self._lock:
+            self._row(gid)
+            branch_row = self._branches[gid].get(branch_id)
+            if branch_row is None:
+                raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
+            recorded = branch_row.record.status in states.branch_sources_of(target)
+            if recorded:
+                branch_row.update(
+                    status=target,
+                    attempts=branch_row.record.attempts + 1,
+                    last_http_status=call.http_status,
+                    last_error=call.error,
+                    last_latency_ms=_double(call.latency_ms),
+                    updated_at=self.clock.now(),
+                )
+            self._event(
+                gid,
+                EventKind.TRY_RESULT,
+                branch_id=branch_id,
+                phase=Phase.TRY,
+                call=call,
+                detail={"verdict": verdict.value, "late": not recorded},
+            )
+            return _out_branch(branch_row.record), recorded
+
+    # --- decisions and operator actions -------------------------------------------
+
+    async def decide(
+        self,
+        gid: str,
+        decision: Decision,
+        *,
+        reason: str | None,
+        owner: str,
+        lease_ttl_s: float,
+        options: OptionsUpdate | None = None,
+    ) -> DecideResult:
+        target = states.phase_status(decision)
+        async with self._lock:
+            row = self._row(gid)
+            now = self.clock.now()
+            txn = row.record
+            judgement = states.judge_decision(
+                decision,
+                txn.status,
+                txn.deadline <= now,
+                [b.record.view for b in self._branch_rows(gid)],
+                txn.cancel_reason,
+            )
+            if judgement.verdict is not Verdict.DECIDE:
+                return DecideResult(_out_transaction(txn), judgement, None)
+            lease_expires_at = _later(now, lease_ttl_s)
+            if options is not None:
+                self._set_options(row, options, now)
+            # The CAS guard of the decide statement; the judgement above implies it.
+            assert txn.status in states.sources_of(target)
+            row.lease_token = _new_token()
+            row.phase_started_at = now
+            decided = row.update(
+                status=target,
+                cancel_reason=reason if decision is Decision.CANCEL else None,
+                decided_at=now,
+                phase_attempts=0,
+                next_attempt_at=now,
+                updated_at=now,
+                lease_owner=owner,
+                lease_expires_at=lease_expires_at,
+            )
+            self._event(
+                gid,
+                EventKind.DECISION,
+                detail={"decision": decision.value, "reason": reason, "by": owner},
+            )
+            return DecideResult(_out_transaction(decided), judgement, Lease(gid, row.lease_token))
+
+    @staticmethod
+    def _set_options(row: _TransactionRow, update: OptionsUpdate, now: datetime) -> None:
+        """Options given with the decision: merged key by key (jsonb ||), only while trying."""
+        if row.record.status is not GlobalStatus.TRYING:
+            return
+        call_timeout_s = (
+            _double(update.call_timeout_s)
+            if update.call_timeout_s is not None
+            else row.record.call_timeout_s
+        )
+        row.update(
+            options={**row.record.options, **_stored(update.options)},
+            call_timeout_s=call_timeout_s,
+            updated_at=now,
+        )
+
+    def _parked(self, gid: str, verb: str) -> tuple[_TransactionRow, GlobalStatus, Decision]:
+        """A transaction an operator acts on; it must be parked."""
+        row = self._row(gid)
+        status = row.record.status
+        decision = states.decision_of(status)
+        if status not in states.PARKED_STATUSES or decision is None:
+            raise Conflict(
+                f"only failed_to_confirm and failed_to_cancel transactions can be {verb};"
+                f" this one is {status.value}"
+            )
+        return row, status, decision
+
+    async def retry_parked(
+        self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
+    ) -> tuple[Transaction, Lease | None]:
+        """Back into phase two with a fresh budget; with an owner, under its lease at once,
+        without one for the next recovery scan."""
+        async with self._lock:
+            row, status, decision = self._parked(gid, "retried")
+            target = states.phase_status(decision)
+            states.check_move(status, target)
+            now = self.clock.now()
+            lease_expires_at = _later(now, lease_ttl_s) if owner is not None else None
+            row.lease_token = _new_token() if owner is not None else None
+            row.phase_started_at = now
+            txn = row.update(
+                status=target,
+                next_attempt_at=now,
+                updated_at=now,
+                phase_attempts=0,
+                lease_owner=owner,
+                lease_expires_at=lease_expires_at,
+            )
+            self._event(gid, EventKind.ADMIN_RETRY, detail={"from": status.value, "actor": actor})
+            lease = Lease(gid, row.lease_token) if row.lease_token is not None else None
+            return _out_transaction(txn), lease
+
+    async def resolve_parked(self, gid: str, *, actor: str, note: str) -> Transaction:
+        """An operator finished the stuck branches by hand: they and the transaction are
+        marked done, with who and why in the timeline."""
+        async with self._lock:
+            row, status, decision = self._parked(gid, "resolved")
+            final = states.final_status(decision)
+            states.check_move(status, final)
+            now = self.clock.now()
+            resolved = self._resolve_branches(gid, states.branch_done_status(decision), note, now)
+            txn = row.update(
+                status=final,
+                finished_at=now,
+                updated_at=now,
+                next_attempt_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            row.lease_token = None
+            self._event(
+                gid,
+                EventKind.ADMIN_RESOLVED,
+                detail={"actor": actor, "note": note, "branches": resolved},
+            )
+            return _out_transaction(txn)
+
+    def _resolve_branches(
+        self, gid: str, done: BranchStatus, note: str, now: datetime
+    ) -> list[str]:
+        """Mark every branch that may still move to ``done`` as done; their ids."""
+        sources = states.branch_sources_of(done)
+        resolved: list[str] = []
+        for branch_row in self._branch_rows(gid):
+            if branch_row.record.status in sources:
+                branch_row.update(
+                    status=done,
+                    last_error=f"resolved by an operator: {note}",
+                    next_retry_at=None,
+                    updated_at=now,
+                )
+                resolved.append(branch_row.record.branch_id)
+        return resolved
+
+    # --- leases and phase two -------------------------------------------------------
+
+    async def claim_due(
+        self, owner: str, limit: int, lease_ttl_s: float
+    ) -> list[tuple[Lease, GlobalStatus]]:
+        """Leases on the active transactions due first whose lease is free or lapsed."""
+        async with self._lock:
+            now = self.clock.now()
+            lease_expires_at = _later(now, lease_ttl_s)
+            due = [row for row in self._transactions.values() if self._is_due(row, now)]
+            # A stable sort: equal times keep the order the transactions were begun in.
+            due.sort(key=lambda row: row.record.next_attempt_at or now)
+            claimed: list[tuple[Lease, GlobalStatus]] = []
+            for row in due[: _row_limit(limit)]:
+                row.lease_token = _new_token()
+                row.update(lease_owner=owner, lease_expires_at=lease_expires_at)
+                claimed.append((Lease(row.record.gid, row.lease_token), row.record.status))
+            return claimed
+
+    @staticmethod
+    def _is_due(row: _TransactionRow, now: datetime) -> bool:
+        txn = row.record
+        return (
+            txn.status in states.ACTIVE_STATUSES
+            and txn.next_attempt_at is not None
+            and txn.next_attempt_at <= now
+            and (txn.lease_expires_at is None or txn.lease_expires_at <= now)
+        )
+
+    async def renew_lease(self, lease: Lease, lease_ttl_s: float) -> bool:
+        async with self._lock:
+            row = self._leased(lease)
+            if row is None:
+                return False
+            row.update(lease_expires_at=_later(self.clock.now(), lease_ttl_s))
+            return True
+
+    async def release_lease(self, lease: Lease) -> None:
+        async with self._lock:
+            row = self._leased(lease)
+            if row is not None:
+                row.lease_token = None
+                row.update(lease_owner=None, lease_expires_at=None)
+
+    async def round_context(self, lease: Lease, give_up_after_s: float) -> RoundContext | None:
+        """The transaction and its branches under the lease; the budget is spent once
+        give_up_after_s has passed since the phase started (by the log's clock)."""
+        async with self._lock:
+            row = self._leased(lease)
+            if row is None:
+                return None
+            started = row.phase_started_at
+            spent = started is not None and _later(started, give_up_after_s) <= self.clock.now()
+            branches = [_out_branch(b.record) for b in self._branch_rows(lease.gid)]
+            return RoundContext(_out_transaction(row.record), branches, spent)
+
+    async def record_phase_call(
+        self, lease: Lease, branch_id: str, decision: Decision, done: bool, call: CallRecord
+    ) -> bool:
+        """Store one confirm/cancel reply. A fenced-out holder writes nothing at all, not
+        even the timeline event: the new holder owns this transaction's story now."""
+        target = states.branch_done_status(decision)
+        phase = states.phase_of(decision)
+        async with self._lock:
+            if self._leased(lease) is None:
+                return False
+            branch_row = self._branches[lease.gid].get(branch_id)
+            if branch_row is not None and branch_row.record.status in states.branch_sources_of(
+                target
+            ):
+                branch_row.update(
+                    status=target if done else branch_row.record.status,
+                    attempts=branch_row.record.attempts + 1,
+                    last_http_status=call.http_status,
+                    last_error=call.error,
+                    last_latency_ms=_double(call.latency_ms),
+                    next_retry_at=None,
+                    updated_at=self.clock.now(),
+                )
+            # Logged even when the branch had nothing left to move, as the SQL does.
+            self._event(
+                lease.gid,
+                states.call_event(phase),
+                branch_id=branch_id,
+                phase=phase,
+                call=call,
+                detail={"done": done},
+                repeatable=not done,
+            )
+            return True
+
+    async def finish_round(
+        self,
+        lease: Lease,
+        decision: Decision,
+        outcome: GlobalStatus,
+        retry_in_s: float,
+        pending: list[str],
+        owner: str,
+    ) -> Transaction | None:
+        """End a round (final, parked, or the next retry) and let the lease go; None if the
+        lease was lost or the transaction left the decision's phase."""
+        phase_status = states.phase_status(decision)
+        async with self._lock:
+            row = self._leased(lease)
+            if row is None or row.record.status is not phase_status:
+                return None
+            now = self.clock.now()
+            retrying = outcome in states.PHASE_TWO_STATUSES
+            next_attempt_at = _later(now, retry_in_s) if retrying else None
+            # Known before the first write: an outcome without a timeline entry is refused
+            # with nothing changed.
+            outcome_kind = None if outcome is phase_status else states.outcome_event(outcome)
+            row.lease_token = None
+            txn = row.update(
+                status=outcome,
+                phase_attempts=row.record.phase_attempts + 1,
+                updated_at=now,
+                next_attempt_at=next_attempt_at,
+                finished_at=now if outcome in states.FINAL_STATUSES else None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            if outcome_kind is None:
+                self._schedule_branch_retry(lease.gid, pending, next_attempt_at)
+                # No round number in the detail: identical rounds collapse into one entry.
+                self._event(
+                    lease.gid,
+                    EventKind.RETRY_SCHEDULED,
+                    detail={"pending": sorted(pending), "by": owner},
+                    repeatable=True,
+                )
+            else:
+                self._event(
+                    lease.gid, outcome_kind, detail={"rounds": txn.phase_attempts, "by": owner}
+                )
+            return _out_transaction(txn)
+
+    def _schedule_branch_retry(self, gid: str, pending: list[str], at: datetime | None) -> None:
+        for branch_id in set(pending):
+            branch_row = self._branches[gid].get(branch_id)
+            if branch_row is not None:
+                branch_row.update(next_retry_at=at)
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def get(self, gid: str) -> Transaction:
+        async with self._lock:
+            return _out_transaction(self._row(gid).record)
+
+    async def detail(self, gid: str, events_limit: int = DEFAULT_EVENTS_PAGE) -> TransactionDetail:
+        async with self._lock:
+            txn = self._row(gid).record
+            branches = [_out_branch(b.record) for b in self._branch_rows(gid)]
+            events = self._events_after(gid, 0, events_limit + 1)
+        return TransactionDetail(
+            _out_transaction(txn),
+            branches,
+            events[:events_limit],
+            more_events=len(events) > events_limit,
+        )
+
+    async def events(self, gid: str, after_id: int, limit: int) -> tuple[list[Event], bool]:
+        """A page of the timeline after event ``after_id``, and whether more follow."""
+        async with self._lock:
+            rows = self._events_after(gid, after_id, limit + 1)
+            if not rows and gid not in self._transactions:
+                raise NotFound(f"no transaction {gid!r}")
+        return rows[:limit], len(rows) > limit
+
+    def _events_after(self, gid: str, after_id: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events after ``after_id``, oldest first (list_events)."""
+        later = [e for e in self._events.get(gid, []) if e.id > after_id]
+        return [_out_event(e) for e in later[: _row_limit(limit)]]
+
+    async def list(self, flt: ListFilter) -> list[Transaction]:
+        """Newest first (created_at, then gid, both descending); the cursor is the
+        (created_at, gid) of the last row already seen. Gids compare by code point, as
+        under the C collation."""
+        async with self._lock:
+            found = [row.record for row in self._transactions.values() if _listed(row.record, flt)]
+        found.sort(key=lambda t: (t.created_at, t.gid), reverse=True)
+        return [_out_transaction(t) for t in found[: _row_limit(flt.limit)]]
+
+
+def _listed(txn: Transaction, flt: ListFilter) -> bool:
+    """The WHERE clause of list_transactions; an empty status tuple filters nothing, as
+    PostgresLog passes it as NULL."""
+    if flt.statuses and txn.status not in flt.statuses:
+        return False
+    if flt.service is not None and txn.service != flt.service:
+        return False
+    if flt.created_from is not None and txn.created_at < _aware(flt.created_from):
+        return False
+    if flt.created_to is not None and txn.created_at >= _aware(flt.created_to):
+        return False
+    if flt.after is not None:
+        after_at, after_gid = flt.after
+        return (txn.created_at, txn.gid) < (_aware(after_at), after_gid)
+    return True
+
+
+if TYPE_CHECKING:
+    # mypy proves the twin keeps the whole contract.
+    _twin: TransactionLog = InMemoryLog()

@@ -1,0 +1,94 @@
+"""What only the in-memory log has: its clock, exact boundaries in time (which a real clock
+cannot hit), and being importable without a database driver."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from coordinator.core.records import NewTransaction
+from coordinator.core.states import Decision, Refusal
+from coordinator.txlog.memory import InMemoryLog, ManualClock
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def new_txn(gid: str, timeout_s: float = 60.0) -> NewTransaction:
+    return NewTransaction(
+        gid=gid,
+        service=None,
+        metadata={},
+        timeout_s=timeout_s,
+        call_timeout_s=None,
+        request_hash=gid,
+    )
+
+
+def test_manual_clock__moves_only_when_advanced() -> None:
+    clock = ManualClock(START)
+    assert clock.now() == START
+    assert clock.now() == START
+    assert clock.advance(1.5) == START + timedelta(seconds=1.5)
+    assert clock.now() == START + timedelta(seconds=1.5)
+
+
+def test_manual_clock__without_a_start__starts_at_the_current_time_in_utc() -> None:
+    before = datetime.now(UTC)
+    now = ManualClock().now()
+    assert before <= now <= datetime.now(UTC)
+    assert now.tzinfo is UTC
+
+
+def test_manual_clock__naive_starts_and_moving_back__are_refused() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        ManualClock(datetime(2030, 1, 1))  # naive
+    with pytest.raises(ValueError, match="forward"):
+        ManualClock(START).advance(-1)
+
+
+async def test_in_memory_log__event_times__increase_while_the_clock_stands_still() -> None:
+    log = InMemoryLog(ManualClock(START))
+    for gid in ("a", "b", "c"):
+        await log.begin(new_txn(gid))
+    events = [e for gid in ("a", "b", "c") for e in (await log.detail(gid)).events]
+    assert all(x.at < y.at for x, y in itertools.pairwise(events))
+    assert events[0].at == START
+
+
+async def test_in_memory_log__exactly_at_the_deadline__the_deadline_has_passed() -> None:
+    clock = ManualClock(START)
+    log = InMemoryLog(clock)
+    await log.begin(new_txn("g", timeout_s=10))
+    clock.advance(9.999999)
+    assert await log.claim_due("o", 10, 30) == []
+    clock.advance(0.000001)
+    refused = await log.decide("g", Decision.CONFIRM, reason=None, owner="o", lease_ttl_s=30)
+    assert refused.judgement.refusal is Refusal.DEADLINE_PASSED
+    [(lease, _)] = await log.claim_due("o", 10, 30)
+    # Exactly when the lease lapses, another coordinator may take the transaction.
+    clock.advance(30)
+    [(taken, _)] = await log.claim_due("other", 10, 30)
+    assert taken.token != lease.token
+
+
+async def test_in_memory_log__without_a_clock__makes_its_own() -> None:
+    log = InMemoryLog()
+    txn, _ = await log.begin(new_txn("g"))
+    assert txn.created_at == log.clock.now()
+    assert await log.readiness() == []
+    await log.close()
+
+
+def test_in_memory_log__imports_no_database_or_http_library() -> None:
+    probe = (
+        "import sys, coordinator.txlog.memory;"
+        " print(sorted(m for m in ('asyncpg', 'aiohttp') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
