@@ -139,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(chaos, ["log_level", "log_format"])
 
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark each mode beside the database ceiling and the participant floor",
+    )
+    bench.add_argument(
+        "--database-url", help="use this Postgres (it must allow CREATE DATABASE) not our own"
+    )
+    bench.add_argument("--workers", type=int, default=1, help="tcc serve --workers N")
+    bench.add_argument("--concurrency", help="clients per point, comma-separated (1,16,64)")
+    bench.add_argument("--modes", help="comma-separated: auto,interactive,dtm (all)")
+    bench.add_argument("--seconds", type=int, help="measured seconds per point (10)")
+    bench.add_argument("--warmup-s", type=float, help="unmeasured seconds before each point (2)")
+    bench.add_argument("--out", help="folder for bench.json and bench.png (a new temp folder)")
+    bench.add_argument(
+        "--short", action="store_true", help="about 2 s per point, 1 and 4 clients (for tests)"
+    )
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+
     resolve = sub.add_parser(
         "resolve", help="mark a failed_to_* transaction done after finishing it by hand"
     )
@@ -192,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "up": lambda a, s: run(_devtools().up_command(a, s)),
             "key-hash": lambda a, s: key_hash_command(a),
             "demo": lambda a, s: run(_devtools().demo_command()),
+            "bench": lambda a, s: run(_devtools().bench_command(a)),
         }
         code = commands[args.command](args, settings)
     except UsageError as exc:

@@ -94,3 +94,10 @@ async def chaos_command(args: argparse.Namespace) -> int:
     report = await ChaosRun(config).run()
     print(report_json(report) if args.json else report.table())
     return 0 if report.ok else 1
+
+
+async def bench_command(args: argparse.Namespace) -> int:
+    # Imported only here: the other commands need none of the benchmark's modules.
+    from coordinator.devtools.bench import bench_main
+
+    return await bench_main(args)

@@ -1,0 +1,655 @@
+"""`tcc bench`: how fast the coordinator is, beside what it could never beat.
+
+It starts its own embedded Postgres (or uses --database-url), the minimal participant
+(participants/minimal.py) in a process of its own, and `tcc serve --workers N` exactly as a
+user runs it, one per mode, each on a database of its own. Then, for each number of clients,
+it drives closed-loop load through each mode (auto, interactive, dtm; two branches each),
+and beside them, with the same clients and time:
+
+- the participant floor: the same participant calls made directly, no coordinator;
+- the database ceiling: pgbench writing the least a logged transaction needs.
+
+Why a coordinator and a database per mode: Postgres publishes a busy backend's commit
+counts only once it has been idle for 10 s, so a point's commits can be read only after
+that long. Separate databases let the other modes, the floor and the ceiling run in the
+meantime instead of the benchmark sleeping.
+
+Every loop is bounded in time, everything listens on 127.0.0.1, and every child process
+and temporary folder is gone at the end, also after Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from yarl import URL
+
+from coordinator.core.errors import CoordinatorError, UsageError
+from coordinator.devtools import bench_db, bench_procs
+from coordinator.devtools.bench_db import CEILING_DB, SETTLE_S, Counters, Stats, with_database
+from coordinator.devtools.bench_load import (
+    MODES,
+    Endpoints,
+    LoadResult,
+    Probe,
+    Scenario,
+    coordinator_scenario,
+    floor_scenario,
+    run_point,
+    uses_uvloop,
+)
+from coordinator.devtools.bench_report import (
+    CEILING,
+    COORDINATOR,
+    FLOOR,
+    TABLE_NOTES,
+    Point,
+    add_ratios,
+    draw_chart,
+    latency_summary,
+    points_json,
+    report_json,
+    table,
+)
+from coordinator.devtools.children import Managed, clean_env, free_port
+from coordinator.embedded import EmbeddedServer, redact
+
+DEFAULT_CONCURRENCY = (1, 16, 64)
+DEFAULT_SECONDS = 10
+DEFAULT_WARMUP_S = 2.0
+SHORT_CONCURRENCY = (1, 4)
+SHORT_SECONDS = 2
+SHORT_WARMUP_S = 0.5
+MAX_CONCURRENCY = 256
+MAX_WORKERS = 16
+# Connections beyond the pools and pgbench: the harness, migrations, a margin.
+SPARE_CONNECTIONS = 20
+
+Say = Callable[[str], None]
+
+
+class BenchError(CoordinatorError):
+    """The benchmark could not run (a process did not start, the database refused)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    database_url: str | None = None
+    workers: int = 1
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
+    modes: tuple[str, ...] = MODES
+    seconds: int = DEFAULT_SECONDS
+    warmup_s: float = DEFAULT_WARMUP_S
+    out_dir: Path | None = None
+    short: bool = False
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{flag} takes whole numbers separated by commas, e.g. 1,16,64") from None
+    if not values:
+        raise UsageError(f"{flag} needs at least one value")
+    return values
+
+
+def _concurrency(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return DEFAULT_CONCURRENCY
+    values = _int_list(text, "--concurrency")
+    if any(not 1 <= c <= MAX_CONCURRENCY for c in values):
+        raise UsageError(f"--concurrency values must be between 1 and {MAX_CONCURRENCY}")
+    return tuple(sorted(set(values)))
+
+
+def _modes(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return MODES
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in MODES]
+    if unknown or not names:
+        raise UsageError(f"--modes takes some of {','.join(MODES)}; not {','.join(unknown)}")
+    return tuple(m for m in MODES if m in names)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    if args.short and any(
+        v is not None for v in (args.concurrency, args.modes, args.seconds, args.warmup_s)
+    ):
+        raise UsageError("--short sets --concurrency, --modes, --seconds and --warmup-s itself")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+    seconds = SHORT_SECONDS if args.short else args.seconds
+    seconds = DEFAULT_SECONDS if seconds is None else seconds
+    if not 1 <= seconds <= 3600:
+        raise UsageError("--seconds must be between 1 and 3600")
+    warmup = SHORT_WARMUP_S if args.short else args.warmup_s
+    warmup = DEFAULT_WARMUP_S if warmup is None else warmup
+    if not 0 <= warmup <= 600:
+        raise UsageError("--warmup-s must be between 0 and 600")
+    url = args.database_url
+    if url is not None and not url.startswith(("postgres://", "postgresql://")):
+        raise UsageError("--database-url must be a postgresql:// URL")
+    if url is not None and URL(url).path.lstrip("/").startswith("tcc_bench_"):
+        # The benchmark drops and recreates databases of that name.
+        raise UsageError("--database-url must not name one of the tcc_bench_* databases")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    return BenchConfig(
+        database_url=url,
+        workers=args.workers,
+        concurrency=SHORT_CONCURRENCY if args.short else _concurrency(args.concurrency),
+        modes=MODES if args.short else _modes(args.modes),
+        seconds=seconds,
+        warmup_s=warmup,
+        out_dir=out,
+        short=args.short,
+    )
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """A coordinator point whose database figures are read once Postgres has published
+    them (SETTLE_S after its load stopped)."""
+
+    point: Point
+    oid: int
+    before: Counters
+    transactions: int
+    ready_at: float
+
+
+def _per_tx(amount: float | None, transactions: int, scale: float = 1.0) -> float | None:
+    if amount is None or transactions <= 0:
+        return None
+    return round(amount * scale / transactions, 4)
+
+
+def _database_name(mode: str) -> str:
+    return f"tcc_bench_{mode}"
+
+
+@dataclass
+class _Processes:
+    participant: Managed | None = None
+    coordinators: dict[str, Managed] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def all(self) -> list[Managed]:
+        found = list(self.coordinators.values())
+        return found + ([self.participant] if self.participant is not None else [])
+
+
+class Bench:
+    def __init__(self, config: BenchConfig, say: Say) -> None:
+        self.config = config
+        self.say = say
+        self.work = Path(tempfile.mkdtemp(prefix="tcc-bench-"))
+        # Made when first needed, so that a run refused at once leaves no folder behind.
+        self._out = config.out_dir
+        self.server: EmbeddedServer | None = None
+        self.admin_url = ""
+        self.conn: asyncpg.Connection | None = None
+        self.stats: Stats | None = None
+        self.created_extension = False
+        self.databases: list[str] = []
+        self.oids: dict[str, int] = {}
+        self.procs = _Processes()
+        self.pool_size = bench_db.pool_size(max(config.concurrency), config.workers)
+        self.points: list[Point] = []
+        self.machine: dict[str, Any] = {}
+        self._stops: list[threading.Event] = []
+
+    # --- set-up ----------------------------------------------------------------------
+
+    def _connections_needed(self) -> int:
+        pools = len(self.config.modes) * self.config.workers * self.pool_size
+        return pools + max(self.config.concurrency) + SPARE_CONNECTIONS
+
+    async def _start_embedded(self) -> None:
+        self.say("bench: starting an embedded Postgres with pg_stat_statements ...")
+        server = await asyncio.to_thread(EmbeddedServer, self.work / "pgdata", delete_on_close=True)
+        self.server = server
+        conn = await asyncpg.connect(server.url)
+        try:
+            await bench_db.enable_statements_embedded(conn)
+            await bench_db.set_max_connections(conn, self._connections_needed())
+        finally:
+            await conn.close()
+        # Both settings take effect only at start-up.
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
+        self.admin_url = server.url
+
+    async def _check_external_connections(self, conn: asyncpg.Connection) -> None:
+        allowed = int(await conn.fetchval("SHOW max_connections"))
+        used = int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity"))
+        free = allowed - used
+        if free >= self._connections_needed():
+            return
+        share = len(self.config.modes) * self.config.workers
+        pool = (free - max(self.config.concurrency) - SPARE_CONNECTIONS) // share
+        if pool < 2:
+            raise UsageError(
+                f"the server at --database-url has {free} free connections, too few for this"
+                " run: lower --concurrency or --workers"
+            )
+        self.pool_size = pool
+
+    @property
+    def out(self) -> Path:
+        if self._out is None:
+            self._out = Path(tempfile.mkdtemp(prefix="tcc-bench-results-"))
+        self._out.mkdir(parents=True, exist_ok=True)
+        return self._out
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self.config.database_url is None:
+            try:
+                await self._start_embedded()
+            except Exception as exc:  # the wheel raises plain errors from initdb / pg_ctl
+                raise BenchError(f"cannot start the embedded Postgres: {exc}") from exc
+        else:
+            self.admin_url = self.config.database_url
+        try:
+            conn = await asyncpg.connect(self.admin_url, timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise BenchError(f"cannot connect to {redact(self.admin_url)}: {exc}") from exc
+        self.conn = conn
+        if self.config.database_url is not None:
+            await self._check_external_connections(conn)
+        return conn
+
+    async def _prepare_databases(self, conn: asyncpg.Connection) -> None:
+        note, self.created_extension = await bench_db.statements_setup(conn)
+        self.stats = Stats(conn, note)
+        names = [*(_database_name(m) for m in self.config.modes), CEILING_DB]
+        for name in names:
+            try:
+                await bench_db.recreate_database(conn, name)
+            except asyncpg.PostgresError as exc:
+                raise BenchError(f"cannot create the database {name}: {exc}") from exc
+            self.databases.append(name)
+            self.oids[name] = await self.stats.oid(name)
+        await bench_db.create_ceiling_schema(with_database(self.admin_url, CEILING_DB))
+        (self.work / "ceiling.sql").write_text(bench_db.CEILING_SCRIPT)
+        self.machine = {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "postgres": await conn.fetchval("SHOW server_version"),
+            "postgres_max_connections": int(await conn.fetchval("SHOW max_connections")),
+            "uvloop": uses_uvloop(),
+        }
+
+    def _coordinator_env(self, mode: str, port: int) -> dict[str, str]:
+        return {
+            **clean_env(),
+            "TCC_DATABASE_URL": with_database(self.admin_url, _database_name(mode)),
+            "TCC_HOST": "127.0.0.1",
+            "TCC_PORT": str(port),
+            "TCC_WORKERS": str(self.config.workers),
+            "TCC_POOL_MAX_SIZE": str(self.pool_size),
+            "TCC_INSECURE": "true",  # a private run on loopback
+            "TCC_PARTICIPANT_ALLOW": "127.0.0.0/8",
+            "TCC_LOG_LEVEL": "warning",
+            "TCC_LOG_FORMAT": "json",
+        }
+
+    async def _start_processes(self) -> None:
+        log_dir = self.out / "logs"
+        log_dir.mkdir(exist_ok=True)
+        python = sys.executable
+        port = free_port()
+        participant = Managed(
+            "participant",
+            [python, "-m", "participants.minimal", "--port", str(port)],
+            clean_env(),
+            log_dir,
+        )
+        self.procs.participant = participant
+        self.procs.urls["participant"] = f"http://127.0.0.1:{port}"
+        for mode in self.config.modes:
+            port = free_port()
+            self.procs.coordinators[mode] = Managed(
+                f"coordinator-{mode}",
+                [python, "-m", "coordinator.cli", "serve"],
+                self._coordinator_env(mode, port),
+                log_dir,
+            )
+            self.procs.urls[mode] = f"http://127.0.0.1:{port}"
+        self.say(
+            f"bench: starting the participant and {len(self.config.modes)} x"
+            f" `tcc serve --workers {self.config.workers}` ..."
+        )
+        for proc in self.procs.all():
+            proc.start()
+        await bench_procs.wait_ready(participant, self.procs.urls["participant"] + "/")
+        for mode, proc in self.procs.coordinators.items():
+            await bench_procs.wait_ready(proc, self.procs.urls[mode] + "/readyz")
+
+    # --- the points -------------------------------------------------------------------
+
+    async def _load(self, scenario: Scenario, clients: int, probe: Probe) -> LoadResult:
+        stop = threading.Event()
+        self._stops.append(stop)
+        try:
+            return await asyncio.to_thread(
+                run_point,
+                scenario,
+                clients,
+                self.config.warmup_s,
+                float(self.config.seconds),
+                probe,
+                stop,
+            )
+        finally:
+            stop.set()  # on cancellation, the clients stop starting transactions
+
+    def _participant_cpu(self) -> float:
+        assert self.procs.participant is not None
+        return bench_procs.tree_cpu_seconds(bench_procs.pid_of(self.procs.participant))
+
+    def _load_point(self, kind: str, mode: str, clients: int, result: LoadResult) -> Point:
+        n = result.measured
+        point = Point(
+            kind=kind,
+            mode=mode,
+            concurrency=clients,
+            seconds=result.window_s,
+            transactions=n,
+            tps=round(result.tps, 2),
+            errors=result.errors,
+            error_samples=result.error_samples,
+            latency_ms=latency_summary(result.latencies_ms),
+            coordinator_cpu_ms_per_tx=_per_tx(result.probe_delta.get("coordinator"), n, 1000),
+            participant_cpu_ms_per_tx=_per_tx(result.probe_delta.get("participant"), n, 1000),
+            client_cpu_ms_per_tx=_per_tx(result.client_cpu_s, n, 1000),
+        )
+        self._progress(point)
+        return point
+
+    def _progress(self, p: Point) -> None:
+        p50 = p.latency_ms.get("p50")
+        latency = f", p50 {p50:.2f} ms" if p50 is not None else ""
+        errors = f", {p.errors} errors: {p.error_samples[0]}" if p.errors else ""
+        self.say(
+            f"bench: {p.label:<17} {p.concurrency:>3} clients: {p.tps:9.1f} tx/s{latency}{errors}"
+        )
+
+    async def _coordinator_point(self, mode: str, clients: int) -> _Pending:
+        assert self.stats is not None
+        oid = self.oids[_database_name(mode)]
+        before = await self.stats.start(oid)
+        root = bench_procs.pid_of(self.procs.coordinators[mode])
+
+        def probe() -> dict[str, float]:
+            return {
+                "coordinator": bench_procs.tree_cpu_seconds(root),
+                "participant": self._participant_cpu(),
+            }
+
+        ends = Endpoints(self.procs.urls["participant"], self.procs.urls[mode])
+        result = await self._load(coordinator_scenario(mode, ends), clients, probe)
+        ready_at = time.monotonic() + SETTLE_S
+        point = self._load_point(COORDINATOR, mode, clients, result)
+        rss = bench_procs.tree_rss(root)
+        if rss is not None:
+            point.rss_mb_largest = round(rss[0] / 2**20, 1)
+            point.rss_mb_sum = round(rss[1] / 2**20, 1)
+        return _Pending(point, oid, before, result.total, ready_at)
+
+    async def _floor_point(self, mode: str, clients: int) -> Point:
+        ends = Endpoints(self.procs.urls["participant"])
+        result = await self._load(
+            floor_scenario(mode, ends), clients, lambda: {"participant": self._participant_cpu()}
+        )
+        return self._load_point(FLOOR, mode, clients, result)
+
+    async def _ceiling_point(self, clients: int) -> Point:
+        assert self.stats is not None
+        oid = self.oids[CEILING_DB]
+        before = await self.stats.start(oid)
+        prefix = self.work / "pgbench" / f"clients-{clients}" / "tx"
+        prefix.parent.mkdir(parents=True)
+        try:
+            result = await bench_db.run_pgbench(
+                with_database(self.admin_url, CEILING_DB),
+                clients,
+                self.config.seconds,
+                self.work / "ceiling.sql",
+                prefix,
+            )
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            raise BenchError(f"the ceiling's pgbench failed: {exc!s:.300}") from exc
+        await self.stats.wait_disconnected(oid)  # pgbench's backends publish as they exit
+        usage = await self.stats.usage_since(oid, before)
+        point = Point(
+            kind=CEILING,
+            mode="",
+            concurrency=clients,
+            seconds=float(self.config.seconds),
+            transactions=result.transactions,
+            tps=round(result.tps, 2),
+            errors=result.failed,
+            latency_ms=latency_summary(result.latencies_ms),
+            statements_per_tx=_per_tx(usage.statements, result.transactions),
+            commits_per_tx=_per_tx(usage.commits, result.transactions),
+            rollbacks_per_tx=_per_tx(usage.rollbacks, result.transactions),
+            counted_transactions=result.transactions,
+        )
+        self._progress(point)
+        return point
+
+    async def _settle(self, pending: _Pending) -> None:
+        """Read a coordinator point's database figures once Postgres has published them."""
+        assert self.stats is not None
+        await asyncio.sleep(max(pending.ready_at - time.monotonic(), 0))
+        usage = await self.stats.usage_since(pending.oid, pending.before)
+        p, n = pending.point, pending.transactions
+        p.counted_transactions = n
+        p.statements_per_tx = _per_tx(usage.statements, n)
+        p.commits_per_tx = _per_tx(usage.commits, n)
+        p.rollbacks_per_tx = _per_tx(usage.rollbacks, n)
+        p.top_statements = [
+            {"query": query, "calls": calls, "per_tx": _per_tx(calls, n)}
+            for query, calls in usage.top
+        ]
+
+    async def _level(self, clients: int) -> None:
+        """Every point at one number of clients, in the order that lets each mode's
+        database settle while the others run."""
+        pending = [await self._coordinator_point(m, clients) for m in self.config.modes]
+        self.points += [p.point for p in pending]
+        for mode in self.config.modes:
+            self.points.append(await self._floor_point(mode, clients))
+        self.points.append(await self._ceiling_point(clients))
+        if any(p.ready_at > time.monotonic() for p in pending):
+            self.say("bench: waiting for Postgres to publish the commit counts ...")
+        for p in pending:
+            await self._settle(p)
+
+    # --- the whole ------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        started_at = datetime.datetime.now(datetime.UTC)
+        try:
+            conn = await self._connect()
+            await self._prepare_databases(conn)
+            await self._start_processes()
+            for clients in self.config.concurrency:
+                await self._level(clients)
+        finally:
+            await self._stop()
+        add_ratios(self.points)
+        return self._report(started_at, time.monotonic() - started)
+
+    async def _stop(self) -> None:
+        """Everything started is stopped and every temporary folder removed, whatever
+        happened: each step runs even when one before it failed."""
+        for stop in self._stops:
+            stop.set()
+        try:
+            for proc in self.procs.all():
+                await asyncio.to_thread(bench_procs.stop_tree, proc)
+            if self.conn is not None and self.config.database_url is not None:
+                await self._drop_databases(self.conn)
+        finally:
+            if self.conn is not None:
+                self.conn.terminate()
+            try:
+                if self.server is not None:
+                    await asyncio.to_thread(self.server.close)
+            finally:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    async def _drop_databases(self, conn: asyncpg.Connection) -> None:
+        """Leave someone else's server as it was."""
+        for name in self.databases:
+            await bench_db.drop_database(conn, name)
+        if self.created_extension:
+            await conn.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
+
+    def _report(self, started_at: datetime.datetime, elapsed_s: float) -> dict[str, Any]:
+        assert self.stats is not None
+        c = self.config
+        return {
+            "tool": "tcc bench",
+            "version": metadata.version("tcc-coordinator"),
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "elapsed_s": round(elapsed_s, 1),
+            "machine": self.machine,
+            "settings": {
+                "database": "embedded" if c.database_url is None else redact(c.database_url),
+                "workers": c.workers,
+                "concurrency": list(c.concurrency),
+                "modes": list(c.modes),
+                "seconds": c.seconds,
+                "warmup_s": c.warmup_s,
+                "short": c.short,
+                "branches_per_transaction": 2,
+                "pool_max_size_per_worker": self.pool_size,
+                "settle_s": SETTLE_S,
+            },
+            "measurement": {
+                "statements": "pg_stat_statements calls in the point's database"
+                if self.stats.counts_statements
+                else f"n/a: {self.stats.statements_note}",
+                "commits": "pg_stat_database.xact_commit delta of the point's database",
+                "counted": "every statement Postgres ran in the point's database: BEGIN and"
+                " COMMIT too, and each statement of a multi-statement query",
+                "database_window": "from before the warm-up until the counters settled;"
+                " divided by counted_transactions (all completed in that window)",
+                "cpu": "utime+stime from /proc over the measured window, whole process tree",
+                "rss": "VmRSS after the point: largest process and sum of the tree",
+            },
+            "statements_counted": self.stats.counts_statements,
+            "points": points_json(self.points),
+        }
+
+    def write(self, report: dict[str, Any]) -> tuple[Path, Path | None]:
+        json_path = self.out / "bench.json"
+        json_path.write_text(report_json(report) + "\n")
+        chart = self.out / "bench.png"
+        title = (
+            f"tcc bench: {self.machine.get('cpu_count')} CPUs, Postgres"
+            f" {self.machine.get('postgres')}, tcc serve --workers {self.config.workers},"
+            f" {self.config.seconds} s per point, 2 branches per transaction"
+        )
+        drawn = draw_chart(self.points, list(self.config.modes), title, chart)
+        return json_path, chart if drawn else None
+
+
+def render_text(bench: Bench, report: dict[str, Any], json_path: Path, chart: Path | None) -> str:
+    m = report["machine"]
+    lines = [
+        f"tcc bench: {m['cpu_count']} CPUs, Python {m['python']}, Postgres {m['postgres']},"
+        f" tcc serve --workers {bench.config.workers}, {bench.config.seconds} s per point"
+        f" after {bench.config.warmup_s:g} s of warm-up, uvloop {'on' if m['uvloop'] else 'off'}",
+        "",
+        table(bench.points, report["statements_counted"]),
+        "",
+        TABLE_NOTES,
+    ]
+    if not report["statements_counted"]:
+        lines.append(f"statements: {report['measurement']['statements']}")
+    lines += ["", f"JSON:  {json_path}"]
+    lines.append(
+        f"chart: {chart}"
+        if chart
+        else "chart: not drawn (install matplotlib: pip install -e '.[dev]')"
+    )
+    return "\n".join(lines)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def run_bench(config: BenchConfig, *, as_json: bool) -> int:
+    bench = Bench(config, _stderr)
+    report = await bench.run()
+    json_path, chart = bench.write(report)
+    if as_json:
+        print(report_json(report))
+        _stderr(f"bench: JSON in {json_path}" + (f", chart in {chart}" if chart else ""))
+    else:
+        print(render_text(bench, report, json_path, chart))
+    errors = sum(p.errors for p in bench.points)
+    if errors:
+        _stderr(f"bench: {errors} transactions failed: these figures are not to be trusted")
+        return 1
+    return 0
+
+
+async def bench_main(args: argparse.Namespace) -> int:
+    """`tcc bench`: the run, its files and its table (or JSON)."""
+    config = config_from_args(args)
+    # Ctrl-C cancels the run (asyncio.run does that); SIGTERM must too, so that the
+    # benchmark's children and temporary folders go with it.
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await run_bench(config, as_json=args.json)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        task.uncancel()
+        _stderr("tcc bench: stopped (SIGTERM)")
+        return 143
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

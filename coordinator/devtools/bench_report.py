@@ -1,0 +1,228 @@
+"""What `tcc bench` reports: one Point per measured row, the table, the JSON and the chart."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.report import columns
+
+COORDINATOR, FLOOR, CEILING = "coordinator", "floor", "ceiling"
+MODE_COLOURS = {"auto": "tab:blue", "interactive": "tab:orange", "dtm": "tab:green"}
+
+
+@dataclass
+class Point:
+    kind: str  # COORDINATOR, FLOOR or CEILING
+    mode: str  # auto, interactive, dtm; "" for the ceiling
+    concurrency: int
+    seconds: float
+    transactions: int  # completed inside the measured window
+    tps: float
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, p95, p99, mean
+    # Per transaction, over the measured window (CPU) or the whole point (the database).
+    coordinator_cpu_ms_per_tx: float | None = None
+    participant_cpu_ms_per_tx: float | None = None
+    client_cpu_ms_per_tx: float | None = None
+    statements_per_tx: float | None = None
+    commits_per_tx: float | None = None
+    rollbacks_per_tx: float | None = None
+    counted_transactions: int | None = None  # the denominator of the database figures
+    rss_mb_largest: float | None = None
+    rss_mb_sum: float | None = None
+    ratio_to_ceiling: float | None = None
+    ratio_to_floor: float | None = None
+    top_statements: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.kind == CEILING:
+            return "ceiling (pgbench)"
+        return f"floor {self.mode}" if self.kind == FLOOR else self.mode
+
+
+def latency_summary(sorted_ms: list[float]) -> dict[str, float | None]:
+    def nearest_rank(p: float) -> float | None:
+        if not sorted_ms:
+            return None
+        rank = max(1, math.ceil(len(sorted_ms) * p / 100))
+        return round(sorted_ms[rank - 1], 3)
+
+    mean = round(sum(sorted_ms) / len(sorted_ms), 3) if sorted_ms else None
+    return {"p50": nearest_rank(50), "p95": nearest_rank(95), "p99": nearest_rank(99), "mean": mean}
+
+
+def add_ratios(points: list[Point]) -> None:
+    """Each coordinator point against the ceiling and the floor of its mode at its
+    concurrency (transactions per second)."""
+    refs = {(p.kind, p.mode, p.concurrency): p.tps for p in points if p.kind != COORDINATOR}
+    for p in points:
+        if p.kind != COORDINATOR:
+            continue
+        ceiling = refs.get((CEILING, "", p.concurrency))
+        floor = refs.get((FLOOR, p.mode, p.concurrency))
+        p.ratio_to_ceiling = round(p.tps / ceiling, 4) if ceiling else None
+        p.ratio_to_floor = round(p.tps / floor, 4) if floor else None
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _rss(p: Point) -> str:
+    if p.rss_mb_largest is None or p.rss_mb_sum is None:
+        return "-"
+    return f"{p.rss_mb_largest:.0f}/{p.rss_mb_sum:.0f}"
+
+
+def _statements(p: Point, counted: bool) -> str:
+    if p.kind == FLOOR:
+        return "-"
+    return _num(p.statements_per_tx, 2) if counted else "n/a"
+
+
+def table(points: list[Point], statements_counted: bool) -> str:
+    header = [
+        "",
+        "clients",
+        "tx/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "cpu ms/tx",
+        "stmts/tx",
+        "commits/tx",
+        "rss MB max/sum",
+        "of ceiling",
+        "of floor",
+    ]
+    rows = [header]
+    order = {COORDINATOR: 0, FLOOR: 1, CEILING: 2}
+    modes = list(MODE_COLOURS)
+    for p in sorted(
+        points,
+        key=lambda p: (p.concurrency, order[p.kind], modes.index(p.mode) if p.mode else 0),
+    ):
+        cpu = p.participant_cpu_ms_per_tx if p.kind == FLOOR else p.coordinator_cpu_ms_per_tx
+        rows.append(
+            [
+                p.label,
+                str(p.concurrency),
+                _num(p.tps),
+                _num(p.latency_ms.get("p50"), 2),
+                _num(p.latency_ms.get("p95"), 2),
+                _num(p.latency_ms.get("p99"), 2),
+                str(p.errors),
+                _num(cpu, 2),
+                _statements(p, statements_counted),
+                "-" if p.kind == FLOOR else _num(p.commits_per_tx, 2),
+                _rss(p),
+                _pct(p.ratio_to_ceiling),
+                _pct(p.ratio_to_floor),
+            ]
+        )
+    return columns(rows)
+
+
+TABLE_NOTES = """\
+cpu ms/tx: the coordinator's processes (the participant's on floor rows), over the window.
+stmts/tx, commits/tx: counted by Postgres (pg_stat_statements calls, pg_stat_database
+  xact_commit) for the point's database, warm-up included, divided by its transactions.
+of ceiling / of floor: tx/s against pgbench writing the minimal log, and against the
+  same participant calls made without a coordinator, at the same number of clients."""
+
+
+# --- JSON -----------------------------------------------------------------------------
+
+
+def report_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=False)
+
+
+def points_json(points: list[Point]) -> list[dict[str, Any]]:
+    return [{"label": p.label, **dataclasses.asdict(p)} for p in points]
+
+
+# --- the chart ------------------------------------------------------------------------
+
+
+def _series(points: list[Point], kind: str, mode: str, levels: list[int]) -> list[Point]:
+    by_level = {p.concurrency: p for p in points if p.kind == kind and p.mode == mode}
+    return [by_level[c] for c in levels if c in by_level]
+
+
+def draw_chart(points: list[Point], modes: list[str], title: str, path: Path) -> bool:
+    """Two panels: tx/s and p50 latency by number of clients, each mode beside its floor
+    and the ceiling. False when matplotlib is not installed (it comes with the dev extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display
+        import matplotlib.pyplot as plt
+        from matplotlib import ticker
+        from matplotlib.lines import Line2D
+    except ImportError:
+        return False
+    levels = sorted({p.concurrency for p in points})
+    fig, (tps_ax, lat_ax) = plt.subplots(1, 2, figsize=(13, 5.6), dpi=110)
+    lines: list[tuple[str, str, str, str, str]] = [
+        (COORDINATOR, mode, mode, MODE_COLOURS.get(mode, "tab:gray"), "-") for mode in modes
+    ]
+    lines += [
+        (FLOOR, mode, f"floor {mode} (no coordinator)", MODE_COLOURS.get(mode, "tab:gray"), ":")
+        for mode in modes
+    ]
+    lines.append((CEILING, "", "ceiling (pgbench, minimal log)", "black", "--"))
+    for kind, mode, label, colour, style in lines:
+        series = _series(points, kind, mode, levels)
+        if not series:
+            continue
+        xs = [p.concurrency for p in series]
+        marker = "o" if kind == COORDINATOR else "s" if kind == CEILING else "^"
+        width = 2.2 if kind == COORDINATOR else 1.4
+        common = {"color": colour, "linestyle": style, "marker": marker, "linewidth": width}
+        tps = [p.tps for p in series]
+        p50 = [p.latency_ms.get("p50") or float("nan") for p in series]
+        tps_ax.plot(xs, tps, label=label, **common)
+        lat_ax.plot(xs, p50, **common)
+    plain = ticker.FuncFormatter(lambda value, _pos: f"{value:g}")
+    for ax, ylabel in ((tps_ax, "transactions per second"), (lat_ax, "p50 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        # Log scale, since the ceiling is far above the rest; labelled 1, 2, 5, 10, ...
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
+        ax.yaxis.set_major_formatter(plain)
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.set_ylabel(ylabel + " (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    tps_ax.set_title("Throughput: higher is better")
+    lat_ax.set_title("Median latency: lower is better")
+    # Three columns (matplotlib fills them one after the other): the modes, their floors,
+    # and the ceiling padded with blank entries to the same height.
+    handles, labels = tps_ax.get_legend_handles_labels()
+    blanks = max(len(modes) - 1, 0)
+    handles += [Line2D([], [], linestyle="none")] * blanks
+    labels += [""] * blanks
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return True
