@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any, get_args
 
 import pydantic
+import uvloop
 
 from coordinator.api.app import create_app
 from coordinator.api.schemas import is_valid_gid, render_detail
@@ -258,7 +259,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         env["TCC_DATABASE_URL"] = url
         return Supervisor(settings.workers, env).run()
     app = create_app(settings, url)
-    asyncio.run(serve_app(app, settings, budget.max_connections, reuse_port=args.reuse_port))
+    # uvloop: the same asyncio, with a faster loop under every socket the coordinator owns.
+    uvloop.run(serve_app(app, settings, budget.max_connections, reuse_port=args.reuse_port))
     return 0
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import typing
 from datetime import datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -177,6 +178,11 @@ def _api_type(hint: Any) -> Any:
     return hint
 
 
+@functools.cache
+def shown_names(record: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in shown_fields(record))
+
+
 def record_fields(record: type[Any], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The fields a record shows, with their documentation, as pydantic field definitions."""
     hints = typing.get_type_hints(record)
@@ -187,29 +193,37 @@ def record_fields(record: type[Any], *, skip: frozenset[str] = frozenset()) -> d
     }
 
 
+# The response models are built from records the coordinator made itself: already of the
+# right types, so they are constructed without validating them again.
+
+
 class _BranchBase(BaseModel):
     @classmethod
-    def of(cls, b: Branch) -> Self:
-        return cls(**{name: getattr(b, name) for name in cls.model_fields})
+    def of(cls, b: Branch) -> _BranchBase:
+        return cls.model_construct(**{name: getattr(b, name) for name in shown_names(Branch)})
 
 
 class _EventBase(BaseModel):
     @classmethod
-    def of(cls, e: Event) -> Self:
-        return cls(**{name: getattr(e, name) for name in cls.model_fields})
+    def of(cls, e: Event) -> _EventBase:
+        return cls.model_construct(**{name: getattr(e, name) for name in shown_names(Event)})
 
 
 class _TransactionBase(BaseModel):
     next_retry_at: datetime | None = Field(description="Next phase-two round, while one is due")
 
     @classmethod
-    def of(cls, t: Transaction) -> Self:
-        values = {name: getattr(t, name) for name in record_fields(Transaction)}
+    def of(cls, t: Transaction) -> _TransactionBase:
+        return cls.model_construct(**cls.values_of(t))
+
+    @classmethod
+    def values_of(cls, t: Transaction) -> dict[str, Any]:
+        values = {name: getattr(t, name) for name in shown_names(Transaction)}
         values["options"] = dialect(t.dialect).shown_options(t.options)
         values["next_retry_at"] = (
             t.next_attempt_at if t.status in states.PHASE_TWO_STATUSES else None
         )
-        return cls(**values)
+        return values
 
 
 BranchOut = create_model("BranchOut", __base__=_BranchBase, **record_fields(Branch))
@@ -233,9 +247,8 @@ TransactionDetailOut = create_model(
 
 
 def render_detail(detail: TransactionDetail) -> BaseModel:
-    base = TransactionOut.of(detail.transaction)
-    return TransactionDetailOut(
-        **base.model_dump(),
+    return TransactionDetailOut.model_construct(
+        **_TransactionBase.values_of(detail.transaction),
         branches=[BranchOut.of(b) for b in detail.branches],
         events=[EventOut.of(e) for e in detail.events],
         events_next_cursor=str(detail.events[-1].id) if detail.more_events else None,

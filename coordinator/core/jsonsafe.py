@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+import orjson
 
 from coordinator.core.errors import InvalidInput
 
@@ -21,10 +24,40 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# orjson reads an integer beyond 64 bits as a float, silently: text with such long digit
+# runs goes to the standard library, which keeps every integer exact.
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON to Python, fast where that is exact."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # the standard library says what is wrong, or reads what orjson would not
+    return json.loads(data)
+
+
+def dumps(value: Any) -> str:
+    """Python to JSON text, fast where it can be (orjson refuses integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def parse(raw: bytes | str) -> Any:
     """Parse JSON without NaN/Infinity; RecursionError and bad syntax become UnreadableJson."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)  # refuses NaN and Infinity too
+        except orjson.JSONDecodeError:
+            pass  # let the standard library say precisely what is wrong
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        return json.loads(data, parse_constant=_no_constants)
     except RecursionError as exc:
         raise UnreadableJson("nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits

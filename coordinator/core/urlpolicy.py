@@ -277,8 +277,13 @@ def _parse_resolved(address: str) -> IpAddress:
 # --- the policy ----------------------------------------------------------------------------
 
 
+_UNJUDGED = "unjudged"
+_REMEMBERED_VERDICTS = 10_000
+
+
 class ParticipantPolicy:
     def __init__(self, rules: list[Rule]) -> None:
+        self._verdicts: dict[str, str | None] = {}
         self.rules = rules
         self.name_rules = [r for r in rules if r.host is not None]
         self.range_rules = [r for r in rules if r.network is not None]
@@ -299,7 +304,24 @@ class ParticipantPolicy:
 
     def check_url(self, url: str) -> None:
         """Raise PolicyError unless the URL may be registered; what its host name resolves
-        to is judged when the call is made (coordinator.outbound.PolicyResolver)."""
+        to is judged when the call is made (coordinator.outbound.PolicyResolver).
+
+        The rules do not change while the process runs and every call checks its URL
+        again, so verdicts are remembered (a bounded number of them)."""
+        verdict = self._verdicts.get(url, _UNJUDGED)
+        if verdict is _UNJUDGED:
+            try:
+                self._judge_url(url)
+                verdict = None
+            except PolicyError as exc:
+                verdict = str(exc)
+            if len(self._verdicts) >= _REMEMBERED_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[url] = verdict
+        if verdict is not None:
+            raise PolicyError(verdict)
+
+    def _judge_url(self, url: str) -> None:
         target = parse_target(url)
         if target.address is not None:
             self.check_address(target.address, target.port)
