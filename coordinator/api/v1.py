@@ -25,7 +25,7 @@ from coordinator.api.schemas import (
     TransactionPageOut,
     TryBranchIn,
     TryOut,
-    render_detail,
+    detail_json,
 )
 from coordinator.api.wire import (
     decode_cursor,
@@ -40,10 +40,14 @@ from coordinator.core.states import TryReport
 from coordinator.engine.service import TryResult
 
 
+def detail_response(detail: TransactionDetail, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=detail_json(detail), content_type="application/json")
+
+
 def _detail_response(detail: TransactionDetail, *, settled_only: bool = True) -> web.Response:
     """200 once phase two is over; 202 while the coordinator is still working on it."""
     final = detail.transaction.status in states.FINAL_STATUSES
-    return json_response(render_detail(detail), 200 if final or not settled_only else 202)
+    return detail_response(detail, 200 if final or not settled_only else 202)
 
 
 # --- transactions ------------------------------------------------------------------
@@ -58,7 +62,7 @@ async def begin(request: web.Request) -> web.Response:
         status = 202  # decided; phase two still retrying
     else:
         status = 201
-    response = json_response(render_detail(begun.detail), status)
+    response = detail_response(begun.detail, status)
     response.headers["Location"] = f"/v1/transactions/{begun.detail.transaction.gid}"
     return response
 
@@ -144,7 +148,7 @@ async def resolve(request: web.Request) -> web.Response:
 async def get_transaction(request: web.Request) -> web.Response:
     gid = path_gid(request)
     detail = await request.app[COORDINATOR].detail(gid, caller(request))
-    return json_response(render_detail(detail))
+    return detail_response(detail)
 
 
 async def list_events(request: web.Request) -> web.Response:

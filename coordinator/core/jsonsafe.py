@@ -41,11 +41,29 @@ def loads(raw: bytes | str) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Python to JSON text, fast where it can be (orjson refuses integers beyond 64 bits)."""
+    """Python to JSON text, fast where it can be (orjson refuses integers beyond 64 bits).
+    NaN and Infinity are refused (ValueError): JSON has no words for them, and orjson would
+    quietly write null instead."""
     try:
-        return orjson.dumps(value).decode()
+        text = orjson.dumps(value)
     except TypeError:
-        return json.dumps(value)
+        return json.dumps(value, allow_nan=False)
+    if b"null" in text and _has_non_finite(value):
+        raise ValueError("NaN and Infinity cannot be written as JSON")
+    return text.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def parse(raw: bytes | str) -> Any:

@@ -3,11 +3,11 @@ every entry point (the /v1 API, DTM's, the CLI) is held to the same bounds. Pure
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.core import jsonsafe
 from coordinator.core.errors import LimitExceeded
 from coordinator.core.records import NewBranch, NewTransaction
 
@@ -16,7 +16,8 @@ RETRY_INTERVAL_OPTION = "retry_interval"
 
 
 def json_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":")).encode())
+    """Bytes of the value as compact UTF-8 JSON (as the log stores it)."""
+    return len(jsonsafe.dumps(value).encode())
 
 
 @dataclass(frozen=True, slots=True)

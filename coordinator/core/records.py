@@ -23,6 +23,7 @@ from coordinator.core.states import (
     GlobalStatus,
     Judgement,
     Phase,
+    TryVerdict,
 )
 
 
@@ -237,12 +238,31 @@ class RoundContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Written:
+    """What one write left in the log, handed back so that nobody reads it again: the
+    transaction and its branches after the write, and the events it added, in order."""
+
+    transaction: Transaction
+    branches: list[Branch]
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """One participant call as the timeline keeps it."""
 
     http_status: int | None
     error: str | None
     latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TryRecord:
+    """A try's answer, to be logged."""
+
+    branch_id: str
+    verdict: TryVerdict
+    call: CallRecord
 
 
 @dataclass(frozen=True, slots=True)

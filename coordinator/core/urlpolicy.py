@@ -25,6 +25,7 @@ a DNS answer that changes after registration cannot get round the rules.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -144,6 +145,7 @@ class Target:
     address: IpAddress | None  # set when the host is an address, in any notation
 
 
+@functools.lru_cache(maxsize=4096)  # participant URLs repeat on every transaction
 def parse_target(url: str) -> Target:
     """The URL's host and port, or PolicyError for what no rule can make callable."""
     _refuse_hidden_characters(url)

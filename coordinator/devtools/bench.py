@@ -227,7 +227,9 @@ class Bench:
     # --- set-up ----------------------------------------------------------------------
 
     def _connections_needed(self) -> int:
-        pools = len(self.config.modes) * self.config.workers * self.pool_size
+        # Each coordinator holds its pool and a half-size one for writes that need no flush.
+        per_worker = self.pool_size + max(2, self.pool_size // 2)
+        pools = len(self.config.modes) * self.config.workers * per_worker
         return pools + max(self.config.concurrency) + SPARE_CONNECTIONS
 
     async def _start_embedded(self) -> None:

@@ -27,7 +27,10 @@ from coordinator.core.records import (
     DecideResult,
     Lease,
     OptionsUpdate,
+    RoundContext,
     Transaction,
+    TryRecord,
+    Written,
 )
 from coordinator.core.retry import RetryPolicy
 from coordinator.core.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict
@@ -39,6 +42,14 @@ from coordinator.settings import Settings
 from coordinator.txlog.interface import TransactionLog
 
 log = structlog.get_logger(__name__)
+
+# A round whose calls all answer within this time is logged in one write when it ends;
+# otherwise each answer is logged as it comes (see _run_round).
+BATCH_WINDOW_S = 0.2
+
+# What a phase-two round ends with: what its last write left when it ended the phase with
+# every call done (Written), the transaction after any other round, None if it stopped.
+RoundEnd = Written | Transaction | None
 
 
 def new_owner_id() -> str:
@@ -71,30 +82,33 @@ class PhaseDriver:
         self.owner = owner or new_owner_id()
         self._rng = rng or random.Random()
         # Phase-two work running in this process, by gid: requests wait on it.
-        self._drives: dict[str, asyncio.Task[Transaction | None]] = {}
+        self._drives: dict[str, asyncio.Task[RoundEnd]] = {}
 
     # --- tries ---------------------------------------------------------------------
 
+    async def call_try(self, txn: Transaction, branch: Branch) -> tuple[TryVerdict, CallResult]:
+        """Call the branch's try; its answer, not yet logged."""
+        call = dialect(txn.dialect).participant_call(txn, branch, Phase.TRY)
+        result = await self.caller.send(call, self.call_timeout(txn))
+        verdict = states.judge_try(result.http_status)
+        self._observe_call(Phase.TRY, verdict.value, result)
+        log.info(
+            "try_answered",
+            gid=txn.gid,
+            branch_id=branch.branch_id,
+            verdict=verdict.value,
+            http_status=result.http_status,
+            latency_ms=result.latency_ms,
+            error=result.error,
+        )
+        return verdict, result
+
     async def run_try(self, txn: Transaction, branch: Branch) -> TryOutcome:
         """Call the branch's try and log the result."""
-        with structlog.contextvars.bound_contextvars(
-            gid=txn.gid, branch_id=branch.branch_id, phase=Phase.TRY.value
-        ):
-            call = dialect(txn.dialect).participant_call(txn, branch, Phase.TRY)
-            result = await self.caller.send(call, self.call_timeout(txn))
-            verdict = states.judge_try(result.http_status)
-            self._observe_call(Phase.TRY, verdict.value, result)
-            updated, recorded = await self.log.record_try(
-                txn.gid, branch.branch_id, verdict, result.record
-            )
-            log.info(
-                "try_answered",
-                verdict=verdict.value,
-                http_status=result.http_status,
-                latency_ms=result.latency_ms,
-                error=result.error,
-                late=not recorded,
-            )
+        verdict, result = await self.call_try(txn, branch)
+        updated, recorded = await self.log.record_try(
+            txn.gid, branch.branch_id, verdict, result.record
+        )
         report = (
             states.report_of(verdict)
             if recorded
@@ -130,6 +144,36 @@ class PhaseDriver:
             self.spawn_drive(result.lease)
         return result
 
+    async def decide_after_tries(
+        self, txn: Transaction, tries: list[TryRecord]
+    ) -> tuple[DecideResult, Written | None]:
+        """Auto mode: log the tries and the decision they call for in one durable write, then
+        run phase two from what that write returned (nothing is read again)."""
+        result, written = await self.log.decide_after_tries(
+            txn.gid, tries, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
+        )
+        if result.lease is not None and written is not None:
+            decision = states.decision_of(written.transaction.status)
+            assert decision is not None  # a decision was taken
+            reason = written.transaction.cancel_reason
+            log.info("transaction_decided", gid=txn.gid, decision=decision.value, reason=reason)
+            self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
+            context = RoundContext(written.transaction, written.branches, budget_spent=False)
+            self.spawn_drive(result.lease, context)
+        return result, written
+
+    async def wait_written(self, gid: str) -> Written | None:
+        """Wait (bounded) for this process's phase two on ``gid``; what its last write left,
+        when that round ended the phase with every call done, else None."""
+        task = self._drives.get(gid)
+        if task is None:
+            return None
+        done, _ = await asyncio.wait({task}, timeout=self.settings.confirm_wait_s)
+        if not done or task.cancelled() or task.exception() is not None:
+            return None
+        ended = task.result()
+        return ended if isinstance(ended, Written) else None
+
     async def wait_for(self, gid: str, timeout_s: float | None = None) -> Transaction:
         """Wait (bounded) for phase-two work this process runs on ``gid``; the current state."""
         task = self._drives.get(gid)
@@ -140,11 +184,15 @@ class PhaseDriver:
 
     # --- phase two -------------------------------------------------------------------
 
-    def spawn_drive(self, lease: Lease) -> asyncio.Task[Transaction | None]:
-        task = asyncio.create_task(self._drive(lease), name=f"drive:{lease.gid}")
+    def spawn_drive(
+        self, lease: Lease, context: RoundContext | None = None
+    ) -> asyncio.Task[RoundEnd]:
+        """Run a round under ``lease`` in the background; ``context``, when the caller has
+        it fresh from its own write, saves reading it again."""
+        task = asyncio.create_task(self._drive(lease, context), name=f"drive:{lease.gid}")
         self._drives[lease.gid] = task
 
-        def forget(done: asyncio.Task[Transaction | None]) -> None:
+        def forget(done: asyncio.Task[RoundEnd]) -> None:
             if self._drives.get(lease.gid) is done:
                 del self._drives[lease.gid]
 
@@ -155,9 +203,7 @@ class PhaseDriver:
     def active_drives(self) -> int:
         return len(self._drives)
 
-    async def resume(
-        self, lease: Lease, status: GlobalStatus
-    ) -> asyncio.Task[Transaction | None] | None:
+    async def resume(self, lease: Lease, status: GlobalStatus) -> asyncio.Task[RoundEnd] | None:
         """Continue a transaction claimed by recovery: time it out, or run its next round."""
         if status is GlobalStatus.TRYING:
             reason = states.CancelReason.TIMEOUT.text()
@@ -171,10 +217,10 @@ class PhaseDriver:
             return self._drives.get(lease.gid)
         return self.spawn_drive(lease)
 
-    async def _drive(self, lease: Lease) -> Transaction | None:
+    async def _drive(self, lease: Lease, context: RoundContext | None) -> RoundEnd:
         with structlog.contextvars.bound_contextvars(gid=lease.gid):
             try:
-                return await self._run_round(lease)
+                return await self._run_round(lease, context)
             except DatabaseUnavailable as exc:
                 # The lease expires by itself; the next scan after the outage continues.
                 log.warning("round_interrupted", error=str(exc))
@@ -209,8 +255,8 @@ class PhaseDriver:
         pending = states.branches_to_call(decision, [b.view for b in ctx.branches])
         return await self.log.finish_round(lease, decision, outcome, delay, pending, self.owner)
 
-    async def _run_round(self, lease: Lease) -> Transaction | None:
-        ctx = await self.log.round_context(lease, self.settings.give_up_after_s)
+    async def _run_round(self, lease: Lease, context: RoundContext | None) -> RoundEnd:
+        ctx = context or await self.log.round_context(lease, self.settings.give_up_after_s)
         if ctx is None:
             log.info("lease_lost_before_round")
             return None
@@ -222,10 +268,14 @@ class PhaseDriver:
         to_call = set(states.branches_to_call(decision, [b.view for b in ctx.branches]))
         pending = [b for b in ctx.branches if b.branch_id in to_call]
         async with self._renewing(lease):
-            # _phase_call never raises, so every call has ended before the lease is let go.
-            replies = await asyncio.gather(
-                *(self._phase_call(lease, txn, decision, b) for b in pending)
-            )
+            calls = [asyncio.create_task(self._call_phase_two(txn, decision, b)) for b in pending]
+            # Calls never raise, so every call has ended before the lease is let go.
+            _, slow = await asyncio.wait(calls, timeout=BATCH_WINDOW_S) if calls else ((), ())
+            if not slow:
+                results = [c.result() for c in calls]
+                if all(outcome is CallOutcome.DONE for _, outcome in results):
+                    return await self._finish_done(lease, decision, pending, results)
+            replies = await self._record_as_they_come(lease, decision, pending, calls)
         still_pending = [
             b.branch_id for b, r in zip(pending, replies, strict=True) if r is not CallOutcome.DONE
         ]
@@ -292,17 +342,71 @@ class PhaseDriver:
             phase=phase.value,
         )
 
-    async def _phase_call(
-        self, lease: Lease, txn: Transaction, decision: Decision, branch: Branch
-    ) -> CallOutcome:
+    async def _record_as_they_come(
+        self,
+        lease: Lease,
+        decision: Decision,
+        pending: list[Branch],
+        calls: list[asyncio.Task[tuple[CallResult, CallOutcome]]],
+    ) -> list[CallOutcome]:
+        """Log each call as soon as it has answered, so that a crash while a slow one is
+        still out resends only that one; what each answer means for the round."""
+
+        async def record_when_answered(
+            call: asyncio.Task[tuple[CallResult, CallOutcome]], branch: Branch
+        ) -> CallOutcome:
+            result, outcome = await call
+            return await self._record_phase_call(lease, decision, branch, result, outcome)
+
+        return list(
+            await asyncio.gather(
+                *(record_when_answered(c, b) for c, b in zip(calls, pending, strict=True))
+            )
+        )
+
+    async def _finish_done(
+        self,
+        lease: Lease,
+        decision: Decision,
+        pending: list[Branch],
+        results: list[tuple[CallResult, CallOutcome]],
+    ) -> RoundEnd:
+        """Every call came back done: one write ends the phase."""
+        calls = [
+            (b.branch_id, result.record) for b, (result, _) in zip(pending, results, strict=True)
+        ]
+        written = await self.log.finish_done_round(lease, decision, calls, self.owner)
+        if written is None:
+            log.warning("lease_lost_during_round")
+            return None
+        final = written.transaction
+        self._report_round(final.status, decision, final, [], 0.0)
+        return written
+
+    async def _call_phase_two(
+        self, txn: Transaction, decision: Decision, branch: Branch
+    ) -> tuple[CallResult, CallOutcome]:
+        """One confirm/cancel call in the transaction's dialect, and what its reply means."""
         phase = states.phase_of(decision)
         speaks = dialect(txn.dialect)
+        call = speaks.participant_call(txn, branch, phase)
+        result = await self.caller.send(call, self.call_timeout(txn))
+        outcome = speaks.judge_phase_two(phase, result)
+        self._observe_call(phase, outcome.value, result)
+        return result, outcome
+
+    async def _record_phase_call(
+        self,
+        lease: Lease,
+        decision: Decision,
+        branch: Branch,
+        result: CallResult,
+        outcome: CallOutcome,
+    ) -> CallOutcome:
+        """Log one call of a round that did not end the phase, and say what to do next."""
+        phase = states.phase_of(decision)
+        done = outcome is CallOutcome.DONE
         with structlog.contextvars.bound_contextvars(branch_id=branch.branch_id, phase=phase.value):
-            call = speaks.participant_call(txn, branch, phase)
-            result = await self.caller.send(call, self.call_timeout(txn))
-            outcome = speaks.judge_phase_two(phase, result)
-            done = outcome is CallOutcome.DONE
-            self._observe_call(phase, outcome.value, result)
             try:
                 recorded = await self.log.record_phase_call(
                     lease, branch.branch_id, decision, done, result.record

@@ -8,8 +8,8 @@ import contextlib
 import structlog
 
 from coordinator.core.errors import DatabaseUnavailable
-from coordinator.core.records import Lease, Transaction
-from coordinator.engine.driver import PhaseDriver
+from coordinator.core.records import Lease
+from coordinator.engine.driver import PhaseDriver, RoundEnd
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ class Recovery:
         claimed = await self.driver.log.claim_due(
             self.driver.owner, room, self.settings.lease_ttl_s
         )
-        tasks: list[asyncio.Task[Transaction | None]] = []
+        tasks: list[asyncio.Task[RoundEnd]] = []
         for lease, status in claimed:
             with structlog.contextvars.bound_contextvars(gid=lease.gid):
                 log.info("recovery_claimed", status=status.value)

@@ -31,6 +31,7 @@ from coordinator.core.records import (
     OptionsUpdate,
     Transaction,
     TransactionDetail,
+    TryRecord,
 )
 from coordinator.core.states import (
     CancelReason,
@@ -39,7 +40,6 @@ from coordinator.core.states import (
     Judgement,
     Refusal,
     TryReport,
-    TryVerdict,
     Verdict,
 )
 from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
@@ -183,54 +183,67 @@ class Coordinator:
         self.limits.check_transaction(new)
         return new
 
-    async def _begin(self, request: BeginRequest, caller: Principal) -> tuple[Transaction, bool]:
+    async def _begin(
+        self, request: BeginRequest, caller: Principal
+    ) -> tuple[TransactionDetail, bool]:
         new = self._new_transaction(request, caller)
-        txn, created = await self.log.begin(new)
+        detail, created = await self.log.begin(new)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
             self.metrics.count(
                 "tcc_transactions_begun_total", "Transactions begun", dialect=new.dialect
             )
-        return txn, created
+        return detail, created
 
     async def begin(self, request: BeginRequest, caller: Principal) -> Begun:
         """Begin a transaction; with ``auto``, run its tries, decide, and wait (bounded)
         for phase two. An identical repeat answers what the log holds."""
-        txn, created = await self._begin(request, caller)
+        detail, created = await self._begin(request, caller)
         if created and request.auto:
-            detail = await self.log.detail(txn.gid)
-            await self._run_auto(txn, detail.branches)
-        return Begun(await self.log.detail(txn.gid), created)
+            detail = await self._run_auto(detail)
+        return Begun(detail, created)
 
     async def prepare(self, request: BeginRequest, caller: Principal) -> tuple[Transaction, bool]:
         """DTM's prepare: a begin that answers the transaction alone."""
-        return await self._begin(request, caller)
+        detail, created = await self._begin(request, caller)
+        return detail.transaction, created
 
-    async def _run_auto(self, txn: Transaction, branches: list[Branch]) -> None:
-        outcomes = await asyncio.gather(*(self.driver.run_try(txn, b) for b in branches))
-        failed = next(
-            (
-                b.branch_id
-                for b, o in zip(branches, outcomes, strict=True)
-                if o.verdict is not TryVerdict.TRIED
-            ),
-            None,
-        )
-        if failed is None:
-            result = await self.driver.decide(txn.gid, Decision.CONFIRM, reason=None)
-            refusal = result.judgement
-            if refusal.verdict is Verdict.REFUSE:
-                # E.g. the deadline passed while the tries ran: cancel now, not at the next scan.
-                reason = (
-                    CancelReason.TIMEOUT.text()
-                    if refusal.refusal is Refusal.DEADLINE_PASSED
-                    else CancelReason.CONFIRM_REFUSED.text(refusal.reason)
-                )
-                await self.driver.decide(txn.gid, Decision.CANCEL, reason=reason)
-        else:
-            reason = CancelReason.TRY_FAILED.text(failed)
-            await self.driver.decide(txn.gid, Decision.CANCEL, reason=reason)
-        await self.driver.wait_for(txn.gid)
+    async def _run_auto(self, begun: TransactionDetail) -> TransactionDetail:
+        """Every try at once, then the decision with their answers in one write, then phase
+        two; the answer is put together from what the writes returned. Three statements on
+        the happy path, two of them waiting for the disk."""
+        txn = begun.transaction
+        answers = await asyncio.gather(*(self.driver.call_try(txn, b) for b in begun.branches))
+        tries = [
+            TryRecord(b.branch_id, verdict, result.record)
+            for b, (verdict, result) in zip(begun.branches, answers, strict=True)
+        ]
+        result, decided = await self.driver.decide_after_tries(txn, tries)
+        if decided is None:
+            if result.transaction.status is GlobalStatus.TRYING:
+                await self._decide_beyond_the_fast_path(txn.gid)
+            await self.driver.wait_for(txn.gid)
+            return await self.log.detail(txn.gid)
+        ended = await self.driver.wait_written(txn.gid)
+        if ended is None:  # phase two goes on (retries), or another process has it
+            return await self.log.detail(txn.gid)
+        events = [*begun.events, *decided.events, *ended.events]
+        page = events[:DEFAULT_EVENTS_PAGE]
+        more = len(events) > len(page)
+        return TransactionDetail(ended.transaction, ended.branches, page, more_events=more)
+
+    async def _decide_beyond_the_fast_path(self, gid: str) -> None:
+        """Confirm as the general rules allow, else cancel saying why (e.g. another branch
+        registered meanwhile has not been tried)."""
+        result = await self.driver.decide(gid, Decision.CONFIRM, reason=None)
+        refusal = result.judgement
+        if refusal.verdict is Verdict.REFUSE:
+            reason = (
+                CancelReason.TIMEOUT.text()
+                if refusal.refusal is Refusal.DEADLINE_PASSED
+                else CancelReason.CONFIRM_REFUSED.text(refusal.reason)
+            )
+            await self.driver.decide(gid, Decision.CANCEL, reason=reason)
 
     # --- branches and tries ------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from coordinator.core.records import (
     RoundContext,
     Transaction,
     TransactionDetail,
+    TryRecord,
+    Written,
 )
 from coordinator.core.states import Decision, GlobalStatus, TryVerdict
 
@@ -40,9 +42,10 @@ class TransactionLog(Protocol):
 
     # --- begin, register, try -----------------------------------------------------
 
-    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
-        """Log a transaction with its branches; an identical repeat returns the original
-        (created False); a gid taken by any other request raises Conflict."""
+    async def begin(self, new: NewTransaction) -> tuple[TransactionDetail, bool]:
+        """Log a transaction with its branches (durably: participants are called next); an
+        identical repeat returns the original (created False); a gid taken by any other
+        request raises TakenGid."""
         ...
 
     async def register_branch(
@@ -66,6 +69,16 @@ class TransactionLog(Protocol):
         ...
 
     # --- decisions and operator actions -------------------------------------------
+
+    async def decide_after_tries(
+        self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float
+    ) -> tuple[DecideResult, Written | None]:
+        """Auto mode in one durable write: log the tries' answers, then decide. Cancel (the
+        first failed try, or the deadline) or confirm (every try recorded as tried, no other
+        branch in the way); the decider gets the lease. When neither rule applies, or the
+        transaction is no longer trying, nothing is decided (the judgement says why not) and
+        the caller takes the general path. ``Written`` is None when nothing was decided."""
+        ...
 
     async def decide(
         self,
@@ -112,6 +125,15 @@ class TransactionLog(Protocol):
         self, lease: Lease, branch_id: str, decision: Decision, done: bool, call: CallRecord
     ) -> bool:
         """Store one confirm/cancel reply; False (and nothing written) if the lease was lost."""
+        ...
+
+    async def finish_done_round(
+        self, lease: Lease, decision: Decision, calls: list[tuple[str, CallRecord]], owner: str
+    ) -> Written | None:
+        """A round in which every call came back done, in one write: each call's outcome,
+        the final status, the events. Redoable, so its commit need not wait for the disk (a
+        crash before it reaches the disk means those calls are sent again). None if the lease
+        was lost."""
         ...
 
     async def finish_round(

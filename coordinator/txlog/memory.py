@@ -44,13 +44,18 @@ from coordinator.core.records import (
     RoundContext,
     Transaction,
     TransactionDetail,
+    TryRecord,
+    Written,
 )
 from coordinator.core.states import (
     BranchStatus,
+    CancelReason,
     Decision,
     EventKind,
     GlobalStatus,
+    Judgement,
     Phase,
+    Refusal,
     TryVerdict,
     Verdict,
 )
@@ -284,14 +289,15 @@ class InMemoryLog:
 
     # --- begin, register, try -----------------------------------------------------
 
-    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
+    async def begin(self, new: NewTransaction) -> tuple[TransactionDetail, bool]:
         """Log a new transaction; a repeat with the same request returns the original."""
         async with self._lock:
             existing = self._transactions.get(new.gid)
             if existing is not None:
                 if existing.request_hash != new.request_hash:
                     raise TakenGid(new.gid)
-                return _out_transaction(existing.record), False
+                return self._detail(new.gid, DEFAULT_EVENTS_PAGE), False
+            first_event = self._last_event_id
             now = self.clock.now()
             deadline = _later(now, new.timeout_s)
             # Everything that may refuse the input is done before the first write, so that a
@@ -325,7 +331,8 @@ class InMemoryLog:
             self._event(new.gid, EventKind.BEGIN, detail=begin_detail)
             for branch in branches:
                 self._insert_branch(new.gid, branch, now)
-            return _out_transaction(txn), True
+            written = self._written(new.gid, first_event)
+            return TransactionDetail(written.transaction, written.branches, written.events), True
 
     @staticmethod
     def _first_of_each(branches: Iterable[NewBranch]) -> list[NewBranch]:
@@ -489,6 +496,118 @@ class InMemoryLog:
                 detail={"decision": decision.value, "reason": reason, "by": owner},
             )
             return DecideResult(_out_transaction(decided), judgement, Lease(gid, row.lease_token))
+
+    async def decide_after_tries(
+        self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float
+    ) -> tuple[DecideResult, Written | None]:
+        """The tries' answers, then the decision, as the decide_after_tries statement."""
+        async with self._lock:
+            row = self._row(gid)
+            now = self.clock.now()
+            first_event = self._last_event_id
+            recorded = [self._record_try(gid, t, now) for t in tries]
+            txn = row.record
+            failed = next((t.branch_id for t in tries if t.verdict is not TryVerdict.TRIED), None)
+            deadline_passed = txn.deadline <= now
+            decision: Decision | None = None
+            reason: str | None = None
+            if txn.status is not GlobalStatus.TRYING:
+                judgement = Judgement(
+                    Verdict.REFUSE, f"transaction is {txn.status.value}", Refusal.NOT_TRYING
+                )
+            elif failed is not None or deadline_passed:
+                decision = Decision.CANCEL
+                reason = (
+                    CancelReason.TRY_FAILED.text(failed)
+                    if failed is not None
+                    else CancelReason.TIMEOUT.text()
+                )
+            elif all(recorded) and self._others_allow_confirm(gid, tries):
+                decision = Decision.CONFIRM
+            if decision is None:
+                if txn.status is GlobalStatus.TRYING:
+                    judgement = Judgement(
+                        Verdict.REFUSE, "not every try was recorded as tried", Refusal.TRY_PENDING
+                    )
+                return DecideResult(_out_transaction(txn), judgement, None), None
+            lease = self._take_decision(row, decision, reason, owner, lease_ttl_s, now)
+            written = self._written(gid, first_event)
+            return DecideResult(written.transaction, Judgement(Verdict.DECIDE), lease), written
+
+    def _record_try(self, gid: str, record: TryRecord, now: datetime) -> bool:
+        """One try's answer (the record_try rule); True when the branch took it."""
+        target = (
+            BranchStatus.TRIED if record.verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
+        )
+        branch_row = self._branches[gid].get(record.branch_id)
+        taken = branch_row is not None and branch_row.record.status is BranchStatus.REGISTERED
+        if branch_row is not None and taken:
+            branch_row.update(
+                status=target,
+                attempts=branch_row.record.attempts + 1,
+                last_http_status=record.call.http_status,
+                last_error=record.call.error,
+                last_latency_ms=_double(record.call.latency_ms),
+                updated_at=now,
+            )
+        self._event(
+            gid,
+            EventKind.TRY_RESULT,
+            branch_id=record.branch_id,
+            phase=Phase.TRY,
+            call=record.call,
+            detail={"verdict": record.verdict.value, "late": not taken},
+        )
+        return taken
+
+    def _others_allow_confirm(self, gid: str, tries: list[TryRecord]) -> bool:
+        """No branch outside these tries failed its try or still waits for one."""
+        mine = {t.branch_id for t in tries}
+        return all(
+            b.record.status is not BranchStatus.TRY_FAILED
+            and not (b.record.status is BranchStatus.REGISTERED and b.record.try_url is not None)
+            for b in self._branch_rows(gid)
+            if b.record.branch_id not in mine
+        )
+
+    def _take_decision(
+        self,
+        row: _TransactionRow,
+        decision: Decision,
+        reason: str | None,
+        owner: str,
+        lease_ttl_s: float,
+        now: datetime,
+    ) -> Lease:
+        """Write a decision the caller has judged allowed; the decider gets the lease."""
+        target = states.phase_status(decision)
+        assert row.record.status in states.sources_of(target)  # the CAS guard
+        row.lease_token = _new_token()
+        row.phase_started_at = now
+        row.update(
+            status=target,
+            cancel_reason=reason if decision is Decision.CANCEL else None,
+            decided_at=now,
+            phase_attempts=0,
+            next_attempt_at=now,
+            updated_at=now,
+            lease_owner=owner,
+            lease_expires_at=_later(now, lease_ttl_s),
+        )
+        self._event(
+            row.record.gid,
+            EventKind.DECISION,
+            detail={"decision": decision.value, "reason": reason, "by": owner},
+        )
+        return Lease(row.record.gid, row.lease_token)
+
+    def _written(self, gid: str, after_event: int) -> Written:
+        """The transaction and its branches now, and the events written after an id."""
+        return Written(
+            _out_transaction(self._row(gid).record),
+            [_out_branch(b.record) for b in self._branch_rows(gid)],
+            [_out_event(e) for e in self._events.get(gid, []) if e.id > after_event],
+        )
 
     @staticmethod
     def _set_options(row: _TransactionRow, update: OptionsUpdate, now: datetime) -> None:
@@ -676,6 +795,59 @@ class InMemoryLog:
             )
             return True
 
+    async def finish_done_round(
+        self, lease: Lease, decision: Decision, calls: list[tuple[str, CallRecord]], owner: str
+    ) -> Written | None:
+        """Every call done: their outcomes and the end of the phase, in one write."""
+        target = states.branch_done_status(decision)
+        phase = states.phase_of(decision)
+        final = states.final_status(decision)
+        async with self._lock:
+            row = self._leased(lease)
+            if row is None:
+                return None
+            now = self.clock.now()
+            first_event = self._last_event_id
+            for branch_id, call in calls:
+                branch_row = self._branches[lease.gid].get(branch_id)
+                sources = states.branch_sources_of(target)
+                if branch_row is not None and branch_row.record.status in sources:
+                    branch_row.update(
+                        status=target,
+                        attempts=branch_row.record.attempts + 1,
+                        last_http_status=call.http_status,
+                        last_error=call.error,
+                        last_latency_ms=_double(call.latency_ms),
+                        next_retry_at=None,
+                        updated_at=now,
+                    )
+                self._event(
+                    lease.gid,
+                    states.call_event(phase),
+                    branch_id=branch_id,
+                    phase=phase,
+                    call=call,
+                    detail={"done": True},
+                )
+            if row.record.status is not states.phase_status(decision):
+                return None
+            row.lease_token = None
+            txn = row.update(
+                status=final,
+                phase_attempts=row.record.phase_attempts + 1,
+                updated_at=now,
+                next_attempt_at=None,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            self._event(
+                lease.gid,
+                states.outcome_event(final),
+                detail={"rounds": txn.phase_attempts, "by": owner},
+            )
+            return self._written(lease.gid, first_event)
+
     async def finish_round(
         self,
         lease: Lease,
@@ -737,9 +909,12 @@ class InMemoryLog:
 
     async def detail(self, gid: str, events_limit: int = DEFAULT_EVENTS_PAGE) -> TransactionDetail:
         async with self._lock:
-            txn = self._row(gid).record
-            branches = [_out_branch(b.record) for b in self._branch_rows(gid)]
-            events = self._events_after(gid, 0, events_limit + 1)
+            return self._detail(gid, events_limit)
+
+    def _detail(self, gid: str, events_limit: int) -> TransactionDetail:
+        txn = self._row(gid).record
+        branches = [_out_branch(b.record) for b in self._branch_rows(gid)]
+        events = self._events_after(gid, 0, events_limit + 1)
         return TransactionDetail(
             _out_transaction(txn),
             branches,

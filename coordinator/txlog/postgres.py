@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -31,6 +32,8 @@ from coordinator.core.records import (
     RoundContext,
     Transaction,
     TransactionDetail,
+    TryRecord,
+    Written,
     from_row,
 )
 from coordinator.core.states import (
@@ -38,11 +41,14 @@ from coordinator.core.states import (
     Decision,
     EventKind,
     GlobalStatus,
+    Judgement,
     Phase,
+    Refusal,
     TryVerdict,
     Verdict,
 )
 from coordinator.txlog import migrator
+from coordinator.txlog.batching import Batcher
 from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE
 from coordinator.txlog.queries import q
 
@@ -90,12 +96,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     reset (four statements, a round trip and a commit per checkout) would be pure cost."""
 
 
-async def connect_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+async def connect_pool(
+    dsn: str,
+    min_size: int = 2,
+    max_size: int = 20,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
+            server_settings=server_settings,
             init=_init_connection,
             reset=_keep_session,
             timeout=10,  # connecting; an unreachable database must not hang a request
@@ -104,6 +116,22 @@ async def connect_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> async
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     return pool
+
+
+# The statements are prepared once per connection. Left to itself, Postgres keeps planning
+# the hot path's many-CTE statements for each execution's values (a plan per call costs more
+# than running it); their plans do not depend on the values, so one generic plan is kept.
+_SESSION = {"plan_cache_mode": "force_generic_plan"}
+# Writes that are safe to lose in a crash (they are redone) do not wait for the disk.
+_NO_FLUSH_WAIT = {"synchronous_commit": "off"}
+
+
+def _first_of_each(branches: list[NewBranch]) -> list[NewBranch]:
+    """A branch id given twice in one begin is registered once, as the first said."""
+    seen: dict[str, NewBranch] = {}
+    for branch in branches:
+        seen.setdefault(branch.branch_id, branch)
+    return list(seen.values())
 
 
 def _transaction(row: asyncpg.Record) -> Transaction:
@@ -121,21 +149,47 @@ def _event(row: asyncpg.Record) -> Event:
 class PostgresLog:
     """Every read and write of the transaction log (see TransactionLog for the contract)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, lazy_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        # Connections whose commits do not wait for the disk, for the writes that are safe
+        # to lose in a crash (they are redone); the same pool when none is given.
+        self.lazy_pool = lazy_pool or pool
+        # Group commit of the hot path's writes (see batching.py).
+        self._begins: Batcher[NewTransaction, TransactionDetail | None] = Batcher(
+            self._flush_begins, key=lambda new: new.gid
+        )
+        self._decisions: Batcher[_AutoDecision, tuple[DecideResult, Written] | None] = Batcher(
+            self._flush_decisions, key=lambda item: item.gid
+        )
+        self._finishes: Batcher[_DoneRound, Written | None] = Batcher(
+            self._flush_finishes, key=lambda item: item.lease.gid
+        )
 
     @classmethod
     async def connect(cls, dsn: str, min_size: int = 2, max_size: int = 20) -> PostgresLog:
-        return cls(await connect_pool(dsn, min_size, max_size))
+        pool = await connect_pool(dsn, min_size, max_size, server_settings=_SESSION)
+        try:
+            lazy = await connect_pool(
+                dsn, 1, max(2, max_size // 2), server_settings=_SESSION | _NO_FLUSH_WAIT
+            )
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, lazy)
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.lazy_pool is not self.pool:
+            await self.lazy_pool.close()
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+    async def connection(
+        self, *, lazy: bool = False
+    ) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         try:
-            async with self.pool.acquire() as conn:
+            async with (self.lazy_pool if lazy else self.pool).acquire() as conn:
                 yield conn
+
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
         except (asyncpg.DataError, asyncpg.CheckViolationError) as exc:
@@ -186,36 +240,157 @@ class PostgresLog:
 
     # --- begin and register ---------------------------------------------------
 
-    async def begin(self, new: NewTransaction) -> tuple[Transaction, bool]:
-        """Log a new transaction; a repeat with the same request returns the original."""
-        async with self._transaction_block() as conn:
-            row = await conn.fetchrow(
-                q("insert_transaction"),
-                new.gid,
-                new.dialect,
-                new.service,
-                new.metadata,
-                new.request_hash,
-                new.timeout_s,
-                new.call_timeout_s,
-                new.options,
+    # --- the hot path, group-committed -----------------------------------------------
+
+    async def begin(self, new: NewTransaction) -> tuple[TransactionDetail, bool]:
+        written = await self._begins.submit(new)
+        if written is not None:
+            return written, True
+        async with self.connection() as conn:
+            existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
+        if existing_hash != new.request_hash:
+            raise TakenGid(new.gid)
+        return await self.detail(new.gid), False
+
+    async def _flush_begins(
+        self, items: list[NewTransaction]
+    ) -> list[TransactionDetail | BaseException | None]:
+        firsts = [_first_of_each(new.branches) for new in items]
+        branches = [(n, pos, b) for n, bs in enumerate(firsts, 1) for pos, b in enumerate(bs)]
+        statement = q("begin_transactions")
+        args = (
+            [new.gid for new in items],
+            [new.dialect for new in items],
+            [new.service for new in items],
+            [new.metadata for new in items],
+            [new.request_hash for new in items],
+            [float(new.timeout_s) for new in items],
+            [new.call_timeout_s for new in items],
+            [new.options for new in items],
+            [{"timeout_s": new.timeout_s, "service": new.service} for new in items],
+            [n for n, _, _ in branches],
+            [pos for _, pos, _ in branches],
+            [b.branch_id for _, _, b in branches],
+            [b.name for _, _, b in branches],
+            [b.try_url for _, _, b in branches],
+            [b.confirm_url for _, _, b in branches],
+            [b.cancel_url for _, _, b in branches],
+            [b.payload for _, _, b in branches],
+            [b.request_hash for _, _, b in branches],
+            [b.data for _, _, b in branches],
+        )
+        rows = await self._batch(statement, args, items, self._flush_begins)
+        if not isinstance(rows, list):
+            return rows.results
+        return [
+            None
+            if row["txn"] is None
+            else TransactionDetail(
+                _transaction(row["txn"]),
+                [_branch(b) for b in row["branches"]],
+                [_event(e) for e in row["events"]],
             )
-            if row is None:
-                existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
-                if existing_hash != new.request_hash:
-                    raise TakenGid(new.gid)
-                original = await conn.fetchrow(q("get_transaction"), new.gid)
-                assert original is not None  # rows are never deleted
-                return _transaction(original), False
-            await self._event(
-                conn,
-                new.gid,
-                EventKind.BEGIN,
-                detail={"timeout_s": new.timeout_s, "service": new.service},
+            for row in rows
+        ]
+
+    async def decide_after_tries(
+        self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float
+    ) -> tuple[DecideResult, Written | None]:
+        decided = await self._decisions.submit(_AutoDecision(gid, tuple(tries), owner, lease_ttl_s))
+        if decided is None:
+            # Nothing decided: say why, from the transaction as it is now.
+            txn = await self.get(gid)
+            return DecideResult(txn, _undecided(txn.status), None), None
+        return decided
+
+    async def _flush_decisions(
+        self, items: list[_AutoDecision]
+    ) -> list[tuple[DecideResult, Written] | BaseException | None]:
+        owner, lease_ttl_s = items[0].owner, items[0].lease_ttl_s
+        if any((i.owner, i.lease_ttl_s) != (owner, lease_ttl_s) for i in items):
+            # One process, one owner: never seen, but keep each statement's settings single.
+            return [r for i in items for r in await self._flush_decisions([i])]
+        tries = [(n, t) for n, item in enumerate(items, 1) for t in item.tries]
+        args = (
+            [i.gid for i in items],
+            [i.failed for i in items],
+            [n for n, _ in tries],
+            [t.branch_id for _, t in tries],
+            [t.verdict is TryVerdict.TRIED for _, t in tries],
+            [t.call.http_status for _, t in tries],
+            [t.call.error for _, t in tries],
+            [t.call.latency_ms for _, t in tries],
+            [t.verdict.value for _, t in tries],
+            owner,
+            lease_ttl_s,
+        )
+        rows = await self._batch(q("decide_after_tries"), args, items, self._flush_decisions)
+        if not isinstance(rows, list):
+            return rows.results
+        return [_decision_of(row) for row in rows]
+
+    async def finish_done_round(
+        self, lease: Lease, decision: Decision, calls: list[tuple[str, CallRecord]], owner: str
+    ) -> Written | None:
+        return await self._finishes.submit(_DoneRound(lease, decision, tuple(calls), owner))
+
+    async def _flush_finishes(
+        self, items: list[_DoneRound]
+    ) -> list[Written | BaseException | None]:
+        owner = items[0].owner
+        if any(i.owner != owner for i in items):
+            return [r for i in items for r in await self._flush_finishes([i])]
+        calls = [(n, c) for n, item in enumerate(items, 1) for c in item.calls]
+        args = (
+            [i.lease.gid for i in items],
+            [i.lease.token for i in items],
+            [i.decision.value for i in items],
+            [n for n, _ in calls],
+            [branch_id for _, (branch_id, _) in calls],
+            [c.http_status for _, (_, c) in calls],
+            [c.error for _, (_, c) in calls],
+            [c.latency_ms for _, (_, c) in calls],
+            owner,
+            states.branch_sources_of(BranchStatus.CONFIRMED),
+            states.branch_sources_of(BranchStatus.CANCELLED),
+        )
+        rows = await self._batch(
+            q("finish_done_rounds"), args, items, self._flush_finishes, lazy=True
+        )
+        if not isinstance(rows, list):
+            return rows.results
+        return [
+            None
+            if row["finished"] is None
+            else Written(
+                _transaction(row["finished"]),
+                [_branch(b) for b in row["branches"]],
+                [_event(e) for e in row["events"]],
             )
-            for branch in new.branches:
-                await self._insert_branch(conn, new.gid, branch)
-            return _transaction(row), True
+            for row in rows
+        ]
+
+    async def _batch(
+        self,
+        statement: str,
+        args: tuple[Any, ...],
+        items: list[_Item],
+        one_by_one: Callable[[list[_Item]], Awaitable[list[_Result | BaseException]]],
+        *,
+        lazy: bool = False,
+    ) -> list[asyncpg.Record] | _Separately[_Result]:
+        """Run one batched statement. If the database refuses a value in it, only the item
+        that carries the value should fail: the items are then written one by one."""
+        try:
+            async with self.connection(lazy=lazy) as conn:
+                return await conn.fetch(statement, *args)
+        except InvalidInput as exc:
+            if len(items) == 1:
+                return _Separately([exc])
+        results: list[_Result | BaseException] = []
+        for item in items:
+            results.extend(await one_by_one([item]))
+        return _Separately(results)
 
     async def _insert_branch(
         self, conn: asyncpg.pool.PoolConnectionProxy, gid: str, new: NewBranch
@@ -570,7 +745,9 @@ class PostgresLog:
 
     async def list(self, flt: ListFilter) -> list[Transaction]:
         after_at, after_gid = flt.after if flt.after else (None, None)
-        async with self.connection() as conn:
+        async with self._transaction_block() as conn:
+            # Its optional filters need a plan made for the values at hand (see _SESSION).
+            await conn.execute(q("plan_for_these_values"))
             rows = await conn.fetch(
                 q("list_transactions"),
                 [s.value for s in flt.statuses] if flt.statuses else None,
@@ -582,3 +759,57 @@ class PostgresLog:
                 flt.limit,
             )
         return [_transaction(r) for r in rows]
+
+
+def _undecided(status: GlobalStatus) -> Judgement:
+    """Why decide_after_tries took no decision: the transaction had left trying, or a rule
+    beyond the fast path's (a try not recorded, another branch in the way) applies."""
+    if status is not GlobalStatus.TRYING:
+        return Judgement(Verdict.REFUSE, f"transaction is {status.value}", Refusal.NOT_TRYING)
+    return Judgement(Verdict.REFUSE, "not every try was recorded as tried", Refusal.TRY_PENDING)
+
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+@dataclass(frozen=True, slots=True)
+class _Separately(Generic[_Result]):
+    """The results of a batch that was written item by item."""
+
+    results: list[_Result | BaseException]
+
+
+@dataclass(frozen=True, slots=True)
+class _AutoDecision:
+    gid: str
+    tries: tuple[TryRecord, ...]
+    owner: str
+    lease_ttl_s: float
+
+    @property
+    def failed(self) -> str | None:
+        """The first branch whose try failed, which the cancel reason names."""
+        return next((t.branch_id for t in self.tries if t.verdict is not TryVerdict.TRIED), None)
+
+
+@dataclass(frozen=True, slots=True)
+class _DoneRound:
+    lease: Lease
+    decision: Decision
+    calls: tuple[tuple[str, CallRecord], ...]
+    owner: str
+
+
+def _decision_of(row: asyncpg.Record) -> tuple[DecideResult, Written] | BaseException | None:
+    """One transaction's part of a decide_after_tries batch; None when nothing was decided."""
+    if row["status_before"] is None:
+        return NotFound(f"no transaction {row['gid']!r}")
+    if row["decided"] is None:
+        return None
+    decided = _transaction(row["decided"])
+    lease = Lease(decided.gid, str(row["decided"]["lease_token"]))
+    written = Written(
+        decided, [_branch(b) for b in row["branches"]], [_event(e) for e in row["events"]]
+    )
+    return DecideResult(decided, Judgement(Verdict.DECIDE), lease), written

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -340,3 +342,22 @@ async def test_branch_limit__is_enforced(
     )
     assert status == 422
     assert "at most 2 branches" in out["detail"]
+
+
+async def test_detail__written_straight_from_the_records__equals_the_models_rendering(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    from coordinator.api.schemas import detail_json, render_detail
+
+    body = {"gid": "same", "metadata": {"n": 1.5, "s": "é", "big": 2**70}, "auto": True}
+    body["branches"] = [participant.branch("b", payload={"x": [1, None, "ü"]})]
+    assert (await coordinator.post("/v1/transactions", body))[0] == 201
+    detail = await coordinator.runtime.log.detail("same")
+    for shown in (detail, dataclasses.replace(detail, more_events=True)):
+        fast = json.loads(detail_json(shown))
+        assert fast == json.loads(render_detail(shown).model_dump_json())
+    small = dataclasses.replace(
+        detail, transaction=dataclasses.replace(detail.transaction, metadata={"n": 1})
+    )
+    # Without the long integer, the fast path writes it (the same JSON, keys in its order).
+    assert json.loads(detail_json(small)) == json.loads(render_detail(small).model_dump_json())

@@ -265,10 +265,13 @@ async def test_decide__with_options_but_refused_or_repeated__leaves_the_options_
 async def test_begin__a_new_transaction__is_trying_until_its_deadline(
     store: TransactionLog,
 ) -> None:
-    txn, created = await store.begin(
+    begun, created = await store.begin(
         new_txn("g", timeout_s=30, branches=[new_branch("b1"), new_branch("b2")])
     )
+    txn = begun.transaction
     assert created
+    # The begin hands back what it wrote: exactly what a read finds after it.
+    assert begun == await store.detail("g")
     assert txn.status is GlobalStatus.TRYING
     assert isinstance(txn.timeout_s, float)  # a double, though given as an int
     assert txn.created_at == txn.updated_at
@@ -295,7 +298,9 @@ async def test_begin__an_identical_repeat__returns_the_original_and_logs_nothing
     first, _ = await store.begin(new_txn("g", branches=[new_branch("b")]))
     again, created = await store.begin(new_txn("g", branches=[new_branch("b")]))
     assert not created
-    assert again == first
+    assert again.transaction == first.transaction
+    assert again.branches == first.branches
+    assert again.events == first.events
     assert len((await store.detail("g")).events) == 2
 
 
@@ -318,7 +323,7 @@ async def test_begin__values_passed_in_and_handed_out__are_copies(store: Transac
     metadata = {"order": {"id": 1}}
     branch = dataclasses.replace(new_branch("b"), payload={"items": [1, 2]})
     new = dataclasses.replace(new_txn("g", branches=[branch]), metadata=metadata)
-    txn, _ = await store.begin(new)
+    txn = (await store.begin(new))[0].transaction
     metadata["order"]["id"] = 2
     branch.payload["items"].append(3)
     txn.metadata["order"]["id"] = 3
@@ -900,13 +905,13 @@ async def test_list__newer_transactions__come_first_whatever_their_gid(
 async def test_list__filters_by_status_service_and_creation_time(
     store: TransactionLog, log_time: LogTime
 ) -> None:
-    early, _ = await store.begin(new_txn("early", service="shop"))
+    early = (await store.begin(new_txn("early", service="shop")))[0].transaction
     await log_time.sleep(0.002)
     await store.begin(new_txn("other", service="bank"))
     await store.begin(new_txn("anonymous", service=None))
     await confirming(store, "decided")
     await log_time.sleep(0.002)
-    late, _ = await store.begin(new_txn("late", service="shop"))
+    late = (await store.begin(new_txn("late", service="shop")))[0].transaction
 
     async def gids(flt: ListFilter) -> list[str]:
         return [t.gid for t in await store.list(flt)]

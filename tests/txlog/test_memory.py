@@ -77,7 +77,7 @@ async def test_in_memory_log__exactly_at_the_deadline__the_deadline_has_passed()
 
 async def test_in_memory_log__without_a_clock__makes_its_own() -> None:
     log = InMemoryLog()
-    txn, _ = await log.begin(new_txn("g"))
+    txn = (await log.begin(new_txn("g")))[0].transaction
     assert txn.created_at == log.clock.now()
     assert await log.readiness() == []
     await log.close()

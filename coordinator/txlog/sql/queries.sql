@@ -230,6 +230,11 @@ SET options = options || $2, call_timeout_s = COALESCE($3, call_timeout_s), upda
 WHERE gid = $1 AND status = 'trying'
 RETURNING gid;
 
+-- name: plan_for_these_values
+-- For a statement whose plan depends on which optional filters are set (list_transactions):
+-- the connections keep generic plans otherwise.
+SET LOCAL plan_cache_mode = force_custom_plan;
+
 -- name: list_transactions
 -- Newest first; the cursor is the (created_at, gid) of the last row already seen.
 SELECT * FROM tcc_transactions
@@ -240,3 +245,228 @@ WHERE ($1::text[] IS NULL OR status = ANY($1))
   AND ($5::timestamptz IS NULL OR (created_at, gid) < ($5, $6::text))
 ORDER BY created_at DESC, gid DESC
 LIMIT $7;
+
+-- name: begin_transactions
+-- Group commit: many begins in one statement, each a transaction with its branches and
+-- their timeline entries. $1-$9: the transactions as parallel arrays ($9: the begin event's
+-- detail); $10-$19: every branch, $10 saying which transaction (1-based) it belongs to and
+-- $11 its position there. A gid that exists already is left alone (ON CONFLICT): its row
+-- comes back empty and the caller looks at what holds it. A gid appears once per batch.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
+                         $6::float8[], $7::float8[], $8::jsonb[], $9::jsonb[])
+        WITH ORDINALITY AS i(gid, dialect, service, metadata, request_hash, timeout_s,
+                             call_timeout_s, options, begin_detail, n)
+), txn AS (
+    INSERT INTO tcc_transactions (
+        gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
+        deadline, next_attempt_at, options
+    )
+    SELECT gid, 'trying', dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
+           now() + make_interval(secs => timeout_s), now() + make_interval(secs => timeout_s),
+           options
+    FROM input ORDER BY n
+    ON CONFLICT (gid) DO NOTHING
+    RETURNING *
+), branches AS (
+    INSERT INTO tcc_branches (
+        gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
+        request_hash, status, data
+    )
+    SELECT txn.gid, b.branch_id, b.position, b.name, b.try_url, b.confirm_url, b.cancel_url,
+           b.payload, b.request_hash, 'registered', b.data
+    FROM unnest($10::int[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[],
+                $16::text[], $17::jsonb[], $18::text[], $19::text[])
+             WITH ORDINALITY AS b(n, position, branch_id, name, try_url, confirm_url,
+                                  cancel_url, payload, request_hash, data, ord)
+         JOIN input ON input.n = b.n
+         JOIN txn ON txn.gid = input.gid
+    ORDER BY b.ord
+    RETURNING *
+), events AS (
+    INSERT INTO tcc_events (gid, kind, branch_id, detail)
+    SELECT gid, kind, branch_id, detail FROM (
+        SELECT txn.gid, 'begin' AS kind, NULL::text AS branch_id, input.begin_detail AS detail,
+               input.n, -1 AS ord
+        FROM txn JOIN input ON input.gid = txn.gid
+        UNION ALL
+        SELECT b.gid, 'branch_registered', b.branch_id,
+               jsonb_build_object('name', b.name, 'coordinator_runs_try', b.try_url IS NOT NULL),
+               input.n, b.position
+        FROM branches b JOIN input ON input.gid = b.gid
+    ) AS e
+    ORDER BY n, ord
+    RETURNING *
+)
+SELECT i.gid,
+       (SELECT t::tcc_transactions FROM txn t WHERE t.gid = i.gid) AS txn,
+       ARRAY(SELECT b::tcc_branches FROM branches b WHERE b.gid = i.gid ORDER BY position)
+           AS branches,
+       ARRAY(SELECT e::tcc_events FROM events e WHERE e.gid = i.gid ORDER BY id) AS events
+FROM input i
+ORDER BY i.n;
+
+-- name: decide_after_tries
+-- Group commit of auto mode's decisions: for each transaction, its tries' answers and the
+-- decision in one statement (see TransactionLog.decide_after_tries). $1 gids, $2 the first
+-- branch whose try failed (or NULL), per transaction; $3-$9 every try, $3 saying which
+-- transaction (1-based) it belongs to ($5: its verdict is "tried"); $10 owner; $11 lease
+-- seconds. The decision mirrors core.states.judge_decision for this case; what it does not
+-- cover decides nothing. Rows are locked in gid order, so batches cannot deadlock.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS i(gid, failed, n)
+), txn AS (
+    SELECT t.gid, t.status, t.deadline <= now() AS deadline_passed, input.n, input.failed
+    FROM tcc_transactions t JOIN input ON input.gid = t.gid
+    ORDER BY t.gid
+    FOR UPDATE OF t
+), tries AS (
+    SELECT * FROM unnest($3::int[], $4::text[], $5::bool[], $6::int[], $7::text[],
+                         $8::float8[], $9::text[])
+        WITH ORDINALITY AS x(n, branch_id, tried, http_status, error, latency_ms, verdict, ord)
+), recorded AS (
+    UPDATE tcc_branches b
+    SET status = CASE WHEN x.tried THEN 'tried' ELSE 'try_failed' END,
+        attempts = b.attempts + 1, last_http_status = x.http_status, last_error = x.error,
+        last_latency_ms = x.latency_ms, updated_at = now()
+    FROM tries x JOIN txn ON txn.n = x.n
+    WHERE b.gid = txn.gid AND b.branch_id = x.branch_id AND b.status = 'registered'
+    RETURNING b.*
+), decision AS (
+    SELECT txn.gid, txn.n,
+           CASE
+               WHEN txn.status <> 'trying' THEN NULL
+               WHEN txn.failed IS NOT NULL OR txn.deadline_passed THEN 'cancelling'
+               WHEN (SELECT count(*) FROM recorded r WHERE r.gid = txn.gid)
+                    = (SELECT count(*) FROM tries x WHERE x.n = txn.n)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM tcc_branches o
+                        WHERE o.gid = txn.gid
+                          AND o.branch_id NOT IN (SELECT x.branch_id FROM tries x
+                                                  WHERE x.n = txn.n)
+                          AND (o.status = 'try_failed'
+                               OR (o.status = 'registered' AND o.try_url IS NOT NULL))
+                    )
+               THEN 'confirming'
+           END AS target,
+           CASE
+               WHEN txn.failed IS NOT NULL THEN 'try_failed: ' || txn.failed
+               WHEN txn.deadline_passed THEN 'timeout'
+           END AS reason
+    FROM txn
+), decided AS (
+    UPDATE tcc_transactions t
+    SET status = d.target,
+        cancel_reason = CASE WHEN d.target = 'cancelling' THEN d.reason END,
+        decided_at = now(), phase_started_at = now(), phase_attempts = 0,
+        next_attempt_at = now(), updated_at = now(),
+        lease_owner = $10, lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $11)
+    FROM decision d
+    WHERE t.gid = d.gid AND d.target IS NOT NULL AND t.status = 'trying'
+    RETURNING t.*
+), events AS (
+    INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
+    SELECT gid, kind, branch_id, phase, http_status, latency_ms, error, detail FROM (
+        SELECT txn.gid, 'try_result' AS kind, x.branch_id, 'try' AS phase, x.http_status,
+               x.latency_ms, x.error,
+               jsonb_build_object('verdict', x.verdict, 'late', r.branch_id IS NULL) AS detail,
+               txn.n, x.ord
+        FROM tries x
+             JOIN txn ON txn.n = x.n
+             LEFT JOIN recorded r ON r.gid = txn.gid AND r.branch_id = x.branch_id
+        UNION ALL
+        SELECT d.gid, 'decision', NULL, NULL, NULL, NULL, NULL,
+               jsonb_build_object(
+                   'decision', CASE WHEN d.status = 'confirming' THEN 'confirm' ELSE 'cancel' END,
+                   'reason', d.cancel_reason, 'by', $10::text),
+               txn.n, 2147483647
+        FROM decided d JOIN txn ON txn.gid = d.gid
+    ) AS e
+    ORDER BY n, ord
+    RETURNING *
+)
+SELECT i.gid,
+       (SELECT status FROM txn WHERE txn.gid = i.gid) AS status_before,
+       (SELECT t::tcc_transactions FROM decided t WHERE t.gid = i.gid) AS decided,
+       ARRAY(
+           SELECT b::tcc_branches FROM (
+               SELECT * FROM recorded r WHERE r.gid = i.gid
+               UNION ALL
+               SELECT o.* FROM tcc_branches o
+               WHERE o.gid = i.gid
+                 AND o.branch_id NOT IN (SELECT r.branch_id FROM recorded r WHERE r.gid = i.gid)
+           ) AS b
+           ORDER BY position
+       ) AS branches,
+       ARRAY(SELECT e::tcc_events FROM events e WHERE e.gid = i.gid ORDER BY id) AS events
+FROM input i
+ORDER BY i.n;
+
+-- name: finish_done_rounds
+-- Group commit of rounds in which every call came back done: record the calls, end the
+-- phase and release the lease, each fenced by its lease token. $1 gids, $2 lease tokens,
+-- $3 the decisions (confirm or cancel), per round; $4-$8 every call, $4 saying which round
+-- (1-based) it belongs to; $9 the owner; $10/$11 the statuses a branch may be confirmed /
+-- cancelled from. Each round's final status, event kinds and phase follow from its decision.
+WITH input AS (
+    SELECT i.*,
+           CASE i.decision WHEN 'confirm' THEN 'confirmed' ELSE 'cancelled' END AS final,
+           CASE i.decision WHEN 'confirm' THEN 'confirming' ELSE 'cancelling' END AS phase_status,
+           CASE i.decision WHEN 'confirm' THEN 'confirm_call' ELSE 'cancel_call' END AS call_kind
+    FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS i(gid, token, decision, n)
+), holder AS (
+    SELECT t.gid, input.n, input.final, input.phase_status, input.call_kind, input.decision
+    FROM tcc_transactions t JOIN input ON input.gid = t.gid AND t.lease_token = input.token
+    ORDER BY t.gid
+    FOR UPDATE OF t
+), calls AS (
+    SELECT * FROM unnest($4::int[], $5::text[], $6::int[], $7::text[], $8::float8[])
+        WITH ORDINALITY AS c(n, branch_id, http_status, error, latency_ms, ord)
+), moved AS (
+    UPDATE tcc_branches b
+    SET status = h.final, attempts = b.attempts + 1, last_http_status = c.http_status,
+        last_error = c.error, last_latency_ms = c.latency_ms, next_retry_at = NULL,
+        updated_at = now()
+    FROM calls c JOIN holder h ON h.n = c.n
+    WHERE b.gid = h.gid AND b.branch_id = c.branch_id
+      AND b.status = ANY(CASE WHEN h.decision = 'confirm' THEN $10::text[]
+                              ELSE $11::text[] END)
+    RETURNING b.*
+), finished AS (
+    UPDATE tcc_transactions t
+    SET status = h.final, phase_attempts = t.phase_attempts + 1, updated_at = now(),
+        next_attempt_at = NULL, finished_at = now(),
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM holder h
+    WHERE t.gid = h.gid AND t.status = h.phase_status
+    RETURNING t.*
+), events AS (
+    INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
+    SELECT gid, kind, branch_id, phase, http_status, latency_ms, error, detail FROM (
+        SELECT h.gid, h.call_kind AS kind, c.branch_id, h.decision AS phase, c.http_status,
+               c.latency_ms, c.error, '{"done": true}'::jsonb AS detail, h.n, c.ord
+        FROM calls c JOIN holder h ON h.n = c.n
+        UNION ALL
+        SELECT f.gid, f.status, NULL, NULL, NULL, NULL, NULL,
+               jsonb_build_object('rounds', f.phase_attempts, 'by', $9::text), h.n, 2147483647
+        FROM finished f JOIN holder h ON h.gid = f.gid
+    ) AS e
+    ORDER BY n, ord
+    RETURNING *
+)
+SELECT i.gid,
+       (SELECT t::tcc_transactions FROM finished t WHERE t.gid = i.gid) AS finished,
+       ARRAY(
+           SELECT b::tcc_branches FROM (
+               SELECT * FROM moved m WHERE m.gid = i.gid
+               UNION ALL
+               SELECT o.* FROM tcc_branches o
+               WHERE o.gid = i.gid AND EXISTS (SELECT 1 FROM holder h WHERE h.gid = i.gid)
+                 AND o.branch_id NOT IN (SELECT m.branch_id FROM moved m WHERE m.gid = i.gid)
+           ) AS b
+           ORDER BY position
+       ) AS branches,
+       ARRAY(SELECT e::tcc_events FROM events e WHERE e.gid = i.gid ORDER BY id) AS events
+FROM input i
+ORDER BY i.n;
