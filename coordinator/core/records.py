@@ -228,6 +228,7 @@ class DecideResult:
     transaction: Transaction  # as it was when judged (or after the decision, if taken)
     judgement: Judgement
     lease: Lease | None  # set when this call took the decision
+    branches: list[Branch] = dataclasses.field(default_factory=list)  # as judged
 
 
 @dataclass(frozen=True, slots=True)

@@ -372,6 +372,11 @@ class Bench:
         finally:
             stop.set()  # on cancellation, the clients stop starting transactions
 
+    def _database_cpu(self) -> float:
+        """CPU of our embedded Postgres: its postmaster and every backend."""
+        assert self.server is not None
+        return bench_procs.tree_cpu_seconds(self.server.postmaster_pid)
+
     def _participant_cpu(self) -> float:
         assert self.procs.participant is not None
         return bench_procs.tree_cpu_seconds(bench_procs.pid_of(self.procs.participant))
@@ -391,6 +396,7 @@ class Bench:
             coordinator_cpu_ms_per_tx=_per_tx(result.probe_delta.get("coordinator"), n, 1000),
             participant_cpu_ms_per_tx=_per_tx(result.probe_delta.get("participant"), n, 1000),
             client_cpu_ms_per_tx=_per_tx(result.client_cpu_s, n, 1000),
+            database_cpu_ms_per_tx=_per_tx(result.probe_delta.get("database"), n, 1000),
         )
         self._progress(point)
         return point
@@ -410,10 +416,13 @@ class Bench:
         root = bench_procs.pid_of(self.procs.coordinators[mode])
 
         def probe() -> dict[str, float]:
-            return {
+            seen = {
                 "coordinator": bench_procs.tree_cpu_seconds(root),
                 "participant": self._participant_cpu(),
             }
+            if self.server is not None:  # a database of ours: its processes are measurable
+                seen["database"] = self._database_cpu()
+            return seen
 
         ends = Endpoints(self.procs.urls["participant"], self.procs.urls[mode])
         result = await self._load(coordinator_scenario(mode, ends), clients, probe)

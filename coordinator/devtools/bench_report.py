@@ -30,6 +30,7 @@ class Point:
     coordinator_cpu_ms_per_tx: float | None = None
     participant_cpu_ms_per_tx: float | None = None
     client_cpu_ms_per_tx: float | None = None
+    database_cpu_ms_per_tx: float | None = None  # the embedded Postgres, all its processes
     statements_per_tx: float | None = None
     commits_per_tx: float | None = None
     rollbacks_per_tx: float | None = None
@@ -104,6 +105,7 @@ def table(points: list[Point], statements_counted: bool) -> str:
         "p99 ms",
         "errors",
         "cpu ms/tx",
+        "db cpu ms/tx",
         "stmts/tx",
         "commits/tx",
         "rss MB max/sum",
@@ -128,6 +130,7 @@ def table(points: list[Point], statements_counted: bool) -> str:
                 _num(p.latency_ms.get("p99"), 2),
                 str(p.errors),
                 _num(cpu, 2),
+                _num(p.database_cpu_ms_per_tx, 2),
                 _statements(p, statements_counted),
                 "-" if p.kind == FLOOR else _num(p.commits_per_tx, 2),
                 _rss(p),
@@ -140,6 +143,8 @@ def table(points: list[Point], statements_counted: bool) -> str:
 
 TABLE_NOTES = """\
 cpu ms/tx: the coordinator's processes (the participant's on floor rows), over the window.
+db cpu ms/tx: every process of our embedded Postgres over the same window (n/a with
+  --database-url): with the load, the participant and the coordinator it shares the cores.
 stmts/tx, commits/tx: counted by Postgres (pg_stat_statements calls, pg_stat_database
   xact_commit) for the point's database, warm-up included, divided by its transactions.
 of ceiling / of floor: tx/s against pgbench writing the minimal log, and against the

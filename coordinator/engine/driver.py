@@ -141,7 +141,9 @@ class PhaseDriver:
         if result.lease is not None:
             log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
             self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
-            self.spawn_drive(result.lease)
+            # The round starts from what the decision saw: nothing is read again.
+            context = RoundContext(result.transaction, result.branches, budget_spent=False)
+            self.spawn_drive(result.lease, context)
         return result
 
     async def decide_after_tries(
@@ -174,12 +176,16 @@ class PhaseDriver:
         ended = task.result()
         return ended if isinstance(ended, Written) else None
 
-    async def wait_for(self, gid: str, timeout_s: float | None = None) -> Transaction:
-        """Wait (bounded) for phase-two work this process runs on ``gid``; the current state."""
+    async def settle(self, gid: str, timeout_s: float | None = None) -> None:
+        """Wait (bounded) for phase-two work this process runs on ``gid``."""
         task = self._drives.get(gid)
         if task is not None:
             wait = self.settings.confirm_wait_s if timeout_s is None else timeout_s
             await asyncio.wait({task}, timeout=wait)
+
+    async def wait_for(self, gid: str, timeout_s: float | None = None) -> Transaction:
+        """settle(), then the transaction as the log holds it."""
+        await self.settle(gid, timeout_s)
         return await self.log.get(gid)
 
     # --- phase two -------------------------------------------------------------------

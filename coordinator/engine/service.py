@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ class Decided:
     """A decision asked for over DTM's API: refused or taken, and where it stands."""
 
     judgement: Judgement
-    before: Transaction  # the transaction as the caller found it
+    before: Transaction  # as the decision judged it (what a refusal speaks of)
     after: Transaction | None  # after a bounded wait for phase two, when asked to wait
 
 
@@ -106,6 +107,7 @@ class Coordinator:
         self.policy = policy
         self.metrics = metrics
         self.limits = settings.limits
+        self._owners = _Owners()
 
     # --- who may do what ------------------------------------------------------------
 
@@ -152,7 +154,23 @@ class Coordinator:
         txn = await self.log.get(gid)
         if not caller.may_see(txn.service):
             raise NotFound(f"no transaction {gid!r}")
+        self._owners.remember(txn)
         return txn
+
+    async def _known(self, gid: str, caller: Principal) -> Transaction:
+        """_owned, for an operation that needs only what never changes while a transaction
+        is trying (its owner, dialect and call timeout): a recent answer is used again.
+        Its status may be old."""
+        known = self._owners.recall(gid)
+        if known is None:
+            return await self._owned(gid, caller)
+        prefix = self._namespace(caller)
+        if (prefix is not None and not gid.startswith(prefix)) or not caller.may_see(known.service):
+            raise NotFound(f"no transaction {gid!r}")
+        return known
+
+    async def _check_owner(self, gid: str, caller: Principal) -> None:
+        await self._known(gid, caller)
 
     def _check_branch(self, branch: NewBranch, prefix: str = "") -> None:
         """The participant URL policy and the size limits, on every way in."""
@@ -188,6 +206,7 @@ class Coordinator:
     ) -> tuple[TransactionDetail, bool]:
         new = self._new_transaction(request, caller)
         detail, created = await self.log.begin(new)
+        self._owners.remember(detail.transaction)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
             self.metrics.count(
@@ -222,7 +241,7 @@ class Coordinator:
         if decided is None:
             if result.transaction.status is GlobalStatus.TRYING:
                 await self._decide_beyond_the_fast_path(txn.gid)
-            await self.driver.wait_for(txn.gid)
+            await self.driver.settle(txn.gid)
             return await self.log.detail(txn.gid)
         ended = await self.driver.wait_written(txn.gid)
         if ended is None:  # phase two goes on (retries), or another process has it
@@ -252,7 +271,7 @@ class Coordinator:
     ) -> tuple[Branch, bool]:
         """Register a branch whose try the client runs itself (/v1 branches, DTM)."""
         self._check_branch(branch)
-        await self._owned(gid, caller)
+        await self._check_owner(gid, caller)
         return await self._register(gid, branch)
 
     async def _register(self, gid: str, branch: NewBranch) -> tuple[Branch, bool]:
@@ -271,11 +290,12 @@ class Coordinator:
         can take: then it is run again, once.
         """
         self._check_branch(branch)
-        txn = await self._owned(gid, caller)
+        txn = await self._known(gid, caller)  # its status may be old: dialect, timeouts hold
         registered, created = await self._register(gid, branch)
         if created:
             outcome: TryOutcome | None = await self.driver.run_try(txn, registered)
         else:
+            txn = await self.log.get(gid)  # a repeat reports what the log holds now
             stale_after_s = self.driver.call_timeout(txn) + 1.0
             claimed = await self.log.claim_stale_try(gid, branch.branch_id, stale_after_s)
             if claimed is not None:
@@ -284,22 +304,25 @@ class Coordinator:
         if outcome is None:
             report = states.recorded_try_report(registered.status, registered.last_http_status)
             return TryResult(report, txn.status, registered, None)
+        status = GlobalStatus.TRYING  # the branch took the answer while trying
         if outcome.report in (TryReport.REFUSED, TryReport.FAILED):
             reason = CancelReason.TRY_FAILED.text(branch.branch_id)
-            await self.driver.decide(gid, Decision.CANCEL, reason=reason)
-        txn = await self.log.get(gid)
-        return TryResult(outcome.report, txn.status, outcome.branch, outcome.result)
+            cancelled = await self.driver.decide(gid, Decision.CANCEL, reason=reason)
+            status = cancelled.transaction.status
+        elif outcome.report is not TryReport.TRIED:  # moved on before the answer: say where
+            status = (await self.log.get(gid)).status
+        return TryResult(outcome.report, status, outcome.branch, outcome.result)
 
     # --- decisions -------------------------------------------------------------------
 
     async def _decide_and_wait(
         self, gid: str, decision: Decision, reason: str | None, caller: Principal
     ) -> TransactionDetail:
-        await self._owned(gid, caller)
+        await self._check_owner(gid, caller)
         result = await self.driver.decide(gid, decision, reason=reason)
         if result.judgement.verdict is Verdict.REFUSE:
             raise Conflict(result.judgement.reason or "refused")
-        await self.driver.wait_for(gid)
+        await self.driver.settle(gid)
         return await self.log.detail(gid)
 
     async def confirm(self, gid: str, caller: Principal) -> TransactionDetail:
@@ -332,11 +355,15 @@ class Coordinator:
         options: OptionsUpdate | None,
         wait: bool,
     ) -> Decided:
-        before = await self._owned(gid, caller)
+        await self._check_owner(gid, caller)
         result = await self.driver.decide(gid, decision, reason=reason, options=options)
+        # As judged: the transaction the refusal speaks of, or the one just decided.
+        before = result.transaction
         if result.judgement.verdict is Verdict.REFUSE or not wait:
             return Decided(result.judgement, before, None)
-        return Decided(result.judgement, before, await self.driver.wait_for(gid))
+        ended = await self.driver.wait_written(gid)
+        after = ended.transaction if ended is not None else await self.driver.wait_for(gid)
+        return Decided(result.judgement, before, after)
 
     # --- operator actions ----------------------------------------------------------------
 
@@ -356,7 +383,7 @@ class Coordinator:
         self._audit("retry", gid, actor, status=txn.status.value)
         if lease is not None:
             self.driver.spawn_drive(lease)
-            await self.driver.wait_for(gid)
+            await self.driver.settle(gid)
         return await self.log.detail(gid)
 
     async def resolve(
@@ -410,3 +437,27 @@ class Coordinator:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class _Owners:
+    """Transactions seen lately, for what never changes while one is trying (its owner,
+    dialect and call timeout): the repeated requests of one transaction need not ask the
+    log each time. Bounded in size, and in age (a gid pruned by retention may be begun
+    again, by its namespace's owner when gids are namespaced, by anyone otherwise)."""
+
+    MAX_AGE_S = 60.0
+    MAX_ENTRIES = 50_000
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[Transaction, float]] = {}
+
+    def remember(self, txn: Transaction) -> None:
+        if len(self._seen) >= self.MAX_ENTRIES:
+            self._seen.clear()
+        self._seen[txn.gid] = (txn, time.monotonic() + self.MAX_AGE_S)
+
+    def recall(self, gid: str) -> Transaction | None:
+        entry = self._seen.get(gid)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]

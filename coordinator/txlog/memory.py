@@ -471,8 +471,9 @@ class InMemoryLog:
                 [b.record.view for b in self._branch_rows(gid)],
                 txn.cancel_reason,
             )
+            branches = [_out_branch(b.record) for b in self._branch_rows(gid)]
             if judgement.verdict is not Verdict.DECIDE:
-                return DecideResult(_out_transaction(txn), judgement, None)
+                return DecideResult(_out_transaction(txn), judgement, None, branches)
             lease_expires_at = _later(now, lease_ttl_s)
             if options is not None:
                 self._set_options(row, options, now)
@@ -495,7 +496,9 @@ class InMemoryLog:
                 EventKind.DECISION,
                 detail={"decision": decision.value, "reason": reason, "by": owner},
             )
-            return DecideResult(_out_transaction(decided), judgement, Lease(gid, row.lease_token))
+            return DecideResult(
+                _out_transaction(decided), judgement, Lease(gid, row.lease_token), branches
+            )
 
     async def decide_after_tries(
         self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float

@@ -118,6 +118,10 @@ async def connect_pool(
     return pool
 
 
+# A statement that read the branches from a snapshot older than the row it locked runs again
+# (see branch_count in queries.sql); a registration racing a repeat of itself likewise.
+_STALE_SNAPSHOT_RETRIES = 5
+
 # The statements are prepared once per connection. Left to itself, Postgres keeps planning
 # the hot path's many-CTE statements for each execution's values (a plan per call costs more
 # than running it); their plans do not depend on the values, so one generic plan is kept.
@@ -278,6 +282,7 @@ class PostgresLog:
             [b.payload for _, _, b in branches],
             [b.request_hash for _, _, b in branches],
             [b.data for _, _, b in branches],
+            [len(bs) for bs in firsts],
         )
         rows = await self._batch(statement, args, items, self._flush_begins)
         if not isinstance(rows, list):
@@ -420,27 +425,27 @@ class PostgresLog:
     async def register_branch(
         self, gid: str, new: NewBranch, max_branches: int
     ) -> tuple[Branch, bool]:
-        """Add a branch while the transaction is trying; an identical repeat is a no-op."""
-        async with self._transaction_block() as conn:
-            txn = await conn.fetchrow(q("lock_transaction"), gid)
-            if txn is None:
-                raise NotFound(f"no transaction {gid!r}")
-            existing = await conn.fetchrow(q("get_branch"), gid, new.branch_id)
-            if existing is not None:
-                if existing["request_hash"] != new.request_hash:
-                    raise Conflict(
-                        f"branch {new.branch_id!r} is already registered with other values"
+        for _ in range(_STALE_SNAPSHOT_RETRIES):
+            try:
+                async with self.connection() as conn:
+                    row = await conn.fetchrow(
+                        q("register_branch"),
+                        gid,
+                        new.branch_id,
+                        new.name,
+                        new.try_url,
+                        new.confirm_url,
+                        new.cancel_url,
+                        new.payload,
+                        new.request_hash,
+                        new.data,
+                        max_branches,
                     )
-                return _branch(existing), False
-            if txn["status"] != GlobalStatus.TRYING:
-                raise NotTrying(GlobalStatus(txn["status"]))
-            if txn["deadline_passed"]:
-                raise Conflict("the transaction deadline has passed")
-            if await conn.fetchval(q("count_branches"), gid) >= max_branches:
-                raise LimitExceeded(f"a transaction may have at most {max_branches} branches")
-            row = await self._insert_branch(conn, gid, new)
-            assert row is not None  # the row lock above rules out a concurrent insert
-            return _branch(row), True
+            except asyncpg.UniqueViolationError:
+                continue  # registered meanwhile by a repeat: the next snapshot shows it
+            assert row is not None  # the statement always returns its one summary row
+            return _registration(gid, new, max_branches, row)
+        raise DatabaseUnavailable("the transaction kept changing while a branch was registered")
 
     async def claim_stale_try(
         self, gid: str, branch_id: str, stale_after_s: float
@@ -454,9 +459,9 @@ class PostgresLog:
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
     ) -> tuple[Branch, bool]:
         target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
-        async with self._transaction_block() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
-                q("record_try_result"),
+                q("record_try"),
                 gid,
                 branch_id,
                 target.value,
@@ -464,24 +469,12 @@ class PostgresLog:
                 call.error,
                 call.latency_ms,
                 states.branch_sources_of(target),
+                verdict.value,
             )
-            current = (
-                row if row is not None else await conn.fetchrow(q("get_branch"), gid, branch_id)
-            )
-            if current is None:
-                raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
-            await self._event(
-                conn,
-                gid,
-                EventKind.TRY_RESULT,
-                branch_id=branch_id,
-                phase=Phase.TRY,
-                call=call,
-                detail={"verdict": verdict.value, "late": row is None},
-            )
-            return _branch(current), row is not None
-
-    # --- decisions -------------------------------------------------------------
+        assert row is not None  # the statement always returns its one summary row
+        if row["branch"] is None:
+            raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
+        return _branch(row["branch"]), bool(row["recorded"])
 
     async def decide(
         self,
@@ -494,39 +487,42 @@ class PostgresLog:
         options: OptionsUpdate | None = None,
     ) -> DecideResult:
         target = states.phase_status(decision)
-        async with self._transaction_block() as conn:
-            txn = await conn.fetchrow(q("lock_transaction"), gid)
-            if txn is None:
+        for _ in range(_STALE_SNAPSHOT_RETRIES):
+            async with self.connection() as conn:
+                row = await conn.fetchrow(
+                    q("decide_judged"),
+                    gid,
+                    target.value,
+                    reason if decision is Decision.CANCEL else None,
+                    owner,
+                    lease_ttl_s,
+                    [GlobalStatus.TRYING.value],  # a decision is taken only while trying
+                    options.options if options is not None else None,
+                    options.call_timeout_s if options is not None else None,
+                    decision is Decision.CONFIRM,
+                )
+            assert row is not None  # the statement always returns its one summary row
+            if row["before"] is None:
                 raise NotFound(f"no transaction {gid!r}")
-            branches = [_branch(r) for r in await conn.fetch(q("list_branches"), gid)]
+            branches = [_branch(b) for b in row["branches"]]
+            if row["decided"] is not None:
+                decided = _transaction(row["decided"])
+                lease = Lease(gid, str(row["decided"]["lease_token"]))
+                return DecideResult(decided, Judgement(Verdict.DECIDE), lease, branches)
+            if not row["fresh"]:
+                continue  # the branches were read before a registration committed: again
+            before = _transaction(row["before"])
             judgement = states.judge_decision(
                 decision,
-                GlobalStatus(txn["status"]),
-                txn["deadline_passed"],
+                before.status,
+                row["deadline_passed"],
                 [b.view for b in branches],
-                txn["cancel_reason"],
+                before.cancel_reason,
             )
-            if judgement.verdict is not Verdict.DECIDE:
-                return DecideResult(_transaction(txn), judgement, None)
-            if options is not None:
-                await conn.execute(q("set_options"), gid, options.options, options.call_timeout_s)
-            row = await conn.fetchrow(
-                q("decide"),
-                gid,
-                target.value,
-                reason if decision is Decision.CANCEL else None,
-                owner,
-                lease_ttl_s,
-                states.sources_of(target),
-            )
-            assert row is not None  # the row is locked and its status was checked
-            await self._event(
-                conn,
-                gid,
-                EventKind.DECISION,
-                detail={"decision": decision.value, "reason": reason, "by": owner},
-            )
-            return DecideResult(_transaction(row), judgement, Lease(gid, str(row["lease_token"])))
+            if judgement.verdict is Verdict.DECIDE:  # the SQL's rule and ours disagree
+                raise AssertionError(f"decide_judged refused what judge_decision allows: {gid}")
+            return DecideResult(before, judgement, None, branches)
+        raise DatabaseUnavailable("the transaction kept changing while it was being decided")
 
     @staticmethod
     async def _lock_parked(
@@ -720,18 +716,17 @@ class PostgresLog:
 
     async def detail(self, gid: str, events_limit: int = DEFAULT_EVENTS_PAGE) -> TransactionDetail:
         """The transaction, its branches and the first page of its timeline, all as of one
-        moment."""
-        async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
-            row = await conn.fetchrow(q("get_transaction"), gid)
-            if row is None:
-                raise NotFound(f"no transaction {gid!r}")
-            branches = await conn.fetch(q("list_branches"), gid)
-            events = await conn.fetch(q("list_events"), gid, 0, events_limit + 1)
-        page = [_event(e) for e in events[:events_limit]]
+        moment (one statement)."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(q("transaction_detail"), gid, events_limit + 1)
+        assert row is not None  # the statement always returns its one summary row
+        if row["txn"] is None:
+            raise NotFound(f"no transaction {gid!r}")
+        events = [_event(e) for e in row["events"]]
         return TransactionDetail(
-            _transaction(row),
-            [_branch(b) for b in branches],
-            page,
+            _transaction(row["txn"]),
+            [_branch(b) for b in row["branches"]],
+            events[:events_limit],
             more_events=len(events) > events_limit,
         )
 
@@ -813,3 +808,22 @@ def _decision_of(row: asyncpg.Record) -> tuple[DecideResult, Written] | BaseExce
         decided, [_branch(b) for b in row["branches"]], [_event(e) for e in row["events"]]
     )
     return DecideResult(decided, Judgement(Verdict.DECIDE), lease), written
+
+
+def _registration(
+    gid: str, new: NewBranch, max_branches: int, row: asyncpg.Record
+) -> tuple[Branch, bool]:
+    """What a register_branch statement did, or why it did nothing."""
+    if row["status"] is None:
+        raise NotFound(f"no transaction {gid!r}")
+    if row["inserted"] is not None:
+        return _branch(row["inserted"]), True
+    if row["existing"] is not None:
+        if row["existing_hash"] != new.request_hash:
+            raise Conflict(f"branch {new.branch_id!r} is already registered with other values")
+        return _branch(row["existing"]), False
+    if row["status"] != GlobalStatus.TRYING:
+        raise NotTrying(GlobalStatus(row["status"]))
+    if row["deadline_passed"]:
+        raise Conflict("the transaction deadline has passed")
+    raise LimitExceeded(f"a transaction may have at most {max_branches} branches")

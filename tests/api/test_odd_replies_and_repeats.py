@@ -47,6 +47,10 @@ async def test_repeated_try__of_a_try_whose_answer_was_never_logged__runs_it_aga
             branch["cancel_url"],
             registered.request_hash,
         )
+        # As a registration does: the transaction's row counts its branches.
+        await conn.execute(
+            "UPDATE tcc_transactions SET branch_count = branch_count + 1 WHERE gid = 'stale'"
+        )
     status, out = await coordinator.post("/v1/transactions/stale/try", branch)
     assert (status, out["verdict"]) == (200, "tried")
     assert len(participant.calls_for("try")) == 1

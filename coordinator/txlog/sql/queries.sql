@@ -249,22 +249,22 @@ LIMIT $7;
 -- name: begin_transactions
 -- Group commit: many begins in one statement, each a transaction with its branches and
 -- their timeline entries. $1-$9: the transactions as parallel arrays ($9: the begin event's
--- detail); $10-$19: every branch, $10 saying which transaction (1-based) it belongs to and
--- $11 its position there. A gid that exists already is left alone (ON CONFLICT): its row
+-- detail; $20: how many branches each has); $10-$19: every branch, $10 saying which
+-- transaction (1-based) it belongs to and $11 its position there. A gid that exists already is left alone (ON CONFLICT): its row
 -- comes back empty and the caller looks at what holds it. A gid appears once per batch.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
-                         $6::float8[], $7::float8[], $8::jsonb[], $9::jsonb[])
+                         $6::float8[], $7::float8[], $8::jsonb[], $9::jsonb[], $20::int[])
         WITH ORDINALITY AS i(gid, dialect, service, metadata, request_hash, timeout_s,
-                             call_timeout_s, options, begin_detail, n)
+                             call_timeout_s, options, begin_detail, branch_count, n)
 ), txn AS (
     INSERT INTO tcc_transactions (
         gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
-        deadline, next_attempt_at, options
+        deadline, next_attempt_at, options, branch_count
     )
     SELECT gid, 'trying', dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
            now() + make_interval(secs => timeout_s), now() + make_interval(secs => timeout_s),
-           options
+           options, branch_count
     FROM input ORDER BY n
     ON CONFLICT (gid) DO NOTHING
     RETURNING *
@@ -316,7 +316,10 @@ ORDER BY i.n;
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS i(gid, failed, n)
 ), txn AS (
-    SELECT t.gid, t.status, t.deadline <= now() AS deadline_passed, input.n, input.failed
+    -- branch_count is the locked row's, the freshest; a snapshot that counts fewer branches
+    -- is older than a registration, and then nothing is decided (the caller goes on).
+    SELECT t.gid, t.status, t.deadline <= now() AS deadline_passed, input.n, input.failed,
+           t.branch_count = (SELECT count(*) FROM tcc_branches c WHERE c.gid = t.gid) AS fresh
     FROM tcc_transactions t JOIN input ON input.gid = t.gid
     ORDER BY t.gid
     FOR UPDATE OF t
@@ -337,7 +340,8 @@ WITH input AS (
            CASE
                WHEN txn.status <> 'trying' THEN NULL
                WHEN txn.failed IS NOT NULL OR txn.deadline_passed THEN 'cancelling'
-               WHEN (SELECT count(*) FROM recorded r WHERE r.gid = txn.gid)
+               WHEN txn.fresh
+                    AND (SELECT count(*) FROM recorded r WHERE r.gid = txn.gid)
                     = (SELECT count(*) FROM tries x WHERE x.n = txn.n)
                     AND NOT EXISTS (
                         SELECT 1 FROM tcc_branches o
@@ -470,3 +474,125 @@ SELECT i.gid,
        ARRAY(SELECT e::tcc_events FROM events e WHERE e.gid = i.gid ORDER BY id) AS events
 FROM input i
 ORDER BY i.n;
+
+-- name: register_branch
+-- A branch registered while the transaction is trying, in one statement: the transaction
+-- is locked (registrations and decisions on it are serialised), the rules are checked, and
+-- the branch and its timeline entry are written when they allow. $2-$9: the branch; $10 the
+-- most branches a transaction may have. What the rules saw comes back, so that the caller
+-- can say why nothing was written.
+WITH txn AS (
+    -- branch_count is the locked row's, so position and limit hold against a registration
+    -- that committed while this one waited for the lock (which the snapshot may not show;
+    -- a branch id registered meanwhile then fails the primary key, and the caller retries).
+    SELECT gid, status, deadline <= now() AS deadline_passed, branch_count
+    FROM tcc_transactions WHERE gid = $1 FOR UPDATE
+), existing AS (
+    SELECT b.* FROM tcc_branches b, txn WHERE b.gid = txn.gid AND b.branch_id = $2
+), inserted AS (
+    INSERT INTO tcc_branches (
+        gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
+        request_hash, status, data
+    )
+    SELECT txn.gid, $2, txn.branch_count, $3, $4, $5, $6, $7, $8, 'registered', $9
+    FROM txn
+    WHERE txn.status = 'trying' AND NOT txn.deadline_passed AND txn.branch_count < $10
+      AND NOT EXISTS (SELECT 1 FROM existing)
+    RETURNING *
+), counted AS (
+    UPDATE tcc_transactions t SET branch_count = t.branch_count + 1
+    FROM inserted WHERE t.gid = inserted.gid
+), event AS (
+    INSERT INTO tcc_events (gid, kind, branch_id, detail)
+    SELECT gid, 'branch_registered', branch_id,
+           jsonb_build_object('name', name, 'coordinator_runs_try', try_url IS NOT NULL)
+    FROM inserted
+)
+SELECT (SELECT status FROM txn) AS status,
+       (SELECT deadline_passed FROM txn) AS deadline_passed,
+       (SELECT branch_count FROM txn) AS branches,
+       (SELECT e::tcc_branches FROM existing e) AS existing,
+       (SELECT e.request_hash FROM existing e) AS existing_hash,
+       (SELECT i::tcc_branches FROM inserted i) AS inserted;
+
+-- name: record_try
+-- A try's answer and its timeline entry in one statement. CAS: only a branch whose try has
+-- not been judged takes it ($7: the statuses it may move from); a late answer is only
+-- logged. The branch comes back as the log holds it, with the transaction's status.
+WITH moved AS (
+    UPDATE tcc_branches
+    SET status = $3, attempts = attempts + 1, last_http_status = $4, last_error = $5,
+        last_latency_ms = $6, updated_at = now()
+    WHERE gid = $1 AND branch_id = $2 AND status = ANY($7::text[])
+    RETURNING *
+), current AS (
+    SELECT * FROM moved
+    UNION ALL
+    SELECT * FROM tcc_branches
+    WHERE gid = $1 AND branch_id = $2 AND NOT EXISTS (SELECT 1 FROM moved)
+), event AS (
+    INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
+    SELECT gid, 'try_result', branch_id, 'try', $4, $6, $5,
+           jsonb_build_object('verdict', $8::text, 'late', NOT EXISTS (SELECT 1 FROM moved))
+    FROM current
+)
+SELECT (SELECT c::tcc_branches FROM current c) AS branch,
+       EXISTS (SELECT 1 FROM moved) AS recorded;
+
+-- name: decide_judged
+-- A decision in one statement. The transaction is locked; the decision is written only when
+-- the rules allow it, which are core.states.judge_decision's: $2 the status it moves to,
+-- $9 whether it is a confirm (which also needs the deadline ahead and every try answered
+-- and none failed). $3 cancel reason, $4 owner, $5 lease seconds, $6 the statuses it may
+-- move from, $7/$8 options and call timeout to set with it (NULL: none). What the rules saw
+-- comes back (the status, the deadline, the branches), for the caller's judgement.
+WITH txn AS (
+    SELECT t AS row, t.gid, t.status, t.branch_count, t.deadline <= now() AS deadline_passed
+    FROM tcc_transactions t WHERE t.gid = $1 FOR UPDATE
+), branches AS (
+    SELECT b.* FROM tcc_branches b, txn WHERE b.gid = txn.gid
+), allowed AS (
+    -- The branches must be the locked row's (its branch_count): a snapshot older than a
+    -- registration decides nothing, and the caller asks again.
+    SELECT txn.gid FROM txn
+    WHERE txn.status = ANY($6::text[])
+      AND txn.branch_count = (SELECT count(*) FROM branches)
+      AND (NOT $9::bool OR (
+              NOT txn.deadline_passed
+              AND NOT EXISTS (
+                  SELECT 1 FROM branches b
+                  WHERE b.status = 'try_failed'
+                     OR (b.status = 'registered' AND b.try_url IS NOT NULL))))
+), decided AS (
+    UPDATE tcc_transactions t
+    SET status = $2, cancel_reason = $3, decided_at = now(), phase_started_at = now(),
+        phase_attempts = 0, next_attempt_at = now(), updated_at = now(),
+        lease_owner = $4, lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $5),
+        options = CASE WHEN $7::jsonb IS NULL THEN t.options ELSE t.options || $7::jsonb END,
+        call_timeout_s = COALESCE($8, t.call_timeout_s)
+    FROM allowed
+    WHERE t.gid = allowed.gid
+    RETURNING t.*
+), event AS (
+    INSERT INTO tcc_events (gid, kind, detail)
+    SELECT gid, 'decision',
+           jsonb_build_object(
+               'decision', CASE WHEN $9::bool THEN 'confirm' ELSE 'cancel' END,
+               'reason', $3::text, 'by', $4::text)
+    FROM decided
+)
+SELECT (SELECT row FROM txn) AS before,
+       (SELECT deadline_passed FROM txn) AS deadline_passed,
+       (SELECT branch_count = (SELECT count(*) FROM branches) FROM txn) AS fresh,
+       (SELECT d::tcc_transactions FROM decided d) AS decided,
+       ARRAY(SELECT b::tcc_branches FROM branches b ORDER BY position) AS branches;
+
+-- name: transaction_detail
+-- A transaction, its branches and the first $2 events of its timeline, as of one moment
+-- (one statement sees one snapshot).
+SELECT (SELECT t::tcc_transactions FROM tcc_transactions t WHERE t.gid = $1) AS txn,
+       ARRAY(SELECT b::tcc_branches FROM tcc_branches b WHERE b.gid = $1 ORDER BY position)
+           AS branches,
+       ARRAY(SELECT e::tcc_events FROM tcc_events e WHERE e.gid = $1 ORDER BY id LIMIT $2)
+           AS events;
