@@ -157,22 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--short", action="store_true", help="about 2 s per point, 1 and 4 clients (for tests)"
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument(
+        "--reads",
+        type=int,
+        metavar="N",
+        help="instead: fill a log with N transactions and time the console's and API's reads",
+    )
 
     resolve = sub.add_parser(
         "resolve", help="mark a failed_to_* transaction done after finishing it by hand"
     )
     resolve.add_argument("gid")
     resolve.add_argument("--note", required=True, help="what was done by hand, and why")
+    resolve.add_argument(
+        "--branch", help="only this branch (the others can then be retried); default: all"
+    )
     add_settings_flags(resolve, DB_FLAGS)
 
     key_hash = sub.add_parser(
         "key-hash", help="turn an API key (read from stdin) into a TCC_API_KEYS entry"
     )
     key_hash.add_argument("name", help="the service the key belongs to")
-    key_hash.add_argument("--scope", choices=["service", "admin"], default="service")
+    key_hash.add_argument("--scope", choices=["service", "viewer", "admin"], default="service")
 
     retry = sub.add_parser("retry", help="send a failed_to_* transaction back into phase two")
     retry.add_argument("gid")
+    retry.add_argument("--reason", help="why, kept in the timeline")
     add_settings_flags(retry, DB_FLAGS)
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
@@ -186,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     lister = sub.add_parser("list", help="list transactions, newest first")
     lister.add_argument("--status", dest="filter_status", choices=[s.value for s in GlobalStatus])
     lister.add_argument("--service", dest="filter_service")
+    lister.add_argument("--dialect", dest="filter_dialect", help="tcc or dtm")
+    lister.add_argument("--gid-prefix", dest="filter_gid_prefix", help="gids that begin so")
     lister.add_argument("--limit", type=int, default=50)
     add_settings_flags(lister, DB_FLAGS)
     return parser
@@ -293,16 +305,21 @@ def _cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def _gid(value: str) -> str:
+def _gid(value: str, what: str = "gid") -> str:
+    """A gid (or a branch id or gid prefix: the same characters), checked before any
+    database is asked."""
     if not is_valid_gid(value):
-        raise UsageError("gid must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        raise UsageError(f"{what} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return value
 
 
 async def retry_command(args: argparse.Namespace, settings: Settings) -> int:
     gid = _gid(args.gid)
+    reason = _words(args.reason, "--reason") if args.reason is not None else None
     async with admin_runtime(settings) as runtime:
-        detail = await runtime.coordinator.retry(gid, INSECURE, actor=_cli_actor(), run_now=False)
+        detail = await runtime.coordinator.retry(
+            gid, INSECURE, actor=_cli_actor(), reason=reason, run_now=False
+        )
     status = detail.transaction.status.value
     print(f"{gid} is {status} again; a running coordinator continues it now")
     return 0
@@ -310,14 +327,27 @@ async def retry_command(args: argparse.Namespace, settings: Settings) -> int:
 
 async def resolve_command(args: argparse.Namespace, settings: Settings) -> int:
     gid = _gid(args.gid)
-    if not 1 <= len(args.note) <= 500:
-        raise UsageError("--note must be 1-500 characters")
+    note = _words(args.note, "--note")
     async with admin_runtime(settings) as runtime:
-        detail = await runtime.coordinator.resolve(
-            gid, INSECURE, actor=_cli_actor(), note=args.note
-        )
-    print(f"{gid} is {detail.transaction.status.value}, resolved by hand")
+        if args.branch is None:
+            detail = await runtime.coordinator.resolve(gid, INSECURE, actor=_cli_actor(), note=note)
+        else:
+            detail = await runtime.coordinator.resolve_branch(
+                gid, _gid(args.branch, "--branch"), INSECURE, actor=_cli_actor(), note=note
+            )
+    status = detail.transaction.status.value
+    if args.branch is None:
+        print(f"{gid} is {status}, resolved by hand")
+    else:
+        print(f"branch {args.branch} resolved by hand; {gid} is {status}")
     return 0
+
+
+def _words(text: str, flag: str) -> str:
+    """An operator's note or reason: kept in the timeline, so bounded like the API's."""
+    if not 1 <= len(text) <= 500:
+        raise UsageError(f"{flag} must be 1-500 characters")
+    return text
 
 
 async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -371,6 +401,8 @@ async def list_command(args: argparse.Namespace, settings: Settings) -> int:
         statuses=(GlobalStatus(args.filter_status),) if args.filter_status else None,
         service=args.filter_service,
         limit=args.limit,
+        dialect=args.filter_dialect,
+        gid_prefix=_gid(args.filter_gid_prefix, "--gid-prefix") if args.filter_gid_prefix else None,
     )
     async with admin_runtime(settings) as runtime:
         rows, _ = await runtime.coordinator.list_transactions(flt, INSECURE)

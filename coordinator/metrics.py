@@ -1,74 +1,206 @@
-"""Prometheus metrics of one coordinator process, in the text exposition format.
+"""The coordinator's Prometheus metrics, kept by prometheus-client.
 
-Counters and histograms live in memory (each process reports its own; Prometheus sums
-them); nothing here touches the database, so scraping is free.
+One process (`tcc serve`, or a test's in-process coordinator): a registry of its own, so two
+coordinators in one process never mix their counts.
+
+Several (`tcc serve --workers N`): the supervisor gives its workers one directory in
+PROMETHEUS_MULTIPROC_DIR, where prometheus-client keeps every worker's values in files;
+whichever worker answers a scrape adds up all of them, so each scrape shows the whole server
+(and counts of a worker that died stay in). The log's gauges (open transactions, the oldest)
+are read from the database at scrape time, the same whichever worker answers.
+
+Labels are small fixed sets (statuses, phases, outcomes, dialects, actions); never a gid, a
+URL or a key.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
-from dataclasses import dataclass, field
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
-Labels = tuple[tuple[str, str], ...]
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
+from coordinator.core.records import Backlog
+from coordinator.core.states import FINAL_STATUSES, PARKED_STATUSES, GlobalStatus
+
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0)
+OPEN_STATUSES = tuple(s for s in GlobalStatus if s not in FINAL_STATUSES)
 
-
-@dataclass
-class _Histogram:
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    total: float = 0.0
-    n: int = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.total += value
-        self.n += 1
+# A `_created` series beside every counter doubles a scrape for nothing Grafana uses.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self._histograms: dict[str, dict[Labels, _Histogram]] = defaultdict(
-            lambda: defaultdict(_Histogram)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._begun = Counter(
+            "tcc_transactions_begun", "Transactions begun", ["dialect"], registry=r
         )
-        self._help: dict[str, str] = {}
+        self._ended = Counter(
+            "tcc_transactions_ended",
+            "Transactions that reached a final status, or were parked for an operator",
+            ["status", "dialect"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            "tcc_transaction_duration_seconds",
+            "From begin to a final or parked status",
+            ["status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self._decisions = Counter(
+            "tcc_decisions",
+            "Decisions taken, by why (a cancel's reason kind; confirm: requested)",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self._calls = Counter(
+            "tcc_participant_calls", "Calls to participants", ["phase", "outcome"], registry=r
+        )
+        self._call_seconds = Histogram(
+            "tcc_participant_call_seconds",
+            "Participant call latency",
+            ["phase", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._claims = Counter(
+            "tcc_recovery_claims", "Transactions claimed by recovery", ["status"], registry=r
+        )
+        self._takeovers = Counter(
+            "tcc_lease_takeovers",
+            "Recovery claims of a transaction whose holder let its lease lapse",
+            registry=r,
+        )
+        self._timeouts = Counter(
+            "tcc_timeouts", "Transactions cancelled at their deadline", registry=r
+        )
+        self._admin = Counter("tcc_admin_actions", "Operator actions", ["action"], registry=r)
+        self._alerts = Counter(
+            "tcc_alerts", "Alert webhook deliveries by outcome", ["outcome"], registry=r
+        )
+        self._pruned = Counter(
+            "tcc_pruned_transactions",
+            "Finished transactions deleted by retention",
+            registry=r,
+        )
+        self._rounds = Gauge(
+            "tcc_active_rounds",
+            "Phase-two rounds running now",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
 
-    def count(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
-        self._help[name] = help_text
-        self._counters[name][tuple(sorted(labels.items()))] += amount
+    # --- what happened -----------------------------------------------------------------
 
-    def observe(self, name: str, help_text: str, value: float, **labels: str) -> None:
-        self._help[name] = help_text
-        self._histograms[name][tuple(sorted(labels.items()))].observe(value)
+    def began(self, dialect: str) -> None:
+        self._begun.labels(dialect).inc()
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
-        lines: list[str] = []
-        for name, series in sorted(self._counters.items()):
-            lines += [f"# HELP {name} {self._help[name]}", f"# TYPE {name} counter"]
-            lines += [f"{name}{_labels(k)} {v:g}" for k, v in sorted(series.items())]
-        for name, hists in sorted(self._histograms.items()):
-            lines += [f"# HELP {name} {self._help[name]}", f"# TYPE {name} histogram"]
-            for key, h in sorted(hists.items()):
-                running = 0
-                for bound, count in zip((*LATENCY_BUCKETS, float("inf")), h.counts, strict=True):
-                    running += count
-                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                    lines.append(f"{name}_bucket{_labels((*key, ('le', le)))} {running}")
-                lines.append(f"{name}_sum{_labels(key)} {h.total:g}")
-                lines.append(f"{name}_count{_labels(key)} {h.n}")
-        for name, (help_text, value) in sorted(gauges.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def ended(self, status: GlobalStatus, dialect: str, duration_s: float) -> None:
+        self._ended.labels(status.value, dialect).inc()
+        self._duration.labels(status.value).observe(max(duration_s, 0.0))
+
+    def decided(self, decision: str, reason: str | None) -> None:
+        """``reason``: the stored cancel reason; only its kind (before ": ") is a label."""
+        kind = reason.split(":", 1)[0] if reason else "requested"
+        self._decisions.labels(decision, kind).inc()
+
+    def participant_call(self, phase: str, outcome: str, seconds: float) -> None:
+        self._calls.labels(phase, outcome).inc()
+        self._call_seconds.labels(phase, outcome).observe(seconds)
+
+    def recovery_claimed(self, status: GlobalStatus, *, took_over: bool) -> None:
+        self._claims.labels(status.value).inc()
+        if took_over:
+            self._takeovers.inc()
+
+    def timed_out(self) -> None:
+        self._timeouts.inc()
+
+    def admin_action(self, action: str) -> None:
+        self._admin.labels(action).inc()
+
+    def alert_delivery(self, outcome: str) -> None:
+        self._alerts.labels(outcome).inc()
+
+    def pruned(self, count: int) -> None:
+        self._pruned.inc(count)
+
+    def round_started(self) -> None:
+        self._rounds.inc()
+
+    def round_ended(self) -> None:
+        self._rounds.dec()
+
+    # --- the scrape -------------------------------------------------------------------
+
+    def exposition(self, gauges: Backlog | None) -> bytes:
+        """The text format: this server's counters (every worker's, when shared), then the
+        log's gauges; ``None`` when the log could not be read (``tcc_log_up`` says so)."""
+        shared = os.environ.get(SHARED_DIR_ENV)
+        if shared:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
+        else:
+            registry = self.registry
+        return generate_latest(registry) + generate_latest(_log_registry(gauges))
 
 
-def _labels(key: Labels) -> str:
-    if not key:
-        return ""
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in key)
-    return "{" + inner + "}"
+def _log_registry(gauges: Backlog | None) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(_BacklogCollector(gauges))
+    return registry
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _BacklogCollector(Collector):
+    """The log's gauges as families made for one scrape: built directly, never as Gauge
+    objects, which in shared mode would write into the workers' files."""
+
+    def __init__(self, gauges: Backlog | None) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        g = self.gauges
+        yield GaugeMetricFamily(
+            "tcc_log_up", "1 if the transaction log answered this scrape", 0 if g is None else 1
+        )
+        if g is None:
+            return
+        unfinished = GaugeMetricFamily(
+            "tcc_unfinished_transactions", "Transactions not final, by status", labels=["status"]
+        )
+        for status in OPEN_STATUSES:
+            unfinished.add_metric([status.value], g.unfinished.get(status, 0))
+        yield unfinished
+        parked = sum(g.unfinished.get(s, 0) for s in PARKED_STATUSES)
+        yield GaugeMetricFamily(
+            "tcc_parked_transactions", "Transactions waiting for an operator (failed_to_*)", parked
+        )
+        yield GaugeMetricFamily(
+            "tcc_oldest_unfinished_age_seconds",
+            "Age of the oldest transaction not final (0 when there is none)",
+            g.oldest_unfinished_age_s or 0.0,
+        )
+
+
+def prepare_shared_dir(path: Path) -> None:
+    """Before the workers start: an empty directory (values of an earlier run would be
+    added to this one's)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
+def worker_gone(pid: int, path: Path) -> None:
+    """A worker exited: its live gauges go; its counters stay in the totals."""
+    mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]

@@ -129,6 +129,18 @@ class Settings(BaseSettings):
     insecure: bool = Field(
         default=False, description="Run without API keys (local development only)"
     )
+    session_secret: str | None = Field(
+        default=None,
+        min_length=32,
+        description="Secret that signs the console's session cookies (at least 32 characters;"
+        " default: derived from api_keys, so changing the keys logs everyone out)",
+    )
+    console_session_ttl_s: float = Field(
+        default=8 * 3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="How long a console login lasts",
+    )
     protect_health: bool = Field(
         default=False, description="Require an API key for /healthz, /readyz and /metrics"
     )

@@ -2,19 +2,26 @@
 
 Each worker is a full coordinator with its own owner id; leases on the shared
 database keep them from working on the same transaction at once. The parent only
-supervises: it forwards SIGTERM/SIGINT and restarts a worker that dies.
+supervises: it forwards SIGTERM/SIGINT and restarts a worker that dies. It also gives the
+workers one metrics directory (PROMETHEUS_MULTIPROC_DIR), so that a scrape, whichever worker
+it lands on, reports the whole server (coordinator/metrics.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 
 import structlog
+
+from coordinator.metrics import SHARED_DIR_ENV, prepare_shared_dir, worker_gone
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +33,18 @@ class Supervisor:
     def __init__(self, count: int, settings_env: dict[str, str]) -> None:
         """``settings_env``: every setting as TCC_* variables, so workers match the parent."""
         self.count = count
-        self.env = {**os.environ, **settings_env, "TCC_WORKERS": "1", "TCC_MIGRATE": "false"}
+        given = os.environ.get(SHARED_DIR_ENV)
+        # The operator's directory is used as given (and emptied); ours goes at exit.
+        self.metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="tcc-metrics-"))
+        self.own_metrics_dir = not given
+        prepare_shared_dir(self.metrics_dir)
+        self.env = {
+            **os.environ,
+            **settings_env,
+            "TCC_WORKERS": "1",
+            "TCC_MIGRATE": "false",
+            SHARED_DIR_ENV: str(self.metrics_dir),
+        }
         self.command = [sys.executable, "-m", "coordinator.cli", "serve", "--reuse-port"]
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = False
@@ -51,6 +69,7 @@ class Supervisor:
                 code = child.poll()
                 if code is not None and not self.stopping:
                     log.error("worker_died", pid=child.pid, exit_code=code)
+                    worker_gone(child.pid, self.metrics_dir)
                     time.sleep(RESTART_DELAY_S)  # a worker that cannot start must not spin
                     self.children[i] = self._spawn()
             time.sleep(0.2)
@@ -63,4 +82,6 @@ class Supervisor:
                 child.kill()
                 child.wait()
         log.info("workers_stopped", count=self.count)
+        if self.own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return 0

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from coordinator.api.appkeys import COORDINATOR, KEYRING, SETTINGS
+from coordinator.api.appkeys import COORDINATOR, KEYRING, SESSIONS, SETTINGS
 from coordinator.api.guard import auth_middleware
 from coordinator.api.problems import problem_middleware
 from coordinator.api.routes import setup_routes
+from coordinator.api.sessions import Sessions, session_secret
 from coordinator.core.apikeys import KeyRing, parse_keys
 from coordinator.core.urlpolicy import ParticipantPolicy
 from coordinator.engine.runtime import Runtime, running
@@ -46,6 +47,11 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
     guard_server_logs()
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(parse_keys(settings.api_keys or ""))
+    app[SESSIONS] = Sessions(
+        session_secret(settings.session_secret, settings.api_keys),
+        settings.console_session_ttl_s,
+        app[KEYRING],
+    )
 
     async def coordinator(app: web.Application) -> AsyncIterator[None]:
         async with running(settings, database_url, recovery=recovery) as runtime:
@@ -66,6 +72,13 @@ def _warn_about_open_doors(settings: Settings) -> None:
             "insecure_mode",
             message="running WITHOUT authentication: anyone who can reach this port can "
             "read and decide every transaction; never do this outside local development",
+        )
+    elif not settings.session_secret:
+        log.warning(
+            "console_session_secret_derived",
+            message="console sessions are signed with a secret derived from TCC_API_KEYS:"
+            " set TCC_SESSION_SECRET so that reading the key configuration (hashes only) is"
+            " not enough to forge a console session",
         )
     warning = ParticipantPolicy.from_config(settings.participant_allow).startup_warning
     if warning:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator.api.sessions import Sessions
 from coordinator.core.apikeys import KeyRing
 from coordinator.engine.service import Coordinator
 from coordinator.settings import Settings
@@ -11,3 +12,4 @@ from coordinator.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 KEYRING = web.AppKey("keyring", KeyRing)
+SESSIONS = web.AppKey("sessions", Sessions)

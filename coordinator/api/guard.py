@@ -1,19 +1,40 @@
-"""Authentication: who is calling. What they may do is the service layer's to decide."""
+"""Authentication: who is calling. What they may do is the service layer's to decide.
+
+Two credentials are accepted. An API key in ``Authorization: Bearer`` works everywhere; the
+browser never sends it by itself, so such requests need no protection against cross-site
+forgery. The console's session cookie (coordinator.api.sessions) is sent by the browser on
+its own: it is accepted only on the console's pages and on /v1, and a change made with it
+(an unsafe method) must come from this server's origin and carry the page's CSRF token.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from yarl import URL
 
-from coordinator.api.appkeys import KEYRING, SETTINGS
+from coordinator.api.appkeys import KEYRING, SESSIONS, SETTINGS
 from coordinator.api.problems import problem
+from coordinator.api.sessions import COOKIE_NAME, CSRF_HEADER, Session
 from coordinator.core.apikeys import INSECURE, Principal, bearer_token
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+SESSION = web.RequestKey("session", Session)  # set when the session cookie authenticated
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PATHS = frozenset({"/openapi.json", "/api/ping"})
+
+CONSOLE_PREFIX = "/ui/"
+CONSOLE_LOGIN = "/ui/login"
+CONSOLE_LOGOUT = "/ui/logout"
+CONSOLE_STATIC = "/ui/static/"
+# The console marks its own /v1 calls, so that an insecure coordinator's audit trail can
+# tell them from scripts' (with a session, the session says who it was).
+CONSOLE_CLIENT_HEADER = "X-TCC-Client"
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tcc-coordinator"'}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -22,21 +43,114 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     path = request.path
-    needs_key = not (path in OPEN_PATHS or (path in HEALTH_PATHS and not settings.protect_health))
     if settings.insecure:
         request[PRINCIPAL] = INSECURE
-    elif needs_key:
-        token = bearer_token(request.headers.get("Authorization"))
-        principal = request.app[KEYRING].identify(token) if token else None
-        if principal is None:
-            detail = "missing API key" if token is None else "unknown API key"
-            return problem(
-                401,
-                f"{detail}: send Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": 'Bearer realm="tcc-coordinator"'},
-            )
-        request[PRINCIPAL] = principal
+        return await handler(request)
+    if path == "/ui" or path.startswith(CONSOLE_PREFIX):
+        return await _console_page(request, handler)
+    if path in OPEN_PATHS or (path in HEALTH_PATHS and not settings.protect_health):
+        return await handler(request)
+    header = request.headers.get("Authorization")
+    if header is None and path.startswith("/v1/") and COOKIE_NAME in request.cookies:
+        refusal = _authenticate_by_session(request)
+        return refusal or await handler(request)
+    token = bearer_token(header)
+    principal = request.app[KEYRING].identify(token) if token else None
+    if principal is None:
+        detail = "missing API key" if token is None else "unknown API key"
+        return problem(
+            401, f"{detail}: send Authorization: Bearer <key>", headers=_BEARER_CHALLENGE
+        )
+    request[PRINCIPAL] = principal
     return await handler(request)
+
+
+async def _console_page(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path.startswith(CONSOLE_STATIC):
+        return await handler(request)
+    if path in (CONSOLE_LOGIN, CONSOLE_LOGOUT):
+        # No session to protect yet (login), or one being thrown away (logout, which checks
+        # the form's token itself); still, a form posted from another site is refused.
+        if request.method in UNSAFE_METHODS and (reason := _cross_site(request)):
+            return problem(403, reason)
+        return await handler(request)
+    refusal = _authenticate_by_session(request)
+    if refusal is None:
+        return await handler(request)
+    if refusal.status == 401 and _wants_a_page(request):
+        raise web.HTTPSeeOther(login_location(request.path_qs))
+    return refusal
+
+
+def _authenticate_by_session(request: web.Request) -> web.Response | None:
+    """Sets the session's principal, or answers why not (401, or 403 for a forgery)."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    sessions = request.app[SESSIONS]
+    session = sessions.read(cookie)
+    if cookie is None or session is None:
+        what = "no console session" if cookie is None else "the console session has ended"
+        return problem(
+            401,
+            f"{what}: log in at {CONSOLE_LOGIN}, or send Authorization: Bearer <key>",
+            headers=_BEARER_CHALLENGE,
+        )
+    if request.method in UNSAFE_METHODS:
+        reason = _cross_site(request)
+        if reason is None and not sessions.csrf_ok(cookie, request.headers.get(CSRF_HEADER)):
+            given = request.headers.get(CSRF_HEADER)
+            reason = (
+                f"missing {CSRF_HEADER} header: a change made with a console session must"
+                " carry the token of the console's page"
+                if given is None
+                else f"wrong {CSRF_HEADER}: reload the console's page and try again"
+            )
+        if reason is not None:
+            return problem(403, reason)
+    request[PRINCIPAL] = session.principal
+    request[SESSION] = session
+    return None
+
+
+def _cross_site(request: web.Request) -> str | None:
+    """Why a request that changes something looks sent by another site, or None."""
+    origin = request.headers.get("Origin")
+    if origin is not None and not same_origin(origin, request.host):
+        return f"cross-site request refused: its Origin {origin[:100]!r} is not this server"
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return "cross-site request refused (Sec-Fetch-Site: cross-site)"
+    return None
+
+
+def same_origin(origin: str, host_header: str) -> bool:
+    """Whether an Origin header names the host the request was sent to. The scheme's
+    default port fills in a missing one on either side, so a TLS proxy in front (Host
+    ``tcc.example.com``, Origin ``https://tcc.example.com``) is recognised."""
+    try:
+        given = URL(origin)
+        sent_to = URL(f"{given.scheme}://{host_header}")
+    except ValueError:
+        return False
+    if given.scheme not in ("http", "https") or not given.host or given.path not in ("", "/"):
+        return False
+    return (given.host, given.port) == (sent_to.host, sent_to.port)
+
+
+def _wants_a_page(request: web.Request) -> bool:
+    """A browser navigating (not the console's script fetching a fragment)."""
+    return (
+        request.method in ("GET", "HEAD")
+        and "text/html" in request.headers.get("Accept", "")
+        and "fragment" not in request.query
+    )
+
+
+def login_location(next_path: str) -> str:
+    """Where a page without a session sends the browser: the login form, which comes back
+    to the page afterwards."""
+    if next_path in ("/ui", "/ui/"):
+        return CONSOLE_LOGIN
+    return str(URL(CONSOLE_LOGIN).with_query(next=next_path))
 
 
 def caller(request: web.Request) -> Principal:
@@ -46,4 +160,10 @@ def caller(request: web.Request) -> Principal:
 
 def actor(request: web.Request) -> str:
     """Who did an operator action, for the audit trail."""
-    return f"api:{caller(request).name or 'api (insecure)'}"
+    session: Session | None = request.get(SESSION)
+    if session is not None:
+        return f"console:{session.name}"
+    principal = caller(request)
+    if principal.name is None and request.headers.get(CONSOLE_CLIENT_HEADER) == "console":
+        return "console (insecure)"
+    return f"api:{principal.name or 'api (insecure)'}"

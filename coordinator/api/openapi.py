@@ -26,12 +26,16 @@ from coordinator.api.schemas import (
     EventPageOut,
     EventsQuery,
     ListQuery,
+    OverviewOut,
+    OverviewQuery,
+    ReasonIn,
     ResolveIn,
     TransactionDetailOut,
     TransactionPageOut,
     TryBranchIn,
     TryOut,
 )
+from coordinator.api.sessions import COOKIE_NAME
 
 
 class Problem(BaseModel):
@@ -53,13 +57,21 @@ class Health(BaseModel):
     warning: str | None = None
 
 
-REQUEST_MODELS: list[type[BaseModel]] = [BeginIn, TryBranchIn, BranchIn, EmptyIn, ResolveIn]
+REQUEST_MODELS: list[type[BaseModel]] = [
+    BeginIn,
+    TryBranchIn,
+    BranchIn,
+    EmptyIn,
+    ResolveIn,
+    ReasonIn,
+]
 RESPONSE_MODELS: list[type[BaseModel]] = [
     TransactionDetailOut,
     TransactionPageOut,
     EventPageOut,
     TryOut,
     BranchOut,
+    OverviewOut,
     Problem,
     Health,
 ]
@@ -152,8 +164,8 @@ OPERATIONS: list[Operation] = [
     Operation(
         "post",
         "/v1/transactions/{gid}/cancel",
-        "Decide cancel",
-        EmptyIn,
+        "Decide cancel (with a reason: an admin's operator cancel, audited)",
+        ReasonIn,
         {
             200: ("Phase two is over", DETAIL),
             202: ("Decided; phase two still retrying or parked", DETAIL),
@@ -163,8 +175,8 @@ OPERATIONS: list[Operation] = [
     Operation(
         "post",
         "/v1/transactions/{gid}/retry",
-        "Send a failed_to_* transaction back into phase two (admin)",
-        EmptyIn,
+        "Send a failed_to_* transaction back into phase two (admin), saying why",
+        ReasonIn,
         {200: ("Phase two is over", DETAIL), 202: ("Retrying", DETAIL)},
         (400, 401, 403, 404, 409, 413, 422, 503),
     ),
@@ -175,6 +187,24 @@ OPERATIONS: list[Operation] = [
         ResolveIn,
         {200: ("Resolved", DETAIL)},
         (400, 401, 403, 404, 409, 413, 422, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/transactions/{gid}/branches/{branch_id}/resolve",
+        "Mark one branch of a failed_to_* transaction done by hand (admin); the last one"
+        " resolves the transaction",
+        ResolveIn,
+        {200: ("Resolved", DETAIL)},
+        (400, 401, 403, 404, 409, 413, 422, 503),
+    ),
+    Operation(
+        "get",
+        "/v1/overview",
+        "Open transactions, what needs attention, the last minutes (admin or viewer)",
+        None,
+        {200: ("The overview", OverviewOut)},
+        (400, 401, 403, 422, 503),
+        query=OverviewQuery,
     ),
     Operation(
         "get", "/healthz", "The process is up", None, {200: ("Up", Health)}, (401,), secured=False
@@ -223,6 +253,15 @@ def _operation(op: Operation) -> dict[str, Any]:
                 "schema": {"type": "string", "pattern": GID_PATTERN},
             }
         )
+    if "{branch_id}" in op.path:
+        params.append(
+            {
+                "name": "branch_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": GID_PATTERN},
+            }
+        )
     if op.query is not None:
         schema = op.query.model_json_schema()
         defs = schema.get("$defs", {})
@@ -252,7 +291,7 @@ def _operation(op: Operation) -> dict[str, Any]:
             },
         )
     out["responses"] = dict(sorted(responses.items()))
-    out["security"] = [{"bearerAuth": []}] if op.secured else []
+    out["security"] = [{"bearerAuth": []}, {"consoleSession": []}] if op.secured else []
     return out
 
 
@@ -298,7 +337,15 @@ def build() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key from TCC_API_KEYS",
-                }
+                },
+                "consoleSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": COOKIE_NAME,
+                    "description": "The console's session (POST /ui/login with an admin or"
+                    " viewer key); a request that changes anything also needs the page's"
+                    " X-CSRF-Token header",
+                },
             },
         },
     }

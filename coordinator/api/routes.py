@@ -5,12 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator.api import dtm, v1
+from coordinator.api.console import pages
 
 V1_ROUTES = [
     web.get("/healthz", v1.healthz),
     web.get("/readyz", v1.readyz),
     web.get("/openapi.json", v1.openapi_document),
-    web.get("/metrics", v1.metrics),
+    web.get("/metrics", v1.metrics_scrape),
     web.post("/v1/transactions", v1.begin),
     web.get("/v1/transactions", v1.list_transactions),
     web.get("/v1/transactions/{gid}", v1.get_transaction),
@@ -21,6 +22,8 @@ V1_ROUTES = [
     web.post("/v1/transactions/{gid}/cancel", v1.cancel),
     web.post("/v1/transactions/{gid}/retry", v1.retry),
     web.post("/v1/transactions/{gid}/resolve", v1.resolve),
+    web.post("/v1/transactions/{gid}/branches/{branch_id}/resolve", v1.resolve_branch),
+    web.get("/v1/overview", v1.overview),
 ]
 
 # DTM's protocol, on DTM's paths (TCC only); switched off with TCC_DTM_API=false.
@@ -38,8 +41,22 @@ DTM_ROUTES = [
     web.get("/api/ping", dtm.ping),
 ]
 
+# The admin console: HTML pages; its actions are the /v1 operator endpoints above.
+CONSOLE_ROUTES = [
+    web.get("/ui", pages.to_home),
+    web.get("/ui/", pages.overview),
+    web.get("/ui/transactions", pages.transactions),
+    web.get("/ui/transactions/{gid}", pages.transaction),
+    web.get("/ui/transactions/{gid}/timeline", pages.timeline),
+    web.get("/ui/login", pages.login_form),
+    web.post("/ui/login", pages.login),
+    web.post("/ui/logout", pages.logout),
+    web.get("/ui/static/{name}", pages.static_file),
+]
+
 
 def setup_routes(app: web.Application, *, dtm_api: bool) -> None:
     app.add_routes(V1_ROUTES)
+    app.add_routes(CONSOLE_ROUTES)
     if dtm_api:
         app.add_routes(DTM_ROUTES)

@@ -26,6 +26,7 @@ from coordinator.core.records import (
     Branch,
     Event,
     NewBranch,
+    Overview,
     Transaction,
     TransactionDetail,
     shown_fields,
@@ -143,6 +144,23 @@ class ResolveIn(Strict):
     note: str = Field(min_length=1, max_length=500, description="What was done by hand, and why")
 
 
+class ReasonIn(Strict):
+    """Retry and cancel: an operator says why (stored in the timeline with who did it)."""
+
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Why (an operator's action; on cancel it makes an admin's operator cancel)",
+    )
+
+
+class OverviewQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_s: float = Field(default=900, ge=60, le=86400, description="Seconds looked back")
+
+
 class EventsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -159,6 +177,10 @@ class ListQuery(BaseModel):
     created_to: datetime | None = None
     cursor: str | None = Field(default=None, max_length=400)
     limit: int = Field(default=50, ge=1, le=500)
+    dialect: str | None = Field(default=None, pattern=r"^[a-z]{1,20}$")
+    gid_prefix: str | None = Field(
+        default=None, pattern=GID_PATTERN, description="Only gids that begin so"
+    )
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -301,3 +323,42 @@ class TryOut(BaseModel):
 class TransactionPageOut(BaseModel):
     transactions: list[TransactionOut]
     next_cursor: str | None
+
+
+class MinuteTallyOut(BaseModel):
+    minute: datetime
+    begun: int
+    confirmed: int
+    cancelled: int
+    parked: int
+
+
+class OverviewOut(BaseModel):
+    unfinished: dict[GlobalStatus, int] = Field(description="Every open transaction, by status")
+    recent: dict[GlobalStatus, int] = Field(description="Begun in the window, by status now")
+    per_minute: list[MinuteTallyOut]
+    parked: list[TransactionOut]
+    retrying_long: list[TransactionOut]
+    oldest_unfinished: list[TransactionOut]
+    near_deadline: list[TransactionOut]
+    window_s: float
+    generated_at: datetime
+
+    @classmethod
+    def of(cls, o: Overview) -> OverviewOut:
+        def rows(txns: list[Transaction]) -> list[Any]:
+            return [TransactionOut.of(t) for t in txns]
+
+        return cls(
+            unfinished=o.unfinished,
+            recent=o.recent,
+            per_minute=[
+                MinuteTallyOut.model_validate(m, from_attributes=True) for m in o.per_minute
+            ],
+            parked=rows(o.parked),
+            retrying_long=rows(o.retrying_long),
+            oldest_unfinished=rows(o.oldest_unfinished),
+            near_deadline=rows(o.near_deadline),
+            window_s=o.window_s,
+            generated_at=o.generated_at,
+        )

@@ -6,6 +6,7 @@ from datetime import UTC
 
 from aiohttp import web
 
+from coordinator import metrics
 from coordinator.api.appkeys import COORDINATOR, SETTINGS
 from coordinator.api.guard import actor, caller
 from coordinator.api.openapi import document_json
@@ -19,7 +20,10 @@ from coordinator.api.schemas import (
     EventPageOut,
     EventsQuery,
     ListQuery,
+    OverviewOut,
+    OverviewQuery,
     ParticipantReplyOut,
+    ReasonIn,
     ResolveIn,
     TransactionOut,
     TransactionPageOut,
@@ -31,6 +35,7 @@ from coordinator.api.wire import (
     decode_cursor,
     encode_cursor,
     json_response,
+    path_branch,
     path_gid,
     read_body,
 )
@@ -125,14 +130,20 @@ async def confirm(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     gid = path_gid(request)
-    await read_body(request, EmptyIn)
-    return _detail_response(await request.app[COORDINATOR].cancel(gid, caller(request)))
+    body = await read_body(request, ReasonIn)
+    who = actor(request) if body.reason is not None else None
+    detail = await request.app[COORDINATOR].cancel(
+        gid, caller(request), actor=who, reason=body.reason
+    )
+    return _detail_response(detail)
 
 
 async def retry(request: web.Request) -> web.Response:
     gid = path_gid(request)
-    await read_body(request, EmptyIn)
-    detail = await request.app[COORDINATOR].retry(gid, caller(request), actor=actor(request))
+    body = await read_body(request, ReasonIn)
+    detail = await request.app[COORDINATOR].retry(
+        gid, caller(request), actor=actor(request), reason=body.reason
+    )
     return _detail_response(detail)
 
 
@@ -143,6 +154,22 @@ async def resolve(request: web.Request) -> web.Response:
         gid, caller(request), actor=actor(request), note=body.note
     )
     return _detail_response(detail, settled_only=False)
+
+
+async def resolve_branch(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    branch_id = path_branch(request)
+    body = await read_body(request, ResolveIn)
+    detail = await request.app[COORDINATOR].resolve_branch(
+        gid, branch_id, caller(request), actor=actor(request), note=body.note
+    )
+    return _detail_response(detail, settled_only=False)
+
+
+async def overview(request: web.Request) -> web.Response:
+    query = OverviewQuery.model_validate(dict(request.query))
+    seen = await request.app[COORDINATOR].overview(caller(request), query.window_s)
+    return json_response(OverviewOut.of(seen))
 
 
 async def get_transaction(request: web.Request) -> web.Response:
@@ -182,6 +209,8 @@ def _list_filter(query: ListQuery) -> ListFilter:
         created_to=query.created_to,
         after=decode_cursor(query.cursor) if query.cursor else None,
         limit=query.limit,
+        dialect=query.dialect,
+        gid_prefix=query.gid_prefix,
     )
 
 
@@ -202,9 +231,9 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(text=document_json(), content_type="application/json")
 
 
-async def metrics(request: web.Request) -> web.Response:
-    text = request.app[COORDINATOR].metrics_exposition()
-    return web.Response(text=text, content_type="text/plain")
+async def metrics_scrape(request: web.Request) -> web.Response:
+    body = await request.app[COORDINATOR].metrics_exposition()
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def healthz(request: web.Request) -> web.Response:

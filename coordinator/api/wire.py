@@ -66,6 +66,13 @@ def path_gid(request: web.Request) -> str:
     return gid
 
 
+def path_branch(request: web.Request) -> str:
+    branch_id = request.match_info["branch_id"]
+    if not is_valid_gid(branch_id):
+        raise BadRequest("branch_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return branch_id
+
+
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(
         status=status, text=model.model_dump_json(), content_type="application/json"

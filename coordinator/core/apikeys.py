@@ -2,7 +2,9 @@
 
 Keys are configured hashed (``TCC_API_KEYS="shop:service:<sha256 hex>,ops:admin:<sha256 hex>"``;
 ``tcc key-hash`` prints an entry). A ``service`` key begins transactions that then belong to
-that service and can only be seen and moved by it; an ``admin`` key may do everything.
+that service and can only be seen and moved by it; a ``viewer`` key may look at every
+transaction and change nothing (the console's read-only users); an ``admin`` key may do
+everything.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 class Scope(StrEnum):
     SERVICE = "service"
+    VIEWER = "viewer"
     ADMIN = "admin"
 
 
@@ -33,8 +36,17 @@ class Principal:
     def is_admin(self) -> bool:
         return self.scope is Scope.ADMIN
 
+    @property
+    def reads_everything(self) -> bool:
+        """Admins and viewers see every transaction; a service only its own."""
+        return self.scope in (Scope.ADMIN, Scope.VIEWER)
+
+    @property
+    def may_write(self) -> bool:
+        return self.scope is not Scope.VIEWER
+
     def may_see(self, owner: str | None) -> bool:
-        return self.is_admin or (owner is not None and owner == self.name)
+        return self.reads_everything or (owner is not None and owner == self.name)
 
     @property
     def gid_namespace(self) -> str | None:
@@ -71,7 +83,7 @@ def parse_keys(config: str) -> list[ApiKey]:
         if not _NAME.match(name):
             raise ValueError(f"API key name {name!r} must be 1-200 of A-Z a-z 0-9 . _ : -")
         if scope not in Scope.__members__.values():
-            raise ValueError(f"API key scope {scope!r} must be 'service' or 'admin'")
+            raise ValueError(f"API key scope {scope!r} must be 'service', 'viewer' or 'admin'")
         if not _HEX64.match(digest.lower()):
             raise ValueError(f"API key for {name!r}: give the SHA-256 of the key, in hex")
         keys.append(ApiKey(name, Scope(scope), bytes.fromhex(digest)))

@@ -13,8 +13,8 @@ import enum
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, Protocol
 
 from coordinator.core.states import (
     BranchStatus,
@@ -210,6 +210,66 @@ class ListFilter:
     created_to: datetime | None = None
     after: tuple[datetime, str] | None = None  # cursor: last (created_at, gid) seen
     limit: int = 50
+    dialect: str | None = None
+    gid_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteTally:
+    """Transactions begun in one minute, by where they are now."""
+
+    minute: datetime
+    begun: int
+    confirmed: int
+    cancelled: int
+    parked: int
+
+
+def minute_tallies(
+    counts: dict[datetime, dict[GlobalStatus, int]], now: datetime, window_s: float
+) -> list[MinuteTally]:
+    """Every minute of the window, oldest first (empty ones too), from counts of the
+    transactions begun in each minute by their status now."""
+    start = (now - timedelta(seconds=window_s)).replace(second=0, microsecond=0)
+    tallies = []
+    minute = start
+    while minute <= now:
+        by_status = counts.get(minute, {})
+        tallies.append(
+            MinuteTally(
+                minute=minute,
+                begun=sum(by_status.values()),
+                confirmed=by_status.get(GlobalStatus.CONFIRMED, 0),
+                cancelled=by_status.get(GlobalStatus.CANCELLED, 0),
+                parked=by_status.get(GlobalStatus.FAILED_TO_CONFIRM, 0)
+                + by_status.get(GlobalStatus.FAILED_TO_CANCEL, 0),
+            )
+        )
+        minute += timedelta(minutes=1)
+    return tallies
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the log holds unfinished now (the metrics' gauges, read at scrape time)."""
+
+    unfinished: dict[GlobalStatus, int]
+    oldest_unfinished_age_s: float | None  # None: nothing is unfinished
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """What an operator wants to see first: what is open, what is stuck, how it goes."""
+
+    unfinished: dict[GlobalStatus, int]  # every transaction not final, by status
+    recent: dict[GlobalStatus, int]  # begun within the window, by status now
+    per_minute: list[MinuteTally]  # the window, minute by minute, oldest first
+    parked: list[Transaction]  # failed_to_*: waiting for an operator
+    retrying_long: list[Transaction]  # in phase two for over a minute or several rounds
+    oldest_unfinished: list[Transaction]
+    near_deadline: list[Transaction]  # trying, the deadline close
+    window_s: float
+    generated_at: datetime
 
 
 # --- phase two -----------------------------------------------------------------------
@@ -229,6 +289,15 @@ class DecideResult:
     judgement: Judgement
     lease: Lease | None  # set when this call took the decision
     branches: list[Branch] = dataclasses.field(default_factory=list)  # as judged
+
+
+class Claim(NamedTuple):
+    """A transaction recovery claimed: its lease, its status then, and whether another
+    coordinator held it and let its lease lapse (crashed or cut off)."""
+
+    lease: Lease
+    status: GlobalStatus
+    took_over: bool
 
 
 @dataclass(frozen=True, slots=True)

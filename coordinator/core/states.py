@@ -190,6 +190,7 @@ class CancelReason(StrEnum):
     TIMEOUT = "timeout"  # the deadline passed while it was trying
     TRY_FAILED = "try_failed"  # a try was refused or failed (detail: the branch)
     CONFIRM_REFUSED = "confirm_refused"  # auto mode could not confirm (detail: why)
+    OPERATOR = "operator"  # an operator cancelled it (detail: their reason)
 
     def text(self, detail: str | None = None) -> str:
         return f"{self.value}: {detail}" if detail else self.value

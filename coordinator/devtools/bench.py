@@ -41,7 +41,7 @@ import asyncpg
 from yarl import URL
 
 from coordinator.core.errors import CoordinatorError, UsageError
-from coordinator.devtools import bench_db, bench_procs
+from coordinator.devtools import bench_db, bench_procs, bench_reads
 from coordinator.devtools.bench_db import CEILING_DB, SETTLE_S, Counters, Stats, with_database
 from coordinator.devtools.bench_load import (
     MODES,
@@ -640,6 +640,8 @@ async def run_bench(config: BenchConfig, *, as_json: bool) -> int:
 
 async def bench_main(args: argparse.Namespace) -> int:
     """`tcc bench`: the run, its files and its table (or JSON)."""
+    if args.reads is not None:
+        return await bench_reads.reads_main(args.reads, args.database_url)
     config = config_from_args(args)
     # Ctrl-C cancels the run (asyncio.run does that); SIGTERM must too, so that the
     # benchmark's children and temporary folders go with it.

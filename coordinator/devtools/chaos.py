@@ -142,6 +142,9 @@ class ChaosRun:
         self.admin_url = ""
         self.acknowledged: dict[str, str] = {}  # gid -> "begun" | "confirm" | "cancel"
         self._faults_on = True
+        # The first fault waits for a quarter of the load to have begun, then comes at once:
+        # however fast the coordinator gets, faults strike while the load is running.
+        self._load_under_way = asyncio.Event()
 
     # --- set-up ----------------------------------------------------------------
 
@@ -261,6 +264,8 @@ class ChaosRun:
         if begun is None or begun[0] not in (200, 201):
             return
         self.acknowledged[gid] = "begun"
+        if len(self.acknowledged) >= max(1, self.config.transactions // 4):
+            self._load_under_way.set()
         all_tried = True
         for service in SERVICES:
             result = await self._call(session, f"/v1/transactions/{gid}/try", self._branch(service))
@@ -299,8 +304,12 @@ class ChaosRun:
         ]
         if not kinds or cfg.kill_every_s <= 0:
             return
+        await self._load_under_way.wait()
+        first = True
         while self._faults_on:
-            await asyncio.sleep(self.rng.uniform(0.5, 1.5) * cfg.kill_every_s)
+            if not first:
+                await asyncio.sleep(self.rng.uniform(0.5, 1.5) * cfg.kill_every_s)
+            first = False
             if not self._faults_on:
                 return
             kind = self.rng.choices(
@@ -425,6 +434,7 @@ class ChaosRun:
                 load = asyncio.create_task(self._load(session))
                 await asyncio.wait({load}, timeout=max(deadline - time.monotonic() - 60, 10))
                 self._faults_on = False
+                self._load_under_way.set()  # a load that never got going: no faults wait
                 load.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await load

@@ -51,6 +51,7 @@ async def up_command(args: argparse.Namespace, settings: Settings) -> int:
 def up_banner(stack: Stack) -> str:
     c, w, i, o = (stack.url(n) for n in ("coordinator", "wallet", "inventory", "order"))
     return f"""
+  console      {c}/ui/   open it in a browser (no login here: authentication is off)
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
@@ -60,7 +61,7 @@ def up_banner(stack: Stack) -> str:
 
 Place an order (alice has 1000, a book costs 12):
   curl -s -X POST {o}/checkout -d '{{"customer": "alice", "sku": "book", "qty": 2}}'
-Then look at it:
+Then look at it, in the console ({c}/ui/) or with curl:
   curl -s '{c}/v1/transactions?limit=1'
   curl -s {w}/accounts
   tcc status ORDER_ID

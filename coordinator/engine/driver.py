@@ -128,6 +128,7 @@ class PhaseDriver:
         *,
         reason: str | None,
         options: OptionsUpdate | None = None,
+        actor: str | None = None,
     ) -> DecideResult:
         """Log the decision (durably), then start phase two in the background."""
         result = await self.log.decide(
@@ -137,10 +138,11 @@ class PhaseDriver:
             owner=self.owner,
             lease_ttl_s=self.settings.lease_ttl_s,
             options=options,
+            actor=actor,
         )
         if result.lease is not None:
             log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
-            self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
+            self.metrics.decided(decision.value, reason)
             # The round starts from what the decision saw: nothing is read again.
             context = RoundContext(result.transaction, result.branches, budget_spent=False)
             self.spawn_drive(result.lease, context)
@@ -159,7 +161,7 @@ class PhaseDriver:
             assert decision is not None  # a decision was taken
             reason = written.transaction.cancel_reason
             log.info("transaction_decided", gid=txn.gid, decision=decision.value, reason=reason)
-            self.metrics.count("tcc_decisions_total", "Decisions taken", decision=decision.value)
+            self.metrics.decided(decision.value, reason)
             context = RoundContext(written.transaction, written.branches, budget_spent=False)
             self.spawn_drive(result.lease, context)
         return result, written
@@ -197,8 +199,10 @@ class PhaseDriver:
         it fresh from its own write, saves reading it again."""
         task = asyncio.create_task(self._drive(lease, context), name=f"drive:{lease.gid}")
         self._drives[lease.gid] = task
+        self.metrics.round_started()
 
         def forget(done: asyncio.Task[RoundEnd]) -> None:
+            self.metrics.round_ended()
             if self._drives.get(lease.gid) is done:
                 del self._drives[lease.gid]
 
@@ -218,7 +222,7 @@ class PhaseDriver:
                 # Someone decided it first; our claim is moot.
                 await self.log.release_lease(lease)
                 return None
-            self.metrics.count("tcc_timeouts_total", "Transactions cancelled at their deadline")
+            self.metrics.timed_out()
             # The decision replaced our claim with a fresh lease and started the drive.
             return self._drives.get(lease.gid)
         return self.spawn_drive(lease)
@@ -312,11 +316,8 @@ class PhaseDriver:
         delay: float,
     ) -> None:
         if outcome is not states.phase_status(decision):
-            self.metrics.count(
-                "tcc_transactions_ended_total",
-                "Transactions that finished or were parked",
-                status=outcome.value,
-            )
+            took = (finished.updated_at - finished.created_at).total_seconds()
+            self.metrics.ended(outcome, finished.dialect, took)
         if outcome in states.PARKED_STATUSES:
             log.error(
                 "transaction_parked",
@@ -335,18 +336,7 @@ class PhaseDriver:
             )
 
     def _observe_call(self, phase: Phase, outcome: str, result: CallResult) -> None:
-        self.metrics.count(
-            "tcc_participant_calls_total",
-            "Calls to participants",
-            phase=phase.value,
-            outcome=outcome,
-        )
-        self.metrics.observe(
-            "tcc_participant_call_seconds",
-            "Participant call latency",
-            result.latency_ms / 1000,
-            phase=phase.value,
-        )
+        self.metrics.participant_call(phase.value, outcome, result.latency_ms / 1000)
 
     async def _record_as_they_come(
         self,

@@ -29,14 +29,10 @@ class Recovery:
             self.driver.owner, room, self.settings.lease_ttl_s
         )
         tasks: list[asyncio.Task[RoundEnd]] = []
-        for lease, status in claimed:
+        for lease, status, took_over in claimed:
             with structlog.contextvars.bound_contextvars(gid=lease.gid):
-                log.info("recovery_claimed", status=status.value)
-                self.driver.metrics.count(
-                    "tcc_recovery_claims_total",
-                    "Transactions claimed by recovery",
-                    status=status.value,
-                )
+                log.info("recovery_claimed", status=status.value, took_over=took_over)
+                self.driver.metrics.recovery_claimed(status, took_over=took_over)
                 try:
                     task = await self.driver.resume(lease, status)
                 except Exception as exc:
@@ -49,7 +45,7 @@ class Recovery:
                 tasks.append(task)
         if wait and tasks:
             await asyncio.wait(tasks)
-        return [lease for lease, _ in claimed]
+        return [claim.lease for claim in claimed]
 
     async def run_forever(self) -> None:
         interval = self.settings.recovery_interval_s

@@ -21,8 +21,15 @@ import structlog
 
 from coordinator.core import states
 from coordinator.core.apikeys import Principal
-from coordinator.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from coordinator.core.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
 from coordinator.core.records import (
+    Backlog,
     Branch,
     CallResult,
     Event,
@@ -30,6 +37,7 @@ from coordinator.core.records import (
     NewBranch,
     NewTransaction,
     OptionsUpdate,
+    Overview,
     Transaction,
     TransactionDetail,
     TryRecord,
@@ -50,6 +58,9 @@ from coordinator.settings import Settings
 from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE, TransactionLog
 
 log = structlog.get_logger(__name__)
+
+# Transactions the overview lists under each kind of attention.
+ATTENTION_LIMIT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,16 @@ class Coordinator:
         if not caller.is_admin:
             raise Forbidden(f"{action} needs an admin key")
 
+    @staticmethod
+    def _require_reader(caller: Principal, action: str) -> None:
+        if not caller.reads_everything:
+            raise Forbidden(f"{action} needs an admin or viewer key")
+
+    @staticmethod
+    def _require_writer(caller: Principal) -> None:
+        if not caller.may_write:
+            raise Forbidden("a viewer key may look at transactions but not change them")
+
     async def _owned(self, gid: str, caller: Principal) -> Transaction:
         """The transaction, if the caller may see it; another service's is simply not found
         (outside the caller's namespace without even asking the log)."""
@@ -184,6 +205,7 @@ class Coordinator:
     # --- begin ---------------------------------------------------------------------------
 
     def _new_transaction(self, request: BeginRequest, caller: Principal) -> NewTransaction:
+        self._require_writer(caller)
         service = self._service_for_begin(caller, request.service)
         for i, branch in enumerate(request.branches):
             self._check_branch(branch, f"branches.{i}.")
@@ -209,9 +231,7 @@ class Coordinator:
         self._owners.remember(detail.transaction)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
-            self.metrics.count(
-                "tcc_transactions_begun_total", "Transactions begun", dialect=new.dialect
-            )
+            self.metrics.began(new.dialect)
         return detail, created
 
     async def begin(self, request: BeginRequest, caller: Principal) -> Begun:
@@ -270,6 +290,7 @@ class Coordinator:
         self, gid: str, branch: NewBranch, caller: Principal
     ) -> tuple[Branch, bool]:
         """Register a branch whose try the client runs itself (/v1 branches, DTM)."""
+        self._require_writer(caller)
         self._check_branch(branch)
         await self._check_owner(gid, caller)
         return await self._register(gid, branch)
@@ -289,6 +310,7 @@ class Coordinator:
         answer was never logged (its coordinator died mid-call) and it is older than a call
         can take: then it is run again, once.
         """
+        self._require_writer(caller)
         self._check_branch(branch)
         txn = await self._known(gid, caller)  # its status may be old: dialect, timeouts hold
         registered, created = await self._register(gid, branch)
@@ -316,10 +338,16 @@ class Coordinator:
     # --- decisions -------------------------------------------------------------------
 
     async def _decide_and_wait(
-        self, gid: str, decision: Decision, reason: str | None, caller: Principal
+        self,
+        gid: str,
+        decision: Decision,
+        reason: str | None,
+        caller: Principal,
+        actor: str | None = None,
     ) -> TransactionDetail:
+        self._require_writer(caller)
         await self._check_owner(gid, caller)
-        result = await self.driver.decide(gid, decision, reason=reason)
+        result = await self.driver.decide(gid, decision, reason=reason, actor=actor)
         if result.judgement.verdict is Verdict.REFUSE:
             raise Conflict(result.judgement.reason or "refused")
         await self.driver.settle(gid)
@@ -329,8 +357,24 @@ class Coordinator:
         """Decide confirm, then wait (bounded) for phase two; Conflict when refused."""
         return await self._decide_and_wait(gid, Decision.CONFIRM, None, caller)
 
-    async def cancel(self, gid: str, caller: Principal) -> TransactionDetail:
-        return await self._decide_and_wait(gid, Decision.CANCEL, CancelReason.CLIENT, caller)
+    async def cancel(
+        self,
+        gid: str,
+        caller: Principal,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> TransactionDetail:
+        """Decide cancel. A client cancels its own (reason ``client``, with its words if it
+        gives some); an operator (an admin, with ``actor``) cancels a trying transaction
+        saying why, and the timeline records who."""
+        if actor is None or not caller.is_admin:
+            why = CancelReason.CLIENT.text(reason)
+            return await self._decide_and_wait(gid, Decision.CANCEL, why, caller)
+        why = CancelReason.OPERATOR.text(reason)
+        detail = await self._decide_and_wait(gid, Decision.CANCEL, why, caller, actor=actor)
+        self._audit("cancel", gid, actor or "?", reason=reason or "")
+        return detail
 
     async def submit(
         self, gid: str, caller: Principal, options: OptionsUpdate | None, *, wait: bool
@@ -355,6 +399,7 @@ class Coordinator:
         options: OptionsUpdate | None,
         wait: bool,
     ) -> Decided:
+        self._require_writer(caller)
         await self._check_owner(gid, caller)
         result = await self.driver.decide(gid, decision, reason=reason, options=options)
         # As judged: the transaction the refusal speaks of, or the one just decided.
@@ -368,7 +413,13 @@ class Coordinator:
     # --- operator actions ----------------------------------------------------------------
 
     async def retry(
-        self, gid: str, caller: Principal, *, actor: str, run_now: bool = True
+        self,
+        gid: str,
+        caller: Principal,
+        *,
+        actor: str,
+        reason: str | None = None,
+        run_now: bool = True,
     ) -> TransactionDetail:
         """Send a parked transaction back into phase two with a fresh retry budget. With
         ``run_now`` this process runs the first round at once and waits for it (bounded);
@@ -379,8 +430,9 @@ class Coordinator:
             actor=actor,
             owner=self.driver.owner if run_now else None,
             lease_ttl_s=self.settings.lease_ttl_s,
+            reason=reason,
         )
-        self._audit("retry", gid, actor, status=txn.status.value)
+        self._audit("retry", gid, actor, status=txn.status.value, reason=reason or "")
         if lease is not None:
             self.driver.spawn_drive(lease)
             await self.driver.settle(gid)
@@ -395,9 +447,19 @@ class Coordinator:
         self._audit("resolve", gid, actor, status=txn.status.value, note=note)
         return await self.log.detail(gid)
 
+    async def resolve_branch(
+        self, gid: str, branch_id: str, caller: Principal, *, actor: str, note: str
+    ) -> TransactionDetail:
+        """An operator finished one branch of a parked transaction by hand; the others can
+        then be retried. Resolving the last one resolves the transaction."""
+        self._require_admin(caller, "resolving a branch by hand")
+        txn = await self.log.resolve_parked(gid, actor=actor, note=note, branch_id=branch_id)
+        self._audit("resolve_branch", gid, actor, branch_id=branch_id, status=txn.status.value)
+        return await self.log.detail(gid)
+
     def _audit(self, action: str, gid: str, actor: str, **details: str) -> None:
         log.warning("operator_action", action=action, gid=gid, actor=actor, **details)
-        self.metrics.count("tcc_admin_actions_total", "Operator actions", action=action)
+        self.metrics.admin_action(action)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -417,18 +479,23 @@ class Coordinator:
         self, flt: ListFilter, caller: Principal
     ) -> tuple[list[Transaction], bool]:
         """A page of transactions, newest first, and whether more follow."""
-        self._require_admin(caller, "listing transactions")
+        self._require_reader(caller, "listing transactions")
         rows = await self.log.list(dataclasses.replace(flt, limit=flt.limit + 1))
         return rows[: flt.limit], len(rows) > flt.limit
 
-    def metrics_exposition(self) -> str:
-        gauges = {
-            "tcc_active_rounds": (
-                "Phase-two rounds running in this process",
-                float(self.driver.active_drives),
-            )
-        }
-        return self.metrics.render(gauges)
+    async def overview(self, caller: Principal, window_s: float = 900.0) -> Overview:
+        """What is open, what needs attention, and the last minutes' outcomes."""
+        self._require_reader(caller, "the overview")
+        return await self.log.overview(window_s, ATTENTION_LIMIT)
+
+    async def metrics_exposition(self) -> bytes:
+        """This server's counters and the log's gauges (left out, with tcc_log_up 0, when
+        the log cannot be read: the counters are still worth a scrape)."""
+        try:
+            backlog: Backlog | None = await self.log.backlog()
+        except DatabaseUnavailable:
+            backlog = None
+        return self.metrics.exposition(backlog)
 
     async def ready(self) -> list[str]:
         """What keeps this coordinator from serving; empty when it is ready."""

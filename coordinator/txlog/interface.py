@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from coordinator.core.records import (
+    Backlog,
     Branch,
     CallRecord,
+    Claim,
     DecideResult,
     Event,
     Lease,
@@ -20,6 +22,7 @@ from coordinator.core.records import (
     NewBranch,
     NewTransaction,
     OptionsUpdate,
+    Overview,
     RoundContext,
     Transaction,
     TransactionDetail,
@@ -89,26 +92,36 @@ class TransactionLog(Protocol):
         owner: str,
         lease_ttl_s: float,
         options: OptionsUpdate | None = None,
+        actor: str | None = None,
     ) -> DecideResult:
         """Take the decision if the protocol allows it, with ``options`` set in the same
-        database transaction; durable when this returns. The decider gets the lease."""
+        database transaction; durable when this returns. The decider gets the lease.
+        ``actor``: the operator who decided, recorded with the decision."""
         ...
 
     async def retry_parked(
-        self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
+        self,
+        gid: str,
+        *,
+        actor: str,
+        owner: str | None,
+        lease_ttl_s: float,
+        reason: str | None = None,
     ) -> tuple[Transaction, Lease | None]:
         """Send a failed_to_* transaction back into phase two with a fresh retry budget."""
         ...
 
-    async def resolve_parked(self, gid: str, *, actor: str, note: str) -> Transaction:
-        """An operator finished a parked transaction's stuck branches by hand: mark it done."""
+    async def resolve_parked(
+        self, gid: str, *, actor: str, note: str, branch_id: str | None = None
+    ) -> Transaction:
+        """An operator finished a parked transaction's stuck branches by hand: mark them
+        done, and the transaction. With ``branch_id``, that branch only; the transaction is
+        done once no branch waits any more."""
         ...
 
     # --- leases and phase two -------------------------------------------------------
 
-    async def claim_due(
-        self, owner: str, limit: int, lease_ttl_s: float
-    ) -> list[tuple[Lease, GlobalStatus]]:
+    async def claim_due(self, owner: str, limit: int, lease_ttl_s: float) -> list[Claim]:
         """Leases on active transactions whose deadline or retry time has come and that
         nobody holds; coordinators claiming together split the work."""
         ...
@@ -162,3 +175,13 @@ class TransactionLog(Protocol):
         ...
 
     async def list(self, flt: ListFilter) -> list[Transaction]: ...
+
+    async def backlog(self) -> Backlog:
+        """How many transactions are unfinished, by status, and the oldest one's age: the
+        metrics' gauges, read at every scrape, so cheap (the status index)."""
+        ...
+
+    async def overview(self, window_s: float, attention_limit: int) -> Overview:
+        """Counts of what is open, the window's outcomes minute by minute, and the
+        transactions that need attention (at most ``attention_limit`` of each kind)."""
+        ...

@@ -32,8 +32,10 @@ from coordinator.core.errors import (
     TakenGid,
 )
 from coordinator.core.records import (
+    Backlog,
     Branch,
     CallRecord,
+    Claim,
     DecideResult,
     Event,
     Lease,
@@ -41,11 +43,13 @@ from coordinator.core.records import (
     NewBranch,
     NewTransaction,
     OptionsUpdate,
+    Overview,
     RoundContext,
     Transaction,
     TransactionDetail,
     TryRecord,
     Written,
+    minute_tallies,
 )
 from coordinator.core.states import (
     BranchStatus,
@@ -458,6 +462,7 @@ class InMemoryLog:
         owner: str,
         lease_ttl_s: float,
         options: OptionsUpdate | None = None,
+        actor: str | None = None,
     ) -> DecideResult:
         target = states.phase_status(decision)
         async with self._lock:
@@ -491,11 +496,10 @@ class InMemoryLog:
                 lease_owner=owner,
                 lease_expires_at=lease_expires_at,
             )
-            self._event(
-                gid,
-                EventKind.DECISION,
-                detail={"decision": decision.value, "reason": reason, "by": owner},
-            )
+            detail: dict[str, Any] = {"decision": decision.value, "reason": reason, "by": owner}
+            if actor is not None:
+                detail["actor"] = actor
+            self._event(gid, EventKind.DECISION, detail=detail)
             return DecideResult(
                 _out_transaction(decided), judgement, Lease(gid, row.lease_token), branches
             )
@@ -641,7 +645,13 @@ class InMemoryLog:
         return row, status, decision
 
     async def retry_parked(
-        self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
+        self,
+        gid: str,
+        *,
+        actor: str,
+        owner: str | None,
+        lease_ttl_s: float,
+        reason: str | None = None,
     ) -> tuple[Transaction, Lease | None]:
         """Back into phase two with a fresh budget; with an owner, under its lease at once,
         without one for the next recovery scan."""
@@ -661,42 +671,67 @@ class InMemoryLog:
                 lease_owner=owner,
                 lease_expires_at=lease_expires_at,
             )
-            self._event(gid, EventKind.ADMIN_RETRY, detail={"from": status.value, "actor": actor})
+            detail = {"from": status.value, "actor": actor}
+            if reason is not None:
+                detail["reason"] = reason
+            self._event(gid, EventKind.ADMIN_RETRY, detail=detail)
             lease = Lease(gid, row.lease_token) if row.lease_token is not None else None
             return _out_transaction(txn), lease
 
-    async def resolve_parked(self, gid: str, *, actor: str, note: str) -> Transaction:
-        """An operator finished the stuck branches by hand: they and the transaction are
-        marked done, with who and why in the timeline."""
+    async def resolve_parked(
+        self, gid: str, *, actor: str, note: str, branch_id: str | None = None
+    ) -> Transaction:
+        """An operator finished stuck branches by hand (all, or one): they are marked done,
+        and the transaction once none waits, with who and why in the timeline."""
         async with self._lock:
             row, status, decision = self._parked(gid, "resolved")
             final = states.final_status(decision)
             states.check_move(status, final)
+            done = states.branch_done_status(decision)
+            if branch_id is not None:
+                only = self._branches[gid].get(branch_id)
+                if only is None:
+                    raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
+                if only.record.status not in states.branch_sources_of(done):
+                    raise Conflict(f"branch {branch_id!r} is already {done.value}")
             now = self.clock.now()
-            resolved = self._resolve_branches(gid, states.branch_done_status(decision), note, now)
-            txn = row.update(
-                status=final,
-                finished_at=now,
-                updated_at=now,
-                next_attempt_at=None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            row.lease_token = None
+            resolved = self._resolve_branches(gid, done, note, now, branch_id)
+            sources = states.branch_sources_of(done)
+            waiting = any(b.record.status in sources for b in self._branch_rows(gid))
+            txn = row.record
+            if not waiting:
+                txn = row.update(
+                    status=final,
+                    finished_at=now,
+                    updated_at=now,
+                    next_attempt_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+                row.lease_token = None
             self._event(
                 gid,
                 EventKind.ADMIN_RESOLVED,
-                detail={"actor": actor, "note": note, "branches": resolved},
+                branch_id=branch_id,
+                detail={
+                    "actor": actor,
+                    "note": note,
+                    "branches": resolved,
+                    "finished": not waiting,
+                },
             )
             return _out_transaction(txn)
 
     def _resolve_branches(
-        self, gid: str, done: BranchStatus, note: str, now: datetime
+        self, gid: str, done: BranchStatus, note: str, now: datetime, only: str | None
     ) -> list[str]:
-        """Mark every branch that may still move to ``done`` as done; their ids."""
+        """Mark every branch (or only the one named) that may still move to ``done`` as
+        done; their ids."""
         sources = states.branch_sources_of(done)
         resolved: list[str] = []
         for branch_row in self._branch_rows(gid):
+            if only is not None and branch_row.record.branch_id != only:
+                continue
             if branch_row.record.status in sources:
                 branch_row.update(
                     status=done,
@@ -709,9 +744,7 @@ class InMemoryLog:
 
     # --- leases and phase two -------------------------------------------------------
 
-    async def claim_due(
-        self, owner: str, limit: int, lease_ttl_s: float
-    ) -> list[tuple[Lease, GlobalStatus]]:
+    async def claim_due(self, owner: str, limit: int, lease_ttl_s: float) -> list[Claim]:
         """Leases on the active transactions due first whose lease is free or lapsed."""
         async with self._lock:
             now = self.clock.now()
@@ -719,11 +752,13 @@ class InMemoryLog:
             due = [row for row in self._transactions.values() if self._is_due(row, now)]
             # A stable sort: equal times keep the order the transactions were begun in.
             due.sort(key=lambda row: row.record.next_attempt_at or now)
-            claimed: list[tuple[Lease, GlobalStatus]] = []
+            claimed: list[Claim] = []
             for row in due[: _row_limit(limit)]:
+                took_over = row.record.lease_owner is not None
                 row.lease_token = _new_token()
                 row.update(lease_owner=owner, lease_expires_at=lease_expires_at)
-                claimed.append((Lease(row.record.gid, row.lease_token), row.record.status))
+                lease = Lease(row.record.gid, row.lease_token)
+                claimed.append(Claim(lease, row.record.status, took_over))
             return claimed
 
     @staticmethod
@@ -947,6 +982,94 @@ class InMemoryLog:
         found.sort(key=lambda t: (t.created_at, t.gid), reverse=True)
         return [_out_transaction(t) for t in found[: _row_limit(flt.limit)]]
 
+    async def backlog(self) -> Backlog:
+        async with self._lock:
+            now = self.clock.now()
+            unfinished = [row.record for row in self._transactions.values()]
+        unfinished = [t for t in unfinished if t.status in _OPEN]
+        counts: dict[GlobalStatus, int] = {}
+        for t in unfinished:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        oldest = min((t.created_at for t in unfinished), default=None)
+        age = (now - oldest).total_seconds() if oldest is not None else None
+        return Backlog(unfinished=counts, oldest_unfinished_age_s=age)
+
+    async def overview(self, window_s: float, attention_limit: int) -> Overview:
+        async with self._lock:
+            now = self.clock.now()
+            txns = [row.record for row in self._transactions.values()]
+        since = _later(now, -window_s)
+        unfinished: dict[GlobalStatus, int] = {}
+        recent: dict[GlobalStatus, int] = {}
+        minutes: dict[datetime, dict[GlobalStatus, int]] = {}
+        for t in txns:
+            if t.status in _OPEN:
+                unfinished[t.status] = unfinished.get(t.status, 0) + 1
+            if t.created_at >= since:
+                recent[t.status] = recent.get(t.status, 0) + 1
+                by_status = minutes.setdefault(t.created_at.replace(second=0, microsecond=0), {})
+                by_status[t.status] = by_status.get(t.status, 0) + 1
+        listed = _attention(txns, now, attention_limit)
+        return Overview(
+            unfinished=unfinished,
+            recent=recent,
+            per_minute=minute_tallies(minutes, now, window_s),
+            parked=[_out_transaction(t) for t in listed["parked"]],
+            retrying_long=[_out_transaction(t) for t in listed["retrying_long"]],
+            oldest_unfinished=[_out_transaction(t) for t in listed["oldest_unfinished"]],
+            near_deadline=[_out_transaction(t) for t in listed["near_deadline"]],
+            window_s=window_s,
+            generated_at=now,
+        )
+
+
+_OPEN = (
+    GlobalStatus.TRYING,
+    GlobalStatus.CONFIRMING,
+    GlobalStatus.CANCELLING,
+    GlobalStatus.FAILED_TO_CONFIRM,
+    GlobalStatus.FAILED_TO_CANCEL,
+)
+
+
+def _attention(txns: list[Transaction], now: datetime, limit: int) -> dict[str, list[Transaction]]:
+    """The overview_attention query's four lists."""
+
+    def first(rows: Iterable[Transaction], key: Any) -> list[Transaction]:
+        return sorted(rows, key=key)[:limit]
+
+    phase_two = (GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING)
+    minute_ago, minute_ahead = _later(now, -60), _later(now, 60)
+    return {
+        "parked": first((t for t in txns if t.status in states.PARKED_STATUSES), _updated),
+        "retrying_long": first(
+            (
+                t
+                for t in txns
+                if t.status in phase_two
+                and (
+                    t.phase_attempts > 3 or (t.decided_at is not None and t.decided_at < minute_ago)
+                )
+            ),
+            lambda t: t.decided_at,
+        ),
+        "oldest_unfinished": first((t for t in txns if t.status in _OPEN), lambda t: t.created_at),
+        "near_deadline": first(
+            (
+                t
+                for t in txns
+                if t.status is GlobalStatus.TRYING
+                and t.next_attempt_at is not None
+                and t.next_attempt_at < minute_ahead
+            ),
+            lambda t: t.next_attempt_at,
+        ),
+    }
+
+
+def _updated(txn: Transaction) -> datetime:
+    return txn.updated_at
+
 
 def _listed(txn: Transaction, flt: ListFilter) -> bool:
     """The WHERE clause of list_transactions; an empty status tuple filters nothing, as
@@ -958,6 +1081,10 @@ def _listed(txn: Transaction, flt: ListFilter) -> bool:
     if flt.created_from is not None and txn.created_at < _aware(flt.created_from):
         return False
     if flt.created_to is not None and txn.created_at >= _aware(flt.created_to):
+        return False
+    if flt.dialect is not None and txn.dialect != flt.dialect:
+        return False
+    if flt.gid_prefix is not None and not txn.gid.startswith(flt.gid_prefix):
         return False
     if flt.after is not None:
         after_at, after_gid = flt.after

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -20,8 +21,10 @@ from coordinator.core.errors import (
     TakenGid,
 )
 from coordinator.core.records import (
+    Backlog,
     Branch,
     CallRecord,
+    Claim,
     DecideResult,
     Event,
     Lease,
@@ -29,12 +32,14 @@ from coordinator.core.records import (
     NewBranch,
     NewTransaction,
     OptionsUpdate,
+    Overview,
     RoundContext,
     Transaction,
     TransactionDetail,
     TryRecord,
     Written,
     from_row,
+    minute_tallies,
 )
 from coordinator.core.states import (
     BranchStatus,
@@ -485,6 +490,7 @@ class PostgresLog:
         owner: str,
         lease_ttl_s: float,
         options: OptionsUpdate | None = None,
+        actor: str | None = None,
     ) -> DecideResult:
         target = states.phase_status(decision)
         for _ in range(_STALE_SNAPSHOT_RETRIES):
@@ -500,6 +506,7 @@ class PostgresLog:
                     options.options if options is not None else None,
                     options.call_timeout_s if options is not None else None,
                     decision is Decision.CONFIRM,
+                    actor,
                 )
             assert row is not None  # the statement always returns its one summary row
             if row["before"] is None:
@@ -542,7 +549,13 @@ class PostgresLog:
         return status, decision
 
     async def retry_parked(
-        self, gid: str, *, actor: str, owner: str | None, lease_ttl_s: float
+        self,
+        gid: str,
+        *,
+        actor: str,
+        owner: str | None,
+        lease_ttl_s: float,
+        reason: str | None = None,
     ) -> tuple[Transaction, Lease | None]:
         """Move a failed_to_* transaction back into phase two (audited in the timeline)."""
         async with self._transaction_block() as conn:
@@ -553,49 +566,60 @@ class PostgresLog:
                 q("retry_parked"), gid, owner, target.value, lease_ttl_s, status.value
             )
             assert row is not None  # locked and checked above
-            await self._event(
-                conn, gid, EventKind.ADMIN_RETRY, detail={"from": status.value, "actor": actor}
-            )
+            detail = {"from": status.value, "actor": actor}
+            if reason is not None:
+                detail["reason"] = reason
+            await self._event(conn, gid, EventKind.ADMIN_RETRY, detail=detail)
             lease = Lease(gid, str(row["lease_token"])) if row["lease_token"] else None
             return _transaction(row), lease
 
-    async def resolve_parked(self, gid: str, *, actor: str, note: str) -> Transaction:
-        """An operator declares a parked transaction done: its stuck branches were finished
-        by hand. Audited in the timeline with who and why."""
+    async def resolve_parked(
+        self, gid: str, *, actor: str, note: str, branch_id: str | None = None
+    ) -> Transaction:
+        """An operator declares branches of a parked transaction done (all, or one): they
+        were finished by hand. Audited in the timeline with who and why."""
         async with self._transaction_block() as conn:
             status, decision = await self._lock_parked(conn, gid, "resolved")
             final = states.final_status(decision)
             states.check_move(status, final)
             branch_done = states.branch_done_status(decision)
+            sources = states.branch_sources_of(branch_done)
             resolved = await conn.fetch(
-                q("resolve_branches"),
-                gid,
-                branch_done.value,
-                note,
-                states.branch_sources_of(branch_done),
+                q("resolve_branches"), gid, branch_done.value, note, sources, branch_id
             )
-            row = await conn.fetchrow(q("resolve_transaction"), gid, final.value, status.value)
+            if branch_id is not None and not resolved:
+                if await conn.fetchval(q("get_branch"), gid, branch_id) is None:
+                    raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
+                raise Conflict(f"branch {branch_id!r} is already {branch_done.value}")
+            still_waiting = await conn.fetchval(q("pending_branches"), gid, sources)
+            if still_waiting:
+                row = await conn.fetchrow(q("get_transaction"), gid)
+            else:
+                row = await conn.fetchrow(q("resolve_transaction"), gid, final.value, status.value)
             assert row is not None  # locked and checked above
             await self._event(
                 conn,
                 gid,
                 EventKind.ADMIN_RESOLVED,
+                branch_id=branch_id,
                 detail={
                     "actor": actor,
                     "note": note,
                     "branches": [r["branch_id"] for r in resolved],
+                    "finished": not still_waiting,
                 },
             )
             return _transaction(row)
 
     # --- leases and phase two ----------------------------------------------------
 
-    async def claim_due(
-        self, owner: str, limit: int, lease_ttl_s: float
-    ) -> list[tuple[Lease, GlobalStatus]]:
+    async def claim_due(self, owner: str, limit: int, lease_ttl_s: float) -> list[Claim]:
         async with self.connection() as conn:
             rows = await conn.fetch(q("claim_due"), owner, limit, lease_ttl_s)
-        return [(Lease(r["gid"], str(r["lease_token"])), GlobalStatus(r["status"])) for r in rows]
+        return [
+            Claim(Lease(r["gid"], str(r["lease_token"])), GlobalStatus(r["status"]), r["took_over"])
+            for r in rows
+        ]
 
     async def renew_lease(self, lease: Lease, lease_ttl_s: float) -> bool:
         async with self.connection() as conn:
@@ -739,21 +763,49 @@ class PostgresLog:
         return [_event(e) for e in rows[:limit]], len(rows) > limit
 
     async def list(self, flt: ListFilter) -> list[Transaction]:
-        after_at, after_gid = flt.after if flt.after else (None, None)
         async with self._transaction_block() as conn:
             # Its optional filters need a plan made for the values at hand (see _SESSION).
             await conn.execute(q("plan_for_these_values"))
-            rows = await conn.fetch(
-                q("list_transactions"),
-                [s.value for s in flt.statuses] if flt.statuses else None,
-                flt.service,
-                flt.created_from,
-                flt.created_to,
-                after_at,
-                after_gid,
-                flt.limit,
-            )
+            rows = await conn.fetch(q("list_transactions"), *list_arguments(flt))
         return [_transaction(r) for r in rows]
+
+    async def backlog(self) -> Backlog:
+        async with self.connection() as conn:
+            rows = await conn.fetch(q("backlog"))
+        return Backlog(
+            unfinished={GlobalStatus(r["status"]): r["n"] for r in rows},
+            oldest_unfinished_age_s=max((r["oldest_s"] for r in rows), default=None),
+        )
+
+    async def overview(self, window_s: float, attention_limit: int) -> Overview:
+        async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
+            counts = await conn.fetch(q("overview_counts"), window_s)
+            attention = await conn.fetch(q("overview_attention"), attention_limit)
+            now = await conn.fetchval(q("now"))
+        unfinished: dict[GlobalStatus, int] = {}
+        recent: dict[GlobalStatus, int] = {}
+        minutes: dict[datetime, dict[GlobalStatus, int]] = {}
+        for row in counts:
+            status = GlobalStatus(row["status"])
+            if row["part"] == "open":
+                unfinished[status] = row["n"]
+            else:
+                recent[status] = recent.get(status, 0) + row["n"]
+                minutes.setdefault(row["minute"], {})[status] = row["n"]
+        listed: dict[str, list[Transaction]] = {}
+        for row in attention:
+            listed.setdefault(row["kind"], []).append(_transaction(row))
+        return Overview(
+            unfinished=unfinished,
+            recent=recent,
+            per_minute=minute_tallies(minutes, now, window_s),
+            parked=listed.get("parked", []),
+            retrying_long=listed.get("retrying_long", []),
+            oldest_unfinished=listed.get("oldest_unfinished", []),
+            near_deadline=listed.get("near_deadline", []),
+            window_s=window_s,
+            generated_at=now,
+        )
 
 
 def _undecided(status: GlobalStatus) -> Judgement:
@@ -827,3 +879,25 @@ def _registration(
     if row["deadline_passed"]:
         raise Conflict("the transaction deadline has passed")
     raise LimitExceeded(f"a transaction may have at most {max_branches} branches")
+
+
+def list_arguments(flt: ListFilter) -> tuple[object, ...]:
+    """The list_transactions statement's arguments for a filter (tcc bench --reads explains
+    the statement with them)."""
+    after_at, after_gid = flt.after if flt.after else (None, None)
+    return (
+        [s.value for s in flt.statuses] if flt.statuses else None,
+        flt.service,
+        flt.created_from,
+        flt.created_to,
+        after_at,
+        after_gid,
+        flt.limit,
+        flt.dialect,
+        _like_prefix(flt.gid_prefix) if flt.gid_prefix else None,
+    )
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching gids that start with ``prefix`` (whose _ is no wildcard)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -83,3 +83,26 @@ async def test_bench__refuses_bad_input_in_one_line() -> None:
     assert code == 2
     assert stderr.strip().count("\n") == 0, stderr
     assert "--concurrency" in stderr
+
+
+async def test_bench_reads__times_every_read_and_shows_each_lists_plan() -> None:
+    scratch_before = _scratch_folders()
+    code, stdout, stderr = await run_tcc_async(
+        "bench", "--reads", "2000", env=clean_env(), timeout_s=240
+    )
+    assert code == 0, stdout + stderr
+    assert _scratch_folders() <= scratch_before
+    assert "Reads over a log of 2,000 transactions" in stdout
+    for read in ("api overview", "console overview", "console list gid prefix", "api transaction"):
+        assert f"\n{read} " in stdout, read
+    # The plans Postgres ran, one per list.
+    assert "== api list gid prefix: /v1/transactions?gid_prefix=bank-000001" in stdout
+    assert stdout.count("Execution Time") >= 10
+
+
+async def test_bench_reads__too_few_transactions__is_one_line_and_exit_2() -> None:
+    code, _stdout, stderr = await run_tcc_async(
+        "bench", "--reads", "10", env=clean_env(), timeout_s=60
+    )
+    assert code == 2
+    assert stderr.strip() == "tcc bench: --reads needs at least 1000 transactions"

@@ -218,3 +218,57 @@ async def test_resolve__marks_a_parked_transaction_done_from_the_command_line(
     again = run_tcc("resolve", "manual", "--note", "x", env=tcc_env(database_url))
     assert again.returncode == 1
     assert "this one is confirmed" in again.stderr
+
+
+async def test_resolve_branch_and_retry_with_a_reason__from_the_command_line(
+    store: PostgresLog, database_url: str
+) -> None:
+    branches = [
+        NewBranch(
+            branch_id=b,
+            name=b,
+            try_url=None,
+            confirm_url="http://127.0.0.1:9/confirm",
+            cancel_url="http://127.0.0.1:9/cancel",
+            payload=None,
+            request_hash=b,
+        )
+        for b in ("stock", "bank")
+    ]
+    await store.begin(
+        NewTransaction(
+            gid="two",
+            service="ops",
+            metadata={},
+            timeout_s=60,
+            call_timeout_s=None,
+            request_hash="two",
+            branches=branches,
+        )
+    )
+    await store.decide("two", Decision.CONFIRM, reason=None, owner="cli-test", lease_ttl_s=30)
+    async with store.connection() as conn:
+        await conn.execute(
+            "UPDATE tcc_transactions SET status = 'failed_to_confirm', next_attempt_at = NULL,"
+            " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE gid = 'two'"
+        )
+    env = tcc_env(database_url)
+    result = run_tcc("resolve", "two", "--branch", "stock", "--note", "booked by hand", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "branch stock resolved by hand; two is failed_to_confirm" in result.stdout
+    bad = run_tcc("resolve", "two", "--branch", "no such", "--note", "x", env=env)
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2,
+        "tcc resolve: --branch must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    )
+
+    result = run_tcc("retry", "two", "--reason", "bank is back", env=env)
+    assert result.returncode == 0, result.stderr
+    detail = await store.detail("two")
+    resolved, retried = detail.events[-2:]
+    assert (resolved.kind, resolved.branch_id) == ("admin_resolved", "stock")
+    assert retried.kind == "admin_retry"
+    assert retried.detail is not None
+    assert retried.detail["reason"] == "bank is back"
+    listed = run_tcc("list", "--gid-prefix", "tw", "--dialect", "tcc", env=env)
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["two"]

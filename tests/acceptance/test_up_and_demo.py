@@ -67,11 +67,15 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
             url = f"http://127.0.0.1:{coordinator_port}/v1/transactions/{placed['order_id']}"
             async with http.get(url) as resp:
                 assert (await resp.json())["status"] == "confirmed"
+            async with http.get(f"http://127.0.0.1:{coordinator_port}/ui/") as resp:
+                assert resp.status == 200
+                assert "Authentication is off" in await resp.text()
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "curl -s -X POST" in out  # the banner's order line
+    assert f"console      http://127.0.0.1:{coordinator_port}/ui/" in out
     assert "tcc up: stopped" in out
 
 

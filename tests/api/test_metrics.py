@@ -1,9 +1,33 @@
-"""GET /metrics: Prometheus counters of what this coordinator did."""
+"""GET /metrics: what this coordinator did, and what the log holds, as Prometheus reads it."""
 
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.conftest import CoordinatorClient
 from tests.participant_server import FakeParticipant, Reply
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by name and labels (parsed as Prometheus would)."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def scrape(coordinator: CoordinatorClient) -> Samples:
+    status, text, resp = await coordinator.request("GET", "/metrics")
+    assert status == 200
+    assert resp.content_type == "text/plain"
+    return parse(text)
 
 
 async def test_metrics__count_begins_decisions_calls_and_endings(
@@ -15,16 +39,50 @@ async def test_metrics__count_begins_decisions_calls_and_endings(
     await coordinator.post("/v1/transactions", {"gid": "m2"})
     participant.script("try", Reply(status=409))
     await coordinator.post("/v1/transactions/m2/try", participant.branch("b"))
+    await coordinator.post("/v1/transactions", {"gid": "open"})
 
-    status, text, resp = await coordinator.request("GET", "/metrics")
+    m = await scrape(coordinator)
+    assert value(m, "tcc_transactions_begun_total", dialect="tcc") == 3
+    assert value(m, "tcc_decisions_total", decision="confirm", reason="requested") == 1
+    assert value(m, "tcc_decisions_total", decision="cancel", reason="try_failed") == 1
+    assert value(m, "tcc_participant_calls_total", phase="try", outcome="tried") == 1
+    assert value(m, "tcc_participant_calls_total", phase="try", outcome="refused") == 1
+    assert value(m, "tcc_participant_calls_total", phase="confirm", outcome="done") == 1
+    assert value(m, "tcc_participant_call_seconds_count", phase="try", outcome="tried") == 1
+    assert value(m, "tcc_transactions_ended_total", status="confirmed", dialect="tcc") == 1
+    assert value(m, "tcc_transactions_ended_total", status="cancelled", dialect="tcc") == 1
+    assert value(m, "tcc_transaction_duration_seconds_count", status="confirmed") == 1
+    assert value(m, "tcc_active_rounds") == 0
+    # The log's gauges: one transaction is still trying.
+    assert value(m, "tcc_log_up") == 1
+    assert value(m, "tcc_unfinished_transactions", status="trying") == 1
+    assert value(m, "tcc_unfinished_transactions", status="failed_to_confirm") == 0
+    assert value(m, "tcc_parked_transactions") == 0
+    oldest = value(m, "tcc_oldest_unfinished_age_seconds")
+    assert oldest is not None
+    assert 0 <= oldest < 60
+
+
+async def test_metrics__never_label_by_gid_url_or_key(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    await coordinator.post("/v1/transactions", {"gid": "secret-gid-42"})
+    await coordinator.post("/v1/transactions/secret-gid-42/try", participant.branch("b"))
+    status, text, _ = await coordinator.request("GET", "/metrics")
     assert status == 200
-    assert resp.content_type == "text/plain"
-    lines = set(text.splitlines())
-    assert 'tcc_transactions_begun_total{dialect="tcc"} 2' in lines
-    assert 'tcc_decisions_total{decision="confirm"} 1' in lines
-    assert 'tcc_participant_calls_total{outcome="tried",phase="try"} 1' in lines
-    assert 'tcc_participant_calls_total{outcome="refused",phase="try"} 1' in lines
-    assert 'tcc_participant_calls_total{outcome="done",phase="confirm"} 1' in lines
-    assert 'tcc_transactions_ended_total{status="confirmed"} 1' in lines
-    assert 'tcc_participant_call_seconds_count{phase="try"} 2' in lines
-    assert "# TYPE tcc_active_rounds gauge" in lines
+    assert "secret-gid-42" not in text
+    assert "127.0.0.1" not in text
+    allowed = {"dialect", "status", "decision", "reason", "phase", "outcome", "action", "le"}
+    labels = {name for name, _ in (pair for key in parse(text) for pair in key[1])}
+    assert labels <= allowed
+
+
+async def test_metrics__with_the_log_down__still_answer_and_say_so(
+    coordinator: CoordinatorClient,
+) -> None:
+    await coordinator.post("/v1/transactions", {"gid": "before"})
+    await coordinator.runtime.log.close()
+    m = await scrape(coordinator)
+    assert value(m, "tcc_log_up") == 0
+    assert value(m, "tcc_transactions_begun_total", dialect="tcc") == 1
+    assert value(m, "tcc_unfinished_transactions", status="trying") is None

@@ -6,6 +6,8 @@ the in-memory twin alike in tests/txlog/test_contract.py.
 
 from __future__ import annotations
 
+import asyncio
+
 from coordinator.txlog.postgres import PostgresLog
 from coordinator.txlog.queries import q
 
@@ -24,3 +26,21 @@ async def test_claim_due__uses_the_partial_index_with_many_finished_rows(
         )
     assert "tcc_transactions_due" in plan, plan
     assert "Seq Scan on tcc_transactions" not in plan, plan
+
+
+async def test_a_batch_with_one_value_postgres_refuses__fails_only_that_begin(
+    store: PostgresLog,
+) -> None:
+    from coordinator.core.errors import InvalidInput
+    from coordinator.core.records import NewTransaction
+
+    def new(gid: str) -> NewTransaction:
+        return NewTransaction(gid, "svc", {}, 30, None, f"h-{gid}")
+
+    # The gid CHECK refuses "not a gid!"; the API never lets it through, the log holds anyway.
+    results = await asyncio.gather(
+        *(store.begin(new(g)) for g in ("ok1", "not a gid!", "ok2")), return_exceptions=True
+    )
+    assert isinstance(results[1], InvalidInput)
+    assert [r[1] for r in (results[0], results[2]) if isinstance(r, tuple)] == [True, True]
+    assert (await store.get("ok2")).gid == "ok2"

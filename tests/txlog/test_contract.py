@@ -456,7 +456,7 @@ async def test_finish_round__with_a_stale_lease__writes_nothing(
     # Another coordinator takes over (here: the lease is simply replaced).
     await store.release_lease(first.lease)
     await log_time.jump(1)
-    [(second, status)] = await store.claim_due("b", 10, 30)
+    [(second, status, _)] = await store.claim_due("b", 10, 30)
     assert status is GlobalStatus.CONFIRMING
 
     assert not await store.record_phase_call(first.lease, "b", Decision.CONFIRM, True, OK)
@@ -570,7 +570,7 @@ async def test_finish_round__another_round_due__schedules_the_pending_branches(
     assert detail.events[-1].detail == {"pending": ["b2"], "by": "a"}
     assert await store.claim_due("b", 10, 30) == []  # not before its time
     await log_time.jump(5)
-    [(again, status)] = await store.claim_due("b", 10, 30)
+    [(again, status, _)] = await store.claim_due("b", 10, 30)
     assert (again.gid, status) == ("g", GlobalStatus.CONFIRMING)
     # A reply clears the branch's retry time.
     assert await store.record_phase_call(again, "b2", Decision.CONFIRM, False, FAIL)
@@ -636,7 +636,7 @@ async def test_claim_due__concurrent_scanners__never_claim_the_same_transaction(
         await store.begin(new_txn(f"g{i}", timeout_s=0.01))
     await log_time.sleep(0.05)
     claims = await asyncio.gather(*(store.claim_due(f"owner{i}", 10, 30) for i in range(6)))
-    gids = [lease.gid for claim in claims for lease, _ in claim]
+    gids = [c.lease.gid for claim in claims for c in claim]
     assert len(gids) == len(set(gids)) == 30
     # Nothing is due while the leases are held.
     assert await store.claim_due("late", 100, 30) == []
@@ -647,11 +647,13 @@ async def test_claim_due__an_expired_lease__is_taken_over(
 ) -> None:
     await store.begin(new_txn("g", timeout_s=0.01))
     await log_time.sleep(0.05)
-    [(lease, _)] = await store.claim_due("dead", 10, 0.2)
+    [(lease, _, took_over)] = await store.claim_due("dead", 10, 0.2)
+    assert not took_over  # nobody held it
     assert await store.claim_due("alive", 10, 30) == []
     await log_time.sleep(0.3)
-    [(taken, _)] = await store.claim_due("alive", 10, 30)
+    [(taken, _, took_over)] = await store.claim_due("alive", 10, 30)
     assert taken.token != lease.token
+    assert took_over  # "dead" let its lease lapse
 
 
 async def test_claim_due__the_longest_due_first__up_to_the_limit(
@@ -663,12 +665,12 @@ async def test_claim_due__the_longest_due_first__up_to_the_limit(
     await store.begin(new_txn("not-yet", timeout_s=60))
     await log_time.jump(5)
     claimed = await store.claim_due("o", 2, 30)
-    assert {lease.gid for lease, _ in claimed} == {"first", "second"}
-    assert {status for _, status in claimed} == {GlobalStatus.TRYING}
+    assert {c.lease.gid for c in claimed} == {"first", "second"}
+    assert {c.status for c in claimed} == {GlobalStatus.TRYING}
     txn = await store.get("first")
     assert txn.lease_owner == "o"
     assert txn.lease_expires_at is not None
-    [(last, _)] = await store.claim_due("o", 2, 30)
+    [(last, _, _)] = await store.claim_due("o", 2, 30)
     assert last.gid == "third"
 
 
@@ -715,7 +717,7 @@ async def test_retry_parked__without_an_owner__is_left_to_recovery(
     assert txn.status is GlobalStatus.CANCELLING
     assert (txn.lease_owner, txn.lease_expires_at) == (None, None)
     await log_time.jump(1)
-    [(claimed, status)] = await store.claim_due("o", 10, 30)
+    [(claimed, status, _)] = await store.claim_due("o", 10, 30)
     assert (claimed.gid, status) == ("g", GlobalStatus.CANCELLING)
 
 
@@ -749,6 +751,7 @@ async def test_resolve_parked__marks_the_stuck_branches_and_the_transaction_done
         "actor": "ops",
         "note": "fixed by hand",
         "branches": ["stuck"],
+        "finished": True,
     }
     with pytest.raises(Conflict, match="can be resolved; this one is confirmed"):
         await store.resolve_parked("g", actor="ops", note="again")
@@ -821,7 +824,7 @@ async def test_events__identical_rounds__collapse_into_one_retry_scheduled_entry
         )
         assert txn is not None
         await log_time.jump(1)
-        [(lease, _)] = await store.claim_due("a", 10, 30)
+        [(lease, _, _)] = await store.claim_due("a", 10, 30)
     kinds = [(e.kind, e.repeats) for e in (await store.detail("g")).events]
     assert kinds[-2:] == [(EventKind.CONFIRM_CALL, 3), (EventKind.RETRY_SCHEDULED, 3)]
     # A round by another coordinator is told apart.
@@ -931,3 +934,153 @@ async def test_list__filters_by_status_service_and_creation_time(
     cursor = (first[-1].created_at, first[-1].gid)
     rest = await store.list(dataclasses.replace(window, after=cursor))
     assert [t.gid for t in first + rest] == everything
+
+
+async def test_list__filters_by_dialect_and_gid_prefix_taking_wildcards_literally(
+    store: TransactionLog,
+) -> None:
+    for gid in ("order-1", "order-2", "order_3", "orders", "refund-1"):
+        await store.begin(new_txn(gid))
+    await store.begin(dataclasses.replace(new_txn("order-dtm"), dialect="dtm"))
+
+    async def gids(flt: ListFilter) -> list[str]:
+        return sorted(t.gid for t in await store.list(flt))
+
+    assert await gids(ListFilter(gid_prefix="order-")) == ["order-1", "order-2", "order-dtm"]
+    # _ and % are characters of a gid here, not LIKE wildcards.
+    assert await gids(ListFilter(gid_prefix="order_")) == ["order_3"]
+    assert await gids(ListFilter(gid_prefix="%")) == []
+    assert await gids(ListFilter(dialect="dtm")) == ["order-dtm"]
+    assert await gids(ListFilter(dialect="dtm", gid_prefix="refund")) == []
+    assert len(await gids(ListFilter(dialect="tcc"))) == 5
+
+
+# --- operators ---------------------------------------------------------------------------
+
+
+async def test_decide__by_an_operator__names_them_in_the_decision_entry(
+    store: TransactionLog,
+) -> None:
+    await store.begin(new_txn("g", branches=[new_branch("b", with_try=False)]))
+    await store.decide(
+        "g", Decision.CANCEL, reason="operator: stuck", owner="a", lease_ttl_s=30, actor="alice"
+    )
+    decision = (await store.detail("g")).events[-1]
+    assert decision.kind is EventKind.DECISION
+    assert decision.detail is not None
+    assert (decision.detail["actor"], decision.detail["reason"]) == ("alice", "operator: stuck")
+
+
+async def test_retry_parked__with_a_reason__keeps_it_in_the_timeline(
+    store: TransactionLog,
+) -> None:
+    await parked(store, "g")
+    await store.retry_parked("g", actor="ops", owner=None, lease_ttl_s=30, reason="bank is up")
+    entry = (await store.detail("g")).events[-1]
+    assert entry.kind is EventKind.ADMIN_RETRY
+    assert entry.detail == {"from": "failed_to_confirm", "actor": "ops", "reason": "bank is up"}
+
+
+async def test_resolve_parked__branch_by_branch__finishes_the_transaction_with_the_last(
+    store: TransactionLog,
+) -> None:
+    branches = [new_branch(b, with_try=False) for b in ("done", "s1", "s2")]
+    await store.begin(new_txn("g", branches=branches))
+    decided = await store.decide("g", Decision.CONFIRM, reason=None, owner="a", lease_ttl_s=30)
+    assert decided.lease is not None
+    assert await store.record_phase_call(decided.lease, "done", Decision.CONFIRM, True, OK)
+    txn = await store.finish_round(
+        decided.lease, Decision.CONFIRM, GlobalStatus.FAILED_TO_CONFIRM, 1.0, ["s1", "s2"], "a"
+    )
+    assert txn is not None
+
+    first = await store.resolve_parked("g", actor="ops", note="s1 by hand", branch_id="s1")
+    assert first.status is GlobalStatus.FAILED_TO_CONFIRM  # s2 still waits
+    detail = await store.detail("g")
+    assert [b.status for b in detail.branches] == [
+        BranchStatus.CONFIRMED,
+        BranchStatus.CONFIRMED,
+        BranchStatus.REGISTERED,  # its try ran in the client: never tried here
+    ]
+    entry = detail.events[-1]
+    assert (entry.kind, entry.branch_id) == (EventKind.ADMIN_RESOLVED, "s1")
+    assert entry.detail == {
+        "actor": "ops",
+        "note": "s1 by hand",
+        "branches": ["s1"],
+        "finished": False,
+    }
+    with pytest.raises(Conflict, match="branch 's1' is already confirmed"):
+        await store.resolve_parked("g", actor="ops", note="again", branch_id="s1")
+    with pytest.raises(Conflict, match="branch 'done' is already confirmed"):
+        await store.resolve_parked("g", actor="ops", note="x", branch_id="done")
+    with pytest.raises(NotFound, match="no branch 'nope'"):
+        await store.resolve_parked("g", actor="ops", note="x", branch_id="nope")
+
+    last = await store.resolve_parked("g", actor="ops", note="s2 too", branch_id="s2")
+    assert last.status is GlobalStatus.CONFIRMED
+    assert last.finished_at is not None
+    assert (await store.detail("g")).events[-1].detail == {
+        "actor": "ops",
+        "note": "s2 too",
+        "branches": ["s2"],
+        "finished": True,
+    }
+
+
+# --- the overview ------------------------------------------------------------------------
+
+
+async def test_overview__counts_open_and_recent_and_lists_what_needs_attention(
+    store: TransactionLog, log_time: LogTime
+) -> None:
+    # An hour ago: one left in phase two since, and one begun then and still trying.
+    await confirming(store, "old-confirming")
+    await store.begin(new_txn("old-trying", timeout_s=7200))
+    await log_time.jump(3600)
+    await parked(store, "parked")
+    await store.begin(new_txn("due-soon", timeout_s=30))
+    await store.begin(new_txn("far", timeout_s=600))
+    await store.begin(new_txn("done", branches=[new_branch("b", with_try=False)]))
+    decided = await store.decide(
+        "done", Decision.CANCEL, reason="client", owner="a", lease_ttl_s=30
+    )
+    assert decided.lease is not None
+    assert await store.record_phase_call(decided.lease, "b", Decision.CANCEL, True, OK)
+    await store.finish_round(decided.lease, Decision.CANCEL, GlobalStatus.CANCELLED, 1.0, [], "a")
+
+    view = await store.overview(window_s=600, attention_limit=10)
+    assert view.unfinished == {
+        GlobalStatus.TRYING: 3,
+        GlobalStatus.CONFIRMING: 1,
+        GlobalStatus.FAILED_TO_CONFIRM: 1,
+    }
+    # The last ten minutes: the four begun after the jump, by where they are now.
+    assert view.recent == {
+        GlobalStatus.TRYING: 2,
+        GlobalStatus.FAILED_TO_CONFIRM: 1,
+        GlobalStatus.CANCELLED: 1,
+    }
+    assert 10 <= len(view.per_minute) <= 11
+    assert [m.minute for m in view.per_minute] == sorted(m.minute for m in view.per_minute)
+    assert sum(m.begun for m in view.per_minute) == 4
+    assert sum(m.cancelled for m in view.per_minute) == 1
+    assert sum(m.parked for m in view.per_minute) == 1
+    assert sum(m.confirmed for m in view.per_minute) == 0
+
+    assert [t.gid for t in view.parked] == ["parked"]
+    assert [t.gid for t in view.retrying_long] == ["old-confirming"]
+    assert [t.gid for t in view.near_deadline] == ["due-soon"]
+    oldest = [t.gid for t in view.oldest_unfinished]
+    assert oldest[:2] == ["old-confirming", "old-trying"]
+    assert set(oldest) == {"old-confirming", "old-trying", "parked", "due-soon", "far"}
+
+    limited = await store.overview(window_s=600, attention_limit=2)
+    assert [t.gid for t in limited.oldest_unfinished] == ["old-confirming", "old-trying"]
+
+
+async def test_overview__of_an_empty_log__is_all_zero_minutes(store: TransactionLog) -> None:
+    view = await store.overview(window_s=300, attention_limit=10)
+    assert (view.unfinished, view.recent, view.parked, view.oldest_unfinished) == ({}, {}, [], [])
+    assert all(m.begun == 0 for m in view.per_minute)
+    assert view.window_s == 300

@@ -68,10 +68,10 @@ async def test_in_memory_log__exactly_at_the_deadline__the_deadline_has_passed()
     clock.advance(0.000001)
     refused = await log.decide("g", Decision.CONFIRM, reason=None, owner="o", lease_ttl_s=30)
     assert refused.judgement.refusal is Refusal.DEADLINE_PASSED
-    [(lease, _)] = await log.claim_due("o", 10, 30)
+    [(lease, _, _)] = await log.claim_due("o", 10, 30)
     # Exactly when the lease lapses, another coordinator may take the transaction.
     clock.advance(30)
-    [(taken, _)] = await log.claim_due("other", 10, 30)
+    [(taken, _, _)] = await log.claim_due("other", 10, 30)
     assert taken.token != lease.token
 
 

@@ -27,17 +27,6 @@ INSERT INTO tcc_schema_migrations (version, name) VALUES ($1, $2);
 -- name: ping
 SELECT 1;
 
--- name: insert_transaction
--- $6 is timeout_s; ON CONFLICT lets a repeated begin find the original.
-INSERT INTO tcc_transactions (
-    gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
-    deadline, next_attempt_at, options
-)
-VALUES ($1, 'trying', $2, $3, $4, $5, $6, $7,
-        now() + make_interval(secs => $6), now() + make_interval(secs => $6), $8)
-ON CONFLICT (gid) DO NOTHING
-RETURNING *;
-
 -- name: transaction_request_hash
 SELECT request_hash FROM tcc_transactions WHERE gid = $1;
 
@@ -61,20 +50,8 @@ RETURNING *;
 -- name: get_branch
 SELECT * FROM tcc_branches WHERE gid = $1 AND branch_id = $2;
 
--- name: count_branches
-SELECT count(*) FROM tcc_branches WHERE gid = $1;
-
 -- name: list_branches
 SELECT * FROM tcc_branches WHERE gid = $1 ORDER BY position;
-
--- name: record_try_result
--- CAS: only a branch whose try has not been judged yet takes the result. A late
--- answer for a branch already cancelled (the deadline passed) changes nothing.
-UPDATE tcc_branches
-SET status = $3, attempts = attempts + 1, last_http_status = $4, last_error = $5,
-    last_latency_ms = $6, updated_at = now()
-WHERE gid = $1 AND branch_id = $2 AND status = ANY($7::text[])
-RETURNING *;
 
 -- name: decide
 -- CAS from the statuses the state machine allows; the lease goes to the decider,
@@ -101,11 +78,12 @@ WHERE gid = $1 AND status = $5
 RETURNING *;
 
 -- name: resolve_branches
--- An operator finished these branches by hand: mark them done, saying so.
+-- An operator finished these branches by hand (all of them, or only branch $5): mark them
+-- done, saying so.
 UPDATE tcc_branches
 SET status = $2, last_error = 'resolved by an operator: ' || $3, next_retry_at = NULL,
     updated_at = now()
-WHERE gid = $1 AND status = ANY($4::text[])
+WHERE gid = $1 AND status = ANY($4::text[]) AND ($5::text IS NULL OR branch_id = $5)
 RETURNING branch_id;
 
 -- name: resolve_transaction
@@ -118,8 +96,9 @@ RETURNING *;
 -- name: claim_due
 -- Active transactions whose deadline or retry time has come and that nobody
 -- holds: SKIP LOCKED so that coordinators scanning together split the work.
+-- took_over: someone held it and let the lease lapse (released leases have no owner).
 WITH due AS (
-    SELECT gid FROM tcc_transactions
+    SELECT gid, lease_owner IS NOT NULL AS took_over FROM tcc_transactions
     WHERE status IN ('trying', 'confirming', 'cancelling')
       AND next_attempt_at <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
@@ -132,7 +111,7 @@ SET lease_owner = $1, lease_token = gen_random_uuid(),
     lease_expires_at = now() + make_interval(secs => $3)
 FROM due
 WHERE t.gid = due.gid
-RETURNING t.gid, t.status, t.lease_token;
+RETURNING t.gid, t.status, t.lease_token, due.took_over;
 
 -- name: renew_lease
 UPDATE tcc_transactions SET lease_expires_at = now() + make_interval(secs => $3)
@@ -223,28 +202,71 @@ WHERE NOT EXISTS (SELECT 1 FROM repeated);
 -- One page of the timeline, oldest first, after the event id $2 (0: from the start).
 SELECT * FROM tcc_events WHERE gid = $1 AND id > $2 ORDER BY id LIMIT $3;
 
--- name: set_options
--- Protocol options given again when deciding (DTM's submit); only while trying.
-UPDATE tcc_transactions
-SET options = options || $2, call_timeout_s = COALESCE($3, call_timeout_s), updated_at = now()
-WHERE gid = $1 AND status = 'trying'
-RETURNING gid;
-
 -- name: plan_for_these_values
 -- For a statement whose plan depends on which optional filters are set (list_transactions):
 -- the connections keep generic plans otherwise.
 SET LOCAL plan_cache_mode = force_custom_plan;
 
 -- name: list_transactions
--- Newest first; the cursor is the (created_at, gid) of the last row already seen.
+-- Newest first; the cursor is the (created_at, gid) of the last row already seen. Planned
+-- for the filters given (plan_for_these_values), so each uses its index: status, service,
+-- the gid prefix ($9, a LIKE pattern: text_pattern_ops), or created_at.
 SELECT * FROM tcc_transactions
 WHERE ($1::text[] IS NULL OR status = ANY($1))
   AND ($2::text IS NULL OR service = $2)
   AND ($3::timestamptz IS NULL OR created_at >= $3)
   AND ($4::timestamptz IS NULL OR created_at < $4)
   AND ($5::timestamptz IS NULL OR (created_at, gid) < ($5, $6::text))
+  AND ($8::text IS NULL OR dialect = $8)
+  AND ($9::text IS NULL OR gid LIKE $9)
 ORDER BY created_at DESC, gid DESC
 LIMIT $7;
+
+-- name: overview_counts
+-- The open transactions by status (the few, from the status index), and those begun in
+-- the last $1 seconds by status and minute (index-only on status and created_at).
+SELECT 'open' AS part, status, NULL::timestamptz AS minute, count(*) AS n
+FROM tcc_transactions
+WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel')
+GROUP BY status
+UNION ALL
+SELECT 'recent', status, date_trunc('minute', created_at), count(*)
+FROM tcc_transactions
+WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel',
+                 'confirmed', 'cancelled')
+  AND created_at >= now() - make_interval(secs => $1)
+GROUP BY status, date_trunc('minute', created_at);
+
+-- name: backlog
+-- The metrics' gauges: unfinished transactions by status, and the oldest one's age.
+SELECT status, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest_s
+FROM tcc_transactions
+WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel')
+GROUP BY status;
+
+-- name: overview_attention
+-- What needs an operator, $1 of each kind: parked; in phase two for over a minute or more
+-- than three rounds; the oldest open; trying with the deadline within a minute.
+(SELECT 'parked' AS kind, t.* FROM tcc_transactions t
+ WHERE status IN ('failed_to_confirm', 'failed_to_cancel')
+ ORDER BY updated_at LIMIT $1)
+UNION ALL
+(SELECT 'retrying_long', t.* FROM tcc_transactions t
+ WHERE status IN ('confirming', 'cancelling')
+   AND (phase_attempts > 3 OR decided_at < now() - interval '1 minute')
+ ORDER BY decided_at LIMIT $1)
+UNION ALL
+(SELECT 'oldest_unfinished', t.* FROM tcc_transactions t
+ WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel')
+ ORDER BY created_at LIMIT $1)
+UNION ALL
+(SELECT 'near_deadline', t.* FROM tcc_transactions t
+ WHERE status = 'trying' AND next_attempt_at < now() + interval '1 minute'
+ ORDER BY next_attempt_at LIMIT $1);
+
+-- name: pending_branches
+-- How many branches of a parked transaction still wait for their phase-two call.
+SELECT count(*) FROM tcc_branches WHERE gid = $1 AND status = ANY($2::text[]);
 
 -- name: begin_transactions
 -- Group commit: many begins in one statement, each a transaction with its branches and
@@ -544,7 +566,8 @@ SELECT (SELECT c::tcc_branches FROM current c) AS branch,
 -- the rules allow it, which are core.states.judge_decision's: $2 the status it moves to,
 -- $9 whether it is a confirm (which also needs the deadline ahead and every try answered
 -- and none failed). $3 cancel reason, $4 owner, $5 lease seconds, $6 the statuses it may
--- move from, $7/$8 options and call timeout to set with it (NULL: none). What the rules saw
+-- move from, $7/$8 options and call timeout to set with it (NULL: none), $10 the operator
+-- who decided (NULL: the client or the coordinator). What the rules saw
 -- comes back (the status, the deadline, the branches), for the caller's judgement.
 WITH txn AS (
     SELECT t AS row, t.gid, t.status, t.branch_count, t.deadline <= now() AS deadline_passed
@@ -580,6 +603,8 @@ WITH txn AS (
            jsonb_build_object(
                'decision', CASE WHEN $9::bool THEN 'confirm' ELSE 'cancel' END,
                'reason', $3::text, 'by', $4::text)
+           || CASE WHEN $10::text IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('actor', $10::text) END
     FROM decided
 )
 SELECT (SELECT row FROM txn) AS before,
@@ -596,3 +621,6 @@ SELECT (SELECT t::tcc_transactions FROM tcc_transactions t WHERE t.gid = $1) AS 
            AS branches,
        ARRAY(SELECT e::tcc_events FROM tcc_events e WHERE e.gid = $1 ORDER BY id LIMIT $2)
            AS events;
+
+-- name: now
+SELECT now();

@@ -203,3 +203,22 @@ async def test_dtm_ongoing_reply__is_retried_at_exactly_the_retry_interval(
         "branch_id": "a",
         "op": "confirm",
     }
+
+
+async def test_a_decision_on_a_transaction_without_branches__ends_at_once(
+    runtime: Runtime, caller: ScriptedCaller
+) -> None:
+    begun = await runtime.coordinator.begin(begin_request(), INSECURE)
+    gid = begun.detail.transaction.gid
+    detail = await runtime.coordinator.cancel(gid, INSECURE)
+    assert detail.transaction.status is GlobalStatus.CANCELLED  # nothing to call: done
+    assert caller.made(Phase.CANCEL) == []
+
+
+async def test_auto_begin__its_answer__is_what_the_log_holds_afterwards(
+    runtime: Runtime,
+) -> None:
+    begun = await runtime.coordinator.begin(
+        begin_request(branch("a"), branch("b"), auto=True), INSECURE
+    )
+    assert begun.detail == await runtime.log.detail(begun.detail.transaction.gid)
