@@ -75,18 +75,41 @@ async def enter(conn: Connection, gid: str, branch_id: str, phase: str) -> Outco
     raise ValueError(f"unknown phase {phase!r}")
 
 
+COUNT_OLDER = """
+SELECT count(*) FROM tcc_barrier WHERE created_at < now() - make_interval(secs => $1)
+"""
+
+
+async def purge_batch(conn: Connection, older_than_s: float, batch: int = 1000) -> int:
+    """Delete at most ``batch`` barrier rows older than ``older_than_s``; returns how many.
+
+    One statement: outside a transaction it is a short transaction of its own, so the row
+    locks it takes are held only while that one batch is deleted.
+    """
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    status = await conn.execute(PURGE, older_than_s, batch)
+    return int(status.split()[-1])
+
+
+async def count_older(conn: Connection, older_than_s: float) -> int:
+    """How many barrier rows are older than ``older_than_s`` (what a purge would delete)."""
+    count: int = await conn.fetchval(COUNT_OLDER, older_than_s)
+    return count
+
+
 async def purge(conn: Connection, older_than_s: float, batch: int = 1000) -> int:
     """Delete barrier rows older than ``older_than_s``, ``batch`` at a time; returns the count.
 
     Keep rows for longer than any transaction can still send a call (the coordinator's
-    give-up time), or a very late retry would be taken for a first call.
+    give-up time), or a very late retry would be taken for a first call. For a purge on a
+    schedule, with pauses between batches, see participants/barrier_purge.py.
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
     total = 0
     while True:
-        status = await conn.execute(PURGE, older_than_s, batch)
-        deleted = int(status.split()[-1])
+        deleted = await purge_batch(conn, older_than_s, batch)
         total += deleted
         if deleted < batch:
             return total

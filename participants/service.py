@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from participants import schema
+from participants import barrier_purge, schema
 
 log = structlog.get_logger(__name__)
 
@@ -22,14 +22,25 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 def database(
     dsn: str, schema_name: str, migrations: Traversable
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx: migrate the service's schema, then open its pool for the app's life."""
+    """A cleanup_ctx: migrate the service's schema, then open its pool for the app's life.
+
+    While the pool is open, old barrier rows are purged in the background as
+    TCC_BARRIER_KEEP_FOR (default 7d, or off) and TCC_BARRIER_PURGE_EVERY (default 1h) say;
+    a bad value of either fails here, when the app is built.
+    """
+    retention = barrier_purge.Retention.from_env()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         applied = await schema.migrate(dsn, schema_name, migrations)
         for name in applied:
             log.info("participant_migration_applied", migration=name)
         app[POOL] = await schema.connect_pool(dsn, schema_name)
-        yield
+        if retention is None:
+            log.info("barrier_purge_off", setting=barrier_purge.KEEP_ENV)
+            yield
+        else:
+            async with barrier_purge.running(app[POOL], retention):
+                yield
         await app[POOL].close()
 
     return lifecycle
