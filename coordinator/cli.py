@@ -79,9 +79,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         return Settings(**overrides)
     except pydantic.ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        field = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if not field:  # a rule across settings: its message names them
+            raise UsageError(message) from exc
         raise UsageError(
-            f"{_flag(field) if field in Settings.model_fields else field}: {err['msg']}"
+            f"{_flag(field) if field in Settings.model_fields else field}: {message}"
         ) from exc
 
 
@@ -185,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--reason", help="why, kept in the timeline")
     add_settings_flags(retry, DB_FLAGS)
 
+    prune = sub.add_parser(
+        "prune",
+        help="delete finished transactions older than an age, with their branches and timeline",
+    )
+    prune.add_argument(
+        "--older-than", required=True, metavar="AGE", help="e.g. 30d, 36h, 90m, 2w"
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="only count what would be deleted"
+    )
+    add_settings_flags(prune, DB_FLAGS)
+
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     add_settings_flags(migrate, DB_FLAGS)
 
@@ -218,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "list": lambda a, s: run(list_command(a, s)),
             "retry": lambda a, s: run(retry_command(a, s)),
             "resolve": lambda a, s: run(resolve_command(a, s)),
+            "prune": lambda a, s: run(prune_command(a, s)),
             "recover": lambda a, s: run(recover_command(a, s)),
             "chaos": lambda a, s: run(_devtools().chaos_command(a)),
             "up": lambda a, s: run(_devtools().up_command(a, s)),
@@ -340,6 +356,32 @@ async def resolve_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{gid} is {status}, resolved by hand")
     else:
         print(f"branch {args.branch} resolved by hand; {gid} is {status}")
+    return 0
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``36h``, ``90m``, ``2w``, ``45s`` in seconds; a clear error otherwise."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _AGE_UNITS or not number.isdigit() or int(number) == 0:
+        raise UsageError(
+            f"--older-than: {text!r} is not an age: a whole number and a unit, s m h d or w"
+            " (e.g. 30d)"
+        )
+    return float(int(number) * _AGE_UNITS[unit])
+
+
+async def prune_command(args: argparse.Namespace, settings: Settings) -> int:
+    older_than_s = parse_age(args.older_than)
+    async with admin_runtime(settings) as runtime:
+        if args.dry_run:
+            count = await runtime.log.count_prunable(older_than_s)
+            print(f"would delete {count} finished transactions older than {args.older_than}")
+            return 0
+        deleted = await runtime.upkeep.prune(older_than_s)
+    print(f"deleted {deleted} finished transactions older than {args.older_than}")
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
+from coordinator import tracing
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -70,12 +72,25 @@ def guard_server_logs() -> None:
         server_logger.addFilter(_SERVER_GUARD)
 
 
+def add_trace_ids(
+    _logger: Any, _name: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """The current trace and span ids on every line logged inside a span, so that a log
+    search by trace id finds the coordinator's lines of one transaction."""
+    ids = tracing.ids()
+    if ids is not None:
+        event.setdefault("trace_id", ids[0])
+        event.setdefault("span_id", ids[1])
+    return event
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 
 import prometheus_client
@@ -36,6 +37,14 @@ OPEN_STATUSES = tuple(s for s in GlobalStatus if s not in FINAL_STATUSES)
 
 # A `_created` series beside every counter doubles a scrape for nothing Grafana uses.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class AlertOutcome(StrEnum):
+    """What became of one delivery of an alert (the tcc_alerts_total label)."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"  # to be tried again
+    GIVEN_UP = "given_up"
 
 
 class Metrics:
@@ -130,8 +139,8 @@ class Metrics:
     def admin_action(self, action: str) -> None:
         self._admin.labels(action).inc()
 
-    def alert_delivery(self, outcome: str) -> None:
-        self._alerts.labels(outcome).inc()
+    def alert_delivery(self, outcome: AlertOutcome) -> None:
+        self._alerts.labels(outcome.value).inc()
 
     def pruned(self, count: int) -> None:
         self._pruned.inc(count)

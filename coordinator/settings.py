@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.core.apikeys import parse_keys
 from coordinator.core.limits import Limits
 from coordinator.core.retry import RetryPolicy
-from coordinator.core.urlpolicy import parse_rules
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, parse_rules
 
 
 def default_data_dir() -> Path:
@@ -161,6 +161,41 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=8190, ge=256, description="Largest request header")
     dtm_api: bool = Field(default=True, description="Serve DTM's HTTP protocol under /api/dtmsvr")
 
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="Export spans over OTLP/HTTP to this URL, e.g."
+        " http://collector:4318/v1/traces (needs the otel extra); trace context is"
+        " propagated to participants either way",
+    )
+    alert_webhook: str | None = Field(
+        default=None,
+        description="POST an alert here when a transaction is parked or keeps retrying;"
+        " checked against TCC_PARTICIPANT_ALLOW like a participant URL",
+    )
+    alert_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Signs each alert's body (HMAC-SHA256, X-TCC-Signature header);"
+        " required with alert_webhook, at least 16 characters",
+    )
+    alert_after_rounds: int = Field(
+        default=10,
+        ge=0,
+        description="Also alert when a transaction has made this many phase-two rounds"
+        " (0: alert on parking only)",
+    )
+    alert_give_up_after_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Stop retrying the delivery of an alert this long after it was raised",
+    )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Delete finished (confirmed, cancelled) transactions older than this,"
+        " with their branches and timeline; unset: keep everything",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise"
@@ -176,6 +211,15 @@ class Settings(BaseSettings):
             raise ValueError("pool_min_size must not exceed pool_max_size")
         parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
         parse_rules(self.participant_allow)
+        if self.alert_webhook:
+            if self.alert_secret is None:
+                raise ValueError("alert_webhook needs alert_secret, which signs every alert")
+            try:
+                # The same rules as a participant's URL: an alert must not reach what a
+                # participant may not (DNS answers are judged again at every delivery).
+                ParticipantPolicy.from_config(self.participant_allow).check_url(self.alert_webhook)
+            except PolicyError as exc:
+                raise ValueError(f"alert_webhook is not allowed: {exc}") from exc
         return self
 
     @property

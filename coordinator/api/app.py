@@ -12,6 +12,7 @@ from coordinator.api.guard import auth_middleware
 from coordinator.api.problems import problem_middleware
 from coordinator.api.routes import setup_routes
 from coordinator.api.sessions import Sessions, session_secret
+from coordinator.api.tracecontext import trace_context_middleware
 from coordinator.core.apikeys import KeyRing, parse_keys
 from coordinator.core.urlpolicy import ParticipantPolicy
 from coordinator.engine.runtime import Runtime, running
@@ -30,7 +31,7 @@ async def stop_claiming(app: web.Application) -> None:
 
 def create_app(settings: Settings, database_url: str, *, recovery: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware],
+        middlewares=[trace_context_middleware, problem_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes,
         handler_args={
             "max_headers": settings.max_headers,

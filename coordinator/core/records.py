@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from coordinator.core.states import (
+    AlertKind,
     BranchStatus,
     BranchView,
     EventKind,
@@ -54,6 +55,11 @@ class Transaction:
     lease_owner: str | None = doc("The coordinator working on it now", shown=False)
     lease_expires_at: datetime | None = doc("When that claim lapses", shown=False)
     options: dict[str, Any] = doc("Per-transaction protocol options (e.g. DTM's)")
+    traceparent: str | None = doc(
+        "W3C trace context of its begin: every span and participant call of the transaction"
+        " is in this trace"
+    )
+    tracestate: str | None = doc("W3C tracestate that came with it", shown=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +197,9 @@ class NewTransaction:
     dialect: str = "tcc"
     branches: list[NewBranch] = dataclasses.field(default_factory=list)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The W3C trace context of the begin's span, kept so that every later span and call joins it.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +314,48 @@ class RoundContext:
     transaction: Transaction
     branches: list[Branch]
     budget_spent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert waiting to be delivered to TCC_ALERT_WEBHOOK, as claimed from the log."""
+
+    id: int
+    gid: str
+    kind: AlertKind
+    body: dict[str, Any]  # what the receiver gets (see alert_body)
+    attempts: int  # deliveries tried so far
+    age_s: float  # since it was raised (database clock)
+
+
+def alert_body(kind: AlertKind, txn: Transaction, branches: list[Branch]) -> dict[str, Any]:
+    """What an alert says: the transaction, and each branch still waiting in phase two
+    with its last error and attempts (the first of them is the one to look at)."""
+    done = {BranchStatus.CONFIRMED, BranchStatus.CANCELLED, BranchStatus.TRY_FAILED}
+    failing = [
+        {
+            "branch_id": b.branch_id,
+            "name": b.name,
+            "status": b.status.value,
+            "attempts": b.attempts,
+            "last_http_status": b.last_http_status,
+            "last_error": b.last_error,
+        }
+        for b in sorted(branches, key=lambda b: b.position)
+        if b.status not in done
+    ]
+    return {
+        "kind": kind.value,
+        "gid": txn.gid,
+        "status": txn.status.value,
+        "reason": txn.cancel_reason if txn.cancel_reason else "confirm",
+        "service": txn.service,
+        "dialect": txn.dialect,
+        "rounds": txn.phase_attempts,
+        "decided_at": txn.decided_at.isoformat() if txn.decided_at else None,
+        "failing_branch": failing[0] if failing else None,
+        "failing_branches": failing,
+    }
 
 
 @dataclass(frozen=True, slots=True)

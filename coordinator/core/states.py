@@ -59,6 +59,38 @@ class EventKind(StrEnum):
     ADMIN_RESOLVED = "admin_resolved"
 
 
+class AlertKind(StrEnum):
+    """Why an alert was raised (TCC_ALERT_WEBHOOK)."""
+
+    PARKED = "parked"  # failed_to_confirm / failed_to_cancel: an operator must act
+    RETRYING = "retrying"  # still in phase two after TCC_ALERT_AFTER_ROUNDS rounds
+
+
+@dataclass(frozen=True, slots=True)
+class DueAlert:
+    """An alert a round's end may raise (see alert_due)."""
+
+    kind: AlertKind
+    at_round: int | None = None  # retrying: raised when the stay reaches this round
+
+    def raised_after(self, rounds: int) -> bool:
+        return self.at_round is None or rounds == self.at_round
+
+
+def alert_due(
+    outcome: GlobalStatus, phase_status: GlobalStatus, alert_after_rounds: int | None
+) -> DueAlert | None:
+    """What a round ending in ``outcome`` may alert about: parking always, a further round
+    once the stay reaches ``alert_after_rounds`` (0: never); None when alerts are off."""
+    if alert_after_rounds is None:
+        return None
+    if outcome in PARKED_STATUSES:
+        return DueAlert(AlertKind.PARKED)
+    if outcome is phase_status and alert_after_rounds > 0:
+        return DueAlert(AlertKind.RETRYING, alert_after_rounds)
+    return None
+
+
 class InvalidTransition(Exception):
     """A status change the protocol forbids."""
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
 
+from coordinator import tracing
 from coordinator.core import states
 from coordinator.core.errors import DatabaseUnavailable
 from coordinator.core.records import (
@@ -27,6 +30,7 @@ from coordinator.core.records import (
     DecideResult,
     Lease,
     OptionsUpdate,
+    OutboundCall,
     RoundContext,
     Transaction,
     TryRecord,
@@ -50,6 +54,10 @@ BATCH_WINDOW_S = 0.2
 # What a phase-two round ends with: what its last write left when it ended the phase with
 # every call done (Written), the transaction after any other round, None if it stopped.
 RoundEnd = Written | Transaction | None
+
+
+def trace_of(txn: Transaction) -> tracing.StoredTrace | None:
+    return tracing.stored_of(txn.traceparent, txn.tracestate)
 
 
 def new_owner_id() -> str:
@@ -88,9 +96,15 @@ class PhaseDriver:
 
     async def call_try(self, txn: Transaction, branch: Branch) -> tuple[TryVerdict, CallResult]:
         """Call the branch's try; its answer, not yet logged."""
-        call = dialect(txn.dialect).participant_call(txn, branch, Phase.TRY)
-        result = await self.caller.send(call, self.call_timeout(txn))
-        verdict = states.judge_try(result.http_status)
+        with tracing.span(
+            "tcc.try", stored=trace_of(txn), gid=txn.gid, branch=branch.branch_id
+        ) as try_span:
+            call = dialect(txn.dialect).participant_call(txn, branch, Phase.TRY)
+            result = await self._send(txn, branch, Phase.TRY, call)
+            verdict = states.judge_try(result.http_status)
+            tracing.annotate(try_span, verdict=verdict.value)
+            if verdict is not TryVerdict.TRIED:
+                tracing.mark_failed(try_span, f"try {verdict.value}")
         self._observe_call(Phase.TRY, verdict.value, result)
         log.info(
             "try_answered",
@@ -119,6 +133,27 @@ class PhaseDriver:
     def call_timeout(self, txn: Transaction) -> float:
         return txn.call_timeout_s or self.settings.call_timeout_s
 
+    async def _send(
+        self, txn: Transaction, branch: Branch, phase: Phase, call: OutboundCall
+    ) -> CallResult:
+        """One participant call, in a span of its own whose context the call carries
+        (W3C traceparent): the participant's work joins the transaction's trace."""
+        with tracing.span(
+            f"tcc.call.{phase.value}",
+            kind=tracing.SpanKind.CLIENT,
+            gid=txn.gid,
+            branch=branch.branch_id,
+            phase=phase.value,
+        ) as call_span:
+            traced = dataclasses.replace(
+                call, headers={**call.headers, **tracing.outgoing_headers()}
+            )
+            result = await self.caller.send(traced, self.call_timeout(txn))
+            tracing.annotate(call_span, http_status=result.http_status)
+            if result.error is not None:
+                tracing.mark_failed(call_span, result.error)
+            return result
+
     # --- decisions -------------------------------------------------------------------
 
     async def decide(
@@ -131,6 +166,7 @@ class PhaseDriver:
         actor: str | None = None,
     ) -> DecideResult:
         """Log the decision (durably), then start phase two in the background."""
+        started_ns = time.time_ns()
         result = await self.log.decide(
             gid,
             decision,
@@ -140,12 +176,24 @@ class PhaseDriver:
             options=options,
             actor=actor,
         )
-        if result.lease is not None:
-            log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
-            self.metrics.decided(decision.value, reason)
-            # The round starts from what the decision saw: nothing is read again.
-            context = RoundContext(result.transaction, result.branches, budget_spent=False)
-            self.spawn_drive(result.lease, context)
+        # The span is opened once the transaction (and so its trace) is known, back-dated
+        # to when the decision was asked for.
+        with tracing.span(
+            "tcc.decide",
+            stored=trace_of(result.transaction),
+            start_time_ns=started_ns,
+            gid=gid,
+            decision=decision.value,
+            reason=reason,
+            taken=result.lease is not None,
+            status=result.transaction.status.value,
+        ):
+            if result.lease is not None:
+                log.info("transaction_decided", gid=gid, decision=decision.value, reason=reason)
+                self.metrics.decided(decision.value, reason)
+                # The round starts from what the decision saw: nothing is read again.
+                context = RoundContext(result.transaction, result.branches, budget_spent=False)
+                self.spawn_drive(result.lease, context)
         return result
 
     async def decide_after_tries(
@@ -153,17 +201,24 @@ class PhaseDriver:
     ) -> tuple[DecideResult, Written | None]:
         """Auto mode: log the tries and the decision they call for in one durable write, then
         run phase two from what that write returned (nothing is read again)."""
-        result, written = await self.log.decide_after_tries(
-            txn.gid, tries, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
-        )
-        if result.lease is not None and written is not None:
-            decision = states.decision_of(written.transaction.status)
-            assert decision is not None  # a decision was taken
-            reason = written.transaction.cancel_reason
-            log.info("transaction_decided", gid=txn.gid, decision=decision.value, reason=reason)
-            self.metrics.decided(decision.value, reason)
-            context = RoundContext(written.transaction, written.branches, budget_spent=False)
-            self.spawn_drive(result.lease, context)
+        with tracing.span("tcc.decide", stored=trace_of(txn), gid=txn.gid) as decide_span:
+            result, written = await self.log.decide_after_tries(
+                txn.gid, tries, owner=self.owner, lease_ttl_s=self.settings.lease_ttl_s
+            )
+            tracing.annotate(
+                decide_span,
+                taken=result.lease is not None,
+                status=result.transaction.status.value,
+            )
+            if result.lease is not None and written is not None:
+                decision = states.decision_of(written.transaction.status)
+                assert decision is not None  # a decision was taken
+                reason = written.transaction.cancel_reason
+                tracing.annotate(decide_span, decision=decision.value, reason=reason)
+                log.info("transaction_decided", gid=txn.gid, decision=decision.value, reason=reason)
+                self.metrics.decided(decision.value, reason)
+                context = RoundContext(written.transaction, written.branches, budget_spent=False)
+                self.spawn_drive(result.lease, context)
         return result, written
 
     async def wait_written(self, gid: str) -> Written | None:
@@ -249,6 +304,11 @@ class PhaseDriver:
                     return await self._end_crashed_round(lease)
                 return None
 
+    @property
+    def _alert_after_rounds(self) -> int | None:
+        """What finish_round raises alerts for: nothing without a webhook to send them to."""
+        return self.settings.alert_after_rounds if self.settings.alert_webhook else None
+
     def _policy_for(self, txn: Transaction) -> RetryPolicy:
         return dialect(txn.dialect).retry_policy(self.settings.retry_policy, txn)
 
@@ -263,7 +323,9 @@ class PhaseDriver:
             ctx.transaction.phase_attempts + 1, self._rng
         )
         pending = states.branches_to_call(decision, [b.view for b in ctx.branches])
-        return await self.log.finish_round(lease, decision, outcome, delay, pending, self.owner)
+        return await self.log.finish_round(
+            lease, decision, outcome, delay, pending, self.owner, self._alert_after_rounds
+        )
 
     async def _run_round(self, lease: Lease, context: RoundContext | None) -> RoundEnd:
         ctx = context or await self.log.round_context(lease, self.settings.give_up_after_s)
@@ -275,6 +337,26 @@ class PhaseDriver:
         if decision is None or txn.status not in states.PHASE_TWO_STATUSES:
             await self.log.release_lease(lease)
             return txn
+        with tracing.span(
+            "tcc.round",
+            stored=trace_of(txn),
+            gid=txn.gid,
+            decision=decision.value,
+            round=txn.phase_attempts + 1,
+            coordinator=self.owner,
+        ) as round_span:
+            ended = await self._call_round(lease, ctx, decision)
+            if ended is None:
+                tracing.mark_failed(round_span, "lease lost")
+            else:
+                final = ended.transaction if isinstance(ended, Written) else ended
+                tracing.annotate(round_span, status=final.status.value)
+                if final.status in states.PARKED_STATUSES:
+                    tracing.mark_failed(round_span, f"parked: {final.status.value}")
+            return ended
+
+    async def _call_round(self, lease: Lease, ctx: RoundContext, decision: Decision) -> RoundEnd:
+        txn = ctx.transaction
         to_call = set(states.branches_to_call(decision, [b.view for b in ctx.branches]))
         pending = [b for b in ctx.branches if b.branch_id in to_call]
         async with self._renewing(lease):
@@ -299,7 +381,7 @@ class PhaseDriver:
         else:
             delay = policy.delay(txn.phase_attempts + 1, self._rng)
         finished = await self.log.finish_round(
-            lease, decision, outcome, delay, still_pending, self.owner
+            lease, decision, outcome, delay, still_pending, self.owner, self._alert_after_rounds
         )
         if finished is None:
             log.warning("lease_lost_during_round")
@@ -386,7 +468,7 @@ class PhaseDriver:
         phase = states.phase_of(decision)
         speaks = dialect(txn.dialect)
         call = speaks.participant_call(txn, branch, phase)
-        result = await self.caller.send(call, self.call_timeout(txn))
+        result = await self._send(txn, branch, phase, call)
         outcome = speaks.judge_phase_two(phase, result)
         self._observe_call(phase, outcome.value, result)
         return result, outcome

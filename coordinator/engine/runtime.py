@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from coordinator import tracing
 from coordinator.core.urlpolicy import ParticipantPolicy
 from coordinator.engine.driver import PhaseDriver
 from coordinator.engine.recovery import Recovery
 from coordinator.engine.service import Coordinator
+from coordinator.engine.upkeep import Upkeep
 from coordinator.metrics import Metrics
 from coordinator.outbound import HttpCaller, ParticipantCaller, http_session
 from coordinator.settings import Settings
@@ -35,6 +37,7 @@ class Runtime:
     driver: PhaseDriver
     coordinator: Coordinator
     recovery: Recovery
+    upkeep: Upkeep
 
     @classmethod
     def build(
@@ -51,12 +54,14 @@ class Runtime:
         policy = ParticipantPolicy.from_config(settings.participant_allow)
         driver = PhaseDriver(txlog, caller, settings, metrics, owner=owner, rng=rng)
         coordinator = Coordinator(txlog, driver, settings, policy, metrics)
-        return cls(settings, txlog, driver, coordinator, Recovery(driver))
+        upkeep = Upkeep(txlog, caller, settings, metrics, driver.owner, rng=rng)
+        return cls(settings, txlog, driver, coordinator, Recovery(driver), upkeep)
 
     async def stop(self) -> None:
         """Claim no more work, let rounds finish within the grace time (then hand them
         back), and close the log."""
         self.recovery.stop()
+        self.upkeep.stop()
         await self.driver.shutdown(self.settings.shutdown_grace_s)
 
 
@@ -64,8 +69,8 @@ class Runtime:
 async def running(
     settings: Settings, database_url: str, *, recovery: bool = True
 ) -> AsyncIterator[Runtime]:
-    """A coordinator on Postgres with real participant calls; recovery runs in the
-    background unless ``recovery`` is False."""
+    """A coordinator on Postgres with real participant calls; recovery and upkeep (alerts,
+    retention) run in the background unless ``recovery`` is False (admin commands)."""
     if settings.migrate:
         await migrator.migrate(database_url)
     txlog = await PostgresLog.connect(database_url, settings.pool_min_size, settings.pool_max_size)
@@ -74,18 +79,26 @@ async def running(
     try:
         caller = HttpCaller(session, settings.max_response_bytes, policy)
         runtime = Runtime.build(settings, txlog, caller)
-        scanning = asyncio.create_task(runtime.recovery.run_forever(), name="recovery")
-        if not recovery:
+        tracing.configure_export(settings.otlp_endpoint, runtime.driver.owner)
+        # Recovery, alert delivery and retention: the background work of a serving
+        # coordinator (an admin command's does none of it).
+        background = [asyncio.create_task(runtime.recovery.run_forever(), name="recovery")]
+        if recovery:
+            background.append(asyncio.create_task(runtime.upkeep.run_forever(), name="upkeep"))
+        else:
             runtime.recovery.stop()
         log.info("coordinator_started", owner=runtime.driver.owner, recovery=recovery)
         try:
             yield runtime
         finally:
             runtime.recovery.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scanning
+            runtime.upkeep.stop()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runtime.driver.shutdown(settings.shutdown_grace_s)
             log.info("coordinator_stopped", owner=runtime.driver.owner)
     finally:
         await session.close()
         await txlog.close()
+        tracing.shutdown()

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from coordinator import tracing
 from coordinator.core import states
 from coordinator.core.apikeys import Principal
 from coordinator.core.errors import (
@@ -227,6 +228,11 @@ class Coordinator:
         self, request: BeginRequest, caller: Principal
     ) -> tuple[TransactionDetail, bool]:
         new = self._new_transaction(request, caller)
+        trace = tracing.current()  # the begin's span: the transaction's trace from now on
+        if trace is not None:
+            new = dataclasses.replace(
+                new, traceparent=trace.traceparent, tracestate=trace.tracestate
+            )
         detail, created = await self.log.begin(new)
         self._owners.remember(detail.transaction)
         if created:
@@ -237,14 +243,19 @@ class Coordinator:
     async def begin(self, request: BeginRequest, caller: Principal) -> Begun:
         """Begin a transaction; with ``auto``, run its tries, decide, and wait (bounded)
         for phase two. An identical repeat answers what the log holds."""
-        detail, created = await self._begin(request, caller)
-        if created and request.auto:
-            detail = await self._run_auto(detail)
+        with tracing.span("tcc.begin", dialect=request.dialect, auto=request.auto) as span:
+            detail, created = await self._begin(request, caller)
+            tracing.annotate(span, gid=detail.transaction.gid, created=created)
+            if created and request.auto:
+                detail = await self._run_auto(detail)
+            tracing.annotate(span, status=detail.transaction.status.value)
         return Begun(detail, created)
 
     async def prepare(self, request: BeginRequest, caller: Principal) -> tuple[Transaction, bool]:
         """DTM's prepare: a begin that answers the transaction alone."""
-        detail, created = await self._begin(request, caller)
+        with tracing.span("tcc.begin", dialect=request.dialect) as span:
+            detail, created = await self._begin(request, caller)
+            tracing.annotate(span, gid=detail.transaction.gid, created=created)
         return detail.transaction, created
 
     async def _run_auto(self, begun: TransactionDetail) -> TransactionDetail:

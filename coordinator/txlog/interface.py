@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from coordinator.core.records import (
+    Alert,
     Backlog,
     Branch,
     CallRecord,
@@ -157,9 +158,41 @@ class TransactionLog(Protocol):
         retry_in_s: float,
         pending: list[str],
         owner: str,
+        alert_after_rounds: int | None = None,
     ) -> Transaction | None:
         """End a round (final, parked, or the next retry) and let the lease go; None if
-        the lease was lost."""
+        the lease was lost. With ``alert_after_rounds`` set (alerts are on), an alert is
+        raised in the same write when the round parks the transaction, or when it is the
+        ``alert_after_rounds``-th of this stay in phase two (0: parking only)."""
+        ...
+
+    # --- alerts -----------------------------------------------------------------------
+
+    async def claim_alerts(self, owner: str, limit: int, lease_ttl_s: float) -> list[Alert]:
+        """Due alerts nobody else holds, now held by ``owner`` until the lease lapses."""
+        ...
+
+    async def alert_delivered(self, alert_id: int, owner: str) -> bool:
+        """Mark a claimed alert delivered; False if ``owner`` no longer holds it."""
+        ...
+
+    async def alert_failed(
+        self, alert_id: int, owner: str, error: str, retry_in_s: float | None
+    ) -> bool:
+        """A delivery failed: try again in ``retry_in_s``, or (None) give it up."""
+        ...
+
+    # --- retention --------------------------------------------------------------------
+
+    async def prune(self, older_than_s: float, batch: int) -> int:
+        """Delete up to ``batch`` finished transactions (confirmed, cancelled) that began and
+        ended more than ``older_than_s`` ago, with their branches and timeline, and as many
+        delivered or given-up alerts; how many transactions went. Never a parked or
+        unfinished one."""
+        ...
+
+    async def count_prunable(self, older_than_s: float) -> int:
+        """How many transactions `prune` would delete (for a dry run)."""
         ...
 
     # --- reads ------------------------------------------------------------------------

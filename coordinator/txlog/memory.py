@@ -32,6 +32,7 @@ from coordinator.core.errors import (
     TakenGid,
 )
 from coordinator.core.records import (
+    Alert,
     Backlog,
     Branch,
     CallRecord,
@@ -49,9 +50,11 @@ from coordinator.core.records import (
     TransactionDetail,
     TryRecord,
     Written,
+    alert_body,
     minute_tallies,
 )
 from coordinator.core.states import (
+    AlertKind,
     BranchStatus,
     CancelReason,
     Decision,
@@ -170,6 +173,21 @@ class _TransactionRow:
 
 
 @dataclass(slots=True)
+class _AlertRow:
+    id: int
+    gid: str
+    kind: AlertKind
+    body: dict[str, Any]
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int = 0
+    last_error: str | None = None
+    settled: bool = False  # delivered or given up
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+@dataclass(slots=True)
 class _BranchRow:
     record: Branch
     request_hash: str
@@ -194,6 +212,10 @@ class InMemoryLog:
         self._events: dict[str, list[Event]] = {}
         self._last_event_id = 0
         self._last_event_at: datetime | None = None
+        self._alerts: dict[int, _AlertRow] = {}
+        self._last_alert_id = 0
+        # (gid, kind, stay in phase two, round): one alert each, as the unique key in SQL.
+        self._alert_keys: set[tuple[str, AlertKind, datetime | None, int]] = set()
 
     async def close(self) -> None:
         """Nothing to close; the log lives as long as the object."""
@@ -329,6 +351,8 @@ class InMemoryLog:
                 lease_owner=None,
                 lease_expires_at=None,
                 options=_stored(new.options),
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
             self._transactions[new.gid] = _TransactionRow(txn, new.request_hash)
             self._branches[new.gid] = {}
@@ -894,10 +918,12 @@ class InMemoryLog:
         retry_in_s: float,
         pending: list[str],
         owner: str,
+        alert_after_rounds: int | None = None,
     ) -> Transaction | None:
         """End a round (final, parked, or the next retry) and let the lease go; None if the
         lease was lost or the transaction left the decision's phase."""
         phase_status = states.phase_status(decision)
+        alert = states.alert_due(outcome, phase_status, alert_after_rounds)
         async with self._lock:
             row = self._leased(lease)
             if row is None or row.record.status is not phase_status:
@@ -931,7 +957,116 @@ class InMemoryLog:
                 self._event(
                     lease.gid, outcome_kind, detail={"rounds": txn.phase_attempts, "by": owner}
                 )
+            if alert is not None and alert.raised_after(txn.phase_attempts):
+                stay = row.phase_started_at or txn.decided_at or txn.created_at
+                key = (lease.gid, alert.kind, stay, txn.phase_attempts)
+                if key not in self._alert_keys:
+                    self._alert_keys.add(key)
+                    branches = [b.record for b in self._branch_rows(lease.gid)]
+                    self._last_alert_id += 1
+                    self._alerts[self._last_alert_id] = _AlertRow(
+                        id=self._last_alert_id,
+                        gid=lease.gid,
+                        kind=alert.kind,
+                        body=_stored(alert_body(alert.kind, txn, branches)),
+                        created_at=now,
+                        next_attempt_at=now,
+                    )
             return _out_transaction(txn)
+
+    # --- alerts ------------------------------------------------------------------------
+
+    async def claim_alerts(self, owner: str, limit: int, lease_ttl_s: float) -> list[Alert]:
+        async with self._lock:
+            now = self.clock.now()
+            due = sorted(
+                (
+                    a
+                    for a in self._alerts.values()
+                    if not a.settled
+                    and a.next_attempt_at <= now
+                    and (a.lease_expires_at is None or a.lease_expires_at < now)
+                ),
+                key=lambda a: (a.next_attempt_at, a.id),
+            )[: _row_limit(limit)]
+            for a in due:
+                a.lease_owner, a.lease_expires_at = owner, _later(now, lease_ttl_s)
+            return [
+                Alert(
+                    id=a.id,
+                    gid=a.gid,
+                    kind=a.kind,
+                    body=copy.deepcopy(a.body),
+                    attempts=a.attempts,
+                    age_s=(now - a.created_at).total_seconds(),
+                )
+                for a in sorted(due, key=lambda a: a.id)
+            ]
+
+    def _held_alert(self, alert_id: int, owner: str) -> _AlertRow | None:
+        alert = self._alerts.get(alert_id)
+        return alert if alert is not None and alert.lease_owner == owner else None
+
+    async def alert_delivered(self, alert_id: int, owner: str) -> bool:
+        async with self._lock:
+            alert = self._held_alert(alert_id, owner)
+            if alert is None:
+                return False
+            alert.attempts += 1
+            alert.settled, alert.last_error = True, None
+            alert.lease_owner = alert.lease_expires_at = None
+            return True
+
+    async def alert_failed(
+        self, alert_id: int, owner: str, error: str, retry_in_s: float | None
+    ) -> bool:
+        async with self._lock:
+            alert = self._held_alert(alert_id, owner)
+            if alert is None:
+                return False
+            alert.attempts += 1
+            alert.last_error = error
+            if retry_in_s is None:
+                alert.settled = True
+            else:
+                alert.next_attempt_at = _later(self.clock.now(), retry_in_s)
+            alert.lease_owner = alert.lease_expires_at = None
+            return True
+
+    # --- retention -------------------------------------------------------------------
+
+    def _prunable(self, older_than_s: float) -> list[Transaction]:
+        cutoff = _later(self.clock.now(), -older_than_s)
+        return sorted(
+            (
+                row.record
+                for row in self._transactions.values()
+                if row.record.status in states.FINAL_STATUSES
+                and row.record.created_at < cutoff
+                and row.record.finished_at is not None
+                and row.record.finished_at < cutoff
+            ),
+            key=lambda txn: txn.created_at,
+        )
+
+    async def prune(self, older_than_s: float, batch: int) -> int:
+        async with self._lock:
+            doomed = self._prunable(older_than_s)[: _row_limit(batch)]
+            for txn in doomed:
+                del self._transactions[txn.gid]
+                self._branches.pop(txn.gid, None)
+                self._events.pop(txn.gid, None)
+            cutoff = _later(self.clock.now(), -older_than_s)
+            old_alerts = [
+                a.id for a in self._alerts.values() if a.settled and a.created_at < cutoff
+            ]
+            for alert_id in sorted(old_alerts)[: _row_limit(batch)]:
+                del self._alerts[alert_id]
+            return len(doomed)
+
+    async def count_prunable(self, older_than_s: float) -> int:
+        async with self._lock:
+            return len(self._prunable(older_than_s))
 
     def _schedule_branch_retry(self, gid: str, pending: list[str], at: datetime | None) -> None:
         for branch_id in set(pending):

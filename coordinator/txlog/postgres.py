@@ -21,6 +21,7 @@ from coordinator.core.errors import (
     TakenGid,
 )
 from coordinator.core.records import (
+    Alert,
     Backlog,
     Branch,
     CallRecord,
@@ -38,10 +39,12 @@ from coordinator.core.records import (
     TransactionDetail,
     TryRecord,
     Written,
+    alert_body,
     from_row,
     minute_tallies,
 )
 from coordinator.core.states import (
+    AlertKind,
     BranchStatus,
     Decision,
     EventKind,
@@ -288,6 +291,8 @@ class PostgresLog:
             [b.request_hash for _, _, b in branches],
             [b.data for _, _, b in branches],
             [len(bs) for bs in firsts],
+            [new.traceparent for new in items],
+            [new.tracestate for new in items],
         )
         rows = await self._batch(statement, args, items, self._flush_begins)
         if not isinstance(rows, list):
@@ -692,9 +697,11 @@ class PostgresLog:
         retry_in_s: float,
         pending: list[str],
         owner: str,
+        alert_after_rounds: int | None = None,
     ) -> Transaction | None:
         """End a round and release the lease; None if the lease was lost."""
         phase_status = states.phase_status(decision)
+        alert = states.alert_due(outcome, phase_status, alert_after_rounds)
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
                 q("finish_round"),
@@ -727,7 +734,56 @@ class PostgresLog:
                     states.outcome_event(outcome),
                     detail={"rounds": txn.phase_attempts, "by": owner},
                 )
+            if alert is not None and alert.raised_after(txn.phase_attempts):
+                branches = [_branch(b) for b in await conn.fetch(q("list_branches"), lease.gid)]
+                body = alert_body(alert.kind, txn, branches)
+                await conn.execute(q("insert_alert"), lease.gid, alert.kind.value, body)
             return txn
+
+    # --- alerts ------------------------------------------------------------------------
+
+    async def claim_alerts(self, owner: str, limit: int, lease_ttl_s: float) -> list[Alert]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(q("claim_alerts"), owner, limit, lease_ttl_s)
+        return [
+            Alert(
+                id=row["id"],
+                gid=row["gid"],
+                kind=AlertKind(row["kind"]),
+                body=row["body"],
+                attempts=row["attempts"],
+                age_s=row["age_s"],
+            )
+            for row in sorted(rows, key=lambda r: r["id"])
+        ]
+
+    async def alert_delivered(self, alert_id: int, owner: str) -> bool:
+        async with self.connection() as conn:
+            status = await conn.execute(q("alert_delivered"), alert_id, owner)
+        return bool(status.endswith(" 1"))
+
+    async def alert_failed(
+        self, alert_id: int, owner: str, error: str, retry_in_s: float | None
+    ) -> bool:
+        async with self.connection() as conn:
+            status = await conn.execute(
+                q("alert_failed"), alert_id, owner, jsonsafe.printable(error), retry_in_s
+            )
+        return bool(status.endswith(" 1"))
+
+    # --- retention -------------------------------------------------------------------
+
+    async def prune(self, older_than_s: float, batch: int) -> int:
+        # Each statement its own short transaction: its row locks last one batch.
+        async with self.connection() as conn:
+            status = await conn.execute(q("prune_finished"), older_than_s, batch)
+            await conn.execute(q("prune_alerts"), older_than_s, batch)
+        return int(status.split()[-1])
+
+    async def count_prunable(self, older_than_s: float) -> int:
+        async with self.connection() as conn:
+            count = await conn.fetchval(q("count_prunable"), older_than_s)
+        return int(count)
 
     # --- reads -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from coordinator.core.records import NewBranch, NewTransaction
+from coordinator.core.records import ListFilter, NewBranch, NewTransaction
 from coordinator.core.states import Decision
 from coordinator.txlog.postgres import PostgresLog
 from tests.helpers import eventually
@@ -272,3 +272,57 @@ async def test_resolve_branch_and_retry_with_a_reason__from_the_command_line(
     assert retried.detail["reason"] == "bank is back"
     listed = run_tcc("list", "--gid-prefix", "tw", "--dialect", "tcc", env=env)
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["two"]
+
+
+async def finished_long_ago(store: PostgresLog, gid: str, days: float) -> None:
+    """A cancelled transaction (no branches: the decision ends it) begun and ended ``days`` ago."""
+    await seed_one(store, gid)
+    decided = await store.decide(gid, Decision.CANCEL, reason="client", owner="t", lease_ttl_s=30)
+    assert decided.lease is not None
+    assert await store.finish_done_round(decided.lease, Decision.CANCEL, [], "t")
+    async with store.connection() as conn:
+        await conn.execute(
+            "UPDATE tcc_transactions SET created_at = created_at - make_interval(days => $2),"
+            " finished_at = finished_at - make_interval(days => $2) WHERE gid = $1",
+            gid,
+            days,
+        )
+
+
+async def test_prune__dry_run_counts_then_deletes_only_old_finished_ones(
+    store: PostgresLog, database_url: str
+) -> None:
+    for n in range(3):
+        await finished_long_ago(store, f"old-{n}", days=40)
+    await finished_long_ago(store, "recent", days=5)
+    await park(store, "parked")
+    async with store.connection() as conn:  # parked long ago: still never pruned
+        await conn.execute(
+            "UPDATE tcc_transactions SET created_at = created_at - interval '90 days'"
+            " WHERE gid = 'parked'"
+        )
+    env = tcc_env(database_url)
+
+    dry = await run_tcc_async("prune", "--older-than", "30d", "--dry-run", env=env)
+    assert dry == (0, "would delete 3 finished transactions older than 30d\n", "")
+    assert len(await store.list(ListFilter(limit=100))) == 5
+
+    done = await run_tcc_async("prune", "--older-than", "30d", env=env)
+    assert done == (0, "deleted 3 finished transactions older than 30d\n", "")
+    left = {t.gid for t in await store.list(ListFilter(limit=100))}
+    assert left == {"recent", "parked"}
+    async with store.connection() as conn:
+        orphans = await conn.fetchval("SELECT count(*) FROM tcc_events WHERE gid LIKE 'old-%'")
+    assert orphans == 0
+
+
+@pytest.mark.parametrize("age", ["30", "30x", "0d", "-3d", "d", "1.5d"])
+async def test_prune__an_age_it_cannot_read__one_line_and_exit_2(
+    database_url: str, age: str
+) -> None:
+    code, stdout, stderr = await run_tcc_async(
+        "prune", f"--older-than={age}", env=tcc_env(database_url)
+    )
+    assert (code, stdout) == (2, "")
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("tcc prune: --older-than: ")

@@ -34,6 +34,14 @@ _TIMES = {
     ),
     "tcc_branches": ("next_retry_at", "created_at", "updated_at"),
     "tcc_events": ("at", "last_at"),
+    "tcc_alerts": (
+        "phase_started_at",
+        "created_at",
+        "next_attempt_at",
+        "delivered_at",
+        "given_up_at",
+        "lease_expires_at",
+    ),
 }
 
 

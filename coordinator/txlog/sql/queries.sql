@@ -272,21 +272,24 @@ SELECT count(*) FROM tcc_branches WHERE gid = $1 AND status = ANY($2::text[]);
 -- Group commit: many begins in one statement, each a transaction with its branches and
 -- their timeline entries. $1-$9: the transactions as parallel arrays ($9: the begin event's
 -- detail; $20: how many branches each has); $10-$19: every branch, $10 saying which
--- transaction (1-based) it belongs to and $11 its position there. A gid that exists already is left alone (ON CONFLICT): its row
+-- transaction (1-based) it belongs to and $11 its position there; $21-$22: each one's trace
+-- context. A gid that exists already is left alone (ON CONFLICT): its row
 -- comes back empty and the caller looks at what holds it. A gid appears once per batch.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
-                         $6::float8[], $7::float8[], $8::jsonb[], $9::jsonb[], $20::int[])
+                         $6::float8[], $7::float8[], $8::jsonb[], $9::jsonb[], $20::int[],
+                         $21::text[], $22::text[])
         WITH ORDINALITY AS i(gid, dialect, service, metadata, request_hash, timeout_s,
-                             call_timeout_s, options, begin_detail, branch_count, n)
+                             call_timeout_s, options, begin_detail, branch_count,
+                             traceparent, tracestate, n)
 ), txn AS (
     INSERT INTO tcc_transactions (
         gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
-        deadline, next_attempt_at, options, branch_count
+        deadline, next_attempt_at, options, branch_count, traceparent, tracestate
     )
     SELECT gid, 'trying', dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
            now() + make_interval(secs => timeout_s), now() + make_interval(secs => timeout_s),
-           options, branch_count
+           options, branch_count, traceparent, tracestate
     FROM input ORDER BY n
     ON CONFLICT (gid) DO NOTHING
     RETURNING *
@@ -624,3 +627,80 @@ SELECT (SELECT t::tcc_transactions FROM tcc_transactions t WHERE t.gid = $1) AS 
 
 -- name: now
 SELECT now();
+
+-- --- alerts (TCC_ALERT_WEBHOOK) ---------------------------------------------------------
+
+-- name: insert_alert
+-- Written in the transaction of the change it reports. One per kind, stay in phase two
+-- (an operator's retry starts a new stay) and round: two coordinators never raise it twice.
+INSERT INTO tcc_alerts (gid, kind, phase_started_at, round, body)
+SELECT gid, $2, coalesce(phase_started_at, decided_at, created_at), phase_attempts, $3
+FROM tcc_transactions WHERE gid = $1
+ON CONFLICT (gid, kind, phase_started_at, round) DO NOTHING;
+
+-- name: claim_alerts
+-- Due alerts nobody holds, under a lease ($1 owner, $3 seconds): SKIP LOCKED splits them
+-- between coordinators, and a delivery cut short by a crash is sent again once it lapses.
+UPDATE tcc_alerts a
+SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
+FROM (
+    SELECT id FROM tcc_alerts
+    WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= now()
+      AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE a.id = due.id
+RETURNING a.id, a.gid, a.kind, a.body, a.attempts,
+          extract(epoch FROM now() - a.created_at)::float8 AS age_s;
+
+-- name: alert_delivered
+UPDATE tcc_alerts
+SET delivered_at = now(), attempts = attempts + 1, last_error = NULL,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = $1 AND lease_owner = $2;
+
+-- name: alert_failed
+-- The next try in $4 seconds, or (NULL) given up.
+UPDATE tcc_alerts
+SET attempts = attempts + 1, last_error = $3,
+    next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
+                           ELSE now() + make_interval(secs => $4::float8) END,
+    given_up_at = CASE WHEN $4::float8 IS NULL THEN now() END,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = $1 AND lease_owner = $2;
+
+-- --- retention (TCC_RETENTION_DAYS, tcc prune) -------------------------------------------
+
+-- name: prune_finished
+-- One batch of finished transactions begun and ended more than $1 seconds ago, oldest
+-- first; their branches and events go with them (ON DELETE CASCADE). SKIP LOCKED: a row
+-- someone holds waits for the next batch instead of holding this one up. The created_at
+-- condition follows from the finished_at one; it is there for the created_at index.
+WITH doomed AS (
+    SELECT gid FROM tcc_transactions
+    WHERE created_at < now() - make_interval(secs => $1)
+      AND finished_at < now() - make_interval(secs => $1)
+      AND status IN ('confirmed', 'cancelled')
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tcc_transactions t USING doomed WHERE t.gid = doomed.gid;
+
+-- name: count_prunable
+SELECT count(*) FROM tcc_transactions
+WHERE created_at < now() - make_interval(secs => $1)
+  AND finished_at < now() - make_interval(secs => $1)
+  AND status IN ('confirmed', 'cancelled');
+
+-- name: prune_alerts
+-- Alerts already delivered or given up, older than $1 seconds, a batch of $2.
+DELETE FROM tcc_alerts WHERE id IN (
+    SELECT id FROM tcc_alerts
+    WHERE created_at < now() - make_interval(secs => $1)
+      AND (delivered_at IS NOT NULL OR given_up_at IS NOT NULL)
+    ORDER BY id
+    LIMIT $2
+);

@@ -49,11 +49,11 @@ class ScriptedCaller:
 
     def __init__(self) -> None:
         self.calls: list[OutboundCall] = []
-        self._scripts: dict[tuple[str, Phase], list[CallResult | Held]] = {}
+        self._scripts: dict[tuple[str, Phase | None], list[CallResult | Held]] = {}
 
-    def script(self, url: str, phase: Phase, *replies: CallResult | Held) -> None:
+    def script(self, url: str, phase: Phase | None, *replies: CallResult | Held) -> None:
         """Answer the next calls of ``phase`` to ``url`` with ``replies`` (replacing any
-        script left)."""
+        script left); phase None: calls that are not a participant's (an alert webhook)."""
         assert replies, "script at least one reply"
         self._scripts[(url, phase)] = list(replies)
 
@@ -65,14 +65,16 @@ class ScriptedCaller:
         scripted = queue.pop(0) if len(queue) > 1 else queue[0]
         return await scripted.answer() if isinstance(scripted, Held) else scripted
 
-    def made(self, phase: Phase, url: str | None = None) -> list[OutboundCall]:
+    def made(self, phase: Phase | None, url: str | None = None) -> list[OutboundCall]:
         """The calls of ``phase`` made (to ``url``, if given), oldest first."""
         return [c for c in self.calls if phase_of(c) is phase and (url is None or c.url == url)]
 
 
-def phase_of(call: OutboundCall) -> Phase:
-    # Every dialect names the phase in this header (coordinator.dialects.base).
-    return Phase(call.headers["X-TCC-Phase"])
+def phase_of(call: OutboundCall) -> Phase | None:
+    # Every dialect names the phase in this header (coordinator.dialects.base); an alert
+    # webhook's call has none.
+    phase = call.headers.get("X-TCC-Phase")
+    return Phase(phase) if phase is not None else None
 
 
 class CeilingDraws(random.Random):

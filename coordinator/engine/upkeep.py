@@ -1,0 +1,162 @@
+"""What every coordinator does in the background besides recovery: deliver alerts, prune.
+
+Alerts. The log writes an alert in the same database transaction as the change it is about
+(a transaction parked, or past TCC_ALERT_AFTER_ROUNDS rounds), so one is made exactly once
+whichever coordinator made the change. Delivery claims alerts under a lease (SKIP LOCKED), so
+two coordinators never send the same one at once; a coordinator that dies after sending but
+before marking it delivered leaves it to be sent again once its lease lapses, with the same
+`X-TCC-Alert-Id` for the receiver to drop the repeat. Failed deliveries are retried with capped,
+jittered backoff and given up (logged, counted) after TCC_ALERT_GIVE_UP_AFTER_S. Delivery never
+holds up a request or a round: it runs here, on its own.
+
+Retention. With TCC_RETENTION_DAYS set, finished transactions (confirmed, cancelled) older
+than that are deleted with their branches and timeline, a small batch per statement so no lock
+is held for long; parked and unfinished ones never are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import random
+
+import orjson
+import structlog
+
+from coordinator.core.errors import DatabaseUnavailable
+from coordinator.core.records import Alert, OutboundCall
+from coordinator.core.retry import RetryPolicy
+from coordinator.metrics import AlertOutcome, Metrics
+from coordinator.outbound import ParticipantCaller
+from coordinator.settings import Settings
+from coordinator.txlog.interface import TransactionLog
+
+log = structlog.get_logger(__name__)
+
+SIGNATURE_HEADER = "X-TCC-Signature"
+ALERT_ID_HEADER = "X-TCC-Alert-Id"
+ALERTS_PER_PASS = 20
+ALERT_CALL_TIMEOUT_S = 10.0
+PRUNE_BATCH = 500
+# Between two batches: other statements get their turn at the rows and the disk.
+PRUNE_PAUSE_S = 0.05
+PRUNE_EVERY_S = 60.0
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value: HMAC-SHA256 of the exact body sent, hex."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def alert_payload(alert: Alert) -> bytes:
+    """The exact bytes POSTed (and signed): the alert's id, then what the log raised."""
+    return orjson.dumps({"alert_id": alert.id, **alert.body})
+
+
+class Upkeep:
+    def __init__(
+        self,
+        txlog: TransactionLog,
+        caller: ParticipantCaller,
+        settings: Settings,
+        metrics: Metrics,
+        owner: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.log = txlog
+        self.caller = caller
+        self.settings = settings
+        self.metrics = metrics
+        self.owner = owner
+        self._rng = rng or random.Random()
+        self._stopping = asyncio.Event()
+        self._alert_retry = RetryPolicy(
+            initial_interval=1.0,
+            backoff_coefficient=2.0,
+            maximum_interval=300.0,
+            give_up_after=settings.alert_give_up_after_s,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
+        while not self._stopping.is_set():
+            try:
+                if self.settings.alert_webhook:
+                    await self.deliver_due()
+                if self.settings.retention_days is not None and loop.time() >= next_prune:
+                    next_prune = loop.time() + PRUNE_EVERY_S
+                    await self.prune(self.settings.retention_days * 86400)
+            except DatabaseUnavailable as exc:
+                log.warning("upkeep_failed", error=str(exc))
+            except Exception:  # a bug here must not stop the next pass
+                log.exception("upkeep_crashed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.settings.recovery_interval_s
+                )
+
+    # --- alerts ------------------------------------------------------------------
+
+    async def deliver_due(self) -> int:
+        """Send the alerts that are due (claimed under a lease); how many were delivered."""
+        url = self.settings.alert_webhook
+        if not url:
+            return 0
+        alerts = await self.log.claim_alerts(self.owner, ALERTS_PER_PASS, self.settings.lease_ttl_s)
+        sent = await asyncio.gather(*(self._deliver(url, a) for a in alerts))
+        return sum(sent)
+
+    async def _deliver(self, url: str, alert: Alert) -> bool:
+        body = alert_payload(alert)
+        headers = {
+            "Content-Type": "application/json",
+            ALERT_ID_HEADER: str(alert.id),
+        }
+        secret = self.settings.alert_secret
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(secret.get_secret_value(), body)
+        call = OutboundCall(method="POST", url=url, headers=headers, body=body)
+        result = await self.caller.send(call, ALERT_CALL_TIMEOUT_S)
+        with structlog.contextvars.bound_contextvars(
+            gid=alert.gid, alert_id=alert.id, kind=alert.kind.value
+        ):
+            if result.http_status is not None and 200 <= result.http_status < 300:
+                await self.log.alert_delivered(alert.id, self.owner)
+                self.metrics.alert_delivery(AlertOutcome.DELIVERED)
+                log.info("alert_delivered", attempts=alert.attempts + 1)
+                return True
+            error = result.error or f"HTTP {result.http_status}"
+            attempt = alert.attempts + 1
+            give_up = alert.age_s >= self._alert_retry.give_up_after
+            retry_in = None if give_up else self._alert_retry.delay(attempt, self._rng)
+            await self.log.alert_failed(alert.id, self.owner, error, retry_in)
+            if give_up:
+                self.metrics.alert_delivery(AlertOutcome.GIVEN_UP)
+                log.error("alert_given_up", attempts=attempt, error=error)
+            else:
+                self.metrics.alert_delivery(AlertOutcome.FAILED)
+                log.warning("alert_delivery_failed", attempts=attempt, error=error)
+            return False
+
+    # --- retention -----------------------------------------------------------------
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete finished transactions older than that, batch by batch; how many."""
+        total = 0
+        while not self._stopping.is_set():
+            deleted = await self.log.prune(older_than_s, PRUNE_BATCH)
+            total += deleted
+            if deleted:
+                self.metrics.pruned(deleted)
+            if deleted < PRUNE_BATCH:
+                break
+            await asyncio.sleep(PRUNE_PAUSE_S)
+        if total:
+            log.info("pruned", transactions=total, older_than_days=round(older_than_s / 86400, 3))
+        return total

@@ -1,0 +1,142 @@
+"""Alert delivery and retention on the in-memory log: the clock is moved, never waited for."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from coordinator.core.records import CallRecord, ListFilter
+from coordinator.core.states import Decision, GlobalStatus
+from coordinator.engine.runtime import Runtime
+from coordinator.engine.upkeep import ALERT_ID_HEADER, SIGNATURE_HEADER
+from coordinator.txlog.memory import InMemoryLog, ManualClock
+from tests.txlog.test_contract import new_branch, new_txn
+from tests.unit.engine.conftest import MakeRuntime
+from tests.unit.engine.scripted import CeilingDraws, ScriptedCaller, reply
+
+HOOK = "http://127.0.0.1:9002/alerts"
+SECRET = "a-secret-of-some-length"
+DAY = 86_400.0
+
+
+def alerting(make_runtime: MakeRuntime, caller: ScriptedCaller, **overrides: object) -> Runtime:
+    return make_runtime(
+        caller,
+        rng=CeilingDraws(),
+        alert_webhook=HOOK,
+        alert_secret=SECRET,
+        **overrides,
+    )
+
+
+async def park(txlog: InMemoryLog, gid: str) -> None:
+    await txlog.begin(new_txn(gid, branches=[new_branch("b", with_try=False)]))
+    decided = await txlog.decide(gid, Decision.CONFIRM, reason=None, owner="x", lease_ttl_s=30)
+    assert decided.lease is not None
+    fail = CallRecord(503, "HTTP 503: down", 2.0)
+    assert await txlog.record_phase_call(decided.lease, "b", Decision.CONFIRM, False, fail)
+    assert await txlog.finish_round(
+        decided.lease, Decision.CONFIRM, GlobalStatus.FAILED_TO_CONFIRM, 1.0, ["b"], "x", 0
+    )
+
+
+def delivered(runtime: Runtime, outcome: str) -> float:
+    value = runtime.upkeep.metrics.registry.get_sample_value(
+        "tcc_alerts_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_deliver__signed_body_with_the_failing_branch(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog
+) -> None:
+    runtime = alerting(make_runtime, caller)
+    await park(txlog, "g")
+
+    assert await runtime.upkeep.deliver_due() == 1
+
+    (call,) = caller.made(None, HOOK)
+    assert call.method == "POST"
+    assert call.body is not None
+    expected = "sha256=" + hmac.new(SECRET.encode(), call.body, hashlib.sha256).hexdigest()
+    assert call.headers[SIGNATURE_HEADER] == expected
+    body = json.loads(call.body)
+    assert call.headers[ALERT_ID_HEADER] == str(body["alert_id"])
+    assert body["kind"] == "parked"
+    assert (body["gid"], body["status"]) == ("g", "failed_to_confirm")
+    assert body["failing_branch"]["branch_id"] == "b"
+    assert body["failing_branch"]["last_error"] == "HTTP 503: down"
+    assert body["failing_branch"]["attempts"] == 1
+    assert delivered(runtime, "delivered") == 1
+    # Delivered once: nothing left to send.
+    assert await runtime.upkeep.deliver_due() == 0
+    assert len(caller.made(None, HOOK)) == 1
+
+
+async def test_deliver__receiver_fails__retried_after_its_backoff(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog, clock: ManualClock
+) -> None:
+    runtime = alerting(make_runtime, caller)
+    caller.script(HOOK, None, reply(500), reply(502), reply(200))
+    await park(txlog, "g")
+
+    assert await runtime.upkeep.deliver_due() == 0
+    assert await runtime.upkeep.deliver_due() == 0  # not due again yet
+    assert len(caller.made(None, HOOK)) == 1
+    clock.advance(1.0)  # the first backoff (its ceiling, with these draws)
+    assert await runtime.upkeep.deliver_due() == 0
+    clock.advance(1.9)
+    assert await runtime.upkeep.deliver_due() == 0  # the second backoff is 2 s
+    clock.advance(0.1)
+    assert await runtime.upkeep.deliver_due() == 1
+    ids = {c.headers[ALERT_ID_HEADER] for c in caller.made(None, HOOK)}
+    assert len(caller.made(None, HOOK)) == 3
+    assert len(ids) == 1  # the same alert each time: the receiver can drop repeats
+    assert (delivered(runtime, "failed"), delivered(runtime, "delivered")) == (2, 1)
+
+
+async def test_deliver__failing_past_the_give_up_time__given_up_and_counted(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog, clock: ManualClock
+) -> None:
+    runtime = alerting(make_runtime, caller, alert_give_up_after_s=60.0)
+    caller.script(HOOK, None, reply(None))
+    await park(txlog, "g")
+    for _ in range(20):
+        await runtime.upkeep.deliver_due()
+        clock.advance(30.0)
+    assert delivered(runtime, "given_up") == 1
+    made = len(caller.made(None, HOOK))
+    clock.advance(DAY)
+    assert await runtime.upkeep.deliver_due() == 0
+    assert len(caller.made(None, HOOK)) == made
+
+
+async def test_deliver__no_webhook__nothing_raised_nor_sent(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog
+) -> None:
+    runtime = make_runtime(caller)
+    await txlog.begin(new_txn("g", branches=[new_branch("b", with_try=False)]))
+    assert await runtime.upkeep.deliver_due() == 0
+    assert await txlog.claim_alerts("anyone", 10, 30) == []
+
+
+async def test_prune__retention__old_finished_deleted_and_counted(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog, clock: ManualClock
+) -> None:
+    runtime = make_runtime(caller, retention_days=30)
+    for n in range(3):
+        await txlog.begin(new_txn(f"g{n}", branches=[new_branch("b", with_try=False)]))
+        decided = await txlog.decide(
+            f"g{n}", Decision.CANCEL, reason="client", owner="x", lease_ttl_s=30
+        )
+        assert decided.lease is not None
+        ok = CallRecord(200, None, 1.0)
+        assert await txlog.finish_done_round(decided.lease, Decision.CANCEL, [("b", ok)], "x")
+    await park(txlog, "parked")
+    clock.advance(31 * DAY)
+
+    assert await runtime.upkeep.prune(30 * DAY) == 3
+    assert {t.gid for t in await txlog.list(ListFilter(limit=100))} == {"parked"}
+    pruned = runtime.upkeep.metrics.registry.get_sample_value("tcc_pruned_transactions_total")
+    assert pruned == 3
