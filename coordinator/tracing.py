@@ -44,6 +44,9 @@ TRACESTATE = "tracestate"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _tracer: Tracer = trace.NoOpTracer()
+# False until a provider is set: then a "span" makes no span at all (a non-recording one would
+# only repeat its parent's ids), which keeps tracing off the hot path's CPU bill.
+_recording = False
 _shutdown: list[Any] = []  # the SDK provider we made, to flush at exit
 
 
@@ -58,8 +61,9 @@ class StoredTrace:
 def use_tracer_provider(provider: TracerProvider | None) -> None:
     """Record spans with ``provider`` (None: record nothing, only propagate). Tests pass
     one with an in-memory exporter; `configure_export` passes the OTLP one."""
-    global _tracer
+    global _tracer, _recording
     _tracer = provider.get_tracer(TRACER_NAME) if provider is not None else trace.NoOpTracer()
+    _recording = provider is not None
 
 
 def configure_export(endpoint: str | None, instance: str) -> None:
@@ -110,17 +114,24 @@ def detach(token: object) -> None:
 
 def current() -> StoredTrace | None:
     """The current span's context, to keep with a transaction; None outside any trace."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
-    parent = carrier.get(TRACEPARENT)
-    return StoredTrace(parent, carrier.get(TRACESTATE)) if parent else None
+    headers = outgoing_headers()
+    parent = headers.get(TRACEPARENT)
+    return StoredTrace(parent, headers.get(TRACESTATE)) if parent else None
 
 
 def outgoing_headers() -> dict[str, str]:
-    """The headers that carry the current context to a participant."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
-    return carrier
+    """The headers that carry the current context to a participant (W3C trace context,
+    version 00: what the propagator would write, without its generic machinery)."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    headers = {
+        TRACEPARENT: f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
+        f"-{span_context.trace_flags:02x}"
+    }
+    if span_context.trace_state:
+        headers[TRACESTATE] = span_context.trace_state.to_header()
+    return headers
 
 
 def ids() -> tuple[str, str] | None:
@@ -137,6 +148,9 @@ def _parent(stored: StoredTrace | None) -> otel_context.Context | None:
     if stored is None:
         return None  # the current context
     mine = trace.get_current_span().get_span_context()
+    # traceparent is 00-<trace id>-<span id>-<flags>: compare the ids before parsing anything.
+    if mine.is_valid and stored.traceparent[3:35] == f"{mine.trace_id:032x}":
+        return None
     carrier = {TRACEPARENT: stored.traceparent}
     if stored.tracestate:
         carrier[TRACESTATE] = stored.tracestate
@@ -159,26 +173,49 @@ def span(
     """A span of a transaction's work, current while the block runs; an exception marks it
     failed. ``stored``: the transaction's trace context from the log; ``start_time_ns``:
     when the work began, for a span opened only once its trace is known."""
+    if not _recording:
+        with _unrecorded(stored) as context_span:
+            yield context_span
+        return
     shown = {f"tcc.{k}": v for k, v in attributes.items() if v is not None}
     with _tracer.start_as_current_span(
         name, context=_parent(stored), kind=kind, attributes=shown, start_time=start_time_ns
     ) as current_span:
-        if current_span.get_span_context().is_valid:
-            yield current_span
-            return
-        # Nothing records spans and no caller sent a context: make up the ids a recording
-        # tracer would have, so the transaction still has one trace id that every
-        # participant call carries (and its logs can be joined on).
-        made_up = NonRecordingSpan(
-            SpanContext(
-                trace_id=random.getrandbits(128) or 1,
-                span_id=random.getrandbits(64) or 1,
-                is_remote=False,
-                trace_flags=TraceFlags(TraceFlags.DEFAULT),
-            )
+        yield current_span
+
+
+@contextlib.contextmanager
+def _unrecorded(stored: StoredTrace | None) -> Iterator[Span]:
+    """What `span` does when nothing records: the transaction's context made current (the
+    caller's, the stored one, or fresh ids), so that calls and log lines still carry it."""
+    parent = _parent(stored)
+    if parent is not None:
+        token = otel_context.attach(parent)
+        try:
+            yield trace.get_current_span()
+        finally:
+            otel_context.detach(token)
+        return
+    current_span = trace.get_current_span()
+    if current_span.get_span_context().is_valid:
+        yield current_span
+        return
+    with trace.use_span(_made_up(), end_on_exit=False) as made_up:
+        yield made_up
+
+
+def _made_up() -> Span:
+    """A span context with fresh random ids, recording nothing: the root of a transaction
+    nobody sent a trace for, so that it still has one trace id that every participant call
+    carries (and its logs can be joined on)."""
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id=random.getrandbits(128) or 1,
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT),
         )
-        with trace.use_span(made_up, end_on_exit=False):
-            yield made_up
+    )
 
 
 def annotate(target: Span, **attributes: str | int | float | bool | None) -> None:

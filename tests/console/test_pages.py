@@ -103,6 +103,8 @@ async def test_transaction__its_state_branches_and_timeline(
         assert f"<td>{kind}</td>" in page.text, kind
     assert "data-live-final" in page.text  # nothing more to watch
     assert "data-action" not in page.text  # a confirmed transaction allows no action
+    traceparent = participant.calls_for(gid="seen-1")[0].headers["traceparent"]
+    assert f"<code>{traceparent.split('-')[1]}</code>" in page.text  # to find its trace
 
 
 async def test_transaction__a_long_timeline_goes_on_on_its_own_pages(
