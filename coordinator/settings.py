@@ -222,6 +222,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"alert_webhook is not allowed: {exc}") from exc
         return self
 
+    def as_environment(self) -> dict[str, str]:
+        """Every setting that is set, as the TCC_* variables that give it back (secrets in
+        clear: for the workers of `tcc serve --workers N`, which must match their parent)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"TCC_{name.upper()}"] = str(value)
+        return env
+
     @property
     def limits(self) -> Limits:
         return Limits(

@@ -92,6 +92,7 @@ def shutdown() -> None:
     """Flush what is still queued for export (at stop)."""
     while _shutdown:
         _shutdown.pop().shutdown()
+        use_tracer_provider(None)
 
 
 # --- the context -----------------------------------------------------------------------
@@ -112,11 +113,33 @@ def detach(token: object) -> None:
     otel_context.detach(token)  # type: ignore[arg-type]
 
 
+# What the log keeps of a caller's tracestate: whole members, at most this long. W3C allows
+# 32 members of up to about 512 characters; a header must never fail a transaction.
+MAX_STORED_TRACESTATE = 512
+
+
 def current() -> StoredTrace | None:
     """The current span's context, to keep with a transaction; None outside any trace."""
     headers = outgoing_headers()
     parent = headers.get(TRACEPARENT)
-    return StoredTrace(parent, headers.get(TRACESTATE)) if parent else None
+    if not parent:
+        return None
+    return StoredTrace(parent, _bounded(headers.get(TRACESTATE)))
+
+
+def _bounded(tracestate: str | None) -> str | None:
+    """The first members of a tracestate that fit MAX_STORED_TRACESTATE (W3C: when a
+    tracestate is cut, whole members go, from the end)."""
+    if tracestate is None or len(tracestate) <= MAX_STORED_TRACESTATE:
+        return tracestate
+    kept: list[str] = []
+    length = 0
+    for member in tracestate.split(","):
+        length += len(member) + (1 if kept else 0)
+        if length > MAX_STORED_TRACESTATE:
+            break
+        kept.append(member)
+    return ",".join(kept) or None
 
 
 def outgoing_headers() -> dict[str, str]:

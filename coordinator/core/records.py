@@ -20,6 +20,7 @@ from coordinator.core.states import (
     AlertKind,
     BranchStatus,
     BranchView,
+    Decision,
     EventKind,
     GlobalStatus,
     Judgement,
@@ -348,7 +349,8 @@ def alert_body(kind: AlertKind, txn: Transaction, branches: list[Branch]) -> dic
         "kind": kind.value,
         "gid": txn.gid,
         "status": txn.status.value,
-        "reason": txn.cancel_reason if txn.cancel_reason else "confirm",
+        # Why phase two runs: the cancel reason, or the decision to confirm.
+        "reason": txn.cancel_reason or Decision.CONFIRM.value,
         "service": txn.service,
         "dialect": txn.dialect,
         "rounds": txn.phase_attempts,

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import random
+from collections.abc import Awaitable, Callable
 
 import orjson
 import structlog
@@ -83,23 +84,26 @@ class Upkeep:
         self._stopping.set()
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_prune = loop.time()
+        """Deliver alerts and prune, each on its own schedule (a long prune never holds up
+        an alert), until stop()."""
+        work = []
+        if self.settings.alert_webhook:
+            work.append(self._every(self.settings.recovery_interval_s, self.deliver_due))
+        retention_days = self.settings.retention_days
+        if retention_days is not None:
+            work.append(self._every(PRUNE_EVERY_S, lambda: self.prune(retention_days * 86400)))
+        await asyncio.gather(*work)
+
+    async def _every(self, interval_s: float, job: Callable[[], Awaitable[int]]) -> None:
         while not self._stopping.is_set():
             try:
-                if self.settings.alert_webhook:
-                    await self.deliver_due()
-                if self.settings.retention_days is not None and loop.time() >= next_prune:
-                    next_prune = loop.time() + PRUNE_EVERY_S
-                    await self.prune(self.settings.retention_days * 86400)
+                await job()
             except DatabaseUnavailable as exc:
                 log.warning("upkeep_failed", error=str(exc))
             except Exception:  # a bug here must not stop the next pass
                 log.exception("upkeep_crashed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), timeout=self.settings.recovery_interval_s
-                )
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
 
     # --- alerts ------------------------------------------------------------------
 
@@ -108,7 +112,9 @@ class Upkeep:
         url = self.settings.alert_webhook
         if not url:
             return 0
-        alerts = await self.log.claim_alerts(self.owner, ALERTS_PER_PASS, self.settings.lease_ttl_s)
+        # Held for longer than a delivery can take, so no other coordinator sends it too.
+        lease_s = max(self.settings.lease_ttl_s, 3 * ALERT_CALL_TIMEOUT_S)
+        alerts = await self.log.claim_alerts(self.owner, ALERTS_PER_PASS, lease_s)
         sent = await asyncio.gather(*(self._deliver(url, a) for a in alerts))
         return sum(sent)
 
@@ -127,7 +133,10 @@ class Upkeep:
             gid=alert.gid, alert_id=alert.id, kind=alert.kind.value
         ):
             if result.http_status is not None and 200 <= result.http_status < 300:
-                await self.log.alert_delivered(alert.id, self.owner)
+                if not await self.log.alert_delivered(alert.id, self.owner):
+                    # Held too long (a stall): another coordinator may send it again.
+                    log.warning("alert_lease_lost", attempts=alert.attempts + 1)
+                    return False
                 self.metrics.alert_delivery(AlertOutcome.DELIVERED)
                 log.info("alert_delivered", attempts=alert.attempts + 1)
                 return True

@@ -316,7 +316,7 @@ async def test_prune__dry_run_counts_then_deletes_only_old_finished_ones(
     assert orphans == 0
 
 
-@pytest.mark.parametrize("age", ["30", "30x", "0d", "-3d", "d", "1.5d"])
+@pytest.mark.parametrize("age", ["30", "30x", "0d", "-3d", "d", "1.5d", "\u00b2d", "99999999w"])
 async def test_prune__an_age_it_cannot_read__one_line_and_exit_2(
     database_url: str, age: str
 ) -> None:

@@ -295,3 +295,28 @@ async def test_coordinator_killed_mid_phase_two__the_retry_by_its_successor_is_i
 
 async def _count(participant: FakeParticipant, phase: str) -> int:
     return len(participant.calls_for(phase, gid="survivor"))
+
+
+async def test_tracestate_longer_than_the_log_keeps__the_begin_still_succeeds(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    # W3C allows up to 32 members; a header must never fail a business request.
+    members = [f"vendor{n}=" + "x" * 40 for n in range(20)]
+    tracestate = ",".join(members)
+    assert len(tracestate) > tracing.MAX_STORED_TRACESTATE
+    status, out = await begin_auto(
+        coordinator,
+        participant,
+        "long-state",
+        traceparent=CLIENT_TRACEPARENT,
+        tracestate=tracestate,
+    )
+    assert (status, out["status"]) == (201, "confirmed"), out
+    received = participant.calls_for(gid="long-state")
+    assert {trace_id(c) for c in received} == {CLIENT_TRACE}
+    # What the log kept: whole members from the front, within the bound.
+    txn = await coordinator.runtime.log.get("long-state")
+    assert txn.tracestate is not None
+    assert len(txn.tracestate) <= tracing.MAX_STORED_TRACESTATE
+    assert tracestate.startswith(txn.tracestate + ",")
+    assert txn.tracestate.split(",") == members[: len(txn.tracestate.split(","))]

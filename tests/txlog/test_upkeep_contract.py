@@ -10,6 +10,8 @@ from coordinator.core.errors import NotFound
 from coordinator.core.records import Lease, ListFilter
 from coordinator.core.states import AlertKind, Decision, GlobalStatus
 from coordinator.txlog.interface import TransactionLog
+from coordinator.txlog.memory import InMemoryLog
+from coordinator.txlog.postgres import PostgresLog
 from tests.txlog.conftest import LogTime
 from tests.txlog.test_contract import FAIL, OK, confirming, new_branch, new_txn
 
@@ -222,3 +224,28 @@ async def test_prune__resolved_parked_one__is_finished_and_pruned(
     await store.resolve_parked("g", actor="ops", note="fixed by hand")
     await log_time.jump(31 * DAY)
     assert await store.prune(30 * DAY, 100) == 1
+
+
+async def stored_alerts(store: TransactionLog) -> int:
+    """How many alerts the log holds, delivered or not (each log's own way of counting)."""
+    if isinstance(store, PostgresLog):
+        async with store.connection() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM tcc_alerts"))
+    assert isinstance(store, InMemoryLog)
+    return len(store._alerts)
+
+
+async def test_prune__settled_old_alerts_go__pending_ones_stay(
+    store: TransactionLog, log_time: LogTime
+) -> None:
+    await park(store, "delivered")
+    await park(store, "pending")
+    alerts = {a.gid: a for a in await store.claim_alerts("me", 10, 30)}
+    assert await store.alert_delivered(alerts["delivered"].id, "me")
+    assert await store.alert_failed(alerts["pending"].id, "me", "HTTP 503", 1.0)
+    await log_time.jump(31 * DAY)
+
+    assert await store.prune(30 * DAY, 100) == 0  # parked transactions are never pruned
+    assert await stored_alerts(store) == 1
+    (left,) = await store.claim_alerts("me", 10, 30)
+    assert left.gid == "pending"

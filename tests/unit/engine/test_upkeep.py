@@ -6,14 +6,23 @@ import hashlib
 import hmac
 import json
 
+from coordinator.core.apikeys import INSECURE
 from coordinator.core.records import CallRecord, ListFilter
-from coordinator.core.states import Decision, GlobalStatus
+from coordinator.core.states import Decision, GlobalStatus, Phase
 from coordinator.engine.runtime import Runtime
 from coordinator.engine.upkeep import ALERT_ID_HEADER, SIGNATURE_HEADER
 from coordinator.txlog.memory import InMemoryLog, ManualClock
 from tests.txlog.test_contract import new_branch, new_txn
 from tests.unit.engine.conftest import MakeRuntime
-from tests.unit.engine.scripted import CeilingDraws, ScriptedCaller, reply
+from tests.unit.engine.scripted import (
+    GID,
+    CeilingDraws,
+    ScriptedCaller,
+    begin_request,
+    branch,
+    reply,
+    url,
+)
 
 HOOK = "http://127.0.0.1:9002/alerts"
 SECRET = "a-secret-of-some-length"
@@ -112,13 +121,38 @@ async def test_deliver__failing_past_the_give_up_time__given_up_and_counted(
     assert len(caller.made(None, HOOK)) == made
 
 
-async def test_deliver__no_webhook__nothing_raised_nor_sent(
-    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog
+async def parked_by_the_driver(
+    runtime: Runtime, caller: ScriptedCaller, clock: ManualClock
 ) -> None:
-    runtime = make_runtime(caller)
-    await txlog.begin(new_txn("g", branches=[new_branch("b", with_try=False)]))
+    """Confirm fails until the budget is spent: the driver's last round parks the
+    transaction (GID)."""
+    caller.script(url("a", Phase.CONFIRM), Phase.CONFIRM, reply(503, "down"))
+    await runtime.coordinator.begin(begin_request(branch("a"), auto=True), INSECURE)
+    for _ in range(2):
+        clock.advance(30)
+        await runtime.recovery.run_once(wait=True)
+    assert (await runtime.log.get(GID)).status is GlobalStatus.FAILED_TO_CONFIRM
+
+
+async def test_driver_parks__with_a_webhook__the_alert_is_raised_and_sent(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, clock: ManualClock
+) -> None:
+    runtime = alerting(make_runtime, caller, give_up_after_s=60)
+    await parked_by_the_driver(runtime, caller, clock)
+    assert await runtime.upkeep.deliver_due() == 1
+    (call,) = caller.made(None, HOOK)
+    assert call.body is not None
+    assert json.loads(call.body)["failing_branch"]["last_error"] == "HTTP 503: down"
+
+
+async def test_driver_parks__no_webhook__nothing_raised_nor_sent(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog, clock: ManualClock
+) -> None:
+    runtime = make_runtime(caller, give_up_after_s=60)
+    await parked_by_the_driver(runtime, caller, clock)
     assert await runtime.upkeep.deliver_due() == 0
     assert await txlog.claim_alerts("anyone", 10, 30) == []
+    assert caller.made(None) == []
 
 
 async def test_prune__retention__old_finished_deleted_and_counted(
