@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="instead: fill a log with N transactions and time the console's and API's reads",
     )
+    bench.add_argument(
+        "--prune",
+        type=int,
+        metavar="N",
+        help="instead: time `tcc prune` deleting N old transactions, and the load meanwhile",
+    )
 
     resolve = sub.add_parser(
         "resolve", help="mark a failed_to_* transaction done after finishing it by hand"
@@ -192,12 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prune",
         help="delete finished transactions older than an age, with their branches and timeline",
     )
-    prune.add_argument(
-        "--older-than", required=True, metavar="AGE", help="e.g. 30d, 36h, 90m, 2w"
-    )
-    prune.add_argument(
-        "--dry-run", action="store_true", help="only count what would be deleted"
-    )
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 36h, 90m, 2w")
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     add_settings_flags(prune, DB_FLAGS)
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
@@ -279,11 +282,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.workers > 1:
         if settings.migrate:
             run(_migrate_quietly(url))
-        env = {
-            f"TCC_{name.upper()}": str(value)
-            for name, value in settings.model_dump().items()
-            if value is not None
-        }
+        env = settings.as_environment()
         env["TCC_DATABASE_URL"] = url
         return Supervisor(settings.workers, env).run()
     app = create_app(settings, url)
@@ -360,17 +359,23 @@ async def resolve_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_AGE = re.compile(r"([0-9]{1,9})([smhdw])")
+# Far enough back for anything; beyond it the database's intervals would overflow.
+_MAX_AGE_S = 100 * 365 * 86_400
 
 
 def parse_age(text: str) -> float:
     """``30d``, ``36h``, ``90m``, ``2w``, ``45s`` in seconds; a clear error otherwise."""
-    number, unit = text[:-1], text[-1:]
-    if unit not in _AGE_UNITS or not number.isdigit() or int(number) == 0:
+    found = _AGE.fullmatch(text)
+    if found is None or int(found[1]) == 0:
         raise UsageError(
             f"--older-than: {text!r} is not an age: a whole number and a unit, s m h d or w"
             " (e.g. 30d)"
         )
-    return float(int(number) * _AGE_UNITS[unit])
+    seconds = int(found[1]) * _AGE_UNITS[found[2]]
+    if seconds > _MAX_AGE_S:
+        raise UsageError(f"--older-than: {text!r} is more than 100 years")
+    return float(seconds)
 
 
 async def prune_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -643,8 +643,12 @@ async def bench_main(args: argparse.Namespace) -> int:
     if args.reads is not None:
         return await bench_reads.reads_main(args.reads, args.database_url)
     config = config_from_args(args)
-    # Ctrl-C cancels the run (asyncio.run does that); SIGTERM must too, so that the
-    # benchmark's children and temporary folders go with it.
+    return await stoppable(run_bench(config, as_json=args.json))
+
+
+async def stoppable(run: Awaitable[int]) -> int:
+    """Await a benchmark run so that SIGTERM stops it as Ctrl-C does (asyncio.run cancels on
+    Ctrl-C), its children and temporary folders going with it; 143 when so stopped."""
     task = asyncio.current_task()
     assert task is not None
     terminated = False
@@ -657,7 +661,7 @@ async def bench_main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        return await run_bench(config, as_json=args.json)
+        return await run
     except asyncio.CancelledError:
         if not terminated:
             raise

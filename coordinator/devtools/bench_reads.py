@@ -44,9 +44,10 @@ TARGET_MS = 200.0
 SERVICES = ("shop", "bank", "stock", "travel", "billing")
 
 # One statement per table and chunk; $1 the first n, $2 the last, $3 the total, $4 the
-# spread in seconds. Transaction n is begun ($3 - n) / $3 of the spread ago: the last are
-# the newest. One in 33 is cancelled; a few parked; a few confirming for hours after many
-# rounds; the newest 200 still open (half trying, the deadline close for some).
+# spread in seconds, $5 the age of the newest in seconds, $6 finished ones only. Transaction
+# n is begun $5 and ($3 - n) / $3 of the spread ago: the last are the newest. One in 33 is
+# cancelled; unless $6, a few parked, a few confirming for hours after many rounds, and the
+# newest 200 still open (half trying, the deadline close for some).
 _FILL_TRANSACTIONS = """
 INSERT INTO tcc_transactions (
     gid, status, dialect, service, request_hash, timeout_s, deadline, next_attempt_at,
@@ -65,8 +66,9 @@ SELECT gid, status, dialect, service, 'bench', 60, created + interval '60 s',
 FROM (
     SELECT n, svc || '-' || lpad(n::text, 9, '0') AS gid, svc AS service,
            CASE WHEN n % 7 = 0 THEN 'dtm' ELSE 'tcc' END AS dialect,
-           now() - (($3 - n)::float8 / $3 * $4) * interval '1 second' AS created,
-           CASE WHEN n % 49999 = 1 THEN 'failed_to_confirm'
+           now() - ($5::float8 + ($3 - n)::float8 / $3 * $4) * interval '1 second' AS created,
+           CASE WHEN $6::bool THEN CASE WHEN n % 33 = 0 THEN 'cancelled' ELSE 'confirmed' END
+                WHEN n % 49999 = 1 THEN 'failed_to_confirm'
                 WHEN n % 49999 = 2 THEN 'failed_to_cancel'
                 WHEN n % 99991 = 3 THEN 'confirming'
                 WHEN n > $3 - 200 AND n % 2 = 0 THEN 'trying'
@@ -171,14 +173,31 @@ def _cases(rows: int, now: datetime, sample_gid: str, cursor: str) -> list[ReadC
     ]
 
 
-async def _fill(conn: asyncpg.Connection, rows: int, say: Callable[[str], None]) -> None:
+async def add_branches_and_events(conn: asyncpg.Connection, first: int, last: int) -> None:
+    """Two branches and two timeline entries for each of the transactions numbered first to
+    last (gids as the fill names them: bank-000000042), already written."""
+    await conn.execute(_FILL_BRANCHES, first, last)
+    await conn.execute(_FILL_EVENTS, first, last)
+
+
+async def fill(
+    conn: asyncpg.Connection,
+    rows: int,
+    say: Callable[[str], None],
+    *,
+    age_s: float = 0.0,
+    finished_only: bool = False,
+) -> None:
+    """Transactions 1 to ``rows`` over SPREAD_S, the newest begun ``age_s`` ago; only
+    confirmed and cancelled ones with ``finished_only``."""
     started = time.perf_counter()
     for first in range(1, rows + 1, FILL_CHUNK):
         last = min(rows, first + FILL_CHUNK - 1)
         async with conn.transaction():
-            await conn.execute(_FILL_TRANSACTIONS, first, last, rows, float(SPREAD_S))
-            await conn.execute(_FILL_BRANCHES, first, last)
-            await conn.execute(_FILL_EVENTS, first, last)
+            await conn.execute(
+                _FILL_TRANSACTIONS, first, last, rows, float(SPREAD_S), age_s, finished_only
+            )
+            await add_branches_and_events(conn, first, last)
         say(f"bench: {last:,} of {rows:,} transactions written")
     await conn.execute("VACUUM ANALYZE")
     say(f"bench: filled in {time.perf_counter() - started:.0f} s")
@@ -238,7 +257,7 @@ async def run_reads(admin_url: str, rows: int, say: Callable[[str], None]) -> li
     conn = await asyncpg.connect(url)
     runner = None
     try:
-        await _fill(conn, rows, say)
+        await fill(conn, rows, say)
         now = await conn.fetchval("SELECT now()")
         sample = await conn.fetchval(
             "SELECT gid FROM tcc_transactions WHERE status = 'failed_to_confirm' LIMIT 1"

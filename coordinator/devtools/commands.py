@@ -99,6 +99,10 @@ async def chaos_command(args: argparse.Namespace) -> int:
 
 async def bench_command(args: argparse.Namespace) -> int:
     # Imported only here: the other commands need none of the benchmark's modules.
+    if args.prune is not None:
+        from coordinator.devtools.bench_prune import prune_main
+
+        return await prune_main(args)
     from coordinator.devtools.bench import bench_main
 
     return await bench_main(args)

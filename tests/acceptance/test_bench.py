@@ -106,3 +106,68 @@ async def test_bench_reads__too_few_transactions__is_one_line_and_exit_2() -> No
     )
     assert code == 2
     assert stderr.strip() == "tcc bench: --reads needs at least 1000 transactions"
+
+
+async def test_bench_prune__deletes_the_old_log_under_load_and_checks_what_is_left(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    scratch_before = _scratch_folders()
+    code, stdout, stderr = await run_tcc_async(
+        "bench",
+        "--prune",
+        "3000",
+        "--short",
+        "--concurrency",
+        "4",
+        "--out",
+        str(out),
+        env=clean_env(),
+        timeout_s=240,
+    )
+    assert code == 0, stdout + stderr
+    assert _scratch_folders() <= scratch_before
+    # The table: a row per phase, then what the prune did and the checks.
+    assert "tcc bench --prune 3,000:" in stdout
+    for phase in ("load alone", "load + tcc prune 30d", "load after"):
+        assert f"\n{phase} " in stdout, phase
+    assert "tcc prune said it deleted 3,000, of the 3,000 to delete" in stdout
+    assert "FAIL" not in stdout
+
+    report = json.loads((out / "bench-prune.json").read_text())
+    assert report["ok"] is True
+    assert report["prune"]["deleted"] == 3000
+    assert len(report["checks"]) == 6
+    assert all(check["ok"] for check in report["checks"]), report["checks"]
+    assert [p["name"] for p in report["phases"]] == [
+        "load alone",
+        "load + tcc prune 30d",
+        "load after",
+    ]
+    for phase in report["phases"]:
+        assert phase["transactions"] > 0, phase
+        assert phase["errors"] == 0, phase
+        for name in ("p50", "p95", "p99", "max"):
+            assert _numeric(phase["latency_ms"][name]), (name, phase)
+    # The batches as Postgres counted them (our embedded server has pg_stat_statements).
+    assert report["prune"]["batches"]["rows"] == 3000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--prune", "10"), "tcc bench: --prune needs at least 1000 transactions"),
+        (
+            ("--prune", "5000", "--concurrency", "1,16"),
+            "tcc bench: --prune takes one number of clients in --concurrency, e.g. 16",
+        ),
+        (("--prune", "5000", "--modes", "dtm"), "tcc bench: --prune drives auto mode only:"),
+    ],
+)
+async def test_bench_prune__bad_input__is_one_line_and_exit_2(
+    args: tuple[str, ...], message: str
+) -> None:
+    code, _stdout, stderr = await run_tcc_async("bench", *args, env=clean_env(), timeout_s=60)
+    assert code == 2
+    assert stderr.strip().count("\n") == 0, stderr
+    assert stderr.strip().startswith(message), stderr

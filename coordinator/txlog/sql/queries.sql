@@ -677,8 +677,10 @@ WHERE id = $1 AND lease_owner = $2;
 -- One batch of finished transactions begun and ended more than $1 seconds ago, oldest
 -- first; their branches and events go with them (ON DELETE CASCADE). SKIP LOCKED: a row
 -- someone holds waits for the next batch instead of holding this one up. The created_at
--- condition follows from the finished_at one; it is there for the created_at index.
-WITH doomed AS (
+-- condition follows from the finished_at one; it is there for the created_at index. The
+-- batch's gids go in as an array, so that even the connections' generic plan deletes them
+-- through the primary key instead of joining them to a scan of the whole table.
+DELETE FROM tcc_transactions WHERE gid = ANY (ARRAY(
     SELECT gid FROM tcc_transactions
     WHERE created_at < now() - make_interval(secs => $1)
       AND finished_at < now() - make_interval(secs => $1)
@@ -686,8 +688,7 @@ WITH doomed AS (
     ORDER BY created_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
-DELETE FROM tcc_transactions t USING doomed WHERE t.gid = doomed.gid;
+));
 
 -- name: count_prunable
 SELECT count(*) FROM tcc_transactions
