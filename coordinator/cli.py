@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-s", type=float, help="unmeasured seconds before each point (2)")
     bench.add_argument("--out", help="folder for bench.json and bench.png (a new temp folder)")
     bench.add_argument(
-        "--short", action="store_true", help="about 2 s per point, 1 and 4 clients (for tests)"
+        "--short", action="store_true", help="about 1 s per point, 1 and 4 clients (for tests)"
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument(
