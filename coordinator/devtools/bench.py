@@ -546,17 +546,29 @@ class Bench:
         if self.created_extension:
             await conn.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
 
-    def _report(self, started_at: datetime.datetime, elapsed_s: float) -> dict[str, Any]:
-        assert self.stats is not None
-        c = self.config
+    def report_head(
+        self, tool: str, started_at: datetime.datetime, elapsed_s: float
+    ) -> dict[str, Any]:
+        """What every bench report begins with: the tool, the run and the machine."""
         return {
-            "tool": "tcc bench",
+            "tool": tool,
             "version": metadata.version("tcc-coordinator"),
             "started_at": started_at.isoformat(timespec="seconds"),
             "elapsed_s": round(elapsed_s, 1),
             "machine": self.machine,
+        }
+
+    def database_shown(self) -> str:
+        url = self.config.database_url
+        return "embedded" if url is None else redact(url)
+
+    def _report(self, started_at: datetime.datetime, elapsed_s: float) -> dict[str, Any]:
+        assert self.stats is not None
+        c = self.config
+        return {
+            **self.report_head("tcc bench", started_at, elapsed_s),
             "settings": {
-                "database": "embedded" if c.database_url is None else redact(c.database_url),
+                "database": self.database_shown(),
                 "workers": c.workers,
                 "concurrency": list(c.concurrency),
                 "modes": list(c.modes),

@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,6 @@ from coordinator.devtools.bench_db import Stats, recreate_database, statements_s
 from coordinator.devtools.bench_load import Endpoints, Scenario, coordinator_scenario, run_point
 from coordinator.devtools.bench_report import latency_summary
 from coordinator.devtools.children import clean_env
-from coordinator.embedded import redact
 from coordinator.engine.upkeep import PRUNE_BATCH, PRUNE_PAUSE_S
 from coordinator.report import columns
 from coordinator.txlog import migrator
@@ -670,13 +668,9 @@ class PruneBench(Bench):
     def _prune_report(self, started_at: datetime.datetime, elapsed_s: float) -> dict[str, Any]:
         c = self.config
         return {
-            "tool": "tcc bench --prune",
-            "version": metadata.version("tcc-coordinator"),
-            "started_at": started_at.isoformat(timespec="seconds"),
-            "elapsed_s": round(elapsed_s, 1),
-            "machine": self.machine,
+            **self.report_head("tcc bench --prune", started_at, elapsed_s),
             "settings": {
-                "database": "embedded" if c.database_url is None else redact(c.database_url),
+                "database": self.database_shown(),
                 "transactions_to_prune": self.rows,
                 "old_ones_to_keep": KEEP,
                 "fill_age_days": [

@@ -210,6 +210,7 @@ class Coordinator:
         service = self._service_for_begin(caller, request.service)
         for i, branch in enumerate(request.branches):
             self._check_branch(branch, f"branches.{i}.")
+        trace = tracing.current()  # the begin's span: the transaction's trace from now on
         new = NewTransaction(
             gid=self._gid_for_begin(caller, request.gid),
             service=service,
@@ -220,6 +221,8 @@ class Coordinator:
             dialect=request.dialect,
             branches=list(request.branches),
             options=dict(request.options or {}),
+            traceparent=trace.traceparent if trace else None,
+            tracestate=trace.tracestate if trace else None,
         )
         self.limits.check_transaction(new)
         return new
@@ -228,11 +231,6 @@ class Coordinator:
         self, request: BeginRequest, caller: Principal
     ) -> tuple[TransactionDetail, bool]:
         new = self._new_transaction(request, caller)
-        trace = tracing.current()  # the begin's span: the transaction's trace from now on
-        if trace is not None:
-            new = dataclasses.replace(
-                new, traceparent=trace.traceparent, tracestate=trace.tracestate
-            )
         detail, created = await self.log.begin(new)
         self._owners.remember(detail.transaction)
         if created:

@@ -488,7 +488,6 @@ class InMemoryLog:
         options: OptionsUpdate | None = None,
         actor: str | None = None,
     ) -> DecideResult:
-        target = states.phase_status(decision)
         async with self._lock:
             row = self._row(gid)
             now = self.clock.now()
@@ -503,30 +502,10 @@ class InMemoryLog:
             branches = [_out_branch(b.record) for b in self._branch_rows(gid)]
             if judgement.verdict is not Verdict.DECIDE:
                 return DecideResult(_out_transaction(txn), judgement, None, branches)
-            lease_expires_at = _later(now, lease_ttl_s)
-            if options is not None:
-                self._set_options(row, options, now)
-            # The CAS guard of the decide statement; the judgement above implies it.
-            assert txn.status in states.sources_of(target)
-            row.lease_token = _new_token()
-            row.phase_started_at = now
-            decided = row.update(
-                status=target,
-                cancel_reason=reason if decision is Decision.CANCEL else None,
-                decided_at=now,
-                phase_attempts=0,
-                next_attempt_at=now,
-                updated_at=now,
-                lease_owner=owner,
-                lease_expires_at=lease_expires_at,
+            lease = self._take_decision(
+                row, decision, reason, owner, lease_ttl_s, now, options=options, actor=actor
             )
-            detail: dict[str, Any] = {"decision": decision.value, "reason": reason, "by": owner}
-            if actor is not None:
-                detail["actor"] = actor
-            self._event(gid, EventKind.DECISION, detail=detail)
-            return DecideResult(
-                _out_transaction(decided), judgement, Lease(gid, row.lease_token), branches
-            )
+            return DecideResult(_out_transaction(row.record), judgement, lease, branches)
 
     async def decide_after_tries(
         self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float
@@ -609,10 +588,17 @@ class InMemoryLog:
         owner: str,
         lease_ttl_s: float,
         now: datetime,
+        *,
+        options: OptionsUpdate | None = None,
+        actor: str | None = None,
     ) -> Lease:
-        """Write a decision the caller has judged allowed; the decider gets the lease."""
+        """Write a decision the caller has judged allowed (with the options given with it);
+        the decider gets the lease."""
         target = states.phase_status(decision)
         assert row.record.status in states.sources_of(target)  # the CAS guard
+        lease_expires_at = _later(now, lease_ttl_s)  # may refuse the input: before any write
+        if options is not None:
+            self._set_options(row, options, now)
         row.lease_token = _new_token()
         row.phase_started_at = now
         row.update(
@@ -623,13 +609,12 @@ class InMemoryLog:
             next_attempt_at=now,
             updated_at=now,
             lease_owner=owner,
-            lease_expires_at=_later(now, lease_ttl_s),
+            lease_expires_at=lease_expires_at,
         )
-        self._event(
-            row.record.gid,
-            EventKind.DECISION,
-            detail={"decision": decision.value, "reason": reason, "by": owner},
-        )
+        detail: dict[str, Any] = {"decision": decision.value, "reason": reason, "by": owner}
+        if actor is not None:
+            detail["actor"] = actor
+        self._event(row.record.gid, EventKind.DECISION, detail=detail)
         return Lease(row.record.gid, row.lease_token)
 
     def _written(self, gid: str, after_event: int) -> Written:

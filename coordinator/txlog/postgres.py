@@ -297,15 +297,10 @@ class PostgresLog:
         rows = await self._batch(statement, args, items, self._flush_begins)
         if not isinstance(rows, list):
             return rows.results
+        begun = [_written(row, "txn") for row in rows]
         return [
-            None
-            if row["txn"] is None
-            else TransactionDetail(
-                _transaction(row["txn"]),
-                [_branch(b) for b in row["branches"]],
-                [_event(e) for e in row["events"]],
-            )
-            for row in rows
+            None if w is None else TransactionDetail(w.transaction, w.branches, w.events)
+            for w in begun
         ]
 
     async def decide_after_tries(
@@ -374,16 +369,7 @@ class PostgresLog:
         )
         if not isinstance(rows, list):
             return rows.results
-        return [
-            None
-            if row["finished"] is None
-            else Written(
-                _transaction(row["finished"]),
-                [_branch(b) for b in row["branches"]],
-                [_event(e) for e in row["events"]],
-            )
-            for row in rows
-        ]
+        return [_written(row, "finished") for row in rows]
 
     async def _batch(
         self,
@@ -904,17 +890,27 @@ class _DoneRound:
     owner: str
 
 
+def _written(row: asyncpg.Record, transaction_column: str) -> Written | None:
+    """What a batched statement wrote for one transaction: the transaction (None if the
+    statement left it alone), its branches and the events it added."""
+    if row[transaction_column] is None:
+        return None
+    return Written(
+        _transaction(row[transaction_column]),
+        [_branch(b) for b in row["branches"]],
+        [_event(e) for e in row["events"]],
+    )
+
+
 def _decision_of(row: asyncpg.Record) -> tuple[DecideResult, Written] | BaseException | None:
     """One transaction's part of a decide_after_tries batch; None when nothing was decided."""
     if row["status_before"] is None:
         return NotFound(f"no transaction {row['gid']!r}")
-    if row["decided"] is None:
+    written = _written(row, "decided")
+    if written is None:
         return None
-    decided = _transaction(row["decided"])
+    decided = written.transaction
     lease = Lease(decided.gid, str(row["decided"]["lease_token"]))
-    written = Written(
-        decided, [_branch(b) for b in row["branches"]], [_event(e) for e in row["events"]]
-    )
     return DecideResult(decided, Judgement(Verdict.DECIDE), lease), written
 
 
