@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator.api import dtm, v1
-from coordinator.api.console import pages
+from coordinator.api.console import login, pages
 
 V1_ROUTES = [
     web.get("/healthz", v1.healthz),
@@ -48,9 +48,9 @@ CONSOLE_ROUTES = [
     web.get("/ui/transactions", pages.transactions),
     web.get("/ui/transactions/{gid}", pages.transaction),
     web.get("/ui/transactions/{gid}/timeline", pages.timeline),
-    web.get("/ui/login", pages.login_form),
-    web.post("/ui/login", pages.login),
-    web.post("/ui/logout", pages.logout),
+    web.get("/ui/login", login.login_form),
+    web.post("/ui/login", login.login),
+    web.post("/ui/logout", login.logout),
     web.get("/ui/static/{name}", pages.static_file),
 ]
 
