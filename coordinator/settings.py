@@ -141,6 +141,18 @@ class Settings(BaseSettings):
         le=30 * 86400,
         description="How long a console login lasts",
     )
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="Host names (comma-separated, optionally with :port) this coordinator"
+        " answers to besides localhost and loopback addresses; enforced when set, and always"
+        " when insecure (a DNS-rebinding page cannot then reach a local coordinator)",
+    )
+    login_failure_limit: int = Field(
+        default=10,
+        ge=1,
+        description="Refused console logins allowed per client address in 5 minutes (per key"
+        " name: twice as many); then 429 until the window has passed",
+    )
     protect_health: bool = Field(
         default=False, description="Require an API key for /healthz, /readyz and /metrics"
     )
@@ -166,6 +178,11 @@ class Settings(BaseSettings):
         description="Export spans over OTLP/HTTP to this URL, e.g."
         " http://collector:4318/v1/traces (needs the otel extra); trace context is"
         " propagated to participants either way",
+    )
+    trace_url_template: str | None = Field(
+        default=None,
+        description="Link from a transaction's trace id to your tracing backend, with"
+        " {trace_id} where the id goes, e.g. http://jaeger:16686/trace/{trace_id}",
     )
     alert_webhook: str | None = Field(
         default=None,
@@ -211,6 +228,11 @@ class Settings(BaseSettings):
             raise ValueError("pool_min_size must not exceed pool_max_size")
         parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
         parse_rules(self.participant_allow)
+        template = self.trace_url_template
+        if template is not None and (
+            "{trace_id}" not in template or not template.startswith(("http://", "https://"))
+        ):
+            raise ValueError("trace_url_template must be an http(s) URL containing {trace_id}")
         if self.alert_webhook:
             if self.alert_secret is None:
                 raise ValueError("alert_webhook needs alert_secret, which signs every alert")
