@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: fill a log with N transactions and time the console's and API's reads",
     )
     bench.add_argument(
+        "--soak",
+        type=int,
+        metavar="N",
+        help="instead: N transactions with the largest metadata; the coordinator's memory as"
+        " they go",
+    )
+    bench.add_argument(
         "--prune",
         type=int,
         metavar="N",

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     max_participant_connections: int = Field(
         default=256, ge=1, description="Most outbound connections to participants at once"
     )
+    recent_transactions_kept: int = Field(
+        default=10_000,
+        ge=0,
+        description="Transactions each process remembers for a minute (without their"
+        " metadata), so that a transaction's further requests need not read its owner from"
+        " the log; bounds that memory (about 2 KB each at most); 0: always read",
+    )
     max_branches: int = Field(default=100, ge=1, description="Branches per transaction")
     max_response_bytes: int = Field(
         default=65_536, ge=256, description="Bytes of a participant reply kept and logged"

@@ -103,6 +103,10 @@ async def bench_command(args: argparse.Namespace) -> int:
         from coordinator.devtools.bench_prune import prune_main
 
         return await prune_main(args)
+    if args.soak is not None:
+        from coordinator.devtools.bench_soak import soak_main
+
+        return await soak_main(args.soak, args.database_url, as_json=args.json)
     from coordinator.devtools.bench import bench_main
 
     return await bench_main(args)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +53,7 @@ from coordinator.core.states import (
 )
 from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError
 from coordinator.engine.driver import PhaseDriver, TryOutcome
+from coordinator.engine.recent import RecentTransactions
 from coordinator.metrics import Metrics
 from coordinator.settings import Settings
 from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE, TransactionLog
@@ -119,7 +119,7 @@ class Coordinator:
         self.policy = policy
         self.metrics = metrics
         self.limits = settings.limits
-        self._owners = _Owners()
+        self._recent = RecentTransactions(settings.recent_transactions_kept)
 
     # --- who may do what ------------------------------------------------------------
 
@@ -176,14 +176,14 @@ class Coordinator:
         txn = await self.log.get(gid)
         if not caller.may_see(txn.service):
             raise NotFound(f"no transaction {gid!r}")
-        self._owners.remember(txn)
+        self._recent.remember(txn)
         return txn
 
     async def _known(self, gid: str, caller: Principal) -> Transaction:
         """_owned, for an operation that needs only what never changes while a transaction
-        is trying (its owner, dialect and call timeout): a recent answer is used again.
-        Its status may be old."""
-        known = self._owners.recall(gid)
+        is trying (its owner, dialect, call timeout, options): a recent answer is used
+        again. Its status may be old and its metadata left out (engine/recent.py)."""
+        known = self._recent.recall(gid)
         if known is None:
             return await self._owned(gid, caller)
         prefix = self._namespace(caller)
@@ -232,7 +232,7 @@ class Coordinator:
     ) -> tuple[TransactionDetail, bool]:
         new = self._new_transaction(request, caller)
         detail, created = await self.log.begin(new)
-        self._owners.remember(detail.transaction)
+        self._recent.remember(detail.transaction)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
             self.metrics.began(new.dialect)
@@ -513,27 +513,3 @@ class Coordinator:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-
-class _Owners:
-    """Transactions seen lately, for what never changes while one is trying (its owner,
-    dialect and call timeout): the repeated requests of one transaction need not ask the
-    log each time. Bounded in size, and in age (a gid pruned by retention may be begun
-    again, by its namespace's owner when gids are namespaced, by anyone otherwise)."""
-
-    MAX_AGE_S = 60.0
-    MAX_ENTRIES = 50_000
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[Transaction, float]] = {}
-
-    def remember(self, txn: Transaction) -> None:
-        if len(self._seen) >= self.MAX_ENTRIES:
-            self._seen.clear()
-        self._seen[txn.gid] = (txn, time.monotonic() + self.MAX_AGE_S)
-
-    def recall(self, gid: str) -> Transaction | None:
-        entry = self._seen.get(gid)
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        return entry[0]
