@@ -47,6 +47,31 @@ class AlertOutcome(StrEnum):
     GIVEN_UP = "given_up"
 
 
+class ConnectionState(StrEnum):
+    """What an inbound connection is doing (the tcc_inbound_connections label)."""
+
+    NEW = "new"  # connected, no complete request line and headers yet
+    ACTIVE = "active"  # a request in progress
+    IDLE = "idle"  # kept alive between requests
+
+
+class ShedReason(StrEnum):
+    """Why the connection guard closed or refused an inbound connection."""
+
+    IDLE_CUT = "idle_cut"  # an idle connection closed to make room, oldest first
+    REFUSED = "refused"  # 503: every slot held by a request in progress
+    SLOW_HEADERS = "slow_headers"  # request line and headers not in within the header timeout
+
+
+class LoginRefusal(StrEnum):
+    """Why the console refused a login (the tcc_console_login_refusals label)."""
+
+    WRONG_KEY = "wrong_key"
+    SERVICE_KEY = "service_key"
+    RATE_LIMITED = "rate_limited"
+    BAD_FORM = "bad_form"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -109,6 +134,38 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self._connections = Gauge(
+            "tcc_inbound_connections",
+            "Inbound HTTP connections open now, by state (new, active, idle)",
+            ["state"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._connection_limit = Gauge(
+            "tcc_inbound_connections_limit",
+            "Most inbound HTTP connections at once (the cap; 0 when not served by tcc serve)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._shed = Counter(
+            "tcc_inbound_connections_shed",
+            "Inbound connections closed or refused by the connection guard, by why",
+            ["reason"],
+            registry=r,
+        )
+        self._login_refusals = Counter(
+            "tcc_console_login_refusals",
+            "Console logins refused, by why",
+            ["reason"],
+            registry=r,
+        )
+        # Every known label value from the start: a series at 0 rather than none.
+        for state in ConnectionState:
+            self._connections.labels(state.value)
+        for shed in ShedReason:
+            self._shed.labels(shed.value)
+        for refusal in LoginRefusal:
+            self._login_refusals.labels(refusal.value)
 
     # --- what happened -----------------------------------------------------------------
 
@@ -150,6 +207,22 @@ class Metrics:
 
     def round_ended(self) -> None:
         self._rounds.dec()
+
+    def login_refused(self, reason: str) -> None:
+        """A console login refused; ``reason`` is one of LoginRefusal's values."""
+        self._login_refusals.labels(reason).inc()
+
+    # --- the inbound connection guard (coordinator/api/server.py) ---------------------
+
+    def connection_limit(self, limit: int) -> None:
+        self._connection_limit.set(limit)
+
+    def connections(self, counts: dict[ConnectionState, int]) -> None:
+        for state in ConnectionState:
+            self._connections.labels(state.value).set(counts.get(state, 0))
+
+    def connections_shed(self, reason: ShedReason, count: int = 1) -> None:
+        self._shed.labels(reason.value).inc(count)
 
     # --- the scrape -------------------------------------------------------------------
 

@@ -5,8 +5,25 @@
 wraps aiohttp's ``RequestHandler``:
 
 * inbound connections are counted and capped below the open-file limit, so participant calls
-  and database connections always find a free file descriptor; past the cap a connection gets
-  a canned 503 and is closed at once;
+  and database connections always find a free file descriptor. The cap is shared out so that
+  idle sockets, however many, cannot crowd out real traffic:
+
+  - when a new connection finds no free slot, the connection idle longest is cut to make
+    room (silently, as a keep-alive timeout would): first those that never sent a complete
+    request line and headers, by arrival, then those kept alive between requests, by their
+    last request. A connection with a request in progress is never cut;
+  - connections without a complete request may hold at most 90% of the general slots; the
+    rest is a reserve that only connections that have sent a request (kept-alive clients,
+    requests in progress) can hold, so a flood of silent sockets never touches them;
+  - an eighth of the cap (at most 8 slots) is kept for health checks, used only when every
+    general slot serves a request: there the guard reads the request line itself, answers
+    ``GET``/``HEAD`` of ``/healthz`` and ``/readyz`` (one per connection), gives another
+    request a general slot if one has come free, else a canned 503; only with these slots
+    full too is a connection refused (503) as it opens;
+
+  "Idle" is read from aiohttp's handler (no complete headers yet, or waiting for the next
+  request), so the guard never has to guess. The counts by state, the cap and what was cut or
+  refused go to the metrics (tcc_inbound_connections*, refreshed every second);
 * a connection must deliver a request line and all headers within ``header_timeout_s`` of
   opening (or of starting its next request after a keep-alive pause), else it is closed;
 * idle keep-alive connections close after ``keepalive_timeout_s`` (aiohttp's own timer, set in
@@ -28,6 +45,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import cast
 
@@ -35,7 +53,9 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from coordinator.api.appkeys import COORDINATOR
 from coordinator.core.errors import StartRefused
+from coordinator.metrics import ConnectionState, Metrics, ShedReason
 from coordinator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -296,6 +316,51 @@ def awaiting_next_request(handler: RequestHandler) -> bool:
 # --- the connection guard -------------------------------------------------------------------
 
 SHED_LOG_INTERVAL_S = 5.0
+# Of the cap, up to this many slots (an eighth of it, at least one) are kept for health checks
+# when every other slot is serving a request.
+HEALTH_SLOTS = 8
+HEALTH_PATHS = frozenset({b"/healthz", b"/readyz"})
+HEALTH_METHODS = frozenset({b"GET", b"HEAD"})
+# What a connection in a health slot may send before its request line ends.
+MAX_REQUEST_LINE = 2048
+# Connections that have not sent a complete request may hold at most this share of the other
+# slots (at least MIN_RESERVE are kept from them): the rest is reserved for connections that
+# have, so a flood of sockets that never send a request cannot crowd out real clients.
+RESERVE_SHARE = 0.1
+MIN_RESERVE = 4
+# How often the connection gauges are brought up to date, and health-slot connections that
+# have had their answer closed.
+REFRESH_S = 1.0
+
+
+class Slot(Enum):
+    GENERAL = "general"
+    HEALTH = "health"
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """How a cap of ``total`` connections is shared out."""
+
+    total: int
+    health: int  # for /healthz and /readyz only, once the general slots are all busy
+    general: int
+    new_limit: int  # general slots that connections without a complete request may hold
+
+    @classmethod
+    def for_cap(cls, total: int) -> SlotPlan:
+        health = max(1, min(HEALTH_SLOTS, total // 8)) if total > 1 else 0
+        general = total - health
+        reserve = min(max(MIN_RESERVE, int(general * RESERVE_SHARE)), general - 1)
+        return cls(total, health, general, general - reserve)
+
+
+def is_health_check(request_line: bytes) -> bool:
+    """``GET /healthz HTTP/1.1`` and the like (a query string is allowed)."""
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or parts[0] not in HEALTH_METHODS:
+        return False
+    return parts[1].split(b"?", 1)[0] in HEALTH_PATHS
 
 
 def canned_response(status: int, reason: str, detail: str, *, retry_after: bool) -> bytes:
@@ -314,30 +379,32 @@ def canned_response(status: int, reason: str, detail: str, *, retry_after: bool)
 
 
 class ShedReport:
-    """Counts connections refused at the cap or closed for slow headers, and logs them at
-    most once every SHED_LOG_INTERVAL_S: under a flood one line per connection would be a
-    second flood. The first event after a quiet spell is logged at once."""
+    """Counts connections cut, refused or closed for slow headers (in the metrics, when
+    given), and logs them at most once every SHED_LOG_INTERVAL_S: under a flood one line per
+    connection would be a second flood. The first event after a quiet spell is logged at
+    once."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         max_connections: int,
         open_connections: Callable[[], int],
+        metrics: Metrics | None = None,
     ) -> None:
         self._loop = loop
         self._max_connections = max_connections
         self._open_connections = open_connections
-        self._over_limit = 0
-        self._slow_headers = 0
+        self._metrics = metrics
+        self._counts = dict.fromkeys(ShedReason, 0)
         self._window: asyncio.TimerHandle | None = None
 
-    def refused(self) -> None:
-        self._over_limit += 1
-        self._note()
-
-    def slow_headers(self) -> None:
-        self._slow_headers += 1
-        self._note()
+    def shed(self, reason: ShedReason) -> None:
+        self._counts[reason] += 1
+        if self._metrics is not None:
+            self._metrics.connections_shed(reason)
+        if self._window is None:
+            self._emit()
+            self._window = self._loop.call_later(SHED_LOG_INTERVAL_S, self._window_ended)
 
     def close(self) -> None:
         if self._window is not None:
@@ -345,34 +412,38 @@ class ShedReport:
             self._window = None
         self._emit()
 
-    def _note(self) -> None:
-        if self._window is None:
-            self._emit()
-            self._window = self._loop.call_later(SHED_LOG_INTERVAL_S, self._window_ended)
-
     def _window_ended(self) -> None:
         self._window = None
-        if self._over_limit or self._slow_headers:
+        if any(self._counts.values()):
             self._emit()
             self._window = self._loop.call_later(SHED_LOG_INTERVAL_S, self._window_ended)
 
     def _emit(self) -> None:
-        if not (self._over_limit or self._slow_headers):
+        counts = self._counts
+        if not any(counts.values()):
             return
         log.warning(
             "connections_shed",
-            refused_over_limit=self._over_limit,
-            closed_for_slow_headers=self._slow_headers,
+            cut_idle=counts[ShedReason.IDLE_CUT],
+            refused_over_limit=counts[ShedReason.REFUSED],
+            closed_for_slow_headers=counts[ShedReason.SLOW_HEADERS],
             open_connections=self._open_connections(),
             max_connections=self._max_connections,
             window_s=SHED_LOG_INTERVAL_S,
         )
-        self._over_limit = self._slow_headers = 0
+        self._counts = dict.fromkeys(ShedReason, 0)
 
 
 class ConnectionGuard:
     """The protocol factory handed to ``loop.create_server``: one GuardedConnection per
-    accepted socket, all sharing this count of open connections."""
+    accepted socket, all sharing these slots.
+
+    General slots are held in two queues, each in the order to cut from: ``new``
+    (connections without a complete request yet, by arrival) and ``seasoned`` (those that
+    have had one, by the start of their latest request). A connection moves to the back of
+    ``seasoned`` when a request starts, or when it is found busy while looking for one to
+    cut, so the front is the one idle longest.
+    """
 
     def __init__(
         self,
@@ -381,13 +452,18 @@ class ConnectionGuard:
         max_connections: int,
         header_timeout_s: float,
         loop: asyncio.AbstractEventLoop,
+        metrics: Metrics | None = None,
     ) -> None:
         self.make_handler = make_handler
         self.max_connections = max_connections
+        self.plan = SlotPlan.for_cap(max_connections)
         self.header_timeout_s = header_timeout_s
         self.loop = loop
-        self.open = 0
-        self.report = ShedReport(loop, max_connections, lambda: self.open)
+        self.metrics = metrics
+        self.new: dict[GuardedConnection, None] = {}
+        self.seasoned: dict[GuardedConnection, None] = {}
+        self.health: set[GuardedConnection] = set()
+        self.report = ShedReport(loop, max_connections, lambda: self.open, metrics)
         self.busy_response = canned_response(
             503,
             "Service Unavailable",
@@ -400,59 +476,163 @@ class ConnectionGuard:
             f"the request line and headers must arrive within {header_timeout_s:g} s",
             retry_after=False,
         )
+        self._refresh_timer: asyncio.TimerHandle | None = None
 
     def __call__(self) -> GuardedConnection:
         return GuardedConnection(self)
 
-    def admit(self) -> bool:
-        if self.open >= self.max_connections:
-            self.report.refused()
+    @property
+    def open(self) -> int:
+        """Connections holding a general slot."""
+        return len(self.new) + len(self.seasoned)
+
+    # --- slots ---------------------------------------------------------------------
+
+    def admit(self, conn: GuardedConnection) -> Slot | None:
+        """A slot for a connection just accepted, making room if need be; None: refused."""
+        if self._make_room():
+            self.new[conn] = None
+            return Slot.GENERAL
+        if len(self.health) < self.plan.health:
+            self.health.add(conn)
+            return Slot.HEALTH
+        self.report.shed(ShedReason.REFUSED)
+        return None
+
+    def promote(self, conn: GuardedConnection) -> bool:
+        """A general slot for a health-slot connection whose request is not a health check."""
+        self.health.discard(conn)
+        if not self._make_room():
             return False
-        self.open += 1
+        self.new[conn] = None
         return True
 
-    def release(self) -> None:
-        self.open -= 1
+    def request_started(self, conn: GuardedConnection) -> None:
+        """``conn`` has sent a complete request line and headers: to the back of seasoned."""
+        if conn in self.new:
+            del self.new[conn]
+        elif conn in self.seasoned:
+            del self.seasoned[conn]
+        else:
+            return  # a health slot, or already closed
+        self.seasoned[conn] = None
+
+    def forget(self, conn: GuardedConnection) -> None:
+        self.new.pop(conn, None)
+        self.seasoned.pop(conn, None)
+        self.health.discard(conn)
+
+    def _make_room(self) -> bool:
+        """True when a new connection may take a general slot, once the oldest idle one is
+        cut if that is what it takes."""
+        if len(self.new) >= self.plan.new_limit:
+            self._cut(next(iter(self.new)))  # the reserve is not for them
+            return True
+        if self.open < self.plan.general:
+            return True
+        victim = self._oldest_idle()
+        if victim is None:
+            return False
+        self._cut(victim)
+        return True
+
+    def _oldest_idle(self) -> GuardedConnection | None:
+        if self.new:
+            return next(iter(self.new))
+        for _ in range(len(self.seasoned)):
+            conn = next(iter(self.seasoned))
+            if conn.state() is not ConnectionState.ACTIVE:
+                return conn
+            del self.seasoned[conn]  # busy: to the back, so the next look starts past it
+            self.seasoned[conn] = None
+        return None
+
+    def _cut(self, conn: GuardedConnection) -> None:
+        self.report.shed(ShedReason.IDLE_CUT)
+        conn.close_now()
+
+    # --- gauges and housekeeping, every REFRESH_S -------------------------------------
+
+    def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.connection_limit(self.max_connections)
+        self._refresh()
+
+    def close(self) -> None:
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+            self._refresh_timer = None
+        self.report.close()
+        if self.metrics is not None:
+            self.metrics.connections({})
+            self.metrics.connection_limit(0)
+
+    def counts(self) -> dict[ConnectionState, int]:
+        counts = dict.fromkeys(ConnectionState, 0)
+        counts[ConnectionState.NEW] = len(self.new)
+        for conn in (*self.seasoned, *self.health):
+            counts[conn.state()] += 1
+        return counts
+
+    def _refresh(self) -> None:
+        self._refresh_timer = self.loop.call_later(REFRESH_S, self._refresh)
+        for conn in [c for c in self.health if c.answered()]:
+            conn.close_now()  # a health slot serves one request
+        if self.metrics is not None:
+            self.metrics.connections(self.counts())
 
 
 class GuardedConnection(asyncio.Protocol):
     """Sits between one socket's transport and aiohttp's RequestHandler, passing every event
-    through, except that it refuses the connection when the cap is reached and closes it when
-    its request headers are too slow."""
+    through, except that it refuses the connection when no slot can be had, closes it when
+    its request headers are too slow or when it is the oldest idle one and room is needed,
+    and reads the request line itself in a health slot."""
 
     def __init__(self, guard: ConnectionGuard) -> None:
         self._guard = guard
         self._transport: asyncio.Transport | None = None
         self._handler: RequestHandler | None = None
+        self._slot: Slot | None = None
+        self._head = b""  # a health-slot connection's bytes until its request line ends
         self._header_deadline: asyncio.TimerHandle | None = None
         self._requests_when_armed = 0
+        self._requests_seen = 0
         self._received_since_armed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)
-        if not self._guard.admit():
+        slot = self._guard.admit(self)
+        if slot is None:
             # close() sends the buffered 503, then frees the descriptor on the next loop turn.
             stream.write(self._guard.busy_response)
             stream.close()
             return
         self._transport = stream
-        # The handler is made only for admitted connections: a flood costs no parsers.
-        self._handler = self._guard.make_handler()
-        self._handler.connection_made(stream)
+        self._slot = slot
+        if slot is Slot.GENERAL:
+            # The handler is made only for admitted connections: a flood costs no parsers.
+            self._start_handler()
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:
         handler = self._handler
         if handler is None:
+            if self._transport is not None and self._slot is Slot.HEALTH:
+                self._read_request_line(data)
+            return
+        if self._slot is Slot.HEALTH and self.answered():
+            self.close_now()  # one request per health slot
             return
         if self._header_deadline is None and awaiting_next_request(handler):
             self._arm_header_deadline()  # a kept-alive connection starts its next request
         self._received_since_armed = True
         handler.data_received(data)
-        if self._header_deadline is not None and (
-            parsed_requests(handler) > self._requests_when_armed
-        ):
-            self._disarm_header_deadline()
+        parsed = parsed_requests(handler)
+        if parsed > self._requests_seen:
+            self._requests_seen = parsed
+            self._guard.request_started(self)
+            if self._header_deadline is not None and parsed > self._requests_when_armed:
+                self._disarm_header_deadline()
 
     def eof_received(self) -> None:
         # Returning nothing lets the transport close on EOF, as aiohttp's handler wants.
@@ -468,16 +648,69 @@ class GuardedConnection(asyncio.Protocol):
             self._handler.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.forget(self)
         self._disarm_header_deadline()
         handler, self._handler = self._handler, None
         self._transport = None
         if handler is not None:
-            self._guard.release()
             handler.connection_lost(exc)
 
+    # --- what the guard asks ------------------------------------------------------------
+
+    def state(self) -> ConnectionState:
+        handler = self._handler
+        if handler is None or parsed_requests(handler) == 0:
+            return ConnectionState.NEW
+        return ConnectionState.IDLE if awaiting_next_request(handler) else ConnectionState.ACTIVE
+
+    def answered(self) -> bool:
+        """At least one request answered, and nothing in progress."""
+        return self.state() is ConnectionState.IDLE
+
+    def close_now(self) -> None:
+        """Close at once (what is already written is still sent) and give the slot back."""
+        self._guard.forget(self)
+        self._disarm_header_deadline()
+        if self._handler is not None:
+            self._handler.force_close()
+        elif self._transport is not None:
+            self._transport.close()
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _start_handler(self) -> None:
+        assert self._transport is not None
+        self._handler = self._guard.make_handler()
+        self._handler.connection_made(self._transport)
+
+    def _read_request_line(self, data: bytes) -> None:
+        """In a health slot: a health check is served there; another request gets a
+        general slot if one has come free or can be made, else a 503."""
+        self._received_since_armed = True
+        self._head += data
+        end = self._head.find(b"\r\n")
+        if end < 0:
+            if len(self._head) > MAX_REQUEST_LINE:
+                self._refuse()
+            return
+        if not is_health_check(self._head[:end]):
+            if not self._guard.promote(self):
+                self._refuse()
+                return
+            self._slot = Slot.GENERAL
+        head, self._head = self._head, b""
+        self._start_handler()
+        self.data_received(head)
+
+    def _refuse(self) -> None:
+        self._guard.report.shed(ShedReason.REFUSED)
+        if self._transport is not None:
+            self._transport.write(self._guard.busy_response)
+        self.close_now()
+
     def _arm_header_deadline(self) -> None:
-        assert self._handler is not None
-        self._requests_when_armed = parsed_requests(self._handler)
+        handler = self._handler
+        self._requests_when_armed = 0 if handler is None else parsed_requests(handler)
         self._received_since_armed = False
         self._header_deadline = self._guard.loop.call_later(
             self._guard.header_timeout_s, self._header_deadline_passed
@@ -491,14 +724,16 @@ class GuardedConnection(asyncio.Protocol):
     def _header_deadline_passed(self) -> None:
         self._header_deadline = None
         handler = self._handler
-        if handler is None or parsed_requests(handler) > self._requests_when_armed:
+        if handler is not None and parsed_requests(handler) > self._requests_when_armed:
             return
-        if self._received_since_armed and self._transport is not None:
+        if self._transport is None:
+            return
+        if self._received_since_armed:
             # Part of a request arrived: say why it ends. A connection that sent nothing is
             # closed silently, as an idle one would be.
             self._transport.write(self._guard.header_timeout_response)
-        self._guard.report.slow_headers()
-        handler.force_close()
+        self._guard.report.shed(ShedReason.SLOW_HEADERS)
+        self.close_now()
 
 
 # --- the site and the serving loop ----------------------------------------------------------
@@ -521,12 +756,14 @@ class GuardedSite(web.BaseSite):
         limits: ConnectionLimits,
         *,
         reuse_port: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(runner, backlog=ACCEPT_BACKLOG)
         self._host = host
         self._port = port
         self._limits = limits
         self._reuse_port = reuse_port
+        self._metrics = metrics
         self._bound_port: int | None = None
         self.guard: ConnectionGuard | None = None
 
@@ -550,7 +787,9 @@ class GuardedSite(web.BaseSite):
             max_connections=self._limits.max_connections,
             header_timeout_s=self._limits.header_timeout_s,
             loop=loop,
+            metrics=self._metrics,
         )
+        self.guard.start()
         listening = await loop.create_server(
             self.guard,
             self._host or None,
@@ -565,7 +804,7 @@ class GuardedSite(web.BaseSite):
     async def stop(self) -> None:
         await super().stop()
         if self.guard is not None:
-            self.guard.report.close()
+            self.guard.close()
 
 
 async def serve_app(
@@ -587,12 +826,23 @@ async def serve_app(
         await runner.setup()
         try:
             limits = ConnectionLimits(max_connections, settings.header_timeout_s)
-            site = GuardedSite(runner, settings.host, settings.port, limits, reuse_port=reuse_port)
+            coordinator = app.get(COORDINATOR)
+            site = GuardedSite(
+                runner,
+                settings.host,
+                settings.port,
+                limits,
+                reuse_port=reuse_port,
+                metrics=None if coordinator is None else coordinator.metrics,
+            )
             await _start(site, settings.host, settings.port)
+            plan = SlotPlan.for_cap(max_connections)
             log.info(
                 "http_listening",
                 url=site.name,
                 max_connections=max_connections,
+                health_slots=plan.health,
+                new_connection_slots=plan.new_limit,
                 header_timeout_s=settings.header_timeout_s,
                 keepalive_timeout_s=settings.keepalive_timeout_s,
             )

@@ -1,10 +1,14 @@
 """Slow and numerous clients against real sockets: slowloris, idle keep-alive, connection floods
-under a lowered open-file limit while a real transaction completes."""
+under a lowered open-file limit while health checks answer and a real transaction completes:
+idle connections are cut oldest first, those that have sent a request are kept, and the cap and
+its use are in the metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import operator
 import resource
 import subprocess
 import time
@@ -19,16 +23,20 @@ from aiohttp import web
 from coordinator.api.server import (
     ConnectionLimits,
     GuardedSite,
+    SlotPlan,
     awaiting_next_request,
     parsed_requests,
 )
+from coordinator.metrics import ConnectionState, Metrics
+from tests.api.test_metrics import Samples, parse, value
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
 from tests.processes import TCC, CoordinatorProcess
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: tcc\r\n\r\n"
+# A loopback Host: in insecure mode the coordinator answers only names it knows.
+GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 # --- raw HTTP over asyncio streams ------------------------------------------------------------
@@ -96,13 +104,21 @@ async def serve_guarded() -> AsyncIterator[ServeGuarded]:
     runners: list[web.AppRunner] = []
 
     async def serve(
-        app: web.Application, *, header_timeout_s: float, max_connections: int = 100
+        app: web.Application,
+        *,
+        header_timeout_s: float,
+        max_connections: int = 100,
+        metrics: Metrics | None = None,
     ) -> GuardedSite:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await runner.setup()
         runners.append(runner)
         site = GuardedSite(
-            runner, "127.0.0.1", 0, ConnectionLimits(max_connections, header_timeout_s)
+            runner,
+            "127.0.0.1",
+            0,
+            ConnectionLimits(max_connections, header_timeout_s),
+            metrics=metrics,
         )
         await site.start()
         return site
@@ -170,38 +186,154 @@ async def test_header_deadline__spares_slow_handlers_and_quiet_keepalive_connect
         writer.close()
 
 
-async def test_connection_cap__refuses_with_503_and_admits_again_when_one_closes(
+def test_slot_plan__health_slots_and_a_reserve_that_new_connections_may_not_take() -> None:
+    assert SlotPlan.for_cap(16) == SlotPlan(total=16, health=2, general=14, new_limit=10)
+    assert SlotPlan.for_cap(300) == SlotPlan(total=300, health=8, general=292, new_limit=263)
+    assert SlotPlan.for_cap(2) == SlotPlan(total=2, health=1, general=1, new_limit=1)
+
+
+CAP = 16  # 2 health slots, 14 general ones, of which connections without a request hold 10
+
+
+async def is_closed(reader: asyncio.StreamReader) -> bool:
+    """True once the server has closed the connection (EOF or reset), False if it is open."""
+    try:
+        return await asyncio.wait_for(reader.read(), 0.05) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def closed_of(held: list[Streams]) -> list[int]:
+    return [i for i, (reader, _) in enumerate(held) if await is_closed(reader)]
+
+
+def close_all(held: list[Streams]) -> None:
+    for _, writer in held:
+        writer.close()
+
+
+async def exposition(metrics: Metrics) -> Samples:
+    return parse(metrics.exposition(None).decode())
+
+
+async def test_connection_cap__cuts_idle_connections_oldest_first__keeps_those_that_sent_a_request(
     serve_guarded: ServeGuarded,
 ) -> None:
+    metrics = Metrics()
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    site = await serve_guarded(app, header_timeout_s=30, max_connections=2)
-    held = [await connect(site.port) for _ in range(2)]
-    for _, writer in held:
+    site = await serve_guarded(app, header_timeout_s=30, max_connections=CAP, metrics=metrics)
+    # Three clients have had an answer and stay connected (kept alive between requests).
+    kept = [await connect(site.port) for _ in range(3)]
+    for reader, writer in kept:
         writer.write(GET_HEALTHZ)
-    for reader, _ in held:
         assert (await read_response(reader))[0] == 200
+    # Then 40 connections that never send a byte, one after the other.
+    flood = [await connect(site.port) for _ in range(40)]
+    try:
+        # Those without a request may hold 10 slots: the 30 oldest were cut, in order.
+        cut = await eventually(lambda: closed_of(flood), lambda c: len(c) >= 30, timeout_s=10)
+        assert cut == list(range(30))
+        assert await closed_of(kept) == []
+        for reader, writer in kept:  # and they still answer
+            writer.write(GET_HEALTHZ)
+            assert (await read_response(reader))[0] == 200
+        # A new client is served at once; it cuts the oldest idle connection that is left.
+        reader, writer = await connect(site.port)
+        writer.write(GET_HEALTHZ)
+        assert (await read_response(reader))[0] == 200
+        writer.close()
+        assert 30 in await eventually(lambda: closed_of(flood), lambda c: len(c) >= 31)
+        assert await closed_of(kept) == []
 
-    reader, writer = await connect(site.port)
-    refused = await wait_closed_by_server(reader, give_up_s=10)
-    writer.close()
-    assert refused is not None
-    assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
-    assert b"Connection: close" in refused
+        m = await eventually(
+            lambda: exposition(metrics),
+            lambda m: (
+                value(m, "tcc_inbound_connections", state="new") == 9
+                and value(m, "tcc_inbound_connections", state="idle") == 3
+            ),
+            timeout_s=10,
+        )
+        assert value(m, "tcc_inbound_connections_limit") == CAP
+        assert value(m, "tcc_inbound_connections", state="idle") == 3
+        assert value(m, "tcc_inbound_connections", state="active") == 0
+        assert value(m, "tcc_inbound_connections_shed_total", reason="idle_cut") == 31
+        assert value(m, "tcc_inbound_connections_shed_total", reason="refused") == 0
+    finally:
+        close_all(kept + flood)
 
-    held[0][1].close()
+
+async def test_connection_cap__busy_connections_are_never_cut__health_checks_answer_past_them(
+    serve_guarded: ServeGuarded,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="done")
+
+    metrics = Metrics()
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/slow", slow)
+    site = await serve_guarded(app, header_timeout_s=30, max_connections=CAP, metrics=metrics)
     guard = site.guard
     assert guard is not None
+    busy: list[Streams] = []
+    spare: list[Streams] = []
 
-    async def open_connections() -> int:
-        return guard.open
+    async def active() -> int:
+        return guard.counts()[ConnectionState.ACTIVE]
 
-    await eventually(open_connections, lambda n: n == 1, timeout_s=5)
-    reader, writer = await connect(site.port)
-    writer.write(GET_HEALTHZ)
-    assert (await read_response(reader))[0] == 200
-    writer.close()
-    held[1][1].close()
+    try:
+        for n in range(1, 15):  # every general slot, each serving a request
+            busy.append(await connect(site.port))
+            busy[-1][1].write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            await eventually(active, functools.partial(operator.eq, n), timeout_s=10)
+        # Nothing idle to cut: a health check is answered in a health slot...
+        reader, writer = await connect(site.port)
+        writer.write(GET_HEALTHZ)
+        assert (await read_response(reader))[0] == 200
+        assert await wait_closed_by_server(reader, give_up_s=10) == b""  # one request there
+        writer.close()
+        # ...any other request gets a 503 there...
+        reader, writer = await connect(site.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        refused = await wait_closed_by_server(reader, give_up_s=10)
+        writer.close()
+        assert refused is not None
+        assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"Connection: close" in refused
+        # ...and with both health slots held, a connection is refused as it opens.
+        spare = [await connect(site.port) for _ in range(2)]
+        reader, writer = await connect(site.port)
+        refused = await wait_closed_by_server(reader, give_up_s=10)
+        writer.close()
+        assert refused is not None
+        assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert await closed_of(busy) == []  # no request in progress was cut
+
+        # Once the slow requests are answered, their connections are idle: room is made, for
+        # a connection waiting in a health slot with another request and for a new one.
+        release.set()
+        for reader, _ in busy:
+            assert await read_response(reader) == (200, b"done")
+        waiting_reader, waiting_writer = spare[0]
+        waiting_writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_response(waiting_reader) == (200, b"done")
+        reader, writer = await connect(site.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await read_response(reader) == (200, b"done")
+        writer.close()
+        assert await closed_of(busy) == [0, 1]  # the two idle longest
+        m = await exposition(metrics)
+        assert value(m, "tcc_inbound_connections_shed_total", reason="refused") == 2
+        assert value(m, "tcc_inbound_connections_shed_total", reason="idle_cut") == 2
+    finally:
+        release.set()
+        close_all(busy + spare)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -354,24 +486,26 @@ async def flood_outcome(streams: Streams, deadline: float) -> str:
     return "refused" if data.startswith(b"HTTP/1.1 503 ") else "closed"
 
 
-async def open_flood(port: int) -> tuple[list[Streams], int]:
-    """FLOOD connections, 50 at a time (under the listen backlog); and how many failed."""
-    opened: list[Streams] = []
-    for _ in range(FLOOD // 50):
-        batch = await asyncio.gather(*(connect(port) for _ in range(50)), return_exceptions=True)
-        opened += [s for s in batch if not isinstance(s, BaseException)]
-    return opened, FLOOD - len(opened)
+async def open_flood(port: int) -> list[Streams]:
+    """FLOOD connections that never send a byte, one after the other, so that the server
+    accepts them in this order."""
+    return [await connect(port) for _ in range(FLOOD)]
 
 
-def warm_session() -> aiohttp.ClientSession:
-    """One connection, opened before the flood and kept alive through it."""
-    connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=60)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20))
+async def fresh(method: str, url: str, body: object = None) -> tuple[int, str]:
+    """One request on a connection of its own, opened now."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
+        http.request(method, url, json=body) as resp,
+    ):
+        return resp.status, await resp.text()
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("files_for_a_flood")
-async def test_connection_flood_under_a_low_file_limit__a_real_transaction_still_confirms(
+async def test_connection_flood_under_a_low_file_limit__new_clients_are_served_and_idle_ones_cut(
     database_url: str, tmp_path: Path, participant: FakeParticipant
 ) -> None:
     proc = LimitedCoordinator(
@@ -381,34 +515,52 @@ async def test_connection_flood_under_a_low_file_limit__a_real_transaction_still
         pool_min_size=1,
         pool_max_size=4,
         max_participant_connections=16,
-        header_timeout_s=20,  # flood connections stay open through the test
+        header_timeout_s=60,  # flood connections stay until they are cut
         keepalive_timeout_s=60,
     )
     await proc.start()
     (limit,) = log_events(proc, "file_limit")
+    (listening,) = log_events(proc, "http_listening")
     cap = limit["max_connections"]
+    new_slots = listening["new_connection_slots"]
     flood: list[Streams] = []
+    kept = await connect(proc.port)
     try:
-        async with warm_session() as client, warm_session() as health:
-            for session in (client, health):
-                async with session.get(f"{proc.base}/healthz") as resp:
-                    assert resp.status == 200
-            flood, failed = await open_flood(proc.port)
-            body = {
-                "gid": "through-the-flood",
-                "auto": True,
-                # Three branches: the coordinator opens new participant connections now.
-                "branches": [participant.branch(b, b) for b in ("one", "two", "three")],
-            }
-            async with client.post(f"{proc.base}/v1/transactions", json=body) as resp:
-                assert resp.status == 201, await resp.text()
-                assert (await resp.json())["status"] == "confirmed"
-            async with health.get(f"{proc.base}/healthz") as resp:
-                assert resp.status == 200
+        # A client that has had an answer and stays connected through the flood.
+        kept[1].write(GET_HEALTHZ)
+        assert (await read_response(kept[0]))[0] == 200
+        flood = await open_flood(proc.port)
+
+        # After the flood, on connections opened now: health checks, a real transaction.
+        health = [(await fresh("GET", f"{proc.base}{path}"))[0] for path in ("/healthz",) * 3]
+        ready, _ = await fresh("GET", f"{proc.base}/readyz")
+        body = {
+            "gid": "through-the-flood",
+            "auto": True,
+            # Three branches: the coordinator opens new participant connections now.
+            "branches": [participant.branch(b, b) for b in ("one", "two", "three")],
+        }
+        began, text = await fresh("POST", f"{proc.base}/v1/transactions", body)
+        # The kept-alive connection was spared: it still answers.
+        kept[1].write(GET_HEALTHZ)
+        kept_answer = (await read_response(kept[0]))[0]
+
+        async def scrape() -> Samples:
+            await asyncio.sleep(0.5)  # the gauges are refreshed every second
+            status, exposition = await fresh("GET", f"{proc.base}/metrics")
+            assert status == 200
+            return parse(exposition)
+
+        m = await eventually(
+            scrape,
+            lambda m: value(m, "tcc_inbound_connections", state="idle") == 1,  # the kept one
+            timeout_s=10,
+            interval_s=0,
+        )
         deadline = time.monotonic() + 5
         outcomes = await asyncio.gather(*(flood_outcome(s, deadline) for s in flood))
     finally:
-        for _, writer in flood:
+        for _, writer in [*flood, kept]:
             writer.close()
         proc.stop()
 
@@ -417,16 +569,39 @@ async def test_connection_flood_under_a_low_file_limit__a_real_transaction_still
     assert 16 <= cap < FILE_LIMIT[1]
     assert limit["max_connections_from"] == "file limit"
 
-    admitted = outcomes.count("open") + outcomes.count("closed")
-    assert admitted <= cap - 2  # the two warm connections hold a slot each
-    assert outcomes.count("refused") + failed >= FLOOD - cap
-    assert "Too many open files" not in proc.logs()
-
+    assert health == [200, 200, 200]
+    assert ready == 200
+    assert began == 201, text
+    assert json.loads(text)["status"] == "confirmed"
     assert sorted(c.branch_id for c in participant.calls_for("confirm")) == [
         "one",
         "three",
         "two",
     ]
+    assert kept_answer == 200
+
+    # Nothing was refused: room was made by cutting idle connections, the oldest first.
+    assert outcomes.count("refused") == 0
+    cut = [i for i, outcome in enumerate(outcomes) if outcome == "closed"]
+    assert len(cut) >= FLOOD - new_slots
+    assert cut == list(range(len(cut))), "idle connections are cut oldest first"
+    assert outcomes.count("open") == FLOOD - len(cut)
+    assert "Too many open files" not in proc.logs()
+
+    # The cap and its use in the metrics.
+    assert value(m, "tcc_inbound_connections_limit") == cap
+    new = value(m, "tcc_inbound_connections", state="new")
+    assert new is not None
+    assert 0 < new <= new_slots
+    cut_counted = value(m, "tcc_inbound_connections_shed_total", reason="idle_cut")
+    assert cut_counted is not None
+    assert FLOOD - new_slots <= cut_counted <= len(cut)
+    assert value(m, "tcc_inbound_connections_shed_total", reason="refused") == 0
     shed = log_events(proc, "connections_shed")
-    assert sum(line["refused_over_limit"] for line in shed) >= outcomes.count("refused")
-    assert len(shed) <= 5, "refusals are summarised, not logged one by one"
+    assert sum(line["cut_idle"] for line in shed) == len(cut)
+    assert len(shed) * 10 < len(cut), "cuts are summarised, not logged one by one"
+    print(
+        f"cap {cap}: {FLOOD} idle connections, {len(cut)} cut oldest first,"
+        f" {outcomes.count('open')} left open, 0 refused; /healthz {health}, /readyz {ready},"
+        f" transaction {json.loads(text)['status']}, kept-alive client {kept_answer}"
+    )

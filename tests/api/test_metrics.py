@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from coordinator.metrics import ConnectionState, LoginRefusal, ShedReason
 from tests.conftest import CoordinatorClient
 from tests.participant_server import FakeParticipant, Reply
 
@@ -72,7 +73,10 @@ async def test_metrics__never_label_by_gid_url_or_key(
     assert status == 200
     assert "secret-gid-42" not in text
     assert "127.0.0.1" not in text
-    allowed = {"dialect", "status", "decision", "reason", "phase", "outcome", "action", "le"}
+    allowed = {
+        *("dialect", "status", "decision", "reason", "phase", "outcome", "action", "le"),
+        "state",
+    }
     labels = {name for name, _ in (pair for key in parse(text) for pair in key[1])}
     assert labels <= allowed
 
@@ -86,3 +90,32 @@ async def test_metrics__with_the_log_down__still_answer_and_say_so(
     assert value(m, "tcc_log_up") == 0
     assert value(m, "tcc_transactions_begun_total", dialect="tcc") == 1
     assert value(m, "tcc_unfinished_transactions", status="trying") is None
+
+
+async def test_metrics__count_refused_console_logins_by_reason(
+    coordinator: CoordinatorClient,
+) -> None:
+    before = await scrape(coordinator)
+    for reason in LoginRefusal:  # every reason is there from the start, at 0
+        assert value(before, "tcc_console_login_refusals_total", reason=reason.value) == 0
+    metrics = coordinator.runtime.coordinator.metrics
+    metrics.login_refused("wrong_key")
+    metrics.login_refused("wrong_key")
+    metrics.login_refused(LoginRefusal.RATE_LIMITED)
+    m = await scrape(coordinator)
+    assert value(m, "tcc_console_login_refusals_total", reason="wrong_key") == 2
+    assert value(m, "tcc_console_login_refusals_total", reason="rate_limited") == 1
+    assert value(m, "tcc_console_login_refusals_total", reason="service_key") == 0
+    assert value(m, "tcc_console_login_refusals_total", reason="bad_form") == 0
+
+
+async def test_metrics__inbound_connection_series_are_there_before_any_guarded_server(
+    coordinator: CoordinatorClient,
+) -> None:
+    """The test server is not behind tcc serve's connection guard: the series exist, at 0."""
+    m = await scrape(coordinator)
+    assert value(m, "tcc_inbound_connections_limit") == 0
+    for state in ConnectionState:
+        assert value(m, "tcc_inbound_connections", state=state.value) == 0
+    for reason in ShedReason:
+        assert value(m, "tcc_inbound_connections_shed_total", reason=reason.value) == 0
