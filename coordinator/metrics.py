@@ -5,8 +5,14 @@ coordinators in one process never mix their counts.
 
 Several (`tcc serve --workers N`): the supervisor gives its workers one directory in
 PROMETHEUS_MULTIPROC_DIR, where prometheus-client keeps every worker's values in files;
-whichever worker answers a scrape adds up all of them, so each scrape shows the whole server
-(and counts of a worker that died stay in). The log's gauges (open transactions, the oldest)
+whichever worker answers a scrape adds up all of them, so each scrape shows the whole server.
+When a worker dies the supervisor folds its counters and histograms into one archive file per
+kind (``counter_archive.db``, ``histogram_archive.db``: prometheus-client's own mmap format,
+read by the same collector), drops its gauges (every gauge here is ``live*``: it describes a
+running process) and removes its files, so counts of a dead worker stay in the totals and the
+directory holds the live workers' files and the archive, however many workers have died. The
+fold and the scrape take a lock file in the directory (exclusive and shared), so no scrape sees
+a dead worker's counts twice or not at all. The log's gauges (open transactions, the oldest)
 are read from the database at scrape time, the same whichever worker answers.
 
 Labels are small fixed sets (statuses, phases, outcomes, dialects, actions); never a gid, a
@@ -15,6 +21,8 @@ URL or a key.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from enum import StrEnum
@@ -23,6 +31,7 @@ from pathlib import Path
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -230,12 +239,13 @@ class Metrics:
         """The text format: this server's counters (every worker's, when shared), then the
         log's gauges; ``None`` when the log could not be read (``tcc_log_up`` says so)."""
         shared = os.environ.get(SHARED_DIR_ENV)
-        if shared:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
-        else:
-            registry = self.registry
-        return generate_latest(registry) + generate_latest(_log_registry(gauges))
+        if not shared:
+            return generate_latest(self.registry) + generate_latest(_log_registry(gauges))
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
+        with _dir_lock(Path(shared), fcntl.LOCK_SH):
+            ours = generate_latest(registry)
+        return ours + generate_latest(_log_registry(gauges))
 
 
 def _log_registry(gauges: Backlog | None) -> CollectorRegistry:
@@ -275,14 +285,68 @@ class _BacklogCollector(Collector):
         )
 
 
+# --- the shared directory under --workers ------------------------------------------------
+
+LOCK_FILE = "merge.lock"  # not *.db: the collector reads only those
+ARCHIVE = "archive"  # {kind}_archive.db: the values of workers that are gone
+# Kinds whose values a dead worker leaves in the totals (prometheus-client's file prefixes).
+KEPT_KINDS = ("counter", "histogram", "summary")
+
+
+@contextlib.contextmanager
+def _dir_lock(path: Path, mode: int) -> Iterator[None]:
+    """The shared directory's lock: shared for a scrape, exclusive for folding a dead
+    worker's files into the archive."""
+    with open(path / LOCK_FILE, "a+b") as lock:
+        fcntl.flock(lock.fileno(), mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def prepare_shared_dir(path: Path) -> None:
     """Before the workers start: an empty directory (values of an earlier run would be
     added to this one's)."""
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
+    for stale in (*path.glob("*.db"), *path.glob("*.tmp")):
         stale.unlink()
 
 
 def worker_gone(pid: int, path: Path) -> None:
-    """A worker exited: its live gauges go; its counters stay in the totals."""
-    mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+    """A worker exited: its counters and histograms are added into the archive, its gauges
+    go, and none of its files is left. Call it once the process is surely dead (after wait)."""
+    with _dir_lock(path, fcntl.LOCK_EX):
+        mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+        for kind in KEPT_KINDS:
+            dead = path / f"{kind}_{pid}.db"
+            if dead.exists():
+                _fold_into_archive(path / f"{kind}_{ARCHIVE}.db", dead)
+        for rest in path.glob(f"*_{pid}.db"):  # gauges of other modes: per process, gone
+            rest.unlink()
+
+
+def _fold_into_archive(archive: Path, dead: Path) -> None:
+    """Write archive + dead into a new archive file, swap it in, remove ``dead``."""
+    sources = [str(f) for f in (archive, dead) if f.exists()]
+    # accumulate=False: bucket counts stay per bucket and no _count is made, as in the
+    # workers' own files (the collector accumulates when it reads them).
+    merged = MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
+    fresh = archive.with_suffix(".tmp")
+    fresh.unlink(missing_ok=True)
+    values = MmapedDict(str(fresh))  # type: ignore[no-untyped-call]
+    try:
+        for metric in merged:
+            for sample in metric.samples:
+                key = mmap_key(
+                    metric.name,
+                    sample.name,
+                    list(sample.labels),
+                    list(sample.labels.values()),
+                    metric.documentation,
+                )
+                values.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        values.close()  # type: ignore[no-untyped-call]
+    os.replace(fresh, archive)
+    dead.unlink()

@@ -4,7 +4,10 @@ Each worker is a full coordinator with its own owner id; leases on the shared
 database keep them from working on the same transaction at once. The parent only
 supervises: it forwards SIGTERM/SIGINT and restarts a worker that dies. It also gives the
 workers one metrics directory (PROMETHEUS_MULTIPROC_DIR), so that a scrape, whichever worker
-it lands on, reports the whole server (coordinator/metrics.py).
+it lands on, reports the whole server (coordinator/metrics.py). When a worker dies, before its
+replacement starts, the supervisor folds the dead worker's counters and histograms into the
+directory's archive and removes its files: the totals keep its counts and the directory stays
+the same size however many workers die.
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ class Supervisor:
         log.info("worker_started", pid=child.pid)
         return child
 
+    def _fold_metrics(self, pid: int) -> None:
+        try:
+            worker_gone(pid, self.metrics_dir)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # A damaged file must not stop the restart; its counts may be lost from the totals.
+            log.error("worker_metrics_not_folded", pid=pid, error=str(exc))
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
         for child in self.children:
@@ -69,7 +79,7 @@ class Supervisor:
                 code = child.poll()
                 if code is not None and not self.stopping:
                     log.error("worker_died", pid=child.pid, exit_code=code)
-                    worker_gone(child.pid, self.metrics_dir)
+                    self._fold_metrics(child.pid)
                     time.sleep(RESTART_DELAY_S)  # a worker that cannot start must not spin
                     self.children[i] = self._spawn()
             time.sleep(0.2)
