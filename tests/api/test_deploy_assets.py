@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from coordinator.api.console.filters import FILTER_FIELDS
 from coordinator.core.states import (
     CancelReason,
     Decision,
@@ -29,7 +30,7 @@ from coordinator.core.states import (
 )
 from coordinator.dialects.base import CallOutcome
 from coordinator.dialects.registry import names as dialect_names
-from coordinator.metrics import Metrics
+from coordinator.metrics import ConnectionState, LoginRefusal, Metrics, ShedReason
 from coordinator.settings import Settings
 from tests.conftest import CoordinatorClient
 from tests.helpers import eventually
@@ -254,12 +255,19 @@ def label_domain(family: str, label: str) -> frozenset[str] | None:
         if family.startswith("tcc_participant_call"):
             return frozenset(v.value for v in (*TryVerdict, *CallOutcome))
         return None  # tcc_alerts: plain strings; only what a scrape shows is known
+    if label == "reason":
+        reasons: dict[str, frozenset[str]] = {
+            "tcc_decisions": frozenset(r.value for r in CancelReason) | {"requested"},
+            "tcc_inbound_connections_shed": frozenset(r.value for r in ShedReason),
+            "tcc_console_login_refusals": frozenset(r.value for r in LoginRefusal),
+        }
+        return reasons.get(family)
     enums: dict[str, frozenset[str]] = {
         "status": frozenset(s.value for s in GlobalStatus),
         "phase": frozenset(p.value for p in Phase),
         "decision": frozenset(d.value for d in Decision),
-        "reason": frozenset(r.value for r in CancelReason),
         "dialect": frozenset(dialect_names()),
+        "state": frozenset(s.value for s in ConnectionState),
     }
     return enums.get(label)
 
@@ -411,6 +419,9 @@ def test_rules__cover_what_an_operator_must_hear_about() -> None:
         "tcc_participant_calls_total",
         "tcc_timeouts_total",
         "tcc_alerts_total",
+        "tcc_inbound_connections",
+        "tcc_inbound_connections_limit",
+        "tcc_inbound_connections_shed_total",
     } <= used
     parked = next(r for r in alert_rules() if "tcc_parked_transactions" in r["expr"])
     assert "tcc list --status failed_to_confirm" in parked["annotations"]["description"]
@@ -521,6 +532,63 @@ async def test_dashboard__shows_every_metric_the_coordinator_exports(
     }
     missing = sorted(families - shown)
     assert missing == [], f"add a panel to {DASHBOARD.name} for {missing}"
+
+
+CONSOLE_URL = "${console_url}"
+
+
+def console_links(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, url) of every dashboard link and panel data link."""
+    links = [(f"dashboard link {link['title']!r}", link["url"]) for link in board["links"]]
+    for panel in panels(board):
+        for link in panel.get("fieldConfig", {}).get("defaults", {}).get("links", []):
+            links.append((f"panel {panel['title']!r} link {link['title']!r}", link["url"]))
+    return links
+
+
+def test_dashboard__links_to_the_consoles_filtered_list_under_a_console_url_variable() -> None:
+    board = dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    console = variables["console_url"]
+    assert console["type"] == "textbox"
+    assert console["query"] == "http://127.0.0.1:36789"  # tcc serve's default port
+    links = console_links(board)
+    urls = [url for _, url in links]
+    assert f"{CONSOLE_URL}/ui/transactions?status=failed_to_confirm" in urls
+    assert f"{CONSOLE_URL}/ui/transactions?status=failed_to_cancel" in urls
+    # Panels of a status link to that status: the park counters and the backlog at least.
+    with_links = {where.split(" link ")[0] for where, _ in links if where.startswith("panel")}
+    assert {"panel 'Parked (need an operator)'", "panel 'Unfinished transactions by status'"} <= (
+        with_links
+    )
+    statuses = {s.value for s in GlobalStatus}
+    for where, url in links:
+        assert url.startswith(f"{CONSOLE_URL}/ui/"), where
+        path, _, query = url.removeprefix(CONSOLE_URL).partition("?")
+        assert path in {"/ui/", "/ui/transactions"}, where
+        for pair in filter(None, query.split("&")):
+            name, _, value = pair.partition("=")
+            assert name in FILTER_FIELDS, f"{where}: the console's list has no filter {name}"
+            if name == "status" and not value.startswith("${"):
+                assert value in statuses, f"{where}: no status {value}"
+
+
+async def test_dashboard__console_links_open_the_list_filtered(
+    coordinator: CoordinatorClient,
+) -> None:
+    """Each link, with Grafana's variables filled in as a panel would, opens a real
+    console's list (not a 400 for a filter it does not know)."""
+    await coordinator.post("/v1/transactions", {"gid": "shown-when-trying"})
+    filled = {"${__field.labels.status}": "trying", "${__field.labels.dialect}": "tcc"}
+    for where, url in console_links(dashboard()):
+        path = url.removeprefix(CONSOLE_URL)
+        for variable, example in filled.items():
+            path = path.replace(variable, example)
+        assert "$" not in path, f"{where}: a variable this test does not fill in"
+        status, page, _ = await coordinator.request("GET", path)
+        assert status == 200, f"{where}: {path} answered {status}"
+        if "status=" in path:  # the list is filtered: only the trying transaction's status
+            assert ("shown-when-trying" in page) == ("status=trying" in path), where
 
 
 def test_deploy_docs__name_only_settings_and_statuses_that_exist() -> None:
