@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
+from coordinator.core.apikeys import Scope
 from coordinator.core.states import (
     AlertKind,
     BranchStatus,
@@ -105,7 +106,8 @@ class Event:
     last_at: datetime | None = doc("When the last repeat happened (repeats > 1)")
 
 
-RECORD = typing.TypeVar("RECORD", Transaction, Branch, Event)
+# Any record of this module declared as a dataclass (a row maps to it by field names).
+RECORD = typing.TypeVar("RECORD")
 
 
 class Row(Protocol):
@@ -280,6 +282,54 @@ class Overview:
     near_deadline: list[Transaction]  # trying, the deadline close
     window_s: float
     generated_at: datetime
+    # Per parked gid listed: its first branch still waiting (why it is parked).
+    parked_branches: dict[str, Branch] = dataclasses.field(default_factory=dict)
+    coordinators: list[CoordinatorSeen] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorSeen:
+    """A coordinator process as the log knows it: noted at each of its recovery scans."""
+
+    owner: str  # host:pid:start id
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None  # set when it shut down cleanly
+    scans: int
+    claimed: int  # transactions its recovery claimed since it started
+    taken_over: int  # of which another process had let the lease lapse
+    last_claim_at: datetime | None
+    leases_held: int  # transactions it holds a live lease on now
+    seen_ago_s: float  # by the log's clock
+
+
+# --- console sessions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A console login, as the log keeps it (the cookie's secret id only as a digest)."""
+
+    id: str  # SHA-256 (hex) of the session id the cookie carries
+    key_name: str
+    scope: Scope
+    key_digest: str  # which configured key opened it
+    remote: str | None
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    id: str
+    key_name: str
+    scope: Scope
+    key_digest: str
+    remote: str | None
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
 
 
 # --- phase two -----------------------------------------------------------------------

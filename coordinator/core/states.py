@@ -134,6 +134,8 @@ FINAL_STATUSES = frozenset({GlobalStatus.CONFIRMED, GlobalStatus.CANCELLED})
 PARKED_STATUSES = frozenset({GlobalStatus.FAILED_TO_CONFIRM, GlobalStatus.FAILED_TO_CANCEL})
 ACTIVE_STATUSES = frozenset({GlobalStatus.TRYING, GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING})
 PHASE_TWO_STATUSES = frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING})
+# A branch is done once its phase-two call succeeded (or an operator said it was done).
+BRANCH_DONE_STATUSES = frozenset({BranchStatus.CONFIRMED, BranchStatus.CANCELLED})
 
 
 def can_move(source: GlobalStatus, target: GlobalStatus) -> bool:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from coordinator.core.apikeys import Scope
 from coordinator.core.records import (
     Alert,
     Backlog,
     Branch,
     CallRecord,
     Claim,
+    ConsoleSession,
     DecideResult,
     Event,
     Lease,
     ListFilter,
     NewBranch,
+    NewSession,
     NewTransaction,
     OptionsUpdate,
     Overview,
@@ -34,6 +37,8 @@ from coordinator.core.states import Decision, GlobalStatus, TryVerdict
 
 # Timeline entries returned with a transaction; the rest is paged.
 DEFAULT_EVENTS_PAGE = 200
+# The overview lists the coordinators seen this recently (stopped ones too, for a while).
+COORDINATORS_SHOWN_FOR_S = 900.0
 
 
 class TransactionLog(Protocol):
@@ -193,6 +198,51 @@ class TransactionLog(Protocol):
 
     async def count_prunable(self, older_than_s: float) -> int:
         """How many transactions `prune` would delete (for a dry run)."""
+        ...
+
+    # --- coordinators -----------------------------------------------------------------
+
+    async def coordinator_seen(self, owner: str, claimed: int, taken_over: int) -> None:
+        """Note a recovery scan of ``owner``: alive now, and what the scan claimed."""
+        ...
+
+    async def coordinator_stopped(self, owner: str) -> None:
+        """``owner`` shut down cleanly."""
+        ...
+
+    async def prune_coordinators(self, unseen_for_s: float) -> int:
+        """Forget coordinators not seen for that long; how many."""
+        ...
+
+    # --- console sessions ----------------------------------------------------------
+
+    async def open_session(self, new: NewSession) -> None:
+        """Keep a console login; it lasts ``new.ttl_s`` by the log's clock."""
+        ...
+
+    async def session_is_live(self, session_id: str) -> bool:
+        """Whether the session is neither revoked nor expired (and note it was seen)."""
+        ...
+
+    async def revoke_sessions(
+        self, by: str, *, id_prefix: str | None = None, key_name: str | None = None
+    ) -> int:
+        """End live sessions: the one whose id begins with ``id_prefix``, or those of
+        ``key_name``, or (neither given) all; how many."""
+        ...
+
+    async def revoke_sessions_of_other_keys(
+        self, by: str, keys: list[tuple[str, Scope, str]]
+    ) -> int:
+        """End the live sessions of any key not among ``keys`` (name, scope, digest)."""
+        ...
+
+    async def list_sessions(self, *, include_ended: bool, limit: int) -> list[ConsoleSession]:
+        """Sessions, newest first; live ones only unless ``include_ended``."""
+        ...
+
+    async def prune_sessions(self, ended_for_s: float) -> int:
+        """Delete sessions that ended (expired or revoked) that long ago; how many."""
         ...
 
     # --- reads ------------------------------------------------------------------------

@@ -16,13 +16,15 @@ import asyncio
 import copy
 import dataclasses
 import json
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from coordinator.core import states
+from coordinator.core.apikeys import Scope
 from coordinator.core.errors import (
     Conflict,
     InvalidInput,
@@ -37,11 +39,14 @@ from coordinator.core.records import (
     Branch,
     CallRecord,
     Claim,
+    ConsoleSession,
+    CoordinatorSeen,
     DecideResult,
     Event,
     Lease,
     ListFilter,
     NewBranch,
+    NewSession,
     NewTransaction,
     OptionsUpdate,
     Overview,
@@ -66,10 +71,14 @@ from coordinator.core.states import (
     TryVerdict,
     Verdict,
 )
-from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE
+from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
 
 if TYPE_CHECKING:
     from coordinator.txlog.interface import TransactionLog
+
+# The schema's CHECKs on tcc_console_sessions.
+_SESSION_ID = re.compile(r"^[0-9a-f]{64}$")
+_CONSOLE_SCOPES = frozenset({Scope.ADMIN, Scope.VIEWER})
 
 # The resolution of a Postgres timestamp: the smallest step the timeline can take.
 _TICK = timedelta(microseconds=1)
@@ -216,6 +225,8 @@ class InMemoryLog:
         self._last_alert_id = 0
         # (gid, kind, stay in phase two, round): one alert each, as the unique key in SQL.
         self._alert_keys: set[tuple[str, AlertKind, datetime | None, int]] = set()
+        self._coordinators: dict[str, CoordinatorSeen] = {}
+        self._sessions: dict[str, ConsoleSession] = {}
 
     async def close(self) -> None:
         """Nothing to close; the log lives as long as the object."""
@@ -1059,6 +1070,146 @@ class InMemoryLog:
             if branch_row is not None:
                 branch_row.update(next_retry_at=at)
 
+    # --- coordinators -----------------------------------------------------------------
+
+    async def coordinator_seen(self, owner: str, claimed: int, taken_over: int) -> None:
+        async with self._lock:
+            now = self.clock.now()
+            known = self._coordinators.get(owner)
+            if known is None:
+                known = CoordinatorSeen(owner, now, now, None, 0, 0, 0, None, 0, 0.0)
+            self._coordinators[owner] = dataclasses.replace(
+                known,
+                last_seen_at=now,
+                stopped_at=None,
+                scans=known.scans + 1,
+                claimed=known.claimed + claimed,
+                taken_over=known.taken_over + taken_over,
+                last_claim_at=now if claimed else known.last_claim_at,
+            )
+
+    async def coordinator_stopped(self, owner: str) -> None:
+        async with self._lock:
+            known = self._coordinators.get(owner)
+            if known is not None:
+                now = self.clock.now()
+                self._coordinators[owner] = dataclasses.replace(
+                    known, stopped_at=now, last_seen_at=now
+                )
+
+    async def prune_coordinators(self, unseen_for_s: float) -> int:
+        async with self._lock:
+            cutoff = _later(self.clock.now(), -unseen_for_s)
+            gone = [o for o, c in self._coordinators.items() if c.last_seen_at < cutoff]
+            for owner in gone:
+                del self._coordinators[owner]
+            return len(gone)
+
+    def _coordinators_seen(self, now: datetime, within_s: float) -> list[CoordinatorSeen]:
+        """The coordinators_seen query: newest first, with the live leases each holds."""
+        since = _later(now, -within_s)
+        held: dict[str, int] = {}
+        for row in self._transactions.values():
+            txn = row.record
+            if txn.lease_owner and txn.lease_expires_at and txn.lease_expires_at > now:
+                held[txn.lease_owner] = held.get(txn.lease_owner, 0) + 1
+        seen = [c for c in self._coordinators.values() if c.last_seen_at > since]
+        seen.sort(key=lambda c: c.started_at, reverse=True)
+        return [
+            dataclasses.replace(
+                c,
+                leases_held=held.get(c.owner, 0),
+                seen_ago_s=(now - c.last_seen_at).total_seconds(),
+            )
+            for c in seen[:50]
+        ]
+
+    # --- console sessions ----------------------------------------------------------
+
+    async def open_session(self, new: NewSession) -> None:
+        if not _SESSION_ID.match(new.id) or new.scope not in _CONSOLE_SCOPES or new.ttl_s <= 0:
+            raise InvalidInput(f"a value cannot be stored: session {new.id[:12]!r}")
+        async with self._lock:
+            if new.id in self._sessions:
+                raise Conflict(f"session {new.id[:12]!r} exists")
+            now = self.clock.now()
+            self._sessions[new.id] = ConsoleSession(
+                id=new.id,
+                key_name=new.key_name,
+                scope=new.scope,
+                key_digest=new.key_digest,
+                remote=new.remote,
+                created_at=now,
+                last_seen_at=now,
+                expires_at=_later(now, new.ttl_s),
+                revoked_at=None,
+                revoked_by=None,
+            )
+
+    @staticmethod
+    def _session_live(session: ConsoleSession, now: datetime) -> bool:
+        return session.revoked_at is None and session.expires_at > now
+
+    async def session_is_live(self, session_id: str) -> bool:
+        async with self._lock:
+            now = self.clock.now()
+            session = self._sessions.get(session_id)
+            if session is None or not self._session_live(session, now):
+                return False
+            if session.last_seen_at < _later(now, -30):
+                self._sessions[session_id] = dataclasses.replace(session, last_seen_at=now)
+            return True
+
+    async def revoke_sessions(
+        self, by: str, *, id_prefix: str | None = None, key_name: str | None = None
+    ) -> int:
+        return await self._revoke(
+            by,
+            lambda s: (
+                (id_prefix is None or s.id.startswith(id_prefix))
+                and (key_name is None or s.key_name == key_name)
+            ),
+        )
+
+    async def revoke_sessions_of_other_keys(
+        self, by: str, keys: list[tuple[str, Scope, str]]
+    ) -> int:
+        configured = set(keys)
+        return await self._revoke(
+            by, lambda s: (s.key_name, s.scope, s.key_digest) not in configured
+        )
+
+    async def _revoke(self, by: str, chosen: Callable[[ConsoleSession], bool]) -> int:
+        async with self._lock:
+            now = self.clock.now()
+            ended = [s for s in self._sessions.values() if self._session_live(s, now) and chosen(s)]
+            for session in ended:
+                self._sessions[session.id] = dataclasses.replace(
+                    session, revoked_at=now, revoked_by=by
+                )
+            return len(ended)
+
+    async def list_sessions(self, *, include_ended: bool, limit: int) -> list[ConsoleSession]:
+        async with self._lock:
+            now = self.clock.now()
+            found = [
+                s for s in self._sessions.values() if include_ended or self._session_live(s, now)
+            ]
+        found.sort(key=lambda s: s.created_at, reverse=True)
+        return found[: _row_limit(limit)]
+
+    async def prune_sessions(self, ended_for_s: float) -> int:
+        async with self._lock:
+            cutoff = _later(self.clock.now(), -ended_for_s)
+            gone = [
+                s.id
+                for s in self._sessions.values()
+                if min(s.expires_at, s.revoked_at or s.expires_at) < cutoff
+            ]
+            for session_id in gone:
+                del self._sessions[session_id]
+            return len(gone)
+
     # --- reads ------------------------------------------------------------------------
 
     async def get(self, gid: str) -> Transaction:
@@ -1130,6 +1281,19 @@ class InMemoryLog:
                 by_status = minutes.setdefault(t.created_at.replace(second=0, microsecond=0), {})
                 by_status[t.status] = by_status.get(t.status, 0) + 1
         listed = _attention(txns, now, attention_limit)
+        async with self._lock:
+            coordinators = self._coordinators_seen(now, COORDINATORS_SHOWN_FOR_S)
+            parked_branches = {
+                t.gid: _out_branch(waiting[0].record)
+                for t in listed["parked"]
+                if (
+                    waiting := [
+                        b
+                        for b in self._branch_rows(t.gid)
+                        if b.record.status not in states.BRANCH_DONE_STATUSES
+                    ]
+                )
+            }
         return Overview(
             unfinished=unfinished,
             recent=recent,
@@ -1140,6 +1304,8 @@ class InMemoryLog:
             near_deadline=[_out_transaction(t) for t in listed["near_deadline"]],
             window_s=window_s,
             generated_at=now,
+            parked_branches=parked_branches,
+            coordinators=coordinators,
         )
 
 

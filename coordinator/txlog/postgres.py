@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 
 from coordinator.core import jsonsafe, states
+from coordinator.core.apikeys import Scope
 from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -26,11 +27,14 @@ from coordinator.core.records import (
     Branch,
     CallRecord,
     Claim,
+    ConsoleSession,
+    CoordinatorSeen,
     DecideResult,
     Event,
     Lease,
     ListFilter,
     NewBranch,
+    NewSession,
     NewTransaction,
     OptionsUpdate,
     Overview,
@@ -57,7 +61,7 @@ from coordinator.core.states import (
 )
 from coordinator.txlog import migrator
 from coordinator.txlog.batching import Batcher
-from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE
+from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
 from coordinator.txlog.queries import q
 
 # Errors that mean "the database is not there right now", not "the query is wrong".
@@ -771,6 +775,71 @@ class PostgresLog:
             count = await conn.fetchval(q("count_prunable"), older_than_s)
         return int(count)
 
+    # --- coordinators -----------------------------------------------------------------
+
+    async def coordinator_seen(self, owner: str, claimed: int, taken_over: int) -> None:
+        # Lost in a crash, it is noted again at the next scan: no need to wait for the disk.
+        async with self.connection(lazy=True) as conn:
+            await conn.execute(q("coordinator_seen"), owner, claimed, taken_over)
+
+    async def coordinator_stopped(self, owner: str) -> None:
+        async with self.connection() as conn:
+            await conn.execute(q("coordinator_stopped"), owner)
+
+    async def prune_coordinators(self, unseen_for_s: float) -> int:
+        async with self.connection() as conn:
+            status = await conn.execute(q("prune_coordinators"), unseen_for_s)
+        return int(status.split()[-1])
+
+    # --- console sessions ----------------------------------------------------------
+
+    async def open_session(self, new: NewSession) -> None:
+        async with self.connection() as conn:
+            await conn.execute(
+                q("open_session"),
+                new.id,
+                new.key_name,
+                new.scope.value,
+                new.key_digest,
+                new.remote,
+                new.ttl_s,
+            )
+
+    async def session_is_live(self, session_id: str) -> bool:
+        async with self.connection() as conn:
+            return bool(await conn.fetchval(q("session_is_live"), session_id))
+
+    async def revoke_sessions(
+        self, by: str, *, id_prefix: str | None = None, key_name: str | None = None
+    ) -> int:
+        async with self.connection() as conn:
+            ended = await conn.fetchval(q("revoke_sessions"), by, id_prefix, key_name)
+        return int(ended)
+
+    async def revoke_sessions_of_other_keys(
+        self, by: str, keys: list[tuple[str, Scope, str]]
+    ) -> int:
+        names, scopes, digests = (
+            [name for name, _, _ in keys],
+            [scope.value for _, scope, _ in keys],
+            [digest for _, _, digest in keys],
+        )
+        async with self.connection() as conn:
+            ended = await conn.fetchval(
+                q("revoke_sessions_of_other_keys"), by, names, scopes, digests
+            )
+        return int(ended)
+
+    async def list_sessions(self, *, include_ended: bool, limit: int) -> list[ConsoleSession]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(q("list_sessions"), include_ended, limit)
+        return [from_row(ConsoleSession, r) for r in rows]
+
+    async def prune_sessions(self, ended_for_s: float) -> int:
+        async with self.connection() as conn:
+            status = await conn.execute(q("prune_sessions"), ended_for_s)
+        return int(status.split()[-1])
+
     # --- reads -------------------------------------------------------------------
 
     async def get(self, gid: str) -> Transaction:
@@ -823,6 +892,10 @@ class PostgresLog:
         async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
             counts = await conn.fetch(q("overview_counts"), window_s)
             attention = await conn.fetch(q("overview_attention"), attention_limit)
+            parked = [r["gid"] for r in attention if r["kind"] == "parked"]
+            done = [s.value for s in states.BRANCH_DONE_STATUSES]
+            why = await conn.fetch(q("parked_branches"), parked, done) if parked else []
+            seen = await conn.fetch(q("coordinators_seen"), COORDINATORS_SHOWN_FOR_S)
             now = await conn.fetchval(q("now"))
         unfinished: dict[GlobalStatus, int] = {}
         recent: dict[GlobalStatus, int] = {}
@@ -847,6 +920,8 @@ class PostgresLog:
             near_deadline=listed.get("near_deadline", []),
             window_s=window_s,
             generated_at=now,
+            parked_branches={r["gid"]: _branch(r) for r in why},
+            coordinators=[from_row(CoordinatorSeen, r) for r in seen],
         )
 
 

@@ -42,6 +42,8 @@ _TIMES = {
         "given_up_at",
         "lease_expires_at",
     ),
+    "tcc_console_sessions": ("created_at", "last_seen_at", "expires_at", "revoked_at"),
+    "tcc_coordinators": ("started_at", "last_seen_at", "stopped_at", "last_claim_at"),
 }
 
 

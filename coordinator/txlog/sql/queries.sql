@@ -705,3 +705,94 @@ DELETE FROM tcc_alerts WHERE id IN (
     ORDER BY id
     LIMIT $2
 );
+
+-- name: parked_branches
+-- Why each of the parked transactions $1 waits: its first branch not yet done (its
+-- status not one of $2).
+SELECT DISTINCT ON (gid) * FROM tcc_branches
+WHERE gid = ANY($1::text[]) AND status <> ALL($2::text[])
+ORDER BY gid, position;
+
+-- --- coordinators (the console's view of who runs) ---------------------------------------
+
+-- name: coordinator_seen
+-- A coordinator's recovery scan: note it alive, with what the scan claimed ($2) and how many
+-- of those another process had let lapse ($3).
+INSERT INTO tcc_coordinators AS c (owner, scans, claimed, taken_over, last_claim_at)
+VALUES ($1, 1, $2::bigint, $3::bigint, CASE WHEN $2::bigint > 0 THEN now() END)
+ON CONFLICT (owner) DO UPDATE
+SET last_seen_at = now(), stopped_at = NULL, scans = c.scans + 1,
+    claimed = c.claimed + $2::bigint, taken_over = c.taken_over + $3::bigint,
+    last_claim_at = CASE WHEN $2::bigint > 0 THEN now() ELSE c.last_claim_at END;
+
+-- name: coordinator_stopped
+UPDATE tcc_coordinators SET stopped_at = now(), last_seen_at = now() WHERE owner = $1;
+
+-- name: coordinators_seen
+-- The coordinators seen in the last $1 seconds (stopped ones too), newest first, with the
+-- live leases each holds now.
+SELECT c.*, extract(epoch FROM now() - c.last_seen_at)::float8 AS seen_ago_s,
+       (SELECT count(*) FROM tcc_transactions t
+        WHERE t.lease_owner = c.owner AND t.lease_expires_at > now()) AS leases_held
+FROM tcc_coordinators c
+WHERE c.last_seen_at > now() - make_interval(secs => $1)
+ORDER BY c.started_at DESC
+LIMIT 50;
+
+-- name: prune_coordinators
+-- Coordinators not seen for $1 seconds.
+DELETE FROM tcc_coordinators WHERE last_seen_at < now() - make_interval(secs => $1);
+
+-- --- console sessions -----------------------------------------------------------------------
+
+-- name: open_session
+INSERT INTO tcc_console_sessions (id, key_name, scope, key_digest, remote, expires_at)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6));
+
+-- name: session_is_live
+-- Whether session $1 is neither revoked nor expired; noted as seen (at most twice a minute,
+-- so that a console polling its pages does not write at every poll).
+WITH live AS (
+    SELECT id FROM tcc_console_sessions
+    WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
+), seen AS (
+    UPDATE tcc_console_sessions SET last_seen_at = now()
+    WHERE id IN (SELECT id FROM live) AND last_seen_at < now() - interval '30 seconds'
+)
+SELECT count(*) FROM live;
+
+-- name: revoke_sessions
+-- End live sessions: the one whose id begins with $2, or every one of key $3, or (both
+-- null) all; by $1. The number ended.
+WITH ended AS (
+    UPDATE tcc_console_sessions SET revoked_at = now(), revoked_by = $1
+    WHERE revoked_at IS NULL AND expires_at > now()
+      AND ($2::text IS NULL OR id LIKE $2 || '%')
+      AND ($3::text IS NULL OR key_name = $3)
+    RETURNING id
+)
+SELECT count(*) FROM ended;
+
+-- name: revoke_sessions_of_other_keys
+-- End the live sessions opened with a key that is not among the configured ones (name,
+-- scope, digest of its hash, as arrays $2, $3, $4); by $1.
+WITH ended AS (
+    UPDATE tcc_console_sessions s SET revoked_at = now(), revoked_by = $1
+    WHERE revoked_at IS NULL AND expires_at > now()
+      AND (key_name, scope, key_digest) NOT IN (
+          SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))
+    RETURNING id
+)
+SELECT count(*) FROM ended;
+
+-- name: list_sessions
+-- Console sessions, newest first: live ones only unless $1.
+SELECT * FROM tcc_console_sessions
+WHERE $1::bool OR (revoked_at IS NULL AND expires_at > now())
+ORDER BY created_at DESC
+LIMIT $2;
+
+-- name: prune_sessions
+-- Sessions that ended (expired or revoked) more than $1 seconds ago.
+DELETE FROM tcc_console_sessions
+WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - make_interval(secs => $1);
