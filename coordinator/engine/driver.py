@@ -51,6 +51,11 @@ log = structlog.get_logger(__name__)
 # otherwise each answer is logged as it comes (see _run_round).
 BATCH_WINDOW_S = 0.2
 
+# While a request waits for phase two to end in later rounds, it looks at the log this
+# often (doubling, up to the most).
+SETTLE_POLL_FIRST_S = 0.05
+SETTLE_POLL_MAX_S = 0.5
+
 # What a phase-two round ends with: what its last write left when it ended the phase with
 # every call done (Written), the transaction after any other round, None if it stopped.
 RoundEnd = Written | Transaction | None
@@ -232,6 +237,30 @@ class PhaseDriver:
             return None
         ended = task.result()
         return ended if isinstance(ended, Written) else None
+
+    async def wait_settled(self, gid: str) -> Written | None:
+        """Wait, up to TCC_CONFIRM_WAIT_S in all, until phase two on ``gid`` is over (final
+        or parked), whichever coordinator runs its rounds: first this process's round, then,
+        if that one left calls to retry, the log (each later round is recovery's, here or in
+        another process). What the last round wrote when this process's first one ended the
+        phase, else None (the caller reads the log)."""
+        deadline = time.monotonic() + self.settings.confirm_wait_s
+        task = self._drives.get(gid)
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.confirm_wait_s)
+            if done and not task.cancelled() and task.exception() is None:
+                ended = task.result()
+                if isinstance(ended, Written):
+                    return ended
+        pause = SETTLE_POLL_FIRST_S
+        while (left := deadline - time.monotonic()) > 0:
+            txn = await self.log.get(gid)
+            if txn.status not in states.PHASE_TWO_STATUSES:
+                return None
+            await asyncio.sleep(min(pause, left))
+            await self.settle(gid, max(deadline - time.monotonic(), 0.0))
+            pause = min(pause * 2, SETTLE_POLL_MAX_S)
+        return None
 
     async def settle(self, gid: str, timeout_s: float | None = None) -> None:
         """Wait (bounded) for phase-two work this process runs on ``gid``."""

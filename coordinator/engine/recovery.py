@@ -21,13 +21,17 @@ class Recovery:
         self._stopping = asyncio.Event()
 
     async def run_once(self, wait: bool = False) -> list[Lease]:
-        """Claim what is due and start on it; with ``wait``, until those rounds end."""
+        """Claim what is due and start on it; with ``wait``, until those rounds end. Each
+        scan is noted in the log, so that the console shows which coordinators are alive
+        and what they claim."""
         room = self.settings.recovery_batch - self.driver.active_drives
-        if room <= 0:
-            return []
-        claimed = await self.driver.log.claim_due(
-            self.driver.owner, room, self.settings.lease_ttl_s
+        claimed = (
+            await self.driver.log.claim_due(self.driver.owner, room, self.settings.lease_ttl_s)
+            if room > 0
+            else []
         )
+        taken_over = sum(claim.took_over for claim in claimed)
+        await self.driver.log.coordinator_seen(self.driver.owner, len(claimed), taken_over)
         tasks: list[asyncio.Task[RoundEnd]] = []
         for lease, status, took_over in claimed:
             with structlog.contextvars.bound_contextvars(gid=lease.gid):
@@ -62,3 +66,10 @@ class Recovery:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def note_stopped(self) -> None:
+        """Tell the log this coordinator has shut down (the console shows it stopped)."""
+        try:
+            await self.driver.log.coordinator_stopped(self.driver.owner)
+        except DatabaseUnavailable as exc:
+            log.warning("coordinator_stop_not_noted", error=str(exc))

@@ -16,6 +16,7 @@ import structlog
 
 from coordinator import tracing
 from coordinator.core.urlpolicy import ParticipantPolicy
+from coordinator.engine.consoles import SessionBook
 from coordinator.engine.driver import PhaseDriver
 from coordinator.engine.recovery import Recovery
 from coordinator.engine.service import Coordinator
@@ -38,6 +39,7 @@ class Runtime:
     coordinator: Coordinator
     recovery: Recovery
     upkeep: Upkeep
+    sessions: SessionBook
 
     @classmethod
     def build(
@@ -55,7 +57,9 @@ class Runtime:
         driver = PhaseDriver(txlog, caller, settings, metrics, owner=owner, rng=rng)
         coordinator = Coordinator(txlog, driver, settings, policy, metrics)
         upkeep = Upkeep(txlog, caller, settings, metrics, driver.owner, rng=rng)
-        return cls(settings, txlog, driver, coordinator, Recovery(driver), upkeep)
+        return cls(
+            settings, txlog, driver, coordinator, Recovery(driver), upkeep, SessionBook(txlog)
+        )
 
     async def stop(self) -> None:
         """Claim no more work, let rounds finish within the grace time (then hand them
@@ -97,6 +101,8 @@ async def running(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runtime.driver.shutdown(settings.shutdown_grace_s)
+            if recovery:
+                await runtime.recovery.note_stopped()
             log.info("coordinator_stopped", owner=runtime.driver.owner)
     finally:
         await session.close()

@@ -272,8 +272,8 @@ class Coordinator:
                 await self._decide_beyond_the_fast_path(txn.gid)
             await self.driver.settle(txn.gid)
             return await self.log.detail(txn.gid)
-        ended = await self.driver.wait_written(txn.gid)
-        if ended is None:  # phase two goes on (retries), or another process has it
+        ended = await self.driver.wait_settled(txn.gid)
+        if ended is None:  # later rounds ended it, or it still goes on (202)
             return await self.log.detail(txn.gid)
         events = [*begun.events, *decided.events, *ended.events]
         page = events[:DEFAULT_EVENTS_PAGE]
@@ -359,7 +359,7 @@ class Coordinator:
         result = await self.driver.decide(gid, decision, reason=reason, actor=actor)
         if result.judgement.verdict is Verdict.REFUSE:
             raise Conflict(result.judgement.reason or "refused")
-        await self.driver.settle(gid)
+        await self.driver.wait_settled(gid)
         return await self.log.detail(gid)
 
     async def confirm(self, gid: str, caller: Principal) -> TransactionDetail:

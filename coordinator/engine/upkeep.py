@@ -9,6 +9,9 @@ before marking it delivered leaves it to be sent again once its lease lapses, wi
 jittered backoff and given up (logged, counted) after TCC_ALERT_GIVE_UP_AFTER_S. Delivery never
 holds up a request or a round: it runs here, on its own.
 
+Housekeeping. Console sessions that ended and coordinators gone for a day are deleted,
+whatever the retention setting.
+
 Retention. With TCC_RETENTION_DAYS set, finished transactions (confirmed, cancelled) older
 than that are deleted with their branches and timeline, a small batch per statement so no lock
 is held for long; parked and unfinished ones never are.
@@ -44,6 +47,9 @@ PRUNE_BATCH = 500
 # Between two batches: other statements get their turn at the rows and the disk.
 PRUNE_PAUSE_S = 0.05
 PRUNE_EVERY_S = 60.0
+# Ended console sessions and gone coordinators are kept this long (for `tcc sessions list
+# --all` and the console), then deleted.
+FORGET_AFTER_S = 86_400.0
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -92,6 +98,7 @@ class Upkeep:
         retention_days = self.settings.retention_days
         if retention_days is not None:
             work.append(self._every(PRUNE_EVERY_S, lambda: self.prune(retention_days * 86400)))
+        work.append(self._every(PRUNE_EVERY_S, self.forget_ended))
         await asyncio.gather(*work)
 
     async def _every(self, interval_s: float, job: Callable[[], Awaitable[int]]) -> None:
@@ -154,6 +161,14 @@ class Upkeep:
             return False
 
     # --- retention -----------------------------------------------------------------
+
+    async def forget_ended(self) -> int:
+        """Whatever retention is set to: console sessions that ended a day ago, and
+        coordinators not seen for a day (the log keeps no row per request or per start
+        for ever). How many rows went."""
+        sessions = await self.log.prune_sessions(FORGET_AFTER_S)
+        coordinators = await self.log.prune_coordinators(FORGET_AFTER_S)
+        return sessions + coordinators
 
     async def prune(self, older_than_s: float) -> int:
         """Delete finished transactions older than that, batch by batch; how many."""

@@ -112,7 +112,7 @@ async def test_policy_tightened_after_registration__call_time_check_still_refuse
     loose = await make_coordinator()
     await loose.post("/v1/transactions", {"gid": "t"})
     await loose.post("/v1/transactions/t/branches", participant.branch("b", with_try=False))
-    strict = await make_coordinator(participant_allow="10.0.0.0/8", confirm_wait_s=0.3)
+    strict = await make_coordinator(participant_allow="10.0.0.0/8", confirm_wait_s=0)
     status, _ = await strict.post("/v1/transactions/t/confirm")
     assert status == 202
     final = await eventually(
