@@ -52,11 +52,6 @@ class _MalformedRequestGuard(logging.Filter):
         return True
 
 
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
-
-
 def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
     """The last structlog processor: the rendered line, with credentials masked."""
     return redact(rendered) if isinstance(rendered, str) else rendered
@@ -88,27 +83,38 @@ def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    processors: list[structlog.types.Processor] = [
+    # What every line gets, ours and the libraries' alike.
+    shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
-    if use_console:
-        processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
-    else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    processors.append(_redact_rendered)
+    renderer: list[structlog.types.Processor] = (
+        [structlog.dev.ConsoleRenderer()]  # renders tracebacks itself
+        if use_console
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    )
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *renderer, _redact_rendered],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         # One write per line: several workers may share one log file.
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # aiohttp and asyncpg log through the standard library.
+    # aiohttp and asyncpg log through the standard library: their records are rendered by
+    # the same processors, so a JSON log stays JSON lines even for a library's traceback.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter("%(levelname)s:%(name)s:%(message)s"))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *renderer,
+                _redact_rendered,
+            ],
+        )
+    )
     logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), handlers=[handler], force=True)
     guard_server_logs()

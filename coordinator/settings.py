@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.core.apikeys import parse_keys
+from coordinator.core.hosts import parse_allowed_hosts
 from coordinator.core.limits import Limits
 from coordinator.core.retry import RetryPolicy
 from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, parse_rules
@@ -235,6 +236,7 @@ class Settings(BaseSettings):
             raise ValueError("pool_min_size must not exceed pool_max_size")
         parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
         parse_rules(self.participant_allow)
+        parse_allowed_hosts(self.allowed_hosts)
         template = self.trace_url_template
         if template is not None and (
             "{trace_id}" not in template or not template.startswith(("http://", "https://"))

@@ -204,6 +204,9 @@ async def coordinator(
         await server.close()
 
 
+MakeCoordinator = Callable[..., Awaitable[CoordinatorClient]]
+
+
 @pytest.fixture
 async def make_coordinator(
     database_url: str,

@@ -7,13 +7,22 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from coordinator.api.appkeys import COORDINATOR, KEYRING, SESSIONS, SETTINGS
+from coordinator.api.appkeys import (
+    ALLOWED_HOSTS,
+    COORDINATOR,
+    KEYRING,
+    SESSION_BOOK,
+    SESSIONS,
+    SETTINGS,
+)
+from coordinator.api.console.login import LOGIN_LIMITS, LoginLimits
 from coordinator.api.guard import auth_middleware
 from coordinator.api.problems import problem_middleware
 from coordinator.api.routes import setup_routes
 from coordinator.api.sessions import Sessions, session_secret
 from coordinator.api.tracecontext import trace_context_middleware
 from coordinator.core.apikeys import KeyRing, parse_keys
+from coordinator.core.hosts import parse_allowed_hosts
 from coordinator.core.urlpolicy import ParticipantPolicy
 from coordinator.engine.runtime import Runtime, running
 from coordinator.logs import guard_server_logs
@@ -48,6 +57,8 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
     guard_server_logs()
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(parse_keys(settings.api_keys or ""))
+    app[ALLOWED_HOSTS] = parse_allowed_hosts(settings.allowed_hosts)
+    app[LOGIN_LIMITS] = LoginLimits(settings.login_failure_limit)
     app[SESSIONS] = Sessions(
         session_secret(settings.session_secret, settings.api_keys),
         settings.console_session_ttl_s,
@@ -58,6 +69,11 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
         async with running(settings, database_url, recovery=recovery) as runtime:
             app[RUNTIME] = runtime
             app[COORDINATOR] = runtime.coordinator
+            app[SESSION_BOOK] = runtime.sessions
+            if not settings.insecure:
+                # A key removed from the configuration ends its sessions everywhere, and
+                # putting it back later does not revive them.
+                await runtime.sessions.keep_only_keys(app[SESSIONS].configured_keys())
             _warn_about_open_doors(settings)
             yield
 

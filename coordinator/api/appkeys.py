@@ -6,6 +6,8 @@ from aiohttp import web
 
 from coordinator.api.sessions import Sessions
 from coordinator.core.apikeys import KeyRing
+from coordinator.core.hosts import AllowedHosts
+from coordinator.engine.consoles import SessionBook
 from coordinator.engine.service import Coordinator
 from coordinator.settings import Settings
 
@@ -13,3 +15,5 @@ SETTINGS = web.AppKey("settings", Settings)
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 KEYRING = web.AppKey("keyring", KeyRing)
 SESSIONS = web.AppKey("sessions", Sessions)
+ALLOWED_HOSTS = web.AppKey("allowed_hosts", AllowedHosts)
+SESSION_BOOK = web.AppKey("session_book", SessionBook)

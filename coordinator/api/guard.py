@@ -1,5 +1,12 @@
 """Authentication: who is calling. What they may do is the service layer's to decide.
 
+First of all, the ``Host`` a request names must be one this coordinator answers to
+(coordinator/core/hosts.py): always checked without keys, where a page could otherwise reach a
+local coordinator by DNS rebinding, and with keys when TCC_ALLOWED_HOSTS is set. Without keys
+(``--insecure``, `tcc up`) every request is the insecure admin, except that a change sent by
+another site's page (its ``Origin``, or ``Sec-Fetch-Site: cross-site``) is refused: no page on
+the web may drive a developer's local coordinator.
+
 Two credentials are accepted. An API key in ``Authorization: Bearer`` works everywhere; the
 browser never sends it by itself, so such requests need no protection against cross-site
 forgery. The console's session cookie (coordinator.api.sessions) is sent by the browser on
@@ -14,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from yarl import URL
 
-from coordinator.api.appkeys import KEYRING, SESSIONS, SETTINGS
+from coordinator.api.appkeys import ALLOWED_HOSTS, KEYRING, SESSION_BOOK, SESSIONS, SETTINGS
 from coordinator.api.problems import problem
 from coordinator.api.sessions import COOKIE_NAME, CSRF_HEADER, Session
 from coordinator.core.apikeys import INSECURE, Principal, bearer_token
@@ -43,7 +50,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     path = request.path
+    if settings.insecure or settings.allowed_hosts:
+        refusal = _unknown_host(request)
+        if refusal is not None:
+            return refusal
     if settings.insecure:
+        if request.method in UNSAFE_METHODS and (reason := _cross_site(request)):
+            return problem(
+                403,
+                f"{reason}: a coordinator without authentication takes changes only from"
+                " its own pages and from clients that are not browsers",
+            )
         request[PRINCIPAL] = INSECURE
         return await handler(request)
     if path == "/ui" or path.startswith(CONSOLE_PREFIX):
@@ -52,7 +69,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     header = request.headers.get("Authorization")
     if header is None and path.startswith("/v1/") and COOKIE_NAME in request.cookies:
-        refusal = _authenticate_by_session(request)
+        refusal = await _authenticate_by_session(request)
         return refusal or await handler(request)
     token = bearer_token(header)
     principal = request.app[KEYRING].identify(token) if token else None
@@ -75,7 +92,7 @@ async def _console_page(request: web.Request, handler: Handler) -> web.StreamRes
         if request.method in UNSAFE_METHODS and (reason := _cross_site(request)):
             return problem(403, reason)
         return await handler(request)
-    refusal = _authenticate_by_session(request)
+    refusal = await _authenticate_by_session(request)
     if refusal is None:
         return await handler(request)
     if refusal.status == 401 and _wants_a_page(request):
@@ -83,8 +100,24 @@ async def _console_page(request: web.Request, handler: Handler) -> web.StreamRes
     return refusal
 
 
-def _authenticate_by_session(request: web.Request) -> web.Response | None:
-    """Sets the session's principal, or answers why not (401, or 403 for a forgery)."""
+def _unknown_host(request: web.Request) -> web.Response | None:
+    """421 when the request names a host this coordinator does not answer to. A request
+    without Host is let through: every browser sends one."""
+    host = request.headers.get("Host")
+    if host is None or request.app[ALLOWED_HOSTS].permits(host):
+        return None
+    return problem(
+        421,
+        f"this coordinator does not answer to the host {host[:100]!r}; if that name is"
+        " yours, add it to TCC_ALLOWED_HOSTS (only localhost, loopback and IP addresses are"
+        " answered otherwise, so that no web page can reach it by DNS rebinding)",
+    )
+
+
+async def _authenticate_by_session(request: web.Request) -> web.Response | None:
+    """Sets the session's principal, or answers why not (401, or 403 for a forgery). The
+    cookie must be sound and the log must still hold the session (not logged out, not
+    revoked); a forgery is refused before the log is asked."""
     cookie = request.cookies.get(COOKIE_NAME)
     sessions = request.app[SESSIONS]
     session = sessions.read(cookie)
@@ -107,6 +140,12 @@ def _authenticate_by_session(request: web.Request) -> web.Response | None:
             )
         if reason is not None:
             return problem(403, reason)
+    if not await request.app[SESSION_BOOK].is_live(session.stored_id):
+        return problem(
+            401,
+            f"the console session has ended (logged out or revoked): log in at {CONSOLE_LOGIN}",
+            headers=_BEARER_CHALLENGE,
+        )
     request[PRINCIPAL] = session.principal
     request[SESSION] = session
     return None
@@ -156,6 +195,18 @@ def login_location(next_path: str) -> str:
 def caller(request: web.Request) -> Principal:
     principal: Principal | None = request.get(PRINCIPAL)
     return principal or INSECURE
+
+
+def is_operator(request: web.Request) -> bool:
+    """Whether a request is an operator's (an admin key, a console session, or the console
+    of a coordinator without keys) rather than a client's: a cancel with a reason is then
+    an operator's cancel. A script calling a coordinator without keys is a client."""
+    if request.get(SESSION) is not None:
+        return True
+    principal = caller(request)
+    if principal.name is None:
+        return request.headers.get(CONSOLE_CLIENT_HEADER) == "console"
+    return principal.is_admin
 
 
 def actor(request: web.Request) -> str:

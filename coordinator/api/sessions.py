@@ -1,11 +1,12 @@
 """Console sessions: a signed cookie that names a configured key, never carries one.
 
 The cookie holds the key's name and scope, a fingerprint of the key's hash, when it expires
-and a random nonce, signed with HMAC-SHA256. Nothing is stored on the server, so every
-worker and every coordinator with the same configuration accepts the same sessions. Each
-request checks again that a key of that name, scope and hash is still configured: removing
-or rotating a key ends its sessions. The CSRF token is an HMAC of the whole cookie, so it
-belongs to one login and changes with the next.
+and a random session id, signed with HMAC-SHA256. Reading it proves who logged in, and each
+request checks again that a key of that name, scope and hash is still configured. Whether the
+login still stands is the log's to say (coordinator/engine/consoles.py keeps each session by
+the SHA-256 of its id): a logout, `tcc sessions revoke` or a key's removal ends it on every
+coordinator. The CSRF token is an HMAC of the whole cookie, so it belongs to one login and
+changes with the next.
 """
 
 from __future__ import annotations
@@ -43,17 +44,28 @@ def session_secret(configured: str | None, api_keys: str | None) -> bytes:
     return hmac.new(_DERIVATION_LABEL, material.encode(), hashlib.sha256).digest()
 
 
+def key_digest(key: ApiKey) -> str:
+    """Which configured key opened a session, as the log keeps it: a digest of the key's
+    hash (not the hash itself), the same in every process whatever the signing secret."""
+    return hashlib.sha256(_DERIVATION_LABEL + b"\x00key\x00" + key.sha256).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     name: str
     scope: Scope
     expires_at: float  # seconds since the epoch
     key_fingerprint: str
-    nonce: str
+    session_id: str  # random; the log keeps only its digest
 
     @property
     def principal(self) -> Principal:
         return Principal(self.name, self.scope)
+
+    @property
+    def stored_id(self) -> str:
+        """The session's id in the log: the SHA-256 of the cookie's random id."""
+        return hashlib.sha256(self.session_id.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +95,7 @@ class Sessions:
             scope=key.scope,
             expires_at=(time.time() if now is None else now) + self.ttl_s,
             key_fingerprint=self._fingerprint(key),
-            nonce=secrets.token_urlsafe(12),
+            session_id=secrets.token_urlsafe(24),
         )
         payload = json.dumps(
             {
@@ -91,7 +103,7 @@ class Sessions:
                 "s": session.scope.value,
                 "e": int(session.expires_at),
                 "k": session.key_fingerprint,
-                "r": session.nonce,
+                "i": session.session_id,
             },
             separators=(",", ":"),
         ).encode()
@@ -100,7 +112,8 @@ class Sessions:
 
     def read(self, cookie: str | None, now: float | None = None) -> Session | None:
         """The session a cookie stands for, or None: unsigned, tampered, expired, or its key
-        is no longer configured (or not for the console)."""
+        is no longer configured (or not for the console). Whether it was ended since is
+        the log's to say (SessionBook.is_live)."""
         if not cookie or len(cookie) > 1024:
             return None
         encoded, _, signature = cookie.partition(".")
@@ -118,7 +131,7 @@ class Sessions:
                 scope=Scope(fields["s"]),
                 expires_at=float(fields["e"]),
                 key_fingerprint=str(fields["k"]),
-                nonce=str(fields["r"]),
+                session_id=str(fields["i"]),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -143,6 +156,14 @@ class Sessions:
         return presented is not None and hmac.compare_digest(
             presented.encode(), self.csrf_token(cookie).encode()
         )
+
+    def configured_keys(self) -> list[tuple[str, Scope, str]]:
+        """The keys that may hold console sessions, as the log names them."""
+        return [
+            (key.name, key.scope, key_digest(key))
+            for key in self._keyring.keys
+            if key.scope in CONSOLE_SCOPES
+        ]
 
     def key_for(self, presented: str) -> ApiKey | None:
         """The configured key a login form presented, if any. Compared against every key

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from coordinator import metrics
 from coordinator.api.appkeys import COORDINATOR, SETTINGS
-from coordinator.api.guard import actor, caller
+from coordinator.api.guard import actor, caller, is_operator
 from coordinator.api.openapi import document_json
 from coordinator.api.problems import BadRequest, problem
 from coordinator.api.schemas import (
@@ -131,7 +131,7 @@ async def confirm(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     gid = path_gid(request)
     body = await read_body(request, ReasonIn)
-    who = actor(request) if body.reason is not None else None
+    who = actor(request) if body.reason is not None and is_operator(request) else None
     detail = await request.app[COORDINATOR].cancel(
         gid, caller(request), actor=who, reason=body.reason
     )

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from coordinator.api.schemas import TryBranchIn
 from coordinator.txlog.postgres import PostgresLog
-from tests.conftest import CoordinatorClient
+from tests.conftest import CoordinatorClient, MakeCoordinator
 from tests.conftest import transaction_detail as detail
 from tests.helpers import event_count, eventually
 from tests.participant_server import FakeParticipant, Reply
-
-MakeCoordinator = Callable[..., Awaitable[CoordinatorClient]]
 
 
 async def test_repeated_try__after_a_refusal__still_answers_refused(
