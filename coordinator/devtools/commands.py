@@ -6,7 +6,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import shutil
 import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
 
 from coordinator.core.errors import UsageError
 from coordinator.devtools.chaos import ChaosConfig, ChaosRun, report_json
@@ -15,12 +24,32 @@ from coordinator.devtools.stack import Ports, Stack
 from coordinator.settings import Settings
 
 
-async def up_command(args: argparse.Namespace, settings: Settings) -> int:
+def coordinator_settings(
+    settings: Settings, decided: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """The TCC_* variables of the settings given to `tcc up` (flags or environment) that go
+    on to its coordinator, and one line for each given setting it ignores (``decided``: the
+    ones tcc up decides itself, and why)."""
+    given = settings.model_fields_set - {"data_dir", "port"}  # tcc up uses those itself
+    environment = settings.as_environment()
+    passed = {
+        f"TCC_{name.upper()}": environment[f"TCC_{name.upper()}"]
+        for name in sorted(given - decided.keys())
+        if f"TCC_{name.upper()}" in environment
+    }
+    ignored = [f"TCC_{name.upper()}: {decided[name]}" for name in sorted(given & decided.keys())]
+    return passed, ignored
+
+
+async def up_command(
+    args: argparse.Namespace, settings: Settings, decided: Mapping[str, str]
+) -> int:
     if not 1024 <= args.samples_port <= 65533:
         raise UsageError("--samples-port must be between 1024 and 65533")
     base = args.samples_port
     stack = Stack(settings.data_dir, Ports(settings.port, base, base + 1, base + 2))
     stack.check_ports()  # before Postgres or any child starts
+    passed, ignored = coordinator_settings(settings, decided)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -30,14 +59,21 @@ async def up_command(args: argparse.Namespace, settings: Settings) -> int:
         "tcc up: WARNING: local development mode, no authentication (--insecure): keep it"
         " on 127.0.0.1"
     )
+    for name, value in passed.items():
+        print(f"tcc up: the coordinator gets {name}={value}")
+    for line in ignored:
+        print(f"tcc up: ignoring {line}")
     try:
-        await stack.start()
-        print(up_banner(stack))
+        await stack.start(coordinator_env=passed)
+        print(await up_banner(stack))
+        parks = ParkWatch(stack.services["coordinator"].log_path, stack.url("coordinator"))
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             if stop.is_set():
                 break  # Ctrl-C reaches the children too: their exit is no crash
+            for line in parks.new_lines():
+                print(line, flush=True)
             for name in stack.dead():
                 print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
                 await stack.restart(name)
@@ -48,25 +84,101 @@ async def up_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def up_banner(stack: Stack) -> str:
+class ParkWatch:
+    """Follows the coordinator's JSON log for transactions parked for an operator, and says
+    so in one line each: a local run should not park things in silence."""
+
+    def __init__(self, log_path: Path, coordinator_url: str) -> None:
+        self.log_path = log_path
+        self.coordinator_url = coordinator_url
+        # Parks logged before this run started are not news.
+        self._offset = log_path.stat().st_size if log_path.exists() else 0
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._offset)
+                chunk = log.read()
+        except OSError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        said = []
+        for raw in complete.splitlines():
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "transaction_parked":
+                said.append(self._line(event))
+        return said
+
+    def _line(self, event: dict[str, object]) -> str:
+        gid = str(event.get("gid", "?"))
+        pending = event.get("pending") or []
+        waiting = ", ".join(str(b) for b in pending) if isinstance(pending, list) else "?"
+        return (
+            f"tcc up: PARKED {gid}: {event.get('status')} after {event.get('rounds')} rounds,"
+            f" waiting on {waiting}; see {self.coordinator_url}/ui/transactions/{quote(gid)}"
+            f" (retry or resolve it there, or with `{_tcc()} retry {gid}`)"
+        )
+
+
+def _tcc() -> str:
+    """The tcc command as this shell can run it (a fresh venv's bin is not on PATH)."""
+    beside = Path(sys.executable).parent / "tcc"
+    on_path = shutil.which("tcc")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "tcc"
+    return str(beside) if beside.exists() else "tcc"
+
+
+async def _fetch_json(url: str) -> Any:
+    """A sample's answer for the banner, or None if it does not give one."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(url) as resp,
+        ):
+            return await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def up_banner(stack: Stack) -> str:
     c, w, i, o = (stack.url(n) for n in ("coordinator", "wallet", "inventory", "order"))
+    # What alice has and what a book costs now (the data outlive restarts).
+    alice = await _fetch_json(f"{w}/accounts/alice")
+    catalog = await _fetch_json(f"{o}/catalog")
+    balance = alice.get("balance") if isinstance(alice, dict) else None
+    book = next((x for x in catalog or [] if isinstance(x, dict) and x.get("sku") == "book"), None)
+    price = book.get("price") if book else None
+    facts = ", ".join(
+        part
+        for part in (
+            f"alice has {balance}" if balance is not None else "",
+            f"a book costs {price}" if price is not None else "",
+        )
+        if part
+    )
     return f"""
   console      {c}/ui/   open it in a browser (no login here: authentication is off)
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
-  order        {o}    POST /checkout, GET /orders
+  order        {o}    POST /checkout, GET /orders, GET /catalog
   database     embedded Postgres in {stack.data_dir}
   logs         {stack.log_dir}
 
-Place an order (alice has 1000, a book costs 12):
+Place an order{f" ({facts})" if facts else ""}:
   curl -s -X POST {o}/checkout -d '{{"customer": "alice", "sku": "book", "qty": 2}}'
-Then look at it, in the console ({c}/ui/) or with curl:
-  curl -s '{c}/v1/transactions?limit=1'
+Its answer names the transaction ("order_id"); look at it in the console ({c}/ui/), or:
+  {_tcc()} status ORDER_ID
+  curl -s {c}/v1/transactions/ORDER_ID
   curl -s {w}/accounts
-  tcc status ORDER_ID
 
-Ctrl-C stops everything."""
+Parked transactions (a participant that keeps failing past TCC_GIVE_UP_AFTER_S) are
+announced here. Ctrl-C stops everything."""
 
 
 async def demo_command() -> int:

@@ -69,7 +69,9 @@ class Stack:
         if problems:
             raise StartRefused("; ".join(problems))
 
-    async def start(self) -> None:
+    async def start(self, coordinator_env: dict[str, str] | None = None) -> None:
+        """Start everything; ``coordinator_env``: TCC_* settings for the coordinator that
+        override the stack's own (tcc up passes on what it was given)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.database = await asyncio.to_thread(
             EmbeddedServer, self.data_dir, delete_on_close=self.temporary
@@ -90,6 +92,7 @@ class Stack:
             "TCC_RECOVERY_INTERVAL_S": "0.5",
             "TCC_LEASE_TTL_S": "5",
             "TCC_RETRY_MAX_S": "2",
+            **(coordinator_env or {}),
         }
         commands = {
             "coordinator": ([python, "-m", "coordinator.cli", "serve"], coordinator_env),

@@ -169,6 +169,11 @@ async def list_orders(request: web.Request) -> web.Response:
     return web.json_response([dict(r) for r in rows])
 
 
+async def list_catalog(request: web.Request) -> web.Response:
+    rows = await request.app[POOL].fetch("SELECT sku, price FROM catalog ORDER BY sku")
+    return web.json_response([dict(r) for r in rows])
+
+
 async def get_order(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(
         "SELECT id, customer, sku, qty, amount, status FROM orders WHERE id = $1",
@@ -201,4 +206,5 @@ def create_app(database_url: str, peers: Peers, schema: str = "orders") -> web.A
     app.router.add_post("/checkout", checkout)
     app.router.add_get("/orders", list_orders)
     app.router.add_get("/orders/{id}", get_order)
+    app.router.add_get("/catalog", list_catalog)
     return app

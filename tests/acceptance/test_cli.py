@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +16,7 @@ from coordinator.core.states import Decision
 from coordinator.txlog.postgres import PostgresLog
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
-from tests.processes import CoordinatorProcess, run_tcc, run_tcc_async, tcc_env
+from tests.processes import TCC, CoordinatorProcess, run_tcc, run_tcc_async, tcc_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +49,31 @@ async def test_status__prints_the_transaction_and_its_timeline(
     assert "decision" in result.stdout
     as_json = run_tcc("status", "dropped", "--json", env=tcc_env(database_url))
     assert '"status": "cancelling"' in as_json.stdout
+
+
+async def test_status__into_a_reader_gone_early__no_traceback(
+    store: PostgresLog, database_url: str
+) -> None:
+    """`tcc status GID | head -3`: the reader closes the pipe; tcc says nothing more."""
+    await seed(store)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line is written
+    try:
+        done = subprocess.run(
+            [*TCC, "status", "dropped"],
+            env=tcc_env(database_url),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.stderr == ""
+    assert done.returncode == 141
 
 
 async def test_list__filters_by_status(store: PostgresLog, database_url: str) -> None:
@@ -124,7 +151,8 @@ async def test_retry__sends_a_parked_transaction_back_and_audits_it(
     await park(store, "stuck")
     result = run_tcc("retry", "stuck", env=tcc_env(database_url))
     assert result.returncode == 0, result.stderr
-    assert "stuck is confirming again" in result.stdout
+    assert result.stdout == "stuck is confirming again; a running coordinator continues it now\n"
+    assert result.stderr == ""  # the message alone: no log line before it
     detail = await store.detail("stuck")
     assert detail.transaction.status.value == "confirming"
     assert detail.transaction.next_attempt_at is not None

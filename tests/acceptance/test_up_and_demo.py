@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 
 from coordinator.devtools.children import clean_env, free_port
+from tests.helpers import eventually
+from tests.participant_server import FakeParticipant, Reply
 from tests.processes import TCC, run_tcc_async
 
 pytestmark = pytest.mark.slow
@@ -75,8 +77,65 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "curl -s -X POST" in out  # the banner's order line
+    assert "(alice has 1000, a book costs 12)" in out  # read from the samples, not assumed
+    assert re.search(r"\S*tcc status ORDER_ID", out)
     assert f"console      http://127.0.0.1:{coordinator_port}/ui/" in out
     assert "tcc up: stopped" in out
+
+
+async def test_up__takes_coordinator_settings__and_says_when_a_transaction_parks(
+    tmp_path: Path,
+) -> None:
+    coordinator_port, samples = free_port(), _three_free_ports()
+    failing = FakeParticipant()
+    failing.default("confirm", Reply(status=500, body={"error": "ledger closed"}))
+    await failing.start()
+    env = {**clean_env(), "TCC_API_KEYS": "x:admin:" + "0" * 64, "TCC_RETRY_MAX_S": "0.3"}
+    proc = _start_up(tmp_path, coordinator_port, samples, "--give-up-after-s", "2", env=env)
+    base = f"http://127.0.0.1:{coordinator_port}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            deadline = time.monotonic() + 90
+            while not await _answers(http, f"http://127.0.0.1:{samples + 2}/orders"):
+                assert proc.poll() is None
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.3)
+            body = {"gid": "stuck-order", "auto": True, "branches": [failing.branch("b")]}
+            async with http.post(f"{base}/v1/transactions", json=body) as resp:
+                assert resp.status == 202  # decided; confirm keeps failing
+            parked = await eventually(
+                lambda: _status(http, f"{base}/v1/transactions/stuck-order"),
+                lambda status: status == "failed_to_confirm",
+                timeout_s=30,
+            )
+            assert parked == "failed_to_confirm"
+            await asyncio.sleep(1.5)  # tcc up reads the coordinator's log every second
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        await failing.stop()
+    assert proc.returncode == 0, out
+    assert "tcc up: the coordinator gets TCC_GIVE_UP_AFTER_S=2.0" in out
+    assert "tcc up: the coordinator gets TCC_RETRY_MAX_S=0.3" in out
+    assert "tcc up: ignoring TCC_API_KEYS: tcc up runs without authentication" in out
+    (line,) = [x for x in out.splitlines() if x.startswith("tcc up: PARKED")]
+    assert "stuck-order: failed_to_confirm" in line
+    assert "waiting on b" in line
+    assert f"{base}/ui/transactions/stuck-order" in line
+
+
+async def _status(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as resp:
+        return str((await resp.json())["status"])
+
+
+def _three_free_ports() -> int:
+    samples = free_port()
+    for _ in range(20):
+        if all(_port_free(samples + i) for i in range(3)):
+            break
+        samples = free_port()
+    return samples
 
 
 def _port_free(port: int) -> bool:
@@ -90,7 +149,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _start_up(tmp_path: Path, coordinator_port: int, samples: int) -> subprocess.Popen[str]:
+def _start_up(
+    tmp_path: Path,
+    coordinator_port: int,
+    samples: int,
+    *more: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
     command = [
         *TCC,
         "up",
@@ -100,9 +165,14 @@ def _start_up(tmp_path: Path, coordinator_port: int, samples: int) -> subprocess
         str(coordinator_port),
         "--samples-port",
         str(samples),
+        *more,
     ]
     return subprocess.Popen(
-        command, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
