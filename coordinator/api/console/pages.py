@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from coordinator.api.appkeys import COORDINATOR
+from coordinator.api.appkeys import COORDINATOR, SETTINGS
 from coordinator.api.console import views
 from coordinator.api.console.filters import PAGE_SIZES, read_list_form
 from coordinator.api.console.render import PAGE_HEADERS, render, static_files
@@ -22,7 +23,7 @@ from coordinator.api.guard import caller
 from coordinator.api.problems import PROBLEM_JSON, BadRequest, problem_middleware
 from coordinator.api.wire import encode_cursor, path_gid
 from coordinator.core.records import Transaction
-from coordinator.core.states import FINAL_STATUSES, GlobalStatus
+from coordinator.core.states import FINAL_STATUSES, GlobalStatus, decision_of
 from coordinator.dialects.registry import dialect as dialect_named
 from coordinator.dialects.registry import names as dialect_names
 
@@ -120,6 +121,7 @@ async def transaction(request: web.Request) -> web.StreamResponse:
     gid = path_gid(request)
     detail = await request.app[COORDINATOR].detail(gid, caller(request), EVENTS_PER_PAGE)
     txn = detail.transaction
+    trace = views.trace_id(txn.traceparent)
     return _live(
         request,
         "transaction.html",
@@ -127,37 +129,80 @@ async def transaction(request: web.Request) -> web.StreamResponse:
         detail=detail,
         txn=txn,
         final=txn.status in FINAL_STATUSES,
+        decision=decision_of(txn.status),
         options=dialect_named(txn.dialect).shown_options(txn.options),
         actions=views.transaction_actions(txn),
         branch_actions={b.branch_id: views.branch_action(txn, b) for b in detail.branches},
-        later_events=detail.events[-1].id if detail.more_events and detail.events else None,
+        parked=views.parked(detail),
+        by_hand=views.resolved_by_hand(detail),
+        resolved=views.transaction_by_hand(detail),
+        timeline=views.timeline_rows(detail.events, 1, txn.created_at),
+        later_events=(
+            views.later_events_url(gid, detail.events, 1, txn.created_at)
+            if detail.more_events and detail.events
+            else None
+        ),
+        trace_id=trace,
+        trace_url=views.trace_url(request.app[SETTINGS].trace_url_template, trace),
     )
+
+
+def _number(request: web.Request, name: str, digits: int, what: str) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > digits:
+        raise BadRequest(f"{name}: {what}")
+    return int(text)
 
 
 @html_errors
 async def timeline(request: web.Request) -> web.StreamResponse:
-    """The rest of a long timeline, a page at a time (the transaction page shows the first)."""
+    """The rest of a long timeline, a page at a time (the transaction page shows the first).
+    The link that leads here says where the page starts (``after``, an event id), and, to
+    go on with the first page's numbers and times, the number of its first row (``seq``)
+    and when the transaction began (``begun``, in milliseconds since 1970)."""
     gid = path_gid(request)
-    after = request.query.get("after", "0")
-    if not after.isdigit() or len(after) > 19:
-        raise BadRequest("after: the id of the last event seen")
+    after = _number(request, "after", 19, "the id of the last event seen") or 0
+    first_seq = _number(request, "seq", 9, "the number of the page's first event")
+    begun_ms = _number(request, "begun", 15, "when the transaction began, in ms since 1970")
+    begun_at = None
+    if begun_ms is not None:
+        try:
+            begun_at = datetime.fromtimestamp(begun_ms / 1000, UTC)
+        except (ValueError, OverflowError, OSError):
+            raise BadRequest("begun: a time before the year 10000, in ms since 1970") from None
     events, more = await request.app[COORDINATOR].events(
-        gid, caller(request), int(after), EVENTS_PER_PAGE
+        gid, caller(request), after, EVENTS_PER_PAGE
     )
     return render(
         request,
         "timeline.html",
         gid=gid,
-        events=events,
-        later_events=events[-1].id if more and events else None,
+        timeline=views.timeline_rows(events, first_seq, begun_at),
+        later_events=(
+            views.later_events_url(gid, events, first_seq, begun_at) if more and events else None
+        ),
     )
 
 
 # --- files ---------------------------------------------------------------------------
 
 
+FAVICON = "favicon.svg"
+
+
 async def static_file(request: web.Request) -> web.StreamResponse:
-    found = static_files().get(request.match_info["name"])
+    return _static(request, request.match_info["name"])
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """The console's icon where browsers look for it without a page's link (/favicon.ico)."""
+    return _static(request, FAVICON)
+
+
+def _static(request: web.Request, name: str) -> web.StreamResponse:
+    found = static_files().get(name)
     if found is None:
         raise web.HTTPNotFound()
     versioned = request.query.get("v") == found.version

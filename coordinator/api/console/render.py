@@ -42,12 +42,12 @@ class StaticFile:
     version: str  # a digest of the body, in the URL: a new release is fetched anew
 
 
-_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
 
 @cache
 def static_files() -> dict[str, StaticFile]:
-    """The console's stylesheet and script, read once from the package."""
+    """The console's stylesheet, script and icon, read once from the package."""
     folder = resources.files(__package__) / "static"
     found: dict[str, StaticFile] = {}
     for entry in folder.iterdir():
@@ -71,12 +71,37 @@ NOTHING = "\u2013"  # an en dash: no value
 def format_time(value: datetime | None) -> str:
     if value is None:
         return NOTHING
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    # The hour and its zone stay together where a line breaks (a no-break space).
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S\u00a0UTC")
 
 
 def clock(value: datetime) -> str:
     """Hours and minutes, UTC: the throughput chart's minutes."""
     return value.astimezone(UTC).strftime("%H:%M")
+
+
+def clock_ms(value: datetime) -> str:
+    """Hours to milliseconds, UTC: a timeline's rows, many within one second."""
+    return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def day(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def since(seconds: float | None) -> str:
+    """Time since a beginning: +0.123 s, +2 min 05.250 s, +3 h 02 min 05.250 s."""
+    if seconds is None:
+        return ""
+    sign = "-" if seconds < 0 else "+"
+    millis = round(abs(seconds) * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    if hours:
+        return f"{sign}{hours} h {minutes:02d} min {millis / 1000:06.3f} s"
+    if minutes:
+        return f"{sign}{minutes} min {millis / 1000:06.3f} s"
+    return f"{sign}{millis / 1000:.3f} s"
 
 
 def iso(value: datetime | None) -> str:
@@ -135,6 +160,15 @@ def detail_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+LONG_WORD = 40
+
+
+def has_long_word(value: Any) -> bool:
+    """Whether a value shown as text has a word too long for a column (a URL, a digest):
+    the only kind a page lets break inside a word."""
+    return any(len(word) > LONG_WORD for word in str(value).split())
+
+
 def is_nested(value: Any) -> bool:
     if isinstance(value, dict):
         return True
@@ -159,6 +193,9 @@ def environment() -> jinja2.Environment:
         time=format_time,
         iso=iso,
         clock=clock,
+        clock_ms=clock_ms,
+        day=day,
+        since=since,
         relative=relative,
         latency=latency,
         status_class=status_class,
@@ -168,7 +205,7 @@ def environment() -> jinja2.Environment:
         transaction_url=transaction_url,
     )
     env.globals.update(static_url=static_url)
-    env.tests.update(nested=is_nested)
+    env.tests.update(nested=is_nested, long_word=has_long_word)
     return env
 
 

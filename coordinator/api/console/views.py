@@ -1,15 +1,27 @@
 """What the pages show, worked out from the service's records: which actions a
-transaction's state allows, the throughput chart's geometry, the attention lists."""
+transaction's state allows, why a transaction is parked and what can be done about it,
+which branches were finished by hand, the timeline's rows, the throughput chart's geometry,
+the attention lists."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from urllib.parse import quote
 
-from coordinator.core.records import Branch, MinuteTally, Overview, Transaction
+from coordinator.core.records import (
+    Branch,
+    Event,
+    MinuteTally,
+    Overview,
+    Transaction,
+    TransactionDetail,
+)
 from coordinator.core.states import (
     PARKED_STATUSES,
+    Decision,
+    EventKind,
     GlobalStatus,
     branch_done_status,
     decision_of,
@@ -110,6 +122,177 @@ def branch_action(txn: Transaction, branch: Branch) -> Action | None:
         " the others.",
         confirm=f"Mark branch {branch.branch_id} of {txn.gid} {done.value} by hand?",
     )
+
+
+# --- finished by hand ----------------------------------------------------------------
+
+# The mark the log leaves in the last error of a branch an operator resolved, before their
+# note (txlog/sql/queries.sql, resolve_branches): what is left to go by when the resolve
+# event is on a later page of the timeline.
+RESOLVED_MARK = "resolved by an operator: "
+
+
+@dataclass(frozen=True, slots=True)
+class ByHand:
+    """Branches (or a whole transaction) an operator declared done by hand: who, why, when."""
+
+    note: str
+    actor: str | None = None  # None: the resolve event is not on this page of the timeline
+    at: datetime | None = None
+    event_id: int | None = None
+
+
+def _by_hand(event: Event) -> ByHand:
+    actor = event.detail.get("actor")
+    note = event.detail.get("note")
+    return ByHand(
+        note=note if isinstance(note, str) else "",
+        actor=actor if isinstance(actor, str) else None,
+        at=event.at,
+        event_id=event.id,
+    )
+
+
+def resolved_by_hand(detail: TransactionDetail) -> dict[str, ByHand]:
+    """The branches an operator resolved, by branch id: from the timeline's resolve events
+    (who and why), else from the mark the log left in the branch's last error (why only)."""
+    found: dict[str, ByHand] = {}
+    for event in detail.events:
+        if event.kind is EventKind.ADMIN_RESOLVED:
+            hand = _by_hand(event)
+            branches = event.detail.get("branches")
+            for branch_id in branches if isinstance(branches, list) else []:
+                if isinstance(branch_id, str):
+                    found[branch_id] = hand
+    for branch in detail.branches:
+        error = branch.last_error or ""
+        if branch.branch_id not in found and error.startswith(RESOLVED_MARK):
+            found[branch.branch_id] = ByHand(note=error[len(RESOLVED_MARK) :])
+    return found
+
+
+def transaction_by_hand(detail: TransactionDetail) -> ByHand | None:
+    """The operator's resolve that finished a transaction, if that is how it ended and the
+    event is on this page."""
+    if detail.transaction.finished_at is None:
+        return None
+    for event in reversed(detail.events):
+        if event.kind is EventKind.ADMIN_RESOLVED and event.detail.get("finished") is True:
+            return _by_hand(event)
+    return None
+
+
+# --- why a transaction is parked --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Why a failed_to_* transaction waits for an operator, since when, and what they can
+    do (with the CLI's words for the same)."""
+
+    phase: str  # the calls that kept failing: confirm or cancel
+    outcome: str  # what resolving by hand declares: confirmed or cancelled
+    stuck: list[Branch]  # the branches that are not done
+    since: datetime
+    since_event: int | None  # the timeline's park event, when it is on the page
+    rounds: int
+    retry_command: str
+    resolve_command: str
+    resolve_branch_command: str | None  # for the first stuck branch
+
+
+def parked(detail: TransactionDetail) -> Parked | None:
+    txn = detail.transaction
+    decision = decision_of(txn.status)
+    if txn.status not in PARKED_STATUSES or decision is None:
+        return None
+    done = branch_done_status(decision)
+    stuck = [b for b in detail.branches if b.status is not done]
+    park_kind = EventKind(txn.status.value)
+    # The last park on the page is this one only if the page holds the whole timeline;
+    # otherwise the row's last change is when it was parked (nothing changes it since).
+    park = None
+    if not detail.more_events:
+        park = next((e for e in reversed(detail.events) if e.kind is park_kind), None)
+    # Gids and branch ids are [A-Za-z0-9._:-]: nothing a shell would read otherwise.
+    first = stuck[0].branch_id if stuck else None
+    return Parked(
+        phase=decision.value,
+        outcome="confirmed" if decision is Decision.CONFIRM else "cancelled",
+        stuck=stuck,
+        since=park.at if park else txn.updated_at,
+        since_event=park.id if park else None,
+        rounds=txn.phase_attempts,
+        retry_command=f'tcc retry {txn.gid} --reason "…"',
+        resolve_command=f'tcc resolve {txn.gid} --note "…"',
+        resolve_branch_command=(
+            f'tcc resolve {txn.gid} --branch {first} --note "…"' if len(stuck) > 1 else None
+        ),
+    )
+
+
+# --- the timeline ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRow:
+    event: Event
+    seq: int | None  # 1 for the transaction's first event; None when not known
+    since_begin_s: float | None  # seconds since the transaction began
+    new_day: bool  # the first row, or the date changed since the row before
+
+
+def timeline_rows(
+    events: list[Event], first_seq: int | None, begun_at: datetime | None
+) -> list[TimelineRow]:
+    rows = []
+    day = None
+    for i, event in enumerate(events):
+        today = event.at.astimezone(UTC).date()
+        rows.append(
+            TimelineRow(
+                event=event,
+                seq=None if first_seq is None else first_seq + i,
+                since_begin_s=(event.at - begun_at).total_seconds() if begun_at else None,
+                new_day=today != day,
+            )
+        )
+        day = today
+    return rows
+
+
+def later_events_url(
+    gid: str, events: list[Event], first_seq: int | None, begun_at: datetime | None
+) -> str:
+    """The next page of a timeline: after its last event, numbered on from this page's,
+    timed from the same beginning."""
+    query = f"after={events[-1].id}"
+    if first_seq is not None:
+        query += f"&seq={first_seq + len(events)}"
+    if begun_at is not None:
+        query += f"&begun={round(begun_at.timestamp() * 1000)}"
+    return f"{transaction_url(gid)}/timeline?{query}"
+
+
+# --- the trace ---------------------------------------------------------------------------
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The 32-hex trace id of a W3C traceparent (00-<trace id>-<span id>-<flags>)."""
+    found = _TRACEPARENT.fullmatch(traceparent or "")
+    if found is None or found[1] == "0" * 32:
+        return None
+    return found[1]
+
+
+def trace_url(template: str | None, trace: str | None) -> str | None:
+    """The operator's tracing backend's page for a trace (TCC_TRACE_URL_TEMPLATE), if set.
+    The id is hex: put in as it is, it cannot change what the URL points at."""
+    if template is None or trace is None:
+        return None
+    return template.replace("{trace_id}", trace)
 
 
 # --- the throughput chart ------------------------------------------------------------
