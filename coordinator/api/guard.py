@@ -30,7 +30,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION = web.RequestKey("session", Session)  # set when the session cookie authenticated
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-OPEN_PATHS = frozenset({"/openapi.json", "/api/ping"})
+OPEN_PATHS = frozenset({"/openapi.json", "/api/ping", "/favicon.ico"})
 
 CONSOLE_PREFIX = "/ui/"
 CONSOLE_LOGIN = "/ui/login"

@@ -52,6 +52,7 @@ CONSOLE_ROUTES = [
     web.post("/ui/login", login.login),
     web.post("/ui/logout", login.logout),
     web.get("/ui/static/{name}", pages.static_file),
+    web.get("/favicon.ico", pages.favicon),
 ]
 
 

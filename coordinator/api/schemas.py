@@ -24,6 +24,7 @@ from pydantic import (
 from coordinator.core import states
 from coordinator.core.records import (
     Branch,
+    CoordinatorSeen,
     Event,
     NewBranch,
     Overview,
@@ -201,7 +202,8 @@ def _api_type(hint: Any) -> Any:
 
 
 _SHOWN_NAMES: dict[type[Any], tuple[str, ...]] = {
-    kind: tuple(f.name for f in shown_fields(kind)) for kind in (Transaction, Branch, Event)
+    kind: tuple(f.name for f in shown_fields(kind))
+    for kind in (Transaction, Branch, Event, CoordinatorSeen)
 }
 
 
@@ -325,6 +327,9 @@ class TransactionPageOut(BaseModel):
     next_cursor: str | None
 
 
+CoordinatorOut = create_model("CoordinatorOut", **record_fields(CoordinatorSeen))
+
+
 class MinuteTallyOut(BaseModel):
     minute: datetime
     begun: int
@@ -341,6 +346,12 @@ class OverviewOut(BaseModel):
     retrying_long: list[TransactionOut]
     oldest_unfinished: list[TransactionOut]
     near_deadline: list[TransactionOut]
+    parked_branches: dict[str, BranchOut] = Field(
+        description="Per parked transaction listed: the first branch still waiting (why)"
+    )
+    coordinators: list[CoordinatorOut] = Field(
+        description="The coordinator processes seen on the log in the last 15 minutes"
+    )
     window_s: float
     generated_at: datetime
 
@@ -359,6 +370,10 @@ class OverviewOut(BaseModel):
             retrying_long=rows(o.retrying_long),
             oldest_unfinished=rows(o.oldest_unfinished),
             near_deadline=rows(o.near_deadline),
+            parked_branches={gid: BranchOut.of(b) for gid, b in o.parked_branches.items()},
+            coordinators=[
+                CoordinatorOut.model_validate(c, from_attributes=True) for c in o.coordinators
+            ],
             window_s=o.window_s,
             generated_at=o.generated_at,
         )

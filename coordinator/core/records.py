@@ -291,16 +291,16 @@ class Overview:
 class CoordinatorSeen:
     """A coordinator process as the log knows it: noted at each of its recovery scans."""
 
-    owner: str  # host:pid:start id
-    started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None  # set when it shut down cleanly
-    scans: int
-    claimed: int  # transactions its recovery claimed since it started
-    taken_over: int  # of which another process had let the lease lapse
-    last_claim_at: datetime | None
-    leases_held: int  # transactions it holds a live lease on now
-    seen_ago_s: float  # by the log's clock
+    owner: str = doc("The process: host:pid:a random id of its start")
+    started_at: datetime = doc("When it first scanned")
+    last_seen_at: datetime = doc("Its latest recovery scan")
+    stopped_at: datetime | None = doc("When it shut down cleanly (none: it runs, or was killed)")
+    scans: int = doc("Recovery scans made")
+    claimed: int = doc("Transactions its recovery claimed since it started")
+    taken_over: int = doc("Of those, claimed after another process let the lease lapse")
+    last_claim_at: datetime | None = doc("When its recovery last claimed something")
+    leases_held: int = doc("Transactions it holds a live lease on now")
+    seen_ago_s: float = doc("Seconds since its latest scan, by the log's clock")
 
 
 # --- console sessions --------------------------------------------------------------------

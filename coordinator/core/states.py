@@ -137,6 +137,13 @@ PHASE_TWO_STATUSES = frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING
 # A branch is done once its phase-two call succeeded (or an operator said it was done).
 BRANCH_DONE_STATUSES = frozenset({BranchStatus.CONFIRMED, BranchStatus.CANCELLED})
 
+# What a branch finished by hand says in place of its last error, before the operator's note.
+RESOLVED_BY_HAND = "resolved by an operator: "
+
+
+def resolved_by_hand(note: str) -> str:
+    return RESOLVED_BY_HAND + note
+
 
 def can_move(source: GlobalStatus, target: GlobalStatus) -> bool:
     return target in GLOBAL_TRANSITIONS[source]

@@ -755,7 +755,7 @@ class InMemoryLog:
             if branch_row.record.status in sources:
                 branch_row.update(
                     status=done,
-                    last_error=f"resolved by an operator: {note}",
+                    last_error=states.resolved_by_hand(note),
                     next_retry_at=None,
                     updated_at=now,
                 )

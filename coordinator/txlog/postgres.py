@@ -580,7 +580,12 @@ class PostgresLog:
             branch_done = states.branch_done_status(decision)
             sources = states.branch_sources_of(branch_done)
             resolved = await conn.fetch(
-                q("resolve_branches"), gid, branch_done.value, note, sources, branch_id
+                q("resolve_branches"),
+                gid,
+                branch_done.value,
+                states.resolved_by_hand(note),
+                sources,
+                branch_id,
             )
             if branch_id is not None and not resolved:
                 if await conn.fetchval(q("get_branch"), gid, branch_id) is None:

@@ -59,7 +59,8 @@ async def test_status__into_a_reader_gone_early__no_traceback(
     read_end, write_end = os.pipe()
     os.close(read_end)  # gone before the first line is written
     try:
-        done = subprocess.run(
+        done = await asyncio.to_thread(
+            subprocess.run,
             [*TCC, "status", "dropped"],
             env=tcc_env(database_url),
             stdout=write_end,

@@ -54,6 +54,11 @@ def _postmaster_running(data_dir: Path) -> bool:
     return True
 
 
+def _start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([*TCC, "serve"], env=_env(data_dir, port), stdout=out, stderr=out)
+
+
 async def _wait(condition: object, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -67,8 +72,11 @@ async def test_serve__refuses_an_embedded_postgres_another_process_runs__adopts_
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "pgdata"
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(data_dir)], stdout=subprocess.PIPE, text=True
+    owner = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-c", OWNER, str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert owner.stdout is not None
@@ -98,8 +106,7 @@ async def test_serve__refuses_an_embedded_postgres_another_process_runs__adopts_
 
     port = free_port()
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        serve = subprocess.Popen([*TCC, "serve"], env=_env(data_dir, port), stdout=out, stderr=out)
+    serve = await asyncio.to_thread(_start_serve, data_dir, port, log)
     try:
 
         async def ready() -> bool:

@@ -185,7 +185,9 @@ async def test_insecure__a_scripts_cancel_with_words__is_the_clients_as_document
     coordinator: CoordinatorClient,
 ) -> None:
     assert (await coordinator.post("/v1/transactions", {"gid": "local"}))[0] == 201
-    status, out = await coordinator.post("/v1/transactions/local/cancel", {"reason": "cart emptied"})
+    status, out = await coordinator.post(
+        "/v1/transactions/local/cancel", {"reason": "cart emptied"}
+    )
     assert status == 200, out
     assert out["cancel_reason"] == "client: cart emptied"
     decision = next(e for e in out["events"] if e["kind"] == "decision")

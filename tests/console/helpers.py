@@ -83,7 +83,7 @@ async def send(
 
 async def login(c: CoordinatorClient, name: str) -> str:
     """Log in with a key; the session cookie's value."""
-    out = await send(c, "POST", "/ui/login", form={"key": KEYS[name], "next": "/ui/"})
+    out = await send(c, "POST", "/ui/login", form={"name": name, "key": KEYS[name], "next": "/ui/"})
     assert out.status == 303, out.text
     return out.set_cookies["tcc_session"].value
 

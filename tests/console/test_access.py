@@ -40,7 +40,10 @@ async def test_login__with_an_admin_or_viewer_key__opens_a_session_naming_the_ke
     console: CoordinatorClient, name: str, scope: str
 ) -> None:
     out = await send(
-        console, "POST", "/ui/login", form={"key": KEYS[name], "next": "/ui/transactions"}
+        console,
+        "POST",
+        "/ui/login",
+        form={"name": name, "key": KEYS[name], "next": "/ui/transactions"},
     )
     assert (out.status, out.location) == (303, "/ui/transactions")
     morsel = out.set_cookies["tcc_session"]
@@ -64,7 +67,7 @@ async def test_login__over_https__the_cookie_is_secure(console: CoordinatorClien
         console,
         "POST",
         "/ui/login",
-        form={"key": KEYS["ops"]},
+        form={"name": "ops", "key": KEYS["ops"]},
         headers={"X-Forwarded-Proto": "https"},
     )
     assert out.status == 303
@@ -72,7 +75,7 @@ async def test_login__over_https__the_cookie_is_secure(console: CoordinatorClien
 
 
 async def test_login__with_a_service_key__is_refused_saying_why(console: CoordinatorClient) -> None:
-    out = await send(console, "POST", "/ui/login", form={"key": KEYS["shop"]})
+    out = await send(console, "POST", "/ui/login", form={"name": "shop", "key": KEYS["shop"]})
     assert out.status == 403
     assert "service key, which cannot open the console" in out.text
     assert "tcc_session" not in out.set_cookies
@@ -85,10 +88,12 @@ async def test_login__with_a_wrong_key__is_refused_and_the_key_is_nowhere(
     wrong = "not-a-configured-key-4242424242"
     caplog.set_level(logging.DEBUG)
     with capture_logs() as logs:
-        out = await send(console, "POST", "/ui/login", form={"key": wrong, "next": "/ui/"})
+        out = await send(
+            console, "POST", "/ui/login", form={"name": "ops", "key": wrong, "next": "/ui/"}
+        )
     assert wrong not in caplog.text
     assert out.status == 401
-    assert "not configured" in out.text
+    assert "is configured on this coordinator" in out.text
     assert "tcc_session" not in out.set_cookies
     assert wrong not in out.text
     assert wrong not in repr(logs)
@@ -107,7 +112,9 @@ async def test_login__never_logs_the_key(console: CoordinatorClient) -> None:
 async def test_login__goes_back_only_to_a_console_page(
     console: CoordinatorClient, next_page: str
 ) -> None:
-    out = await send(console, "POST", "/ui/login", form={"key": KEYS["ops"], "next": next_page})
+    out = await send(
+        console, "POST", "/ui/login", form={"name": "ops", "key": KEYS["ops"], "next": next_page}
+    )
     assert (out.status, out.location) == (303, "/ui/")
 
 
@@ -118,7 +125,7 @@ async def test_login_form__posted_from_another_site__is_refused(
         console,
         "POST",
         "/ui/login",
-        form={"key": KEYS["ops"]},
+        form={"name": "ops", "key": KEYS["ops"]},
         headers={"Origin": "http://evil.example"},
     )
     assert out.status == 403

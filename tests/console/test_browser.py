@@ -77,6 +77,7 @@ class Console:
 
     async def login(self, page: Page, who: str, then: str = "/ui/") -> None:
         await page.goto(f"{self.base}/ui/login?next={then}")
+        await page.get_by_label("Key name").fill(who)
         await page.get_by_label("API key").fill(KEYS[who])
         await page.get_by_role("button", name="Log in").click()
         await expect(page.locator(".who-name")).to_contain_text(who, timeout=WAIT_MS)
@@ -180,6 +181,7 @@ async def test_without_a_session__the_console_asks_for_a_key_then_comes_back(
     await page.goto(f"{console.base}/ui/transactions/shop:first")
     assert re.search(r"/ui/login\?next=", page.url)
     await console.shot(page, "01-login")
+    await page.get_by_label("Key name").fill("ops")
     await page.get_by_label("API key").fill(KEYS["ops"])
     await page.get_by_role("button", name="Log in").click()
     await expect(page).to_have_url(f"{console.base}/ui/transactions/shop:first", timeout=WAIT_MS)
@@ -196,6 +198,7 @@ async def test_without_a_session__the_console_asks_for_a_key_then_comes_back(
 async def test_a_service_key__is_refused_by_the_login_form(console: Console) -> None:
     page = await console.page()
     await page.goto(f"{console.base}/ui/login")
+    await page.get_by_label("Key name").fill("shop")
     await page.get_by_label("API key").fill(KEYS["shop"])
     await page.get_by_role("button", name="Log in").click()
     await expect(page.get_by_role("alert")).to_contain_text("service key")

@@ -533,6 +533,7 @@ async def test_with_javascript_off__nothing_that_needs_it_is_offered(console: Co
             page = await context.new_page()
             # Logging in is a plain form.
             await page.goto(f"{console.base}/ui/login?next=/ui/transactions/stuck-nojs")
+            await page.get_by_label("Key name").fill("ops")
             await page.get_by_label("API key").fill(KEYS["ops"])
             await page.get_by_role("button", name="Log in").click()
             await expect(page.locator(".state-line .status")).to_have_text("failed to confirm")
@@ -601,3 +602,31 @@ async def test_the_trace_id__links_to_the_tracing_backend(
         answer = await page.request.get(f"{console.base}/ui/transactions/shop:traced")
         assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert not [p for p in problems if "Content Security Policy" in p], problems
+
+
+async def test_the_overview__says_why_each_parked_one_waits__and_which_coordinators_run(
+    console: Console,
+) -> None:
+    await park(console, "shop:night-1", ("pay",), ("ship",))
+    owner = console.coordinator.runtime.driver.owner
+    page = await console.page()
+    await console.login(page, "ops")
+    for width in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": 900})
+        await page.goto(f"{console.base}/ui/")
+        parked = page.locator("table.parked-list tbody tr").filter(has_text="shop:night-1")
+        await expect(parked).to_have_count(1, timeout=WAIT_MS)
+        waiting = parked.locator("a.branch")
+        await expect(waiting).to_have_text("pay")
+        await expect(parked).to_contain_text("HTTP 500")
+        await expect(parked).to_contain_text("wallet down")
+        coordinators = page.locator("table.coordinators tbody tr").filter(has_text=owner)
+        await expect(coordinators).to_have_count(1, timeout=WAIT_MS)
+        await expect(coordinators).to_contain_text("alive")
+        assert await page_width(page) <= width
+        await within_viewport(page, waiting, width)  # no scrolling sideways, on a phone too
+        await within_viewport(page, page.locator("#coordinators-heading"), width)
+        await shot(console, page, "overview-parked-why", width)
+        # The waiting branch's link leads to its row on the transaction's page.
+        await waiting.click()
+        await expect(page.locator("#branch-pay")).to_be_visible(timeout=WAIT_MS)

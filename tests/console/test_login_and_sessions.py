@@ -46,7 +46,9 @@ async def _overview_status(c: CoordinatorClient, cookie: str) -> int:
 async def test_login__a_next_page_with_control_characters__goes_home(
     console: CoordinatorClient, next_page: str
 ) -> None:
-    out = await send(console, "POST", "/ui/login", form={"key": KEYS["ops"], "next": next_page})
+    out = await send(
+        console, "POST", "/ui/login", form={"name": "ops", "key": KEYS["ops"], "next": next_page}
+    )
     assert (out.status, out.location) == (303, "/ui/")
     assert "planted" not in out.set_cookies
     assert "tcc_session" in out.set_cookies
@@ -96,9 +98,11 @@ async def test_login__after_the_limit__is_refused_with_429__even_with_the_right_
     console: CoordinatorClient,
 ) -> None:
     for _ in range(3):
-        out = await send(console, "POST", "/ui/login", form={"key": "wrong-key-0123456789"})
+        out = await send(
+            console, "POST", "/ui/login", form={"name": "ops", "key": "wrong-key-0123456789"}
+        )
         assert out.status == 401
-    out = await send(console, "POST", "/ui/login", form={"key": KEYS["ops"]})
+    out = await send(console, "POST", "/ui/login", form={"name": "ops", "key": KEYS["ops"]})
     assert out.status == 429
     assert "Too many refused logins" in out.text
     assert 0 < int(out.headers["Retry-After"]) <= 300
@@ -108,19 +112,42 @@ async def test_login__after_the_limit__is_refused_with_429__even_with_the_right_
     assert counted.get("rate_limited") == 1
 
 
+async def test_login__needs_the_keys_name__and_the_right_one(console: CoordinatorClient) -> None:
+    missing = await send(console, "POST", "/ui/login", form={"key": KEYS["ops"]})
+    assert missing.status == 400
+    assert "name" in missing.text
+    other = await send(console, "POST", "/ui/login", form={"name": "eyes", "key": KEYS["ops"]})
+    assert other.status == 401
+    assert "tcc_session" not in other.set_cookies
+    assert (await _refusals(console)) == {
+        "wrong_key": 1,
+        "service_key": 0,
+        "rate_limited": 0,
+        "bad_form": 1,
+    }
+
+
 async def test_login__a_service_key_counts_as_a_refusal(console: CoordinatorClient) -> None:
     for _ in range(3):
-        assert (await send(console, "POST", "/ui/login", form={"key": KEYS["shop"]})).status == 403
-    assert (await send(console, "POST", "/ui/login", form={"key": KEYS["eyes"]})).status == 429
+        assert (
+            await send(console, "POST", "/ui/login", form={"name": "shop", "key": KEYS["shop"]})
+        ).status == 403
+    assert (
+        await send(console, "POST", "/ui/login", form={"name": "eyes", "key": KEYS["eyes"]})
+    ).status == 429
     assert (await _refusals(console)).get("service_key") == 3
 
 
 async def test_login__a_success_clears_the_address_count(console: CoordinatorClient) -> None:
     for _ in range(2):
-        await send(console, "POST", "/ui/login", form={"key": "wrong-key-0123456789"})
+        await send(
+            console, "POST", "/ui/login", form={"name": "ops", "key": "wrong-key-0123456789"}
+        )
     await login(console, "ops")
     for _ in range(2):
-        out = await send(console, "POST", "/ui/login", form={"key": "wrong-key-0123456789"})
+        out = await send(
+            console, "POST", "/ui/login", form={"name": "ops", "key": "wrong-key-0123456789"}
+        )
         assert out.status == 401
 
 
@@ -151,6 +178,7 @@ def test_login_limits__per_address__and_for_how_long() -> None:
         limits.failed("10.0.0.1", "")
         clock.now += 10
     wait = limits.retry_after("10.0.0.1", "")
+    assert wait is not None
     assert wait == pytest.approx(300 - 30)
     assert limits.retry_after("10.0.0.2", "") is None
     clock.now += wait + 0.01
@@ -253,7 +281,7 @@ async def test_tcc_sessions__lists_and_revokes_on_every_coordinator(
 async def test_tcc_sessions__bad_input__one_line_and_exit_2(
     database_url: str, args: list[str], said: str
 ) -> None:
-    code, out, err = await run_tcc_async("sessions", *args, env=tcc_env(database_url))
+    code, _, err = await run_tcc_async("sessions", *args, env=tcc_env(database_url))
     assert code == 2
     assert err.count("\n") == 1
     assert said in err

@@ -6,10 +6,7 @@ from __future__ import annotations
 import html
 import re
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from coordinator.api.console import pages, views
 from coordinator.api.console.render import (
@@ -372,18 +369,50 @@ async def test_the_icon__is_served_from_the_package__also_where_browsers_look_fo
     assert out.status == 200
     assert out.content_type == "image/svg+xml"
     assert out.text.startswith("<svg")
-    # The handler for /favicon.ico (its row belongs in api/routes.py), on an app of its own.
-    app = web.Application()
-    app.router.add_get("/favicon.ico", pages.favicon)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(server.make_url("/favicon.ico")) as resp,
-        ):
-            assert resp.status == 200
-            assert resp.content_type == "image/svg+xml"
-            assert (await resp.text()).startswith("<svg")
-    finally:
-        await server.close()
+    # Where browsers look for it without a page's link: open, even with keys and no session.
+
+
+async def test_favicon_ico__answers_the_icon_without_a_session(
+    make_coordinator: MakeCoordinator,
+) -> None:
+    secured = await make_coordinator(**SECURED)
+    out = await send(secured, "GET", "/favicon.ico", html=False)
+    assert out.status == 200
+    assert out.content_type == "image/svg+xml"
+    assert out.text.startswith("<svg")
+
+
+async def test_overview__a_parked_transaction_names_its_waiting_branch_and_last_answer(
+    quick: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    await _parked(quick, participant, "stuck-1", "pay")
+    page = await send(quick, "GET", "/ui/")
+    text = html.unescape(page.text)
+    parked = text.split('class="listing parked-list"', 1)[1].split("</table>", 1)[0]
+    assert "stuck-1" in parked
+    assert 'href="/ui/transactions/stuck-1#branch-pay"' in parked
+    assert "HTTP 500" in parked
+    assert "wallet down" in parked
+
+
+async def test_overview__lists_the_coordinators_on_the_log_with_their_leases(
+    make_coordinator: MakeCoordinator,
+) -> None:
+    one = await make_coordinator()
+    two = await make_coordinator()
+    owners = [c.runtime.driver.owner for c in (one, two)]
+
+    async def listed() -> str:
+        return html.unescape((await send(one, "GET", "/ui/")).text)
+
+    text = await eventually(listed, lambda t: all(o in t for o in owners))
+    table = text.split('class="listing coordinators"', 1)[1].split("</table>", 1)[0]
+    assert table.count("alive") == 2
+    status, out = await one.get("/v1/overview")
+    assert status == 200
+    assert {c["owner"] for c in out["coordinators"]} >= set(owners)
+    # One stops cleanly: it says so.
+    await two.session.close()
+    await two.server.close()
+    text = await eventually(listed, lambda t: "stopped" in t)
+    assert owners[1] in text

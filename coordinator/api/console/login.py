@@ -84,16 +84,13 @@ class LoginLimits:
         self.by_name = FailureWindow(2 * limit, LOGIN_WINDOW_S, clock=clock)
 
     def retry_after(self, address: str, name: str) -> float | None:
-        waits = [self.by_address.retry_after(address)]
-        if name:
-            waits.append(self.by_name.retry_after(name))
+        waits = [self.by_address.retry_after(address), self.by_name.retry_after(name)]
         found = [w for w in waits if w is not None]
         return max(found) if found else None
 
     def failed(self, address: str, name: str) -> None:
         self.by_address.failed(address)
-        if name:
-            self.by_name.failed(name)
+        self.by_name.failed(name)
 
     def succeeded(self, address: str) -> None:
         self.by_address.forget(address)
@@ -122,8 +119,9 @@ def _refuse(
 @html_errors
 async def login(request: web.Request) -> web.StreamResponse:
     """Check a key once and open a session that names it. The key itself goes no further:
-    not into the cookie, the page, the log or a URL. Refusals are counted per client address
-    and per key name; past the limit the key is not even looked at."""
+    not into the cookie, the page, the log or a URL. The form names the key (as
+    TCC_API_KEYS does) and gives it, like a user name and a password; refusals are counted
+    per client address and per key name, and past the limit the key is not even looked at."""
     if request.app[SETTINGS].insecure:
         return see_other(HOME)
     form = await _read_form(request)
@@ -144,16 +142,18 @@ async def login(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": str(seconds)},
             key_name=name or None,
         )
-    if not presented:
-        return _refuse(request, Refusal.BAD_FORM, 400, "Enter an API key.", next_page)
+    if not presented or not name:
+        return _refuse(
+            request, Refusal.BAD_FORM, 400, "Enter the key's name and the key.", next_page
+        )
     key = request.app[SESSIONS].key_for(presented)
-    if key is None or (name and key.name != name):
+    if key is None or key.name != name:
         limits.failed(address, name)
         return _refuse(
             request,
             Refusal.WRONG_KEY,
             401,
-            "That key is not configured on this coordinator.",
+            "No key of that name and value is configured on this coordinator.",
             next_page,
             key_name=name or None,
         )

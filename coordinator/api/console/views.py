@@ -20,6 +20,7 @@ from coordinator.core.records import (
 )
 from coordinator.core.states import (
     PARKED_STATUSES,
+    RESOLVED_BY_HAND,
     Decision,
     EventKind,
     GlobalStatus,
@@ -126,11 +127,6 @@ def branch_action(txn: Transaction, branch: Branch) -> Action | None:
 
 # --- finished by hand ----------------------------------------------------------------
 
-# The mark the log leaves in the last error of a branch an operator resolved, before their
-# note (txlog/sql/queries.sql, resolve_branches): what is left to go by when the resolve
-# event is on a later page of the timeline.
-RESOLVED_MARK = "resolved by an operator: "
-
 
 @dataclass(frozen=True, slots=True)
 class ByHand:
@@ -166,8 +162,10 @@ def resolved_by_hand(detail: TransactionDetail) -> dict[str, ByHand]:
                     found[branch_id] = hand
     for branch in detail.branches:
         error = branch.last_error or ""
-        if branch.branch_id not in found and error.startswith(RESOLVED_MARK):
-            found[branch.branch_id] = ByHand(note=error[len(RESOLVED_MARK) :])
+        # The mark the log leaves (states.resolved_by_hand) is what is left to go by when
+        # the resolve event is on a later page of the timeline.
+        if branch.branch_id not in found and error.startswith(RESOLVED_BY_HAND):
+            found[branch.branch_id] = ByHand(note=error[len(RESOLVED_BY_HAND) :])
     return found
 
 
@@ -364,15 +362,19 @@ class AttentionList:
     explanation: str
     transactions: list[Transaction]
     empty: str
+    # For parked ones: the branch that keeps each waiting, by gid.
+    waiting: dict[str, Branch] | None = None
 
 
 def attention_lists(overview: Overview) -> list[AttentionList]:
     return [
         AttentionList(
             "Parked for an operator",
-            "Confirm or cancel kept failing past the retry budget: retry, or resolve by hand.",
+            "Confirm or cancel kept failing past the retry budget: retry once the participant"
+            " is fixed, or resolve by hand. Each waits on the branch shown.",
             overview.parked,
             "Nothing is parked.",
+            overview.parked_branches,
         ),
         AttentionList(
             "Retrying for a long time",

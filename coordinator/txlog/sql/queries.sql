@@ -79,9 +79,9 @@ RETURNING *;
 
 -- name: resolve_branches
 -- An operator finished these branches by hand (all of them, or only branch $5): mark them
--- done, saying so.
+-- done, saying so ($3, states.resolved_by_hand).
 UPDATE tcc_branches
-SET status = $2, last_error = 'resolved by an operator: ' || $3, next_retry_at = NULL,
+SET status = $2, last_error = $3, next_retry_at = NULL,
     updated_at = now()
 WHERE gid = $1 AND status = ANY($4::text[]) AND ($5::text IS NULL OR branch_id = $5)
 RETURNING branch_id;
