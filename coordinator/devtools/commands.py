@@ -133,16 +133,19 @@ def _tcc() -> str:
     return str(beside) if beside.exists() else "tcc"
 
 
-async def _fetch_json(url: str) -> Any:
-    """A sample's answer for the banner, or None if it does not give one."""
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(url) as resp,
-        ):
-            return await resp.json() if resp.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return None
+async def _fetch_json(url: str, attempts: int = 3) -> Any:
+    """A sample's answer for the banner, or None if it gives none (asked a few times: on a
+    busy machine a sample that just started may be slow to answer its first request)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for _ in range(attempts):
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return await resp.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(0.5)
+    return None
 
 
 async def up_banner(stack: Stack) -> str:
