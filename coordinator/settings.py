@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.core.apikeys import parse_keys
+from coordinator.core.forwarding import clean_prefix, parse_trusted
 from coordinator.core.hosts import parse_allowed_hosts
 from coordinator.core.limits import Limits
 from coordinator.core.retry import RetryPolicy
@@ -155,6 +156,17 @@ class Settings(BaseSettings):
         " answers to besides localhost and loopback addresses; enforced when set, and always"
         " when insecure (a DNS-rebinding page cannot then reach a local coordinator)",
     )
+    trusted_proxies: str | None = Field(
+        default=None,
+        description="Addresses or ranges of the gateways in front (comma-separated): from"
+        " them, and only them, Forwarded / X-Forwarded-For, -Proto, -Host and -Prefix are"
+        " believed (the client's address in logs and audits, https, the path prefix)",
+    )
+    path_prefix: str | None = Field(
+        default=None,
+        description="The path the gateway serves the coordinator under (e.g. /tcc), having"
+        " stripped it from requests: console links, redirects and cookies carry it",
+    )
     login_failure_limit: int = Field(
         default=10,
         ge=1,
@@ -237,6 +249,8 @@ class Settings(BaseSettings):
         parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
         parse_rules(self.participant_allow)
         parse_allowed_hosts(self.allowed_hosts)
+        parse_trusted(self.trusted_proxies)
+        clean_prefix(self.path_prefix)
         template = self.trace_url_template
         if template is not None and (
             "{trace_id}" not in template or not template.startswith(("http://", "https://"))

@@ -16,12 +16,14 @@ from coordinator.api.appkeys import (
     SETTINGS,
 )
 from coordinator.api.console.login import LOGIN_LIMITS, LoginLimits
+from coordinator.api.gateway import PATH_PREFIX, TRUSTED_PROXIES, gateway_middleware
 from coordinator.api.guard import auth_middleware
 from coordinator.api.problems import problem_middleware
 from coordinator.api.routes import setup_routes
 from coordinator.api.sessions import Sessions, session_secret
 from coordinator.api.tracecontext import trace_context_middleware
 from coordinator.core.apikeys import KeyRing, parse_keys
+from coordinator.core.forwarding import clean_prefix, parse_trusted
 from coordinator.core.hosts import parse_allowed_hosts
 from coordinator.core.urlpolicy import ParticipantPolicy
 from coordinator.engine.runtime import Runtime, running
@@ -40,7 +42,12 @@ async def stop_claiming(app: web.Application) -> None:
 
 def create_app(settings: Settings, database_url: str, *, recovery: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[trace_context_middleware, problem_middleware, auth_middleware],
+        middlewares=[
+            gateway_middleware,
+            trace_context_middleware,
+            problem_middleware,
+            auth_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
         handler_args={
             "max_headers": settings.max_headers,
@@ -58,6 +65,8 @@ def create_app(settings: Settings, database_url: str, *, recovery: bool = True) 
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(parse_keys(settings.api_keys or ""))
     app[ALLOWED_HOSTS] = parse_allowed_hosts(settings.allowed_hosts)
+    app[TRUSTED_PROXIES] = parse_trusted(settings.trusted_proxies)
+    app[PATH_PREFIX] = clean_prefix(settings.path_prefix)
     app[LOGIN_LIMITS] = LoginLimits(settings.login_failure_limit)
     app[SESSIONS] = Sessions(
         session_secret(settings.session_secret, settings.api_keys),

@@ -22,6 +22,7 @@ from aiohttp import web
 from yarl import URL
 
 from coordinator.api.appkeys import ALLOWED_HOSTS, KEYRING, SESSION_BOOK, SESSIONS, SETTINGS
+from coordinator.api.gateway import external
 from coordinator.api.problems import problem
 from coordinator.api.sessions import COOKIE_NAME, CSRF_HEADER, Session
 from coordinator.core.apikeys import INSECURE, Principal, bearer_token
@@ -96,7 +97,7 @@ async def _console_page(request: web.Request, handler: Handler) -> web.StreamRes
     if refusal is None:
         return await handler(request)
     if refusal.status == 401 and _wants_a_page(request):
-        raise web.HTTPSeeOther(login_location(request.path_qs))
+        raise web.HTTPSeeOther(external(request, login_location(request.path_qs)))
     return refusal
 
 
@@ -210,11 +211,14 @@ def is_operator(request: web.Request) -> bool:
 
 
 def actor(request: web.Request) -> str:
-    """Who did an operator action, for the audit trail."""
+    """Who did an operator action, and from which address (the client's, behind a trusted
+    gateway), for the audit trail: ``console:ops (203.0.113.7)``."""
     session: Session | None = request.get(SESSION)
-    if session is not None:
-        return f"console:{session.name}"
     principal = caller(request)
-    if principal.name is None and request.headers.get(CONSOLE_CLIENT_HEADER) == "console":
-        return "console (insecure)"
-    return f"api:{principal.name or 'api (insecure)'}"
+    if session is not None:
+        who = f"console:{session.name}"
+    elif principal.name is None and request.headers.get(CONSOLE_CLIENT_HEADER) == "console":
+        who = "console (insecure)"
+    else:
+        who = f"api:{principal.name or 'api (insecure)'}"
+    return f"{who} ({request.remote})" if request.remote else who

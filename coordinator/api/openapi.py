@@ -352,8 +352,11 @@ def build() -> dict[str, Any]:
 
 
 @cache
-def document_json() -> str:
-    return json.dumps(build())
+def document_json(prefix: str = "") -> str:
+    """The document, its ``servers`` naming the path prefix a gateway serves us under."""
+    doc = build()
+    doc["servers"] = [{"url": prefix or "/"}]
+    return json.dumps(doc)
 
 
 def markdown(doc: dict[str, Any]) -> str:

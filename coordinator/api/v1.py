@@ -8,6 +8,7 @@ from aiohttp import web
 
 from coordinator import metrics
 from coordinator.api.appkeys import COORDINATOR, SETTINGS
+from coordinator.api.gateway import external, prefix_of
 from coordinator.api.guard import actor, caller, is_operator
 from coordinator.api.openapi import document_json
 from coordinator.api.problems import BadRequest, problem
@@ -68,7 +69,9 @@ async def begin(request: web.Request) -> web.Response:
     else:
         status = 201
     response = detail_response(begun.detail, status)
-    response.headers["Location"] = f"/v1/transactions/{begun.detail.transaction.gid}"
+    response.headers["Location"] = external(
+        request, f"/v1/transactions/{begun.detail.transaction.gid}"
+    )
     return response
 
 
@@ -228,7 +231,7 @@ async def list_transactions(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.Response(text=document_json(), content_type="application/json")
+    return web.Response(text=document_json(prefix_of(request)), content_type="application/json")
 
 
 async def metrics_scrape(request: web.Request) -> web.Response:

@@ -85,7 +85,7 @@ async def test_resolve_branch__one_by_hand_then_retry_the_rest__is_audited_step_
     entry = last_event(out)
     assert (entry["kind"], entry["branch_id"]) == ("admin_resolved", "stock")
     assert entry["detail"] == {
-        "actor": "api:ops",
+        "actor": "api:ops (127.0.0.1)",
         "note": "booked by hand",
         "branches": ["stock"],
         "finished": False,
@@ -108,7 +108,7 @@ async def test_resolve_branch__one_by_hand_then_retry_the_rest__is_audited_step_
     retry = next(e for e in out["events"] if e["kind"] == "admin_retry")
     assert retry["detail"] == {
         "from": "failed_to_confirm",
-        "actor": "api:ops",
+        "actor": "api:ops (127.0.0.1)",
         "reason": "bank is up",
     }
 
@@ -163,7 +163,7 @@ async def test_operator_cancel__records_who_and_why(secured: CoordinatorClient) 
     assert out["status"] == "cancelled"
     assert out["cancel_reason"] == "operator: customer called"
     decision = next(e for e in out["events"] if e["kind"] == "decision")
-    assert decision["detail"]["actor"] == "api:ops"
+    assert decision["detail"]["actor"] == "api:ops (127.0.0.1)"
     # Once decided, a second cancel changes nothing and a confirm is refused with why.
     status, out = await call(secured, "POST", "/v1/transactions/shop:held/confirm", "shop")
     assert status == 409

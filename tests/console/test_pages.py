@@ -259,7 +259,7 @@ async def test_a_branch_resolved_by_hand__says_by_whom_and_why__even_past_the_fi
     page = await send(quick, "GET", "/ui/transactions/stuck-2")
     row = _row(page.text, "pay")
     assert 'class="resolved-by-hand"' in row
-    assert "resolved by <strong>api:api (insecure)</strong>" in row
+    assert "resolved by <strong>api:api (insecure) (127.0.0.1)</strong>" in row
     assert "refunded, ticket 7" in row
     assert 'class="error-text"' not in row
     assert '<span class="tag">by hand</span>' in row
@@ -278,7 +278,7 @@ async def test_a_branch_resolved_by_hand__says_by_whom_and_why__even_past_the_fi
     monkeypatch.setattr(pages, "EVENTS_PER_PAGE", 200)
     await quick.post("/v1/transactions/stuck-2/resolve", {"note": "shipped by hand"})
     page = await send(quick, "GET", "/ui/transactions/stuck-2")
-    assert "resolved by hand by <strong>api:api (insecure)</strong>: “shipped by hand”" in (
+    assert "resolved by hand by <strong>api:api (insecure) (127.0.0.1)</strong>: “shipped by hand”" in (
         page.text
     )
     assert "Why it is parked" not in page.text

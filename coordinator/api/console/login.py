@@ -17,6 +17,7 @@ from aiohttp import web
 from coordinator.api.appkeys import COORDINATOR, SESSION_BOOK, SESSIONS, SETTINGS
 from coordinator.api.console.pages import HOME, html_errors, see_other
 from coordinator.api.console.render import render
+from coordinator.api.gateway import external
 from coordinator.api.guard import CONSOLE_LOGIN
 from coordinator.api.problems import BadRequest
 from coordinator.api.sessions import COOKIE_NAME, key_digest
@@ -53,7 +54,7 @@ def _safe_next(value: str | None) -> str:
 
 async def login_form(request: web.Request) -> web.StreamResponse:
     if request.app[SETTINGS].insecure:
-        return see_other(HOME)
+        return see_other(request, HOME)
     return render(request, "login.html", next=_safe_next(request.query.get("next")), message=None)
 
 
@@ -123,7 +124,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     TCC_API_KEYS does) and gives it, like a user name and a password; refusals are counted
     per client address and per key name, and past the limit the key is not even looked at."""
     if request.app[SETTINGS].insecure:
-        return see_other(HOME)
+        return see_other(request, HOME)
     form = await _read_form(request)
     next_page = _safe_next(form.get("next"))
     presented = form.get("key", "").strip()
@@ -182,12 +183,12 @@ async def login(request: web.Request) -> web.StreamResponse:
         )
     )
     log.info("console_login", key_name=key.name, scope=key.scope.value, remote=request.remote)
-    response = see_other(next_page)
+    response = see_other(request, next_page)
     response.set_cookie(
         COOKIE_NAME,
         issued.cookie,
         max_age=int(request.app[SESSIONS].ttl_s),
-        path="/",
+        path=_cookie_path(request),
         secure=_over_https(request),
         httponly=True,
         samesite="Strict",
@@ -209,9 +210,16 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if session is not None:
         await request.app[SESSION_BOOK].end(session.stored_id, by=f"logout:{session.name}")
         log.info("console_logout", key_name=session.name)
-    response = see_other(CONSOLE_LOGIN)
-    response.del_cookie(COOKIE_NAME, path="/", secure=_over_https(request), samesite="Strict")
+    response = see_other(request, CONSOLE_LOGIN)
+    response.del_cookie(
+        COOKIE_NAME, path=_cookie_path(request), secure=_over_https(request), samesite="Strict"
+    )
     return response
+
+
+def _cookie_path(request: web.Request) -> str:
+    """The session goes only to us: under a gateway's path prefix, to that path."""
+    return external(request, "/")
 
 
 def _over_https(request: web.Request) -> bool:

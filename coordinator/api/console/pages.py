@@ -19,6 +19,7 @@ from coordinator.api.appkeys import COORDINATOR, SETTINGS
 from coordinator.api.console import views
 from coordinator.api.console.filters import PAGE_SIZES, read_list_form
 from coordinator.api.console.render import PAGE_HEADERS, render, static_files
+from coordinator.api.gateway import external
 from coordinator.api.guard import caller
 from coordinator.api.problems import PROBLEM_JSON, BadRequest, problem_middleware
 from coordinator.api.wire import encode_cursor, path_gid
@@ -68,12 +69,15 @@ def _live(request: web.Request, page: str, fragment: str, **context: Any) -> web
 # --- pages ---------------------------------------------------------------------------
 
 
-def see_other(location: str) -> web.Response:
-    return web.Response(status=303, headers={**PAGE_HEADERS, "Location": location})
+def see_other(request: web.Request, location: str) -> web.Response:
+    """Send the browser to one of our paths (under the gateway's prefix, if any)."""
+    return web.Response(
+        status=303, headers={**PAGE_HEADERS, "Location": external(request, location)}
+    )
 
 
 async def to_home(request: web.Request) -> web.StreamResponse:
-    return see_other(HOME)
+    return see_other(request, HOME)
 
 
 @html_errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from coordinator.api.appkeys import SESSIONS, SETTINGS
 from coordinator.api.console.views import transaction_url
+from coordinator.api.gateway import prefix_of
 from coordinator.api.guard import PRINCIPAL, SESSION
 from coordinator.api.sessions import COOKIE_NAME
 from coordinator.core.states import FINAL_STATUSES, PARKED_STATUSES, GlobalStatus
@@ -211,6 +213,9 @@ def environment() -> jinja2.Environment:
 
 # --- responses -----------------------------------------------------------------------
 
+# An attribute holding a path from the root (not "//host/..."): what a path prefix goes before.
+_ROOTED = re.compile(r'\b(href|action|src)="/(?!/)')
+
 
 def page_context(request: web.Request) -> dict[str, Any]:
     """What every page shows or needs: who is looking, whether they may act, the token that
@@ -238,6 +243,11 @@ def render(
     **context: Any,
 ) -> web.Response:
     html = environment().get_template(template).render(**page_context(request), **context)
+    prefix = prefix_of(request)
+    if prefix:
+        # Behind a gateway that serves us under a path: every link, form and file of the
+        # page (all written from the root, "/ui/...", "/v1/...") is asked for under it.
+        html = _ROOTED.sub(rf'\1="{prefix}/', html)
     response = web.Response(
         status=status, text=html, content_type="text/html", headers=PAGE_HEADERS
     )
