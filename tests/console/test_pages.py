@@ -278,9 +278,8 @@ async def test_a_branch_resolved_by_hand__says_by_whom_and_why__even_past_the_fi
     monkeypatch.setattr(pages, "EVENTS_PER_PAGE", 200)
     await quick.post("/v1/transactions/stuck-2/resolve", {"note": "shipped by hand"})
     page = await send(quick, "GET", "/ui/transactions/stuck-2")
-    assert "resolved by hand by <strong>api:api (insecure) (127.0.0.1)</strong>: “shipped by hand”" in (
-        page.text
-    )
+    by_whom = "resolved by hand by <strong>api:api (insecure) (127.0.0.1)</strong>"
+    assert f"{by_whom}: “shipped by hand”" in page.text
     assert "Why it is parked" not in page.text
 
 
