@@ -96,7 +96,10 @@ async def test_up__takes_coordinator_settings__and_says_when_a_transaction_parks
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             deadline = time.monotonic() + 90
-            while not await _answers(http, f"http://127.0.0.1:{samples + 2}/orders"):
+            while not (
+                await _answers(http, f"http://127.0.0.1:{samples + 2}/orders")
+                and await _answers(http, f"{base}/readyz")
+            ):
                 assert proc.poll() is None
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.3)
