@@ -5,6 +5,7 @@ configuration without baking them in, and build logs read step by step."""
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import re
 import resource
@@ -19,13 +20,14 @@ from pathlib import Path
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 SUITE = "bookworm"
 
-# Inside a build, pip must reach the configured package index as it does here: through the
-# same CA bundle and pip settings. Mounted read-only for each RUN, never copied in.
-PIP_CONFIG_FILES = (
+# Inside a build, pip must reach the configured package index as it does here: the same
+# settings (its configuration files in pip's order, then PIP_* variables, merged into one file)
+# and the CA bundle, mounted read-only for each RUN step, never copied in.
+PIP_CONFIG_FILES = (  # lowest precedence first
+    Path("/etc/xdg/pip/pip.conf"),
     Path("/etc/pip.conf"),
-    Path("/etc/xdg/pip"),
-    Path.home() / ".config" / "pip",
-    Path.home() / ".pip",
+    Path.home() / ".pip" / "pip.conf",
+    Path.home() / ".config" / "pip" / "pip.conf",
 )
 CA_DIRS = (Path("/etc/ssl/certs"),)
 
@@ -133,7 +135,7 @@ class Engine:
             f"nofile={nofile}:{nofile}",
             "--ulimit",
             f"nproc={nproc}:{nproc}",
-            *(build_mounts() if pip_mounts else []),
+            *(build_mounts(self.root) if pip_mounts else []),
             "--tag",
             tag,
         ]
@@ -144,35 +146,40 @@ class Engine:
         return Build(time.monotonic() - started, proc.stdout + proc.stderr)
 
 
-def build_mounts() -> list[str]:
-    """-v for every pip configuration file and CA directory present here, and for the local
-    paths those files name (find-links, file:// indexes, constraints, certificates)."""
-    sources: list[Path] = [p for p in (*PIP_CONFIG_FILES, *CA_DIRS) if p.exists()]
-    for config in _pip_config_files():
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(config)
-        except configparser.Error:
-            continue
-        for section in parser.sections():
-            for value in parser[section].values():
-                sources += _local_paths(value)
+def pip_settings() -> configparser.ConfigParser:
+    """pip's effective settings here: its configuration files, later ones winning, then the
+    PIP_* environment variables (PIP_FIND_LINKS is find-links in [global])."""
+    merged = configparser.ConfigParser(interpolation=None)
+    for path in PIP_CONFIG_FILES:
+        if path.is_file():
+            with contextlib.suppress(configparser.Error):
+                merged.read(path)
+    if not merged.has_section("global"):
+        merged.add_section("global")
     for key, value in os.environ.items():
-        if key.startswith("PIP_"):
+        if key.startswith("PIP_") and key != "PIP_CONFIG_FILE":
+            merged["global"][key.removeprefix("PIP_").lower().replace("_", "-")] = value
+    return merged
+
+
+def build_mounts(workdir: Path) -> list[str]:
+    """-v for pip's merged settings (as /etc/pip.conf), the CA directories, and the local
+    paths the settings name (find-links, file:// indexes, constraints, certificates)."""
+    settings = pip_settings()
+    config = workdir / "pip.conf"
+    with config.open("w") as f:
+        settings.write(f)
+    sources: list[Path] = [p for p in CA_DIRS if p.exists()]
+    for section in settings.sections():
+        for value in settings[section].values():
             sources += _local_paths(value)
-    mounts: list[str] = []
+    mounts = ["-v", f"{config}:/etc/pip.conf:ro"]
     kept: list[Path] = []
     for path in sorted(set(sources), key=lambda p: len(p.parts)):
         if any(path.is_relative_to(parent) for parent in kept):
             continue
         kept.append(path)
-        # Root's home in the build is /root, whatever HOME is here.
-        target = (
-            Path("/root") / path.relative_to(Path.home())
-            if path.is_relative_to(Path.home())
-            else path
-        )
-        mounts += ["-v", f"{path}:{target}:ro"]
+        mounts += ["-v", f"{path}:{path}:ro"]
     return mounts
 
 
@@ -185,16 +192,6 @@ def _local_paths(value: str) -> list[Path]:
         if path.is_absolute() and path.exists():
             paths.append(path.parent if path.name == "simple" else path)
     return paths
-
-
-def _pip_config_files() -> list[Path]:
-    files: list[Path] = []
-    for p in PIP_CONFIG_FILES:
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            files += [f for f in p.iterdir() if f.suffix == ".conf"]
-    return files
 
 
 @dataclass

@@ -257,6 +257,8 @@ class Stack:
         self.names: list[str] = []
 
     def run(self, name: str, *args: str, detach: bool = True, env: dict[str, str]) -> str:
+        """podman run: ARGS are what follows the run flags (the image and a command, or
+        --entrypoint, the image and arguments); none runs the image as it is (tcc serve)."""
         full = f"tcc-{RUN_ID}-{name}"
         self.names.append(full)
         flags = ["--detach"] if detach else []
