@@ -95,9 +95,9 @@ async def gateway(
         give_up_after_s=1.0,
         trusted_proxies=f"{PROXY_ADDRESS}/32",
     )
-    proc = await asyncio.to_thread(
-        _start_nginx, tmp_path / "nginx", nginx_port, coordinator.server.port
-    )
+    upstream = coordinator.server.port
+    assert upstream is not None
+    proc = await asyncio.to_thread(_start_nginx, tmp_path / "nginx", nginx_port, upstream)
     base = f"http://{GATEWAY_HOST}:{nginx_port}/tcc"
     try:
         deadline = time.monotonic() + 30

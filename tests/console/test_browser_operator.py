@@ -231,7 +231,7 @@ async def test_a_branch_resolved_by_hand__reads_as_resolved_by_whom_and_why(
     assert status == 200
     await page.reload()
     await expect(page.locator(".state-line")).to_contain_text(
-        "resolved by hand by api:ops: “shipped by hand”"
+        "resolved by hand by api:ops (127.0.0.1): “shipped by hand”"
     )
     await expect(page.locator(".parked-why")).to_have_count(0)
     await expect(page.locator("tr.resolved-by-hand")).to_have_count(2)
