@@ -9,7 +9,6 @@ which .ci/run installs with apt.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,13 +43,6 @@ pytestmark = [
 ]
 
 WAIT_MS = 15_000
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("TCC_CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @dataclass
@@ -148,20 +140,6 @@ async def secured_console(
     finally:
         await session.close()
         await server.close()
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    async with chromium(tmp_path / "profile") as context:
-        yield context
-
-
-@pytest.fixture
-async def console(
-    database_url: str, participant: FakeParticipant, shots: Path, browser: BrowserContext
-) -> AsyncIterator[Console]:
-    async with secured_console(database_url, participant, browser, shots) as opened:
-        yield opened
 
 
 def action_panel(page: Page, label: str, within: str = "main") -> Any:

@@ -10,7 +10,6 @@ temporary folder), named ``op-<what>-<width>.png``.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -29,7 +28,6 @@ from tests.console.test_browser import (
     WAIT_MS,
     Console,
     action_panel,
-    chromium,
     secured_console,
 )
 from tests.helpers import eventually
@@ -50,27 +48,6 @@ PHONE = 390
 LONG_GID = ("shop:order-" + "0123456789" * 12)[:115]
 LONG_SERVICE = ("warehouse-" + "stockkeeping" * 10)[:115]
 LONG_BRANCH = ("reserve-stock-" + "abcdefghij" * 11)[:115]
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("TCC_CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    async with chromium(tmp_path / "profile") as context:
-        yield context
-
-
-@pytest.fixture
-async def console(
-    database_url: str, participant: FakeParticipant, shots: Path, browser: BrowserContext
-) -> AsyncIterator[Console]:
-    async with secured_console(database_url, participant, browser, shots) as opened:
-        yield opened
 
 
 async def park(

@@ -150,7 +150,7 @@ def test_compose__healthchecks_hit_paths_the_services_serve_on_their_ports() -> 
         assert "curl" not in service["healthcheck"]["test"]
 
 
-def _start_order() -> list[set[str]]:
+def start_order() -> list[set[str]]:
     """Services in waves: each wave depends only on those before it."""
     found = services()
     deps = {n: set(s.get("depends_on", {})) for n, s in found.items() if not s.get("profiles")}
@@ -165,7 +165,7 @@ def _start_order() -> list[set[str]]:
 
 
 def test_compose__starts_postgres_then_migrate_then_coordinators_then_samples() -> None:
-    assert _start_order() == [
+    assert start_order() == [
         {"postgres"},
         {"migrate"},
         set(COORDINATORS),

@@ -49,6 +49,7 @@ from tests.deploy.containers import (
     derived_image,
     missing_tools,
 )
+from tests.deploy.test_compose import start_order
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = uuid.uuid4().hex[:8]
@@ -608,7 +609,7 @@ def test_compose__podman_compose_brings_the_core_up_and_an_order_confirms(
         # --no-deps and its conditions checked here: podman 4.3 (Debian bookworm) has no `wait
         # --condition=healthy` (podman-compose skips service_healthy, saying so), and cannot
         # start a container whose --requires names one that has exited (a completed migrate).
-        for wave in start_waves():
+        for wave in start_order():
             pc("up", "--detach", "--no-build", "--no-deps", *sorted(wave))
             for service in sorted(wave):
                 await_condition(engine, f"{project}_{service}_1", wanted_condition(service))
@@ -644,21 +645,6 @@ def test_compose__podman_compose_brings_the_core_up_and_an_order_confirms(
         pc("down", "--volumes", "--timeout", "5", timeout=300, check=False)
         engine.podman("network", "rm", "--force", f"{project}_default", check=False)
         engine.env = saved
-
-
-def start_waves() -> list[set[str]]:
-    """The core services in the order their depends_on allows: each wave needs only those
-    before it."""
-    found = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    deps = {n: set(s.get("depends_on", {})) for n, s in found.items() if not s.get("profiles")}
-    waves: list[set[str]] = []
-    placed: set[str] = set()
-    while len(placed) < len(deps):
-        wave = {n for n, d in deps.items() if n not in placed and d <= placed}
-        assert wave, f"a dependency cycle among {set(deps) - placed}"
-        waves.append(wave)
-        placed |= wave
-    return waves
 
 
 def wanted_condition(service: str) -> str:
