@@ -1,8 +1,9 @@
 """The TCC protocol as pure data and functions: no I/O, no clock, no database.
 
-Everything the coordinator decides goes through here; the store turns the same
-tables into compare-and-set SQL (``WHERE status = ANY(sources)``), so the rules
-cannot drift between Python and the database.
+Everything the coordinator decides goes through here. What each change to the log writes
+is worked out from these tables and sets in core/writes.py, and both logs apply that
+(the SQL as compare-and-set guards, ``WHERE status = ANY(:sources)``), so the rules
+cannot drift between Python, the database and the in-memory twin.
 """
 
 from __future__ import annotations
@@ -132,10 +133,19 @@ BRANCH_TRANSITIONS: Mapping[BranchStatus, frozenset[BranchStatus]] = {
 
 FINAL_STATUSES = frozenset({GlobalStatus.CONFIRMED, GlobalStatus.CANCELLED})
 PARKED_STATUSES = frozenset({GlobalStatus.FAILED_TO_CONFIRM, GlobalStatus.FAILED_TO_CANCEL})
-ACTIVE_STATUSES = frozenset({GlobalStatus.TRYING, GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING})
+# Not decided yet: branches may still be registered and tried, and a decision taken.
+UNDECIDED_STATUSES = frozenset({GlobalStatus.TRYING})
 PHASE_TWO_STATUSES = frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING})
+# What the coordinator works on by itself (a deadline or a round due): recovery claims these.
+ACTIVE_STATUSES = UNDECIDED_STATUSES | PHASE_TWO_STATUSES
+UNFINISHED_STATUSES = ACTIVE_STATUSES | PARKED_STATUSES
 # A branch is done once its phase-two call succeeded (or an operator said it was done).
 BRANCH_DONE_STATUSES = frozenset({BranchStatus.CONFIRMED, BranchStatus.CANCELLED})
+# A branch in one of these has its try still to answer, when the coordinator runs the try:
+# a confirm waits for it, and a try that never got an answer logged may be run again.
+TRY_PENDING_STATUSES = frozenset({BranchStatus.REGISTERED})
+# A branch in one of these keeps the transaction from being confirmed.
+BLOCKS_CONFIRM_STATUSES = frozenset({BranchStatus.TRY_FAILED})
 
 # What a branch finished by hand says in place of its last error, before the operator's note.
 RESOLVED_BY_HAND = "resolved by an operator: "
@@ -192,19 +202,14 @@ def parked_status(decision: Decision) -> GlobalStatus:
 
 def decision_of(status: GlobalStatus) -> Decision | None:
     """Which decision a status carries, or None while still trying."""
-    if status in (
-        GlobalStatus.CONFIRMING,
-        GlobalStatus.CONFIRMED,
-        GlobalStatus.FAILED_TO_CONFIRM,
-    ):
-        return Decision.CONFIRM
-    if status in (
-        GlobalStatus.CANCELLING,
-        GlobalStatus.CANCELLED,
-        GlobalStatus.FAILED_TO_CANCEL,
-    ):
-        return Decision.CANCEL
-    return None
+    return _DECISION_OF.get(status)
+
+
+_DECISION_OF: Mapping[GlobalStatus, Decision] = {
+    status: decision
+    for decision in Decision
+    for status in (phase_status(decision), final_status(decision), parked_status(decision))
+}
 
 
 def phase_of(decision: Decision) -> Phase:
@@ -257,6 +262,49 @@ class BranchView:
     coordinator_runs_try: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What a decision needs beyond the transaction's status: the deadline ahead (if
+    ``deadline_ahead``), every try of the same write recorded (if ``tries_recorded``), and
+    no branch in ``blocking`` nor, with a try the coordinator runs, in ``try_pending``."""
+
+    deadline_ahead: bool = False
+    tries_recorded: bool = False
+    blocking: frozenset[BranchStatus] = frozenset()
+    try_pending: frozenset[BranchStatus] = frozenset()
+
+    def in_the_way(self, branches: Iterable[BranchView]) -> tuple[Refusal, BranchView] | None:
+        """The first branch that keeps the decision from being taken, and why."""
+        for branch in branches:
+            if branch.status in self.blocking:
+                return Refusal.TRY_FAILED, branch
+            if branch.coordinator_runs_try and branch.status in self.try_pending:
+                return Refusal.TRY_PENDING, branch
+        return None
+
+    def holds(
+        self, deadline_passed: bool, branches: Iterable[BranchView], tries_recorded: bool = True
+    ) -> bool:
+        if self.deadline_ahead and deadline_passed:
+            return False
+        if self.tries_recorded and not tries_recorded:
+            return False
+        return self.in_the_way(branches) is None
+
+
+NO_GUARD = Guard()
+CONFIRM_GUARD = Guard(
+    deadline_ahead=True,
+    tries_recorded=True,
+    blocking=BLOCKS_CONFIRM_STATUSES,
+    try_pending=TRY_PENDING_STATUSES,
+)
+
+
+def guard_of(decision: Decision) -> Guard:
+    return CONFIRM_GUARD if decision is Decision.CONFIRM else NO_GUARD
+
+
 def confirm_refusal_of(
     status: GlobalStatus,
     deadline_passed: bool,
@@ -268,19 +316,20 @@ def confirm_refusal_of(
     Only a transaction that is still trying can be decided; callers handle the
     idempotent repeats (already confirming/confirmed) before asking.
     """
-    if status is not GlobalStatus.TRYING:
+    if status not in UNDECIDED_STATUSES:
         if decision_of(status) is Decision.CANCEL:
             reason = cancel_reason or "unknown reason"
             return Refusal.CANCELLED, f"transaction was cancelled ({reason})"
         return Refusal.NOT_TRYING, f"transaction is {status.value}"
-    if deadline_passed:
+    if CONFIRM_GUARD.deadline_ahead and deadline_passed:
         return Refusal.DEADLINE_PASSED, "the transaction deadline has passed"
-    for branch in branches:
-        if branch.status is BranchStatus.TRY_FAILED:
-            return Refusal.TRY_FAILED, f"try failed for branch {branch.branch_id!r}"
-        if branch.status is BranchStatus.REGISTERED and branch.coordinator_runs_try:
-            return Refusal.TRY_PENDING, f"try of branch {branch.branch_id!r} has not answered yet"
-    return None
+    found = CONFIRM_GUARD.in_the_way(branches)
+    if found is None:
+        return None
+    refusal, branch = found
+    if refusal is Refusal.TRY_FAILED:
+        return refusal, f"try failed for branch {branch.branch_id!r}"
+    return refusal, f"try of branch {branch.branch_id!r} has not answered yet"
 
 
 def confirm_refusal(
