@@ -52,6 +52,11 @@ class DatabaseUnavailable(CoordinatorError):
     """Postgres cannot be reached right now; nothing was written (503)."""
 
 
+class LogClosed(DatabaseUnavailable):
+    """The log is closing: a write it was handed after close, or one a forced close cut
+    short, was not confirmed (503; a repeat goes to another coordinator)."""
+
+
 class MigrationError(CoordinatorError):
     """The migrations folder or the recorded schema history is not as expected."""
 
