@@ -16,23 +16,18 @@ import asyncio
 import copy
 import dataclasses
 import json
+import math
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from coordinator.core import states
+from coordinator.core import states, writes
 from coordinator.core.apikeys import Scope
-from coordinator.core.errors import (
-    Conflict,
-    InvalidInput,
-    LimitExceeded,
-    NotFound,
-    NotTrying,
-    TakenGid,
-)
+from coordinator.core.errors import Conflict, InvalidInput, NotFound, TakenGid
 from coordinator.core.records import (
     Alert,
     Backlog,
@@ -61,24 +56,20 @@ from coordinator.core.records import (
 from coordinator.core.states import (
     AlertKind,
     BranchStatus,
-    CancelReason,
+    BranchView,
     Decision,
-    EventKind,
     GlobalStatus,
     Judgement,
-    Phase,
-    Refusal,
     TryVerdict,
     Verdict,
 )
+from coordinator.core.writes import CallWrite, DecisionWrite, Entry, NewBranchWrite, RoundEnd
 from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
 
 if TYPE_CHECKING:
     from coordinator.txlog.interface import TransactionLog
 
-# The schema's CHECKs on tcc_console_sessions.
-_SESSION_ID = re.compile(r"^[0-9a-f]{64}$")
-_CONSOLE_SCOPES = frozenset({Scope.ADMIN, Scope.VIEWER})
+_R = TypeVar("_R")
 
 # The resolution of a Postgres timestamp: the smallest step the timeline can take.
 _TICK = timedelta(microseconds=1)
@@ -167,6 +158,114 @@ def _out_event(event: Event) -> Event:
     return dataclasses.replace(event, detail=copy.deepcopy(event.detail))
 
 
+# --- the schema's CHECK constraints ---------------------------------------------------------
+
+# gid and branch_id: ~ '^[A-Za-z0-9._:-]{1,128}$' (Postgres' $ is the end of the text only).
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SESSION_ID = re.compile(r"[0-9a-f]{64}")
+
+
+# The words each status CHECK lists: the enum's (tests/unit/test_vocabulary.py).
+_WORDS: dict[type[StrEnum], frozenset[str]] = {
+    kind: frozenset(kind) for kind in (GlobalStatus, BranchStatus, AlertKind)
+}
+_CONSOLE_SCOPES = frozenset({Scope.ADMIN, Scope.VIEWER})
+
+
+def _above_zero(value: float) -> bool:
+    """``value > 0`` as Postgres compares a double: NaN sorts above every number."""
+    return math.isnan(value) or value > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """One CHECK of migrations/*.sql, by Postgres' name for it, as a test on a row."""
+
+    table: str
+    name: str
+    holds: Callable[[Any], bool]
+
+
+# Every CHECK of the schema (tests/integration compares the names with pg_constraint); the
+# twin refuses a row that breaks one, before it writes anything, as Postgres refuses it.
+CHECKS: tuple[_Check, ...] = (
+    _Check(
+        "tcc_transactions", "tcc_transactions_gid_check", lambda t: _ID.fullmatch(t.gid) is not None
+    ),
+    _Check(
+        "tcc_transactions",
+        "tcc_transactions_status_check",
+        lambda t: t.status in _WORDS[GlobalStatus],
+    ),
+    _Check(
+        "tcc_transactions", "tcc_transactions_timeout_s_check", lambda t: _above_zero(t.timeout_s)
+    ),
+    _Check(
+        "tcc_transactions",
+        "tcc_transactions_call_timeout_s_check",
+        lambda t: t.call_timeout_s is None or _above_zero(t.call_timeout_s),
+    ),
+    _Check(
+        "tcc_branches",
+        "tcc_branches_branch_id_check",
+        lambda b: _ID.fullmatch(b.branch_id) is not None,
+    ),
+    _Check("tcc_branches", "tcc_branches_status_check", lambda b: b.status in _WORDS[BranchStatus]),
+    _Check("tcc_events", "tcc_events_repeats_check", lambda e: e.repeats >= 1),
+    _Check("tcc_alerts", "tcc_alerts_kind_check", lambda a: a.kind in _WORDS[AlertKind]),
+    _Check(
+        "tcc_console_sessions",
+        "tcc_console_sessions_id_check",
+        lambda s: _SESSION_ID.fullmatch(s.id) is not None,
+    ),
+    _Check(
+        "tcc_console_sessions",
+        "tcc_console_sessions_scope_check",
+        lambda s: s.scope in _CONSOLE_SCOPES,
+    ),
+    _Check(
+        "tcc_console_sessions",
+        "tcc_console_sessions_check",
+        lambda s: s.expires_at > s.created_at,
+    ),
+)
+
+
+def _checked(table: str, row: _R) -> _R:
+    """``row``, if it breaks no CHECK of ``table``; InvalidInput as from Postgres otherwise."""
+    for check in CHECKS:
+        if check.table == table and not check.holds(row):
+            raise InvalidInput(
+                f'a value cannot be stored: new row for relation "{table}" violates check'
+                f' constraint "{check.name}"'
+            )
+    return row
+
+
+def _new_branch(gid: str, position: int, write: NewBranchWrite, now: datetime) -> Branch:
+    """A branch as registered (its CHECKs not yet applied)."""
+    new = write.branch
+    return Branch(
+        gid=gid,
+        branch_id=new.branch_id,
+        position=position,
+        name=new.name,
+        try_url=new.try_url,
+        confirm_url=new.confirm_url,
+        cancel_url=new.cancel_url,
+        payload=_stored(new.payload),
+        status=write.status,
+        attempts=0,
+        last_http_status=None,
+        last_error=None,
+        last_latency_ms=None,
+        next_retry_at=None,
+        created_at=now,
+        updated_at=now,
+        data=new.data,
+    )
+
+
 @dataclass(slots=True)
 class _TransactionRow:
     """A transaction as stored, with the columns the Transaction record does not carry."""
@@ -177,7 +276,8 @@ class _TransactionRow:
     phase_started_at: datetime | None = None
 
     def update(self, **changes: Any) -> Transaction:
-        self.record = dataclasses.replace(self.record, **changes)
+        """Change columns; a change that breaks a CHECK is refused and changes nothing."""
+        self.record = _checked("tcc_transactions", dataclasses.replace(self.record, **changes))
         return self.record
 
 
@@ -202,15 +302,17 @@ class _BranchRow:
     request_hash: str
 
     def update(self, **changes: Any) -> Branch:
-        self.record = dataclasses.replace(self.record, **changes)
+        """Change columns; a change that breaks a CHECK is refused and changes nothing."""
+        self.record = _checked("tcc_branches", dataclasses.replace(self.record, **changes))
         return self.record
 
 
 class InMemoryLog:
     """The transaction log in memory (see TransactionLog for the contract, and PostgresLog
-    with sql/queries.sql for the rules it mirrors). Each operation holds one lock, so each
-    is atomic as a database transaction is; each reads the clock once, as ``now()`` is
-    fixed for a Postgres transaction."""
+    with sql/queries.sql for the statements it mirrors). Each write applies what
+    core.writes works out, with the guards the SQL applies; each operation holds one lock,
+    so each is atomic as a database transaction is; each reads the clock once, as ``now()``
+    is fixed for a Postgres transaction."""
 
     def __init__(self, clock: ManualClock | None = None) -> None:
         self.clock = clock or ManualClock()
@@ -245,6 +347,9 @@ class InMemoryLog:
     def _branch_rows(self, gid: str) -> list[_BranchRow]:
         return list(self._branches.get(gid, {}).values())
 
+    def _views(self, gid: str) -> list[BranchView]:
+        return [b.record.view for b in self._branch_rows(gid)]
+
     def _leased(self, lease: Lease) -> _TransactionRow | None:
         """The transaction if ``lease`` is its current lease (the fencing check). Like the
         SQL, this compares tokens only: a lapsed lease nobody took over still holds."""
@@ -268,36 +373,35 @@ class InMemoryLog:
     def _event(
         self,
         gid: str,
-        kind: EventKind,
+        entry: Entry,
         *,
         branch_id: str | None = None,
-        phase: Phase | None = None,
         call: CallRecord | None = None,
-        detail: dict[str, Any] | None = None,
-        repeatable: bool = False,
+        detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append to the timeline; a ``repeatable`` event identical to the latest one of the
-        same branch (or of the transaction itself, without a branch) only counts as one
-        more repeat of it (the insert_or_repeat_event rule)."""
+        """Append ``entry`` to the timeline (with ``detail`` in place of its own, if given);
+        a repeatable one identical to the latest one of the same branch (or of the
+        transaction itself, without a branch) only counts as one more repeat of it (the
+        insert_or_repeat_event rule)."""
         event = Event(
             id=0,  # numbered below, once it is known to be a new row
             at=self._event_time(),
-            kind=kind,
+            kind=entry.kind,
             branch_id=branch_id,
-            phase=phase,
+            phase=entry.phase,
             http_status=call.http_status if call else None,
             latency_ms=_double(call.latency_ms) if call else None,
             error=call.error if call else None,
-            detail=_stored(detail or {}),
+            detail=_stored(entry.detail if detail is None else detail),
             repeats=1,
             last_at=None,
         )
         timeline = self._events.setdefault(gid, [])
-        if repeatable and self._repeat_latest(timeline, event):
+        if entry.repeatable and self._repeat_latest(timeline, event):
             return
         # Ids increase across the whole log, like the identity column.
         self._last_event_id += 1
-        timeline.append(dataclasses.replace(event, id=self._last_event_id))
+        timeline.append(_checked("tcc_events", dataclasses.replace(event, id=self._last_event_id)))
 
     @staticmethod
     def _repeat_latest(timeline: list[Event], event: Event) -> bool:
@@ -328,6 +432,7 @@ class InMemoryLog:
 
     async def begin(self, new: NewTransaction) -> tuple[TransactionDetail, bool]:
         """Log a new transaction; a repeat with the same request returns the original."""
+        write = writes.begin(new)
         async with self._lock:
             existing = self._transactions.get(new.gid)
             if existing is not None:
@@ -339,13 +444,10 @@ class InMemoryLog:
             deadline = _later(now, new.timeout_s)
             # Everything that may refuse the input is done before the first write, so that a
             # refused begin leaves nothing behind (as a rolled-back transaction).
-            begin_detail = _stored({"timeout_s": new.timeout_s, "service": new.service})
-            branches = self._first_of_each(new.branches)
-            for branch in branches:
-                _stored(branch.payload)
+            _stored(write.entry.detail)
             txn = Transaction(
                 gid=new.gid,
-                status=GlobalStatus.TRYING,
+                status=write.status,
                 dialect=new.dialect,
                 service=new.service,
                 metadata=_stored(new.metadata),
@@ -365,56 +467,30 @@ class InMemoryLog:
                 traceparent=new.traceparent,
                 tracestate=new.tracestate,
             )
+            _checked("tcc_transactions", txn)
+            branches = [
+                _checked("tcc_branches", _new_branch(new.gid, position, b, now))
+                for position, b in enumerate(write.branches)
+            ]
             self._transactions[new.gid] = _TransactionRow(txn, new.request_hash)
             self._branches[new.gid] = {}
-            self._event(new.gid, EventKind.BEGIN, detail=begin_detail)
-            for branch in branches:
-                self._insert_branch(new.gid, branch, now)
+            self._event(new.gid, write.entry)
+            for branch, branch_write in zip(branches, write.branches, strict=True):
+                self._insert_branch(branch, branch_write)
             written = self._written(new.gid, first_event)
             return TransactionDetail(written.transaction, written.branches, written.events), True
 
-    @staticmethod
-    def _first_of_each(branches: Iterable[NewBranch]) -> list[NewBranch]:
-        """A branch id given twice in one begin is inserted once (ON CONFLICT DO NOTHING)."""
-        seen: dict[str, NewBranch] = {}
-        for branch in branches:
-            seen.setdefault(branch.branch_id, branch)
-        return list(seen.values())
-
-    def _insert_branch(self, gid: str, new: NewBranch, now: datetime) -> Branch:
-        rows = self._branches[gid]
-        branch = Branch(
-            gid=gid,
-            branch_id=new.branch_id,
-            position=len(rows),
-            name=new.name,
-            try_url=new.try_url,
-            confirm_url=new.confirm_url,
-            cancel_url=new.cancel_url,
-            payload=_stored(new.payload),
-            status=BranchStatus.REGISTERED,
-            attempts=0,
-            last_http_status=None,
-            last_error=None,
-            last_latency_ms=None,
-            next_retry_at=None,
-            created_at=now,
-            updated_at=now,
-            data=new.data,
-        )
-        rows[new.branch_id] = _BranchRow(branch, new.request_hash)
-        self._event(
-            gid,
-            EventKind.BRANCH_REGISTERED,
-            branch_id=new.branch_id,
-            detail={"name": new.name, "coordinator_runs_try": new.try_url is not None},
-        )
+    def _insert_branch(self, branch: Branch, write: NewBranchWrite) -> Branch:
+        rows = self._branches[branch.gid]
+        rows[branch.branch_id] = _BranchRow(branch, write.branch.request_hash)
+        self._event(branch.gid, write.entry, branch_id=branch.branch_id)
         return branch
 
     async def register_branch(
         self, gid: str, new: NewBranch, max_branches: int
     ) -> tuple[Branch, bool]:
         """Add a branch while the transaction is trying; an identical repeat is a no-op."""
+        write = writes.register(new, max_branches)
         async with self._lock:
             row = self._row(gid)
             existing = self._branches[gid].get(new.branch_id)
@@ -425,14 +501,12 @@ class InMemoryLog:
                     )
                 return _out_branch(existing.record), False
             now = self.clock.now()
-            if row.record.status is not GlobalStatus.TRYING:
-                raise NotTrying(row.record.status)
-            if row.record.deadline <= now:
-                raise Conflict("the transaction deadline has passed")
-            if len(self._branches[gid]) >= max_branches:
-                raise LimitExceeded(f"a transaction may have at most {max_branches} branches")
-            _stored(new.payload)  # refuse an unstorable payload before writing anything
-            return _out_branch(self._insert_branch(gid, new, now)), True
+            rows = self._branches[gid]
+            refused = write.refusal(row.record.status, row.record.deadline <= now, len(rows))
+            if refused is not None:
+                raise refused
+            branch = _checked("tcc_branches", _new_branch(gid, len(rows), write.branch, now))
+            return _out_branch(self._insert_branch(branch, write.branch)), True
 
     async def claim_stale_try(
         self, gid: str, branch_id: str, stale_after_s: float
@@ -446,12 +520,9 @@ class InMemoryLog:
                 return None
             now = self.clock.now()
             branch = branch_row.record
-            stale = (
-                row.record.status is GlobalStatus.TRYING
-                and branch.status is BranchStatus.REGISTERED
-                and branch.try_url is not None
-                and branch.updated_at < _later(now, -stale_after_s)
-            )
+            stale = writes.STALE_TRY.applies(
+                row.record.status, branch.view
+            ) and branch.updated_at < _later(now, -stale_after_s)
             if not stale:
                 return None
             return _out_branch(branch_row.update(updated_at=now))
@@ -460,31 +531,34 @@ class InMemoryLog:
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
     ) -> tuple[Branch, bool]:
         """Store a try's outcome; a late answer (the branch moved on) is only logged."""
-        target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
+        write = writes.try_answer(TryRecord(branch_id, verdict, call))
         async with self._lock:
             self._row(gid)
             branch_row = self._branches[gid].get(branch_id)
             if branch_row is None:
                 raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
-            recorded = branch_row.record.status in states.branch_sources_of(target)
-            if recorded:
-                branch_row.update(
-                    status=target,
-                    attempts=branch_row.record.attempts + 1,
-                    last_http_status=call.http_status,
-                    last_error=call.error,
-                    last_latency_ms=_double(call.latency_ms),
-                    updated_at=self.clock.now(),
-                )
-            self._event(
-                gid,
-                EventKind.TRY_RESULT,
-                branch_id=branch_id,
-                phase=Phase.TRY,
-                call=call,
-                detail={"verdict": verdict.value, "late": not recorded},
-            )
+            recorded = self._record_call(gid, write, self.clock.now())
             return _out_branch(branch_row.record), recorded
+
+    def _record_call(self, gid: str, write: CallWrite, now: datetime) -> bool:
+        """A participant's answer on one branch (every kind of call, as each statement does
+        it); True when the branch took it."""
+        branch_row = self._branches[gid].get(write.branch_id)
+        taken = branch_row is not None and write.takes(branch_row.record.status)
+        if branch_row is not None and taken:
+            branch_row.update(
+                status=branch_row.record.status if write.target is None else write.target,
+                attempts=branch_row.record.attempts + 1,
+                last_http_status=write.call.http_status,
+                last_error=write.call.error,
+                last_latency_ms=_double(write.call.latency_ms),
+                next_retry_at=None,
+                updated_at=now,
+            )
+        self._event(
+            gid, write.entry, branch_id=write.branch_id, call=write.call, detail=write.detail(taken)
+        )
+        return taken
 
     # --- decisions and operator actions -------------------------------------------
 
@@ -499,122 +573,70 @@ class InMemoryLog:
         options: OptionsUpdate | None = None,
         actor: str | None = None,
     ) -> DecideResult:
+        write = writes.decision(decision, reason=reason, owner=owner, actor=actor)
         async with self._lock:
             row = self._row(gid)
             now = self.clock.now()
             txn = row.record
+            views = self._views(gid)
             judgement = states.judge_decision(
-                decision,
-                txn.status,
-                txn.deadline <= now,
-                [b.record.view for b in self._branch_rows(gid)],
-                txn.cancel_reason,
+                decision, txn.status, txn.deadline <= now, views, txn.cancel_reason
             )
+            allowed = write.move.allows(txn.status) and write.guard.holds(
+                txn.deadline <= now, views
+            )
+            # The guard the SQL applies and the judgement are the core's, and must agree.
+            assert allowed == (judgement.verdict is Verdict.DECIDE), (write, judgement)
             branches = [_out_branch(b.record) for b in self._branch_rows(gid)]
-            if judgement.verdict is not Verdict.DECIDE:
+            if not allowed:
                 return DecideResult(_out_transaction(txn), judgement, None, branches)
-            lease = self._take_decision(
-                row, decision, reason, owner, lease_ttl_s, now, options=options, actor=actor
-            )
+            lease = self._take_decision(row, write, owner, lease_ttl_s, now, options)
             return DecideResult(_out_transaction(row.record), judgement, lease, branches)
 
     async def decide_after_tries(
         self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float
     ) -> tuple[DecideResult, Written | None]:
         """The tries' answers, then the decision, as the decide_after_tries statement."""
+        write = writes.decision_after_tries(gid, tries, owner)
         async with self._lock:
             row = self._row(gid)
             now = self.clock.now()
             first_event = self._last_event_id
-            recorded = [self._record_try(gid, t, now) for t in tries]
+            recorded = [self._record_call(gid, t, now) for t in write.tries]
             txn = row.record
-            failed = next((t.branch_id for t in tries if t.verdict is not TryVerdict.TRIED), None)
-            deadline_passed = txn.deadline <= now
-            decision: Decision | None = None
-            reason: str | None = None
-            if txn.status is not GlobalStatus.TRYING:
-                judgement = Judgement(
-                    Verdict.REFUSE, f"transaction is {txn.status.value}", Refusal.NOT_TRYING
-                )
-            elif failed is not None or deadline_passed:
-                decision = Decision.CANCEL
-                reason = (
-                    CancelReason.TRY_FAILED.text(failed)
-                    if failed is not None
-                    else CancelReason.TIMEOUT.text()
-                )
-            elif all(recorded) and self._others_allow_confirm(gid, tries):
-                decision = Decision.CONFIRM
-            if decision is None:
-                if txn.status is GlobalStatus.TRYING:
-                    judgement = Judgement(
-                        Verdict.REFUSE, "not every try was recorded as tried", Refusal.TRY_PENDING
-                    )
-                return DecideResult(_out_transaction(txn), judgement, None), None
-            lease = self._take_decision(row, decision, reason, owner, lease_ttl_s, now)
+            chosen = write.choose(txn.status, txn.deadline <= now, self._views(gid), all(recorded))
+            if chosen is None:
+                return DecideResult(_out_transaction(txn), writes.undecided(txn.status), None), None
+            lease = self._take_decision(row, chosen, owner, lease_ttl_s, now)
             written = self._written(gid, first_event)
             return DecideResult(written.transaction, Judgement(Verdict.DECIDE), lease), written
-
-    def _record_try(self, gid: str, record: TryRecord, now: datetime) -> bool:
-        """One try's answer (the record_try rule); True when the branch took it."""
-        target = (
-            BranchStatus.TRIED if record.verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
-        )
-        branch_row = self._branches[gid].get(record.branch_id)
-        taken = branch_row is not None and branch_row.record.status is BranchStatus.REGISTERED
-        if branch_row is not None and taken:
-            branch_row.update(
-                status=target,
-                attempts=branch_row.record.attempts + 1,
-                last_http_status=record.call.http_status,
-                last_error=record.call.error,
-                last_latency_ms=_double(record.call.latency_ms),
-                updated_at=now,
-            )
-        self._event(
-            gid,
-            EventKind.TRY_RESULT,
-            branch_id=record.branch_id,
-            phase=Phase.TRY,
-            call=record.call,
-            detail={"verdict": record.verdict.value, "late": not taken},
-        )
-        return taken
-
-    def _others_allow_confirm(self, gid: str, tries: list[TryRecord]) -> bool:
-        """No branch outside these tries failed its try or still waits for one."""
-        mine = {t.branch_id for t in tries}
-        return all(
-            b.record.status is not BranchStatus.TRY_FAILED
-            and not (b.record.status is BranchStatus.REGISTERED and b.record.try_url is not None)
-            for b in self._branch_rows(gid)
-            if b.record.branch_id not in mine
-        )
 
     def _take_decision(
         self,
         row: _TransactionRow,
-        decision: Decision,
-        reason: str | None,
+        write: DecisionWrite,
         owner: str,
         lease_ttl_s: float,
         now: datetime,
-        *,
         options: OptionsUpdate | None = None,
-        actor: str | None = None,
     ) -> Lease:
-        """Write a decision the caller has judged allowed (with the options given with it);
-        the decider gets the lease."""
-        target = states.phase_status(decision)
-        assert row.record.status in states.sources_of(target)  # the CAS guard
+        """Write a decision its guard allows (with the options given with it); the decider
+        gets the lease."""
+        assert write.move.allows(row.record.status)  # the CAS guard
         lease_expires_at = _later(now, lease_ttl_s)  # may refuse the input: before any write
-        if options is not None:
-            self._set_options(row, options, now)
+        if options is not None:  # merged key by key (jsonb ||)
+            call_timeout_s = options.call_timeout_s
+            row.update(
+                options={**row.record.options, **_stored(options.options)},
+                call_timeout_s=row.record.call_timeout_s
+                if call_timeout_s is None
+                else _double(call_timeout_s),
+            )
         row.lease_token = _new_token()
         row.phase_started_at = now
         row.update(
-            status=target,
-            cancel_reason=reason if decision is Decision.CANCEL else None,
+            status=write.move.target,
+            cancel_reason=write.cancel_reason,
             decided_at=now,
             phase_attempts=0,
             next_attempt_at=now,
@@ -622,10 +644,7 @@ class InMemoryLog:
             lease_owner=owner,
             lease_expires_at=lease_expires_at,
         )
-        detail: dict[str, Any] = {"decision": decision.value, "reason": reason, "by": owner}
-        if actor is not None:
-            detail["actor"] = actor
-        self._event(row.record.gid, EventKind.DECISION, detail=detail)
+        self._event(row.record.gid, write.entry)
         return Lease(row.record.gid, row.lease_token)
 
     def _written(self, gid: str, after_event: int) -> Written:
@@ -635,34 +654,6 @@ class InMemoryLog:
             [_out_branch(b.record) for b in self._branch_rows(gid)],
             [_out_event(e) for e in self._events.get(gid, []) if e.id > after_event],
         )
-
-    @staticmethod
-    def _set_options(row: _TransactionRow, update: OptionsUpdate, now: datetime) -> None:
-        """Options given with the decision: merged key by key (jsonb ||), only while trying."""
-        if row.record.status is not GlobalStatus.TRYING:
-            return
-        call_timeout_s = (
-            _double(update.call_timeout_s)
-            if update.call_timeout_s is not None
-            else row.record.call_timeout_s
-        )
-        row.update(
-            options={**row.record.options, **_stored(update.options)},
-            call_timeout_s=call_timeout_s,
-            updated_at=now,
-        )
-
-    def _parked(self, gid: str, verb: str) -> tuple[_TransactionRow, GlobalStatus, Decision]:
-        """A transaction an operator acts on; it must be parked."""
-        row = self._row(gid)
-        status = row.record.status
-        decision = states.decision_of(status)
-        if status not in states.PARKED_STATUSES or decision is None:
-            raise Conflict(
-                f"only failed_to_confirm and failed_to_cancel transactions can be {verb};"
-                f" this one is {status.value}"
-            )
-        return row, status, decision
 
     async def retry_parked(
         self,
@@ -676,25 +667,22 @@ class InMemoryLog:
         """Back into phase two with a fresh budget; with an owner, under its lease at once,
         without one for the next recovery scan."""
         async with self._lock:
-            row, status, decision = self._parked(gid, "retried")
-            target = states.phase_status(decision)
-            states.check_move(status, target)
+            row = self._row(gid)
+            write = writes.retry_parked(row.record.status, actor=actor, reason=reason)
+            assert write.move.allows(row.record.status)  # the CAS guard
             now = self.clock.now()
             lease_expires_at = _later(now, lease_ttl_s) if owner is not None else None
             row.lease_token = _new_token() if owner is not None else None
             row.phase_started_at = now
             txn = row.update(
-                status=target,
+                status=write.move.target,
                 next_attempt_at=now,
                 updated_at=now,
                 phase_attempts=0,
                 lease_owner=owner,
                 lease_expires_at=lease_expires_at,
             )
-            detail = {"from": status.value, "actor": actor}
-            if reason is not None:
-                detail["reason"] = reason
-            self._event(gid, EventKind.ADMIN_RETRY, detail=detail)
+            self._event(gid, write.entry)
             lease = Lease(gid, row.lease_token) if row.lease_token is not None else None
             return _out_transaction(txn), lease
 
@@ -704,63 +692,44 @@ class InMemoryLog:
         """An operator finished stuck branches by hand (all, or one): they are marked done,
         and the transaction once none waits, with who and why in the timeline."""
         async with self._lock:
-            row, status, decision = self._parked(gid, "resolved")
-            final = states.final_status(decision)
-            states.check_move(status, final)
-            done = states.branch_done_status(decision)
+            row = self._row(gid)
+            write = writes.resolve_parked(
+                row.record.status, actor=actor, note=note, branch_id=branch_id
+            )
             if branch_id is not None:
                 only = self._branches[gid].get(branch_id)
                 if only is None:
                     raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
-                if only.record.status not in states.branch_sources_of(done):
-                    raise Conflict(f"branch {branch_id!r} is already {done.value}")
+                if not write.branches.allows(only.record.status):
+                    raise write.already_done()
             now = self.clock.now()
-            resolved = self._resolve_branches(gid, done, note, now, branch_id)
-            sources = states.branch_sources_of(done)
-            waiting = any(b.record.status in sources for b in self._branch_rows(gid))
+            resolved: list[str] = []
+            for branch_row in self._branch_rows(gid):
+                chosen = branch_id is None or branch_row.record.branch_id == branch_id
+                if chosen and write.branches.allows(branch_row.record.status):
+                    branch_row.update(
+                        status=write.branches.target,
+                        last_error=write.last_error,
+                        next_retry_at=None,
+                        updated_at=now,
+                    )
+                    resolved.append(branch_row.record.branch_id)
+            waiting = any(write.branches.allows(b.record.status) for b in self._branch_rows(gid))
             txn = row.record
             if not waiting:
+                assert write.finish.allows(txn.status)  # the CAS guard
+                row.lease_token = None
                 txn = row.update(
-                    status=final,
+                    status=write.finish.target,
                     finished_at=now,
                     updated_at=now,
                     next_attempt_at=None,
                     lease_owner=None,
                     lease_expires_at=None,
                 )
-                row.lease_token = None
-            self._event(
-                gid,
-                EventKind.ADMIN_RESOLVED,
-                branch_id=branch_id,
-                detail={
-                    "actor": actor,
-                    "note": note,
-                    "branches": resolved,
-                    "finished": not waiting,
-                },
-            )
+            detail = write.detail(resolved, finished=not waiting)
+            self._event(gid, write.entry, branch_id=branch_id, detail=detail)
             return _out_transaction(txn)
-
-    def _resolve_branches(
-        self, gid: str, done: BranchStatus, note: str, now: datetime, only: str | None
-    ) -> list[str]:
-        """Mark every branch (or only the one named) that may still move to ``done`` as
-        done; their ids."""
-        sources = states.branch_sources_of(done)
-        resolved: list[str] = []
-        for branch_row in self._branch_rows(gid):
-            if only is not None and branch_row.record.branch_id != only:
-                continue
-            if branch_row.record.status in sources:
-                branch_row.update(
-                    status=done,
-                    last_error=states.resolved_by_hand(note),
-                    next_retry_at=None,
-                    updated_at=now,
-                )
-                resolved.append(branch_row.record.branch_id)
-        return resolved
 
     # --- leases and phase two -------------------------------------------------------
 
@@ -823,87 +792,30 @@ class InMemoryLog:
     ) -> bool:
         """Store one confirm/cancel reply. A fenced-out holder writes nothing at all, not
         even the timeline event: the new holder owns this transaction's story now."""
-        target = states.branch_done_status(decision)
-        phase = states.phase_of(decision)
+        write = writes.phase_call(decision, branch_id, done, call)
         async with self._lock:
             if self._leased(lease) is None:
                 return False
-            branch_row = self._branches[lease.gid].get(branch_id)
-            if branch_row is not None and branch_row.record.status in states.branch_sources_of(
-                target
-            ):
-                branch_row.update(
-                    status=target if done else branch_row.record.status,
-                    attempts=branch_row.record.attempts + 1,
-                    last_http_status=call.http_status,
-                    last_error=call.error,
-                    last_latency_ms=_double(call.latency_ms),
-                    next_retry_at=None,
-                    updated_at=self.clock.now(),
-                )
             # Logged even when the branch had nothing left to move, as the SQL does.
-            self._event(
-                lease.gid,
-                states.call_event(phase),
-                branch_id=branch_id,
-                phase=phase,
-                call=call,
-                detail={"done": done},
-                repeatable=not done,
-            )
+            self._record_call(lease.gid, write, self.clock.now())
             return True
 
     async def finish_done_round(
         self, lease: Lease, decision: Decision, calls: list[tuple[str, CallRecord]], owner: str
     ) -> Written | None:
         """Every call done: their outcomes and the end of the phase, in one write."""
-        target = states.branch_done_status(decision)
-        phase = states.phase_of(decision)
-        final = states.final_status(decision)
+        write = writes.done_round(decision, calls, owner)
         async with self._lock:
             row = self._leased(lease)
             if row is None:
                 return None
             now = self.clock.now()
             first_event = self._last_event_id
-            for branch_id, call in calls:
-                branch_row = self._branches[lease.gid].get(branch_id)
-                sources = states.branch_sources_of(target)
-                if branch_row is not None and branch_row.record.status in sources:
-                    branch_row.update(
-                        status=target,
-                        attempts=branch_row.record.attempts + 1,
-                        last_http_status=call.http_status,
-                        last_error=call.error,
-                        last_latency_ms=_double(call.latency_ms),
-                        next_retry_at=None,
-                        updated_at=now,
-                    )
-                self._event(
-                    lease.gid,
-                    states.call_event(phase),
-                    branch_id=branch_id,
-                    phase=phase,
-                    call=call,
-                    detail={"done": True},
-                )
-            if row.record.status is not states.phase_status(decision):
+            for call in write.calls:
+                self._record_call(lease.gid, call, now)
+            if not write.end.move.allows(row.record.status):
                 return None
-            row.lease_token = None
-            txn = row.update(
-                status=final,
-                phase_attempts=row.record.phase_attempts + 1,
-                updated_at=now,
-                next_attempt_at=None,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            self._event(
-                lease.gid,
-                states.outcome_event(final),
-                detail={"rounds": txn.phase_attempts, "by": owner},
-            )
+            self._end_round(row, write.end, now)
             return self._written(lease.gid, first_event)
 
     async def finish_round(
@@ -918,57 +830,57 @@ class InMemoryLog:
     ) -> Transaction | None:
         """End a round (final, parked, or the next retry) and let the lease go; None if the
         lease was lost or the transaction left the decision's phase."""
-        phase_status = states.phase_status(decision)
-        alert = states.alert_due(outcome, phase_status, alert_after_rounds)
+        end = writes.round_end(
+            decision,
+            outcome,
+            owner=owner,
+            retry_in_s=retry_in_s,
+            pending=pending,
+            alert_after_rounds=alert_after_rounds,
+        )
         async with self._lock:
             row = self._leased(lease)
-            if row is None or row.record.status is not phase_status:
+            if row is None or not end.move.allows(row.record.status):
                 return None
-            now = self.clock.now()
-            retrying = outcome in states.PHASE_TWO_STATUSES
-            next_attempt_at = _later(now, retry_in_s) if retrying else None
-            # Known before the first write: an outcome without a timeline entry is refused
-            # with nothing changed.
-            outcome_kind = None if outcome is phase_status else states.outcome_event(outcome)
-            row.lease_token = None
-            txn = row.update(
-                status=outcome,
-                phase_attempts=row.record.phase_attempts + 1,
-                updated_at=now,
-                next_attempt_at=next_attempt_at,
-                finished_at=now if outcome in states.FINAL_STATUSES else None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            if outcome_kind is None:
-                self._schedule_branch_retry(lease.gid, pending, next_attempt_at)
-                # No round number in the detail: identical rounds collapse into one entry.
-                self._event(
-                    lease.gid,
-                    EventKind.RETRY_SCHEDULED,
-                    detail={"pending": sorted(pending), "by": owner},
-                    repeatable=True,
+            return _out_transaction(self._end_round(row, end, self.clock.now()))
+
+    def _end_round(self, row: _TransactionRow, end: RoundEnd, now: datetime) -> Transaction:
+        """The end of a round its guard allows, and the alert it raises (finish_round and
+        finish_done_rounds)."""
+        gid = row.record.gid
+        next_attempt_at = _later(now, end.retry_in_s) if end.retry_in_s is not None else None
+        row.lease_token = None
+        txn = row.update(
+            status=end.move.target,
+            phase_attempts=row.record.phase_attempts + 1,
+            updated_at=now,
+            next_attempt_at=next_attempt_at,
+            finished_at=now if end.finishes else None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        for branch_id in set(end.pending):
+            branch_row = self._branches[gid].get(branch_id)
+            if branch_row is not None:
+                branch_row.update(next_retry_at=next_attempt_at)
+        self._event(gid, end.entry, detail=end.detail(txn.phase_attempts))
+        if end.alert is not None and end.alert.raised_after(txn.phase_attempts):
+            stay = row.phase_started_at or txn.decided_at or txn.created_at
+            key = (gid, end.alert.kind, stay, txn.phase_attempts)
+            if key not in self._alert_keys:
+                branches = [b.record for b in self._branch_rows(gid)]
+                alert = _AlertRow(
+                    id=self._last_alert_id + 1,
+                    gid=gid,
+                    kind=end.alert.kind,
+                    body=_stored(alert_body(end.alert.kind, txn, branches)),
+                    created_at=now,
+                    next_attempt_at=now,
                 )
-            else:
-                self._event(
-                    lease.gid, outcome_kind, detail={"rounds": txn.phase_attempts, "by": owner}
-                )
-            if alert is not None and alert.raised_after(txn.phase_attempts):
-                stay = row.phase_started_at or txn.decided_at or txn.created_at
-                key = (lease.gid, alert.kind, stay, txn.phase_attempts)
-                if key not in self._alert_keys:
-                    self._alert_keys.add(key)
-                    branches = [b.record for b in self._branch_rows(lease.gid)]
-                    self._last_alert_id += 1
-                    self._alerts[self._last_alert_id] = _AlertRow(
-                        id=self._last_alert_id,
-                        gid=lease.gid,
-                        kind=alert.kind,
-                        body=_stored(alert_body(alert.kind, txn, branches)),
-                        created_at=now,
-                        next_attempt_at=now,
-                    )
-            return _out_transaction(txn)
+                self._alerts[alert.id] = _checked("tcc_alerts", alert)
+                self._last_alert_id = alert.id
+                self._alert_keys.add(key)
+        return txn
 
     # --- alerts ------------------------------------------------------------------------
 
@@ -1064,12 +976,6 @@ class InMemoryLog:
         async with self._lock:
             return len(self._prunable(older_than_s))
 
-    def _schedule_branch_retry(self, gid: str, pending: list[str], at: datetime | None) -> None:
-        for branch_id in set(pending):
-            branch_row = self._branches[gid].get(branch_id)
-            if branch_row is not None:
-                branch_row.update(next_retry_at=at)
-
     # --- coordinators -----------------------------------------------------------------
 
     async def coordinator_seen(self, owner: str, claimed: int, taken_over: int) -> None:
@@ -1127,13 +1033,9 @@ class InMemoryLog:
     # --- console sessions ----------------------------------------------------------
 
     async def open_session(self, new: NewSession) -> None:
-        if not _SESSION_ID.match(new.id) or new.scope not in _CONSOLE_SCOPES or new.ttl_s <= 0:
-            raise InvalidInput(f"a value cannot be stored: session {new.id[:12]!r}")
         async with self._lock:
-            if new.id in self._sessions:
-                raise Conflict(f"session {new.id[:12]!r} exists")
             now = self.clock.now()
-            self._sessions[new.id] = ConsoleSession(
+            session = ConsoleSession(
                 id=new.id,
                 key_name=new.key_name,
                 scope=new.scope,
@@ -1145,6 +1047,10 @@ class InMemoryLog:
                 revoked_at=None,
                 revoked_by=None,
             )
+            _checked("tcc_console_sessions", session)
+            if new.id in self._sessions:
+                raise Conflict(f"session {new.id[:12]!r} exists")
+            self._sessions[new.id] = session
 
     @staticmethod
     def _session_live(session: ConsoleSession, now: datetime) -> bool:
@@ -1257,7 +1163,7 @@ class InMemoryLog:
         async with self._lock:
             now = self.clock.now()
             unfinished = [row.record for row in self._transactions.values()]
-        unfinished = [t for t in unfinished if t.status in _OPEN]
+        unfinished = [t for t in unfinished if t.status in states.UNFINISHED_STATUSES]
         counts: dict[GlobalStatus, int] = {}
         for t in unfinished:
             counts[t.status] = counts.get(t.status, 0) + 1
@@ -1274,7 +1180,7 @@ class InMemoryLog:
         recent: dict[GlobalStatus, int] = {}
         minutes: dict[datetime, dict[GlobalStatus, int]] = {}
         for t in txns:
-            if t.status in _OPEN:
+            if t.status in states.UNFINISHED_STATUSES:
                 unfinished[t.status] = unfinished.get(t.status, 0) + 1
             if t.created_at >= since:
                 recent[t.status] = recent.get(t.status, 0) + 1
@@ -1309,22 +1215,12 @@ class InMemoryLog:
         )
 
 
-_OPEN = (
-    GlobalStatus.TRYING,
-    GlobalStatus.CONFIRMING,
-    GlobalStatus.CANCELLING,
-    GlobalStatus.FAILED_TO_CONFIRM,
-    GlobalStatus.FAILED_TO_CANCEL,
-)
-
-
 def _attention(txns: list[Transaction], now: datetime, limit: int) -> dict[str, list[Transaction]]:
     """The overview_attention query's four lists."""
 
     def first(rows: Iterable[Transaction], key: Any) -> list[Transaction]:
         return sorted(rows, key=key)[:limit]
 
-    phase_two = (GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING)
     minute_ago, minute_ahead = _later(now, -60), _later(now, 60)
     return {
         "parked": first((t for t in txns if t.status in states.PARKED_STATUSES), _updated),
@@ -1332,19 +1228,21 @@ def _attention(txns: list[Transaction], now: datetime, limit: int) -> dict[str, 
             (
                 t
                 for t in txns
-                if t.status in phase_two
+                if t.status in states.PHASE_TWO_STATUSES
                 and (
                     t.phase_attempts > 3 or (t.decided_at is not None and t.decided_at < minute_ago)
                 )
             ),
             lambda t: t.decided_at,
         ),
-        "oldest_unfinished": first((t for t in txns if t.status in _OPEN), lambda t: t.created_at),
+        "oldest_unfinished": first(
+            (t for t in txns if t.status in states.UNFINISHED_STATUSES), lambda t: t.created_at
+        ),
         "near_deadline": first(
             (
                 t
                 for t in txns
-                if t.status is GlobalStatus.TRYING
+                if t.status in states.UNDECIDED_STATUSES
                 and t.next_attempt_at is not None
                 and t.next_attempt_at < minute_ahead
             ),

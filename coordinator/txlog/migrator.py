@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 
 from coordinator.core.errors import MigrationError
-from coordinator.txlog.queries import DbConnection, q
+from coordinator.txlog.queries import DbConnection, statement
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +55,9 @@ def load_migrations(folder: Traversable | None = None) -> list[Migration]:
 
 
 async def applied_versions(conn: DbConnection) -> list[int]:
-    if not await conn.fetchval(q("migrations_table_exists")):
+    if not await conn.fetchval(*statement("migrations_table_exists")):
         return []
-    return [r["version"] for r in await conn.fetch(q("migrations_applied"))]
+    return [r["version"] for r in await conn.fetch(*statement("migrations_applied"))]
 
 
 async def pending_migrations(conn: DbConnection) -> list[Migration]:
@@ -70,19 +70,23 @@ async def migrate(dsn_or_conn: str | asyncpg.Connection) -> list[Migration]:
     conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     try:
         # Two coordinators starting together: the second waits here, then finds nothing to do.
-        await conn.execute(q("migrations_lock"))
+        await conn.execute(*statement("migrations_lock"))
         try:
-            await conn.execute(q("migrations_create_table"))
+            await conn.execute(*statement("migrations_create_table"))
             applied: list[Migration] = []
             for migration in await pending_migrations(conn):
                 async with conn.transaction():
                     await conn.execute(migration.sql)
-                    await conn.execute(q("migrations_record"), migration.version, migration.name)
+                    await conn.execute(
+                        *statement(
+                            "migrations_record", version=migration.version, name=migration.name
+                        )
+                    )
                 log.info("migration_applied", version=migration.version, name=migration.name)
                 applied.append(migration)
             return applied
         finally:
-            await conn.execute(q("migrations_unlock"))
+            await conn.execute(*statement("migrations_unlock"))
     finally:
         if isinstance(dsn_or_conn, str):
             await conn.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,15 +11,13 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from coordinator.core import jsonsafe, states
+from coordinator.core import jsonsafe, states, writes
 from coordinator.core.apikeys import Scope
 from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
     InvalidInput,
-    LimitExceeded,
     NotFound,
-    NotTrying,
     TakenGid,
 )
 from coordinator.core.records import (
@@ -49,20 +48,17 @@ from coordinator.core.records import (
 )
 from coordinator.core.states import (
     AlertKind,
-    BranchStatus,
     Decision,
-    EventKind,
     GlobalStatus,
     Judgement,
-    Phase,
-    Refusal,
     TryVerdict,
     Verdict,
 )
+from coordinator.core.writes import AutoDecision, CallWrite, DoneRound, Entry
 from coordinator.txlog import migrator
 from coordinator.txlog.batching import Batcher
 from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
-from coordinator.txlog.queries import q
+from coordinator.txlog.queries import query, statement
 
 # Errors that mean "the database is not there right now", not "the query is wrong".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -142,14 +138,6 @@ _SESSION = {"plan_cache_mode": "force_generic_plan"}
 _NO_FLUSH_WAIT = {"synchronous_commit": "off"}
 
 
-def _first_of_each(branches: list[NewBranch]) -> list[NewBranch]:
-    """A branch id given twice in one begin is registered once, as the first said."""
-    seen: dict[str, NewBranch] = {}
-    for branch in branches:
-        seen.setdefault(branch.branch_id, branch)
-    return list(seen.values())
-
-
 def _transaction(row: asyncpg.Record) -> Transaction:
     return from_row(Transaction, row)
 
@@ -163,7 +151,8 @@ def _event(row: asyncpg.Record) -> Event:
 
 
 class PostgresLog:
-    """Every read and write of the transaction log (see TransactionLog for the contract)."""
+    """Every read and write of the transaction log (see TransactionLog for the contract).
+    What each write changes comes from core.writes; the statements apply it."""
 
     def __init__(self, pool: asyncpg.Pool, lazy_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
@@ -171,14 +160,14 @@ class PostgresLog:
         # to lose in a crash (they are redone); the same pool when none is given.
         self.lazy_pool = lazy_pool or pool
         # Group commit of the hot path's writes (see batching.py).
-        self._begins: Batcher[NewTransaction, TransactionDetail | None] = Batcher(
-            self._flush_begins, key=lambda new: new.gid
+        self._begins: Batcher[writes.BeginWrite, TransactionDetail | None] = Batcher(
+            self._flush_begins, key=lambda write: write.new.gid, name="begins"
         )
         self._decisions: Batcher[_AutoDecision, tuple[DecideResult, Written] | None] = Batcher(
-            self._flush_decisions, key=lambda item: item.gid
+            self._flush_decisions, key=lambda item: item.write.gid, name="decisions"
         )
         self._finishes: Batcher[_DoneRound, Written | None] = Batcher(
-            self._flush_finishes, key=lambda item: item.lease.gid
+            self._flush_finishes, key=lambda item: item.lease.gid, name="round ends"
         )
 
     @classmethod
@@ -194,9 +183,15 @@ class PostgresLog:
         return cls(pool, lazy)
 
     async def close(self) -> None:
-        await self.pool.close()
-        if self.lazy_pool is not self.pool:
-            await self.lazy_pool.close()
+        """Write what the group commits accepted (refusing anything new), then close."""
+        try:
+            await asyncio.gather(
+                self._begins.close(), self._decisions.close(), self._finishes.close()
+            )
+        finally:
+            await self.pool.close()
+            if self.lazy_pool is not self.pool:
+                await self.lazy_pool.close()
 
     @asynccontextmanager
     async def connection(
@@ -217,10 +212,6 @@ class PostgresLog:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
-    async def ping(self) -> None:
-        async with self.connection() as conn:
-            await conn.fetchval(q("ping"))
-
     async def readiness(self) -> list[str]:
         async with self.connection() as conn:
             pending = await migrator.pending_migrations(conn)
@@ -232,73 +223,77 @@ class PostgresLog:
     async def _event(
         conn: asyncpg.pool.PoolConnectionProxy,
         gid: str,
-        kind: EventKind,
+        entry: Entry,
         *,
         branch_id: str | None = None,
-        phase: Phase | None = None,
         call: CallRecord | None = None,
-        detail: dict[str, Any] | None = None,
-        repeatable: bool = False,
+        detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append to the timeline; a ``repeatable`` event identical to the branch's latest
-        one only bumps that one's repeat count."""
+        """Append ``entry`` to the timeline (with ``detail`` in place of its own, if given);
+        a repeatable one identical to the branch's latest only bumps that one's count."""
         await conn.execute(
-            q("insert_or_repeat_event" if repeatable else "insert_event"),
-            gid,
-            kind.value,
-            branch_id,
-            phase.value if phase else None,
-            call.http_status if call else None,
-            call.latency_ms if call else None,
-            call.error if call else None,
-            detail or {},
+            *statement(
+                "insert_or_repeat_event" if entry.repeatable else "insert_event",
+                gid=gid,
+                kind=entry.kind,
+                branch_id=branch_id,
+                phase=entry.phase,
+                http_status=call.http_status if call else None,
+                latency_ms=call.latency_ms if call else None,
+                error=call.error if call else None,
+                detail=entry.detail if detail is None else detail,
+            )
         )
-
-    # --- begin and register ---------------------------------------------------
 
     # --- the hot path, group-committed -----------------------------------------------
 
     async def begin(self, new: NewTransaction) -> tuple[TransactionDetail, bool]:
-        written = await self._begins.submit(new)
+        written = await self._begins.submit(writes.begin(new))
         if written is not None:
             return written, True
         async with self.connection() as conn:
-            existing_hash = await conn.fetchval(q("transaction_request_hash"), new.gid)
+            existing_hash = await conn.fetchval(*statement("transaction_request_hash", gid=new.gid))
         if existing_hash != new.request_hash:
             raise TakenGid(new.gid)
         return await self.detail(new.gid), False
 
     async def _flush_begins(
-        self, items: list[NewTransaction]
+        self, items: list[writes.BeginWrite]
     ) -> list[TransactionDetail | BaseException | None]:
-        firsts = [_first_of_each(new.branches) for new in items]
-        branches = [(n, pos, b) for n, bs in enumerate(firsts, 1) for pos, b in enumerate(bs)]
-        statement = q("begin_transactions")
-        args = (
-            [new.gid for new in items],
-            [new.dialect for new in items],
-            [new.service for new in items],
-            [new.metadata for new in items],
-            [new.request_hash for new in items],
-            [float(new.timeout_s) for new in items],
-            [new.call_timeout_s for new in items],
-            [new.options for new in items],
-            [{"timeout_s": new.timeout_s, "service": new.service} for new in items],
-            [n for n, _, _ in branches],
-            [pos for _, pos, _ in branches],
-            [b.branch_id for _, _, b in branches],
-            [b.name for _, _, b in branches],
-            [b.try_url for _, _, b in branches],
-            [b.confirm_url for _, _, b in branches],
-            [b.cancel_url for _, _, b in branches],
-            [b.payload for _, _, b in branches],
-            [b.request_hash for _, _, b in branches],
-            [b.data for _, _, b in branches],
-            [len(bs) for bs in firsts],
-            [new.traceparent for new in items],
-            [new.tracestate for new in items],
+        news = [w.new for w in items]
+        branches = [(n, pos, b) for n, w in enumerate(items, 1) for pos, b in enumerate(w.branches)]
+        args = query("begin_transactions").args(
+            {
+                "gids": [new.gid for new in news],
+                "statuses": [w.status for w in items],
+                "dialects": [new.dialect for new in news],
+                "services": [new.service for new in news],
+                "metadata": [new.metadata for new in news],
+                "request_hashes": [new.request_hash for new in news],
+                "timeouts_s": [float(new.timeout_s) for new in news],
+                "call_timeouts_s": [new.call_timeout_s for new in news],
+                "options": [new.options for new in news],
+                "begin_kinds": [w.entry.kind for w in items],
+                "begin_details": [w.entry.detail for w in items],
+                "branch_counts": [len(w.branches) for w in items],
+                "traceparents": [new.traceparent for new in news],
+                "tracestates": [new.tracestate for new in news],
+                "branch_of": [n for n, _, _ in branches],
+                "positions": [pos for _, pos, _ in branches],
+                "branch_ids": [b.branch.branch_id for _, _, b in branches],
+                "names": [b.branch.name for _, _, b in branches],
+                "try_urls": [b.branch.try_url for _, _, b in branches],
+                "confirm_urls": [b.branch.confirm_url for _, _, b in branches],
+                "cancel_urls": [b.branch.cancel_url for _, _, b in branches],
+                "payloads": [b.branch.payload for _, _, b in branches],
+                "branch_request_hashes": [b.branch.request_hash for _, _, b in branches],
+                "data": [b.branch.data for _, _, b in branches],
+                "branch_statuses": [b.status for _, _, b in branches],
+                "branch_kinds": [b.entry.kind for _, _, b in branches],
+                "branch_details": [b.entry.detail for _, _, b in branches],
+            }
         )
-        rows = await self._batch(statement, args, items, self._flush_begins)
+        rows = await self._batch("begin_transactions", args, items, self._flush_begins)
         if not isinstance(rows, list):
             return rows.results
         begun = [_written(row, "txn") for row in rows]
@@ -310,35 +305,47 @@ class PostgresLog:
     async def decide_after_tries(
         self, gid: str, tries: list[TryRecord], *, owner: str, lease_ttl_s: float
     ) -> tuple[DecideResult, Written | None]:
-        decided = await self._decisions.submit(_AutoDecision(gid, tuple(tries), owner, lease_ttl_s))
+        write = writes.decision_after_tries(gid, tries, owner)
+        decided = await self._decisions.submit(_AutoDecision(write, owner, lease_ttl_s))
         if decided is None:
             # Nothing decided: say why, from the transaction as it is now.
             txn = await self.get(gid)
-            return DecideResult(txn, _undecided(txn.status), None), None
+            return DecideResult(txn, writes.undecided(txn.status), None), None
         return decided
 
     async def _flush_decisions(
         self, items: list[_AutoDecision]
     ) -> list[tuple[DecideResult, Written] | BaseException | None]:
-        owner, lease_ttl_s = items[0].owner, items[0].lease_ttl_s
-        if any((i.owner, i.lease_ttl_s) != (owner, lease_ttl_s) for i in items):
-            # One process, one owner: never seen, but keep each statement's settings single.
+        shared = _shared_settings(items[0])
+        if any(_shared_settings(i) != shared for i in items):
+            # One process, one owner and one set of rules: never seen, but keep each
+            # statement's settings single.
             return [r for i in items for r in await self._flush_decisions([i])]
-        tries = [(n, t) for n, item in enumerate(items, 1) for t in item.tries]
-        args = (
-            [i.gid for i in items],
-            [i.failed for i in items],
-            [n for n, _ in tries],
-            [t.branch_id for _, t in tries],
-            [t.verdict is TryVerdict.TRIED for _, t in tries],
-            [t.call.http_status for _, t in tries],
-            [t.call.error for _, t in tries],
-            [t.call.latency_ms for _, t in tries],
-            [t.verdict.value for _, t in tries],
-            owner,
-            lease_ttl_s,
+        autos = [i.write for i in items]
+        guard = next((a.first.guard for a in autos if a.first.guard != states.NO_GUARD), None)
+        timeout = autos[0].on_timeout
+        tries = [(n, t) for n, auto in enumerate(autos, 1) for t in auto.tries]
+        args = query("decide_after_tries").args(
+            {
+                "gids": [a.gid for a in autos],
+                "targets": [a.first.move.target for a in autos],
+                "reasons": [a.first.cancel_reason for a in autos],
+                "kinds": [a.first.entry.kind for a in autos],
+                "details": [a.first.entry.detail for a in autos],
+                "guarded": [a.first.guard != states.NO_GUARD for a in autos],
+                **_call_arguments("try", tries),
+                **_move_arguments(),
+                "sources": autos[0].first.move.sources,
+                **_guard_arguments(guard or states.NO_GUARD),
+                "timeout_target": timeout.move.target,
+                "timeout_reason": timeout.cancel_reason,
+                "timeout_kind": timeout.entry.kind,
+                "timeout_detail": timeout.entry.detail,
+                "owner": items[0].owner,
+                "lease_ttl_s": items[0].lease_ttl_s,
+            }
         )
-        rows = await self._batch(q("decide_after_tries"), args, items, self._flush_decisions)
+        rows = await self._batch("decide_after_tries", args, items, self._flush_decisions)
         if not isinstance(rows, list):
             return rows.results
         return [_decision_of(row) for row in rows]
@@ -346,38 +353,38 @@ class PostgresLog:
     async def finish_done_round(
         self, lease: Lease, decision: Decision, calls: list[tuple[str, CallRecord]], owner: str
     ) -> Written | None:
-        return await self._finishes.submit(_DoneRound(lease, decision, tuple(calls), owner))
+        return await self._finishes.submit(
+            _DoneRound(lease, writes.done_round(decision, calls, owner))
+        )
 
     async def _flush_finishes(
         self, items: list[_DoneRound]
     ) -> list[Written | BaseException | None]:
-        owner = items[0].owner
-        if any(i.owner != owner for i in items):
-            return [r for i in items for r in await self._flush_finishes([i])]
-        calls = [(n, c) for n, item in enumerate(items, 1) for c in item.calls]
-        args = (
-            [i.lease.gid for i in items],
-            [i.lease.token for i in items],
-            [i.decision.value for i in items],
-            [n for n, _ in calls],
-            [branch_id for _, (branch_id, _) in calls],
-            [c.http_status for _, (_, c) in calls],
-            [c.error for _, (_, c) in calls],
-            [c.latency_ms for _, (_, c) in calls],
-            owner,
-            states.branch_sources_of(BranchStatus.CONFIRMED),
-            states.branch_sources_of(BranchStatus.CANCELLED),
+        ends = [i.write.end for i in items]
+        calls = [(n, c) for n, item in enumerate(items, 1) for c in item.write.calls]
+        args = query("finish_done_rounds").args(
+            {
+                "gids": [i.lease.gid for i in items],
+                "tokens": [i.lease.token for i in items],
+                "end_sources": [_only(end.move.sources) for end in ends],
+                "end_targets": [end.move.target for end in ends],
+                "end_retries_in_s": [end.retry_in_s for end in ends],
+                "end_finishes": [end.finishes for end in ends],
+                "end_kinds": [end.entry.kind for end in ends],
+                "end_details": [end.entry.detail for end in ends],
+                "end_counts_rounds": [end.counts_rounds for end in ends],
+                **_call_arguments("call", calls),
+                **_move_arguments(),
+            }
         )
-        rows = await self._batch(
-            q("finish_done_rounds"), args, items, self._flush_finishes, lazy=True
-        )
+        rows = await self._batch("finish_done_rounds", args, items, self._flush_finishes, lazy=True)
         if not isinstance(rows, list):
             return rows.results
         return [_written(row, "finished") for row in rows]
 
     async def _batch(
         self,
-        statement: str,
+        name: str,
         args: tuple[Any, ...],
         items: list[_Item],
         one_by_one: Callable[[list[_Item]], Awaitable[list[_Result | BaseException]]],
@@ -388,7 +395,7 @@ class PostgresLog:
         that carries the value should fail: the items are then written one by one."""
         try:
             async with self.connection(lazy=lazy) as conn:
-                return await conn.fetch(statement, *args)
+                return await conn.fetch(query(name).sql, *args)
         except InvalidInput as exc:
             if len(items) == 1:
                 return _Separately([exc])
@@ -397,54 +404,38 @@ class PostgresLog:
             results.extend(await one_by_one([item]))
         return _Separately(results)
 
-    async def _insert_branch(
-        self, conn: asyncpg.pool.PoolConnectionProxy, gid: str, new: NewBranch
-    ) -> asyncpg.Record | None:
-        row = await conn.fetchrow(
-            q("insert_branch"),
-            gid,
-            new.branch_id,
-            new.name,
-            new.try_url,
-            new.confirm_url,
-            new.cancel_url,
-            new.payload,
-            new.request_hash,
-            new.data,
-        )
-        if row is not None:
-            await self._event(
-                conn,
-                gid,
-                EventKind.BRANCH_REGISTERED,
-                branch_id=new.branch_id,
-                detail={"name": new.name, "coordinator_runs_try": new.try_url is not None},
-            )
-        return row
+    # --- register and try ----------------------------------------------------------
 
     async def register_branch(
         self, gid: str, new: NewBranch, max_branches: int
     ) -> tuple[Branch, bool]:
+        write = writes.register(new, max_branches)
         for _ in range(_STALE_SNAPSHOT_RETRIES):
             try:
                 async with self.connection() as conn:
                     row = await conn.fetchrow(
-                        q("register_branch"),
-                        gid,
-                        new.branch_id,
-                        new.name,
-                        new.try_url,
-                        new.confirm_url,
-                        new.cancel_url,
-                        new.payload,
-                        new.request_hash,
-                        new.data,
-                        max_branches,
+                        *statement(
+                            "register_branch",
+                            gid=gid,
+                            branch_id=new.branch_id,
+                            name=new.name,
+                            try_url=new.try_url,
+                            confirm_url=new.confirm_url,
+                            cancel_url=new.cancel_url,
+                            payload=new.payload,
+                            request_hash=new.request_hash,
+                            data=new.data,
+                            status=write.branch.status,
+                            kind=write.branch.entry.kind,
+                            detail=write.branch.entry.detail,
+                            open_in=write.open_in,
+                            max_branches=write.max_branches,
+                        )
                     )
             except asyncpg.UniqueViolationError:
                 continue  # registered meanwhile by a repeat: the next snapshot shows it
             assert row is not None  # the statement always returns its one summary row
-            return _registration(gid, new, max_branches, row)
+            return _registration(gid, write, row)
         raise DatabaseUnavailable("the transaction kept changing while a branch was registered")
 
     async def claim_stale_try(
@@ -452,29 +443,45 @@ class PostgresLog:
     ) -> Branch | None:
         """The branch, if its try may be run again (see the query); None otherwise."""
         async with self.connection() as conn:
-            row = await conn.fetchrow(q("claim_stale_try"), gid, branch_id, stale_after_s)
+            row = await conn.fetchrow(
+                *statement(
+                    "claim_stale_try",
+                    gid=gid,
+                    branch_id=branch_id,
+                    open_in=writes.STALE_TRY.open_in,
+                    pending_in=writes.STALE_TRY.pending_in,
+                    stale_after_s=stale_after_s,
+                )
+            )
         return _branch(row) if row is not None else None
 
     async def record_try(
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
     ) -> tuple[Branch, bool]:
-        target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
+        write = writes.try_answer(TryRecord(branch_id, verdict, call))
         async with self.connection() as conn:
             row = await conn.fetchrow(
-                q("record_try"),
-                gid,
-                branch_id,
-                target.value,
-                call.http_status,
-                call.error,
-                call.latency_ms,
-                states.branch_sources_of(target),
-                verdict.value,
+                *statement(
+                    "record_try",
+                    gid=gid,
+                    branch_id=branch_id,
+                    target=write.target,
+                    sources=write.sources,
+                    http_status=call.http_status,
+                    error=call.error,
+                    latency_ms=call.latency_ms,
+                    kind=write.entry.kind,
+                    phase=write.entry.phase,
+                    detail=write.entry.detail,
+                    late_detail=write.late_detail,
+                )
             )
         assert row is not None  # the statement always returns its one summary row
         if row["branch"] is None:
             raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
         return _branch(row["branch"]), bool(row["recorded"])
+
+    # --- decisions and operator actions -------------------------------------------
 
     async def decide(
         self,
@@ -487,21 +494,24 @@ class PostgresLog:
         options: OptionsUpdate | None = None,
         actor: str | None = None,
     ) -> DecideResult:
-        target = states.phase_status(decision)
+        write = writes.decision(decision, reason=reason, owner=owner, actor=actor)
         for _ in range(_STALE_SNAPSHOT_RETRIES):
             async with self.connection() as conn:
                 row = await conn.fetchrow(
-                    q("decide_judged"),
-                    gid,
-                    target.value,
-                    reason if decision is Decision.CANCEL else None,
-                    owner,
-                    lease_ttl_s,
-                    [GlobalStatus.TRYING.value],  # a decision is taken only while trying
-                    options.options if options is not None else None,
-                    options.call_timeout_s if options is not None else None,
-                    decision is Decision.CONFIRM,
-                    actor,
+                    *statement(
+                        "decide_judged",
+                        gid=gid,
+                        target=write.move.target,
+                        sources=write.move.sources,
+                        **_guard_arguments(write.guard, with_tries=False),
+                        cancel_reason=write.cancel_reason,
+                        owner=owner,
+                        lease_ttl_s=lease_ttl_s,
+                        options=options.options if options is not None else None,
+                        call_timeout_s=options.call_timeout_s if options is not None else None,
+                        kind=write.entry.kind,
+                        detail=write.entry.detail,
+                    )
                 )
             assert row is not None  # the statement always returns its one summary row
             if row["before"] is None:
@@ -521,27 +531,18 @@ class PostgresLog:
                 [b.view for b in branches],
                 before.cancel_reason,
             )
-            if judgement.verdict is Verdict.DECIDE:  # the SQL's rule and ours disagree
+            if judgement.verdict is Verdict.DECIDE:  # the guard and the judgement disagree
                 raise AssertionError(f"decide_judged refused what judge_decision allows: {gid}")
             return DecideResult(before, judgement, None, branches)
         raise DatabaseUnavailable("the transaction kept changing while it was being decided")
 
     @staticmethod
-    async def _lock_parked(
-        conn: asyncpg.pool.PoolConnectionProxy, gid: str, verb: str
-    ) -> tuple[GlobalStatus, Decision]:
-        """Lock a transaction an operator acts on; it must be parked."""
-        txn = await conn.fetchrow(q("lock_transaction"), gid)
+    async def _lock(conn: asyncpg.pool.PoolConnectionProxy, gid: str) -> GlobalStatus:
+        """Lock a transaction an operator acts on; its status."""
+        txn = await conn.fetchrow(*statement("lock_transaction", gid=gid))
         if txn is None:
             raise NotFound(f"no transaction {gid!r}")
-        status = GlobalStatus(txn["status"])
-        decision = states.decision_of(status)
-        if status not in states.PARKED_STATUSES or decision is None:
-            raise Conflict(
-                f"only failed_to_confirm and failed_to_cancel transactions can be {verb};"
-                f" this one is {status.value}"
-            )
-        return status, decision
+        return GlobalStatus(txn["status"])
 
     async def retry_parked(
         self,
@@ -554,17 +555,19 @@ class PostgresLog:
     ) -> tuple[Transaction, Lease | None]:
         """Move a failed_to_* transaction back into phase two (audited in the timeline)."""
         async with self._transaction_block() as conn:
-            status, decision = await self._lock_parked(conn, gid, "retried")
-            target = states.phase_status(decision)
-            states.check_move(status, target)
+            write = writes.retry_parked(await self._lock(conn, gid), actor=actor, reason=reason)
             row = await conn.fetchrow(
-                q("retry_parked"), gid, owner, target.value, lease_ttl_s, status.value
+                *statement(
+                    "retry_parked",
+                    gid=gid,
+                    target=write.move.target,
+                    sources=write.move.sources,
+                    owner=owner,
+                    lease_ttl_s=lease_ttl_s,
+                )
             )
             assert row is not None  # locked and checked above
-            detail = {"from": status.value, "actor": actor}
-            if reason is not None:
-                detail["reason"] = reason
-            await self._event(conn, gid, EventKind.ADMIN_RETRY, detail=detail)
+            await self._event(conn, gid, write.entry)
             lease = Lease(gid, str(row["lease_token"])) if row["lease_token"] else None
             return _transaction(row), lease
 
@@ -574,48 +577,50 @@ class PostgresLog:
         """An operator declares branches of a parked transaction done (all, or one): they
         were finished by hand. Audited in the timeline with who and why."""
         async with self._transaction_block() as conn:
-            status, decision = await self._lock_parked(conn, gid, "resolved")
-            final = states.final_status(decision)
-            states.check_move(status, final)
-            branch_done = states.branch_done_status(decision)
-            sources = states.branch_sources_of(branch_done)
+            status = await self._lock(conn, gid)
+            write = writes.resolve_parked(status, actor=actor, note=note, branch_id=branch_id)
             resolved = await conn.fetch(
-                q("resolve_branches"),
-                gid,
-                branch_done.value,
-                states.resolved_by_hand(note),
-                sources,
-                branch_id,
+                *statement(
+                    "resolve_branches",
+                    gid=gid,
+                    target=write.branches.target,
+                    sources=write.branches.sources,
+                    last_error=write.last_error,
+                    branch_id=branch_id,
+                )
             )
             if branch_id is not None and not resolved:
-                if await conn.fetchval(q("get_branch"), gid, branch_id) is None:
+                found = statement("get_branch", gid=gid, branch_id=branch_id)
+                if await conn.fetchval(*found) is None:
                     raise NotFound(f"no branch {branch_id!r} in transaction {gid!r}")
-                raise Conflict(f"branch {branch_id!r} is already {branch_done.value}")
-            still_waiting = await conn.fetchval(q("pending_branches"), gid, sources)
-            if still_waiting:
-                row = await conn.fetchrow(q("get_transaction"), gid)
-            else:
-                row = await conn.fetchrow(q("resolve_transaction"), gid, final.value, status.value)
-            assert row is not None  # locked and checked above
-            await self._event(
-                conn,
-                gid,
-                EventKind.ADMIN_RESOLVED,
-                branch_id=branch_id,
-                detail={
-                    "actor": actor,
-                    "note": note,
-                    "branches": [r["branch_id"] for r in resolved],
-                    "finished": not still_waiting,
-                },
+                raise write.already_done()
+            still_waiting = await conn.fetchval(
+                *statement("pending_branches", gid=gid, statuses=write.branches.sources)
             )
+            if still_waiting:
+                row = await conn.fetchrow(*statement("get_transaction", gid=gid))
+            else:
+                row = await conn.fetchrow(
+                    *statement(
+                        "resolve_transaction",
+                        gid=gid,
+                        target=write.finish.target,
+                        sources=write.finish.sources,
+                    )
+                )
+            assert row is not None  # locked and checked above
+            ids = [r["branch_id"] for r in resolved]
+            detail = write.detail(ids, finished=not still_waiting)
+            await self._event(conn, gid, write.entry, branch_id=branch_id, detail=detail)
             return _transaction(row)
 
     # --- leases and phase two ----------------------------------------------------
 
     async def claim_due(self, owner: str, limit: int, lease_ttl_s: float) -> list[Claim]:
         async with self.connection() as conn:
-            rows = await conn.fetch(q("claim_due"), owner, limit, lease_ttl_s)
+            rows = await conn.fetch(
+                *statement("claim_due", owner=owner, limit=limit, lease_ttl_s=lease_ttl_s)
+            )
         return [
             Claim(Lease(r["gid"], str(r["lease_token"])), GlobalStatus(r["status"]), r["took_over"])
             for r in rows
@@ -623,23 +628,32 @@ class PostgresLog:
 
     async def renew_lease(self, lease: Lease, lease_ttl_s: float) -> bool:
         async with self.connection() as conn:
-            return (
-                await conn.fetchval(q("renew_lease"), lease.gid, lease.token, lease_ttl_s)
-                is not None
+            renewed = await conn.fetchval(
+                *statement("renew_lease", gid=lease.gid, token=lease.token, lease_ttl_s=lease_ttl_s)
             )
+        return renewed is not None
 
     async def release_lease(self, lease: Lease) -> None:
         async with self.connection() as conn:
-            await conn.execute(q("release_lease"), lease.gid, lease.token)
+            await conn.execute(*statement("release_lease", gid=lease.gid, token=lease.token))
 
     async def round_context(self, lease: Lease, give_up_after_s: float) -> RoundContext | None:
         """The transaction and its branches, or None if the lease was lost."""
         async with self.connection() as conn:
-            row = await conn.fetchrow(q("round_context"), lease.gid, lease.token, give_up_after_s)
+            row = await conn.fetchrow(
+                *statement(
+                    "round_context",
+                    gid=lease.gid,
+                    token=lease.token,
+                    give_up_after_s=give_up_after_s,
+                )
+            )
             if row is None:
                 return None
-            branches = [_branch(r) for r in await conn.fetch(q("list_branches"), lease.gid)]
-        return RoundContext(_transaction(row), branches, bool(row["budget_spent"]))
+            rows = await conn.fetch(*statement("list_branches", gid=lease.gid))
+        return RoundContext(
+            _transaction(row), [_branch(r) for r in rows], bool(row["budget_spent"])
+        )
 
     async def record_phase_call(
         self,
@@ -654,20 +668,20 @@ class PostgresLog:
         A fenced-out coordinator writes nothing at all, not even the timeline event:
         the new lease holder owns this transaction's story now.
         """
-        target = states.branch_done_status(decision)
-        phase = states.phase_of(decision)
+        write = writes.phase_call(decision, branch_id, done, call)
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
-                q("record_phase_call"),
-                lease.gid,
-                branch_id,
-                done,
-                target.value,
-                call.http_status,
-                call.error,
-                call.latency_ms,
-                lease.token,
-                states.branch_sources_of(target),
+                *statement(
+                    "record_phase_call",
+                    gid=lease.gid,
+                    token=lease.token,
+                    branch_id=branch_id,
+                    target=write.target,
+                    sources=write.sources,
+                    http_status=call.http_status,
+                    error=call.error,
+                    latency_ms=call.latency_ms,
+                )
             )
             assert row is not None  # the statement always returns its one summary row
             if not row["holds_lease"]:
@@ -675,12 +689,10 @@ class PostgresLog:
             await self._event(
                 conn,
                 lease.gid,
-                states.call_event(phase),
+                write.entry,
                 branch_id=branch_id,
-                phase=phase,
                 call=call,
-                detail={"done": done},
-                repeatable=not done,
+                detail=write.detail(row["recorded"]),
             )
         return True
 
@@ -695,51 +707,54 @@ class PostgresLog:
         alert_after_rounds: int | None = None,
     ) -> Transaction | None:
         """End a round and release the lease; None if the lease was lost."""
-        phase_status = states.phase_status(decision)
-        alert = states.alert_due(outcome, phase_status, alert_after_rounds)
+        end = writes.round_end(
+            decision,
+            outcome,
+            owner=owner,
+            retry_in_s=retry_in_s,
+            pending=pending,
+            alert_after_rounds=alert_after_rounds,
+        )
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
-                q("finish_round"),
-                lease.gid,
-                lease.token,
-                outcome.value,
-                [phase_status.value],
-                retry_in_s,
+                *statement(
+                    "finish_round",
+                    gid=lease.gid,
+                    token=lease.token,
+                    target=end.move.target,
+                    sources=end.move.sources,
+                    retry_in_s=end.retry_in_s,
+                    finishes=end.finishes,
+                )
             )
             if row is None:
                 return None
             txn = _transaction(row)
-            if outcome is phase_status:
+            if end.pending:
                 await conn.execute(
-                    q("schedule_branch_retry"), lease.gid, list(pending), txn.next_attempt_at
+                    *statement(
+                        "schedule_branch_retry",
+                        gid=lease.gid,
+                        branch_ids=list(end.pending),
+                        at=txn.next_attempt_at,
+                    )
                 )
-                # No round number in the detail: identical rounds collapse into one entry
-                # whose repeat count says how many there were.
-                await self._event(
-                    conn,
-                    lease.gid,
-                    EventKind.RETRY_SCHEDULED,
-                    detail={"pending": sorted(pending), "by": owner},
-                    repeatable=True,
+            await self._event(conn, lease.gid, end.entry, detail=end.detail(txn.phase_attempts))
+            if end.alert is not None and end.alert.raised_after(txn.phase_attempts):
+                rows = await conn.fetch(*statement("list_branches", gid=lease.gid))
+                body = alert_body(end.alert.kind, txn, [_branch(b) for b in rows])
+                await conn.execute(
+                    *statement("insert_alert", gid=lease.gid, kind=end.alert.kind, body=body)
                 )
-            else:
-                await self._event(
-                    conn,
-                    lease.gid,
-                    states.outcome_event(outcome),
-                    detail={"rounds": txn.phase_attempts, "by": owner},
-                )
-            if alert is not None and alert.raised_after(txn.phase_attempts):
-                branches = [_branch(b) for b in await conn.fetch(q("list_branches"), lease.gid)]
-                body = alert_body(alert.kind, txn, branches)
-                await conn.execute(q("insert_alert"), lease.gid, alert.kind.value, body)
             return txn
 
     # --- alerts ------------------------------------------------------------------------
 
     async def claim_alerts(self, owner: str, limit: int, lease_ttl_s: float) -> list[Alert]:
         async with self.connection() as conn:
-            rows = await conn.fetch(q("claim_alerts"), owner, limit, lease_ttl_s)
+            rows = await conn.fetch(
+                *statement("claim_alerts", owner=owner, limit=limit, lease_ttl_s=lease_ttl_s)
+            )
         return [
             Alert(
                 id=row["id"],
@@ -754,7 +769,7 @@ class PostgresLog:
 
     async def alert_delivered(self, alert_id: int, owner: str) -> bool:
         async with self.connection() as conn:
-            status = await conn.execute(q("alert_delivered"), alert_id, owner)
+            status = await conn.execute(*statement("alert_delivered", id=alert_id, owner=owner))
         return bool(status.endswith(" 1"))
 
     async def alert_failed(
@@ -762,7 +777,13 @@ class PostgresLog:
     ) -> bool:
         async with self.connection() as conn:
             status = await conn.execute(
-                q("alert_failed"), alert_id, owner, jsonsafe.printable(error), retry_in_s
+                *statement(
+                    "alert_failed",
+                    id=alert_id,
+                    owner=owner,
+                    error=jsonsafe.printable(error),
+                    retry_in_s=retry_in_s,
+                )
             )
         return bool(status.endswith(" 1"))
 
@@ -771,13 +792,15 @@ class PostgresLog:
     async def prune(self, older_than_s: float, batch: int) -> int:
         # Each statement its own short transaction: its row locks last one batch.
         async with self.connection() as conn:
-            status = await conn.execute(q("prune_finished"), older_than_s, batch)
-            await conn.execute(q("prune_alerts"), older_than_s, batch)
+            status = await conn.execute(
+                *statement("prune_finished", older_than_s=older_than_s, limit=batch)
+            )
+            await conn.execute(*statement("prune_alerts", older_than_s=older_than_s, limit=batch))
         return int(status.split()[-1])
 
     async def count_prunable(self, older_than_s: float) -> int:
         async with self.connection() as conn:
-            count = await conn.fetchval(q("count_prunable"), older_than_s)
+            count = await conn.fetchval(*statement("count_prunable", older_than_s=older_than_s))
         return int(count)
 
     # --- coordinators -----------------------------------------------------------------
@@ -785,15 +808,17 @@ class PostgresLog:
     async def coordinator_seen(self, owner: str, claimed: int, taken_over: int) -> None:
         # Lost in a crash, it is noted again at the next scan: no need to wait for the disk.
         async with self.connection(lazy=True) as conn:
-            await conn.execute(q("coordinator_seen"), owner, claimed, taken_over)
+            await conn.execute(
+                *statement("coordinator_seen", owner=owner, claimed=claimed, taken_over=taken_over)
+            )
 
     async def coordinator_stopped(self, owner: str) -> None:
         async with self.connection() as conn:
-            await conn.execute(q("coordinator_stopped"), owner)
+            await conn.execute(*statement("coordinator_stopped", owner=owner))
 
     async def prune_coordinators(self, unseen_for_s: float) -> int:
         async with self.connection() as conn:
-            status = await conn.execute(q("prune_coordinators"), unseen_for_s)
+            status = await conn.execute(*statement("prune_coordinators", unseen_for_s=unseen_for_s))
         return int(status.split()[-1])
 
     # --- console sessions ----------------------------------------------------------
@@ -801,55 +826,62 @@ class PostgresLog:
     async def open_session(self, new: NewSession) -> None:
         async with self.connection() as conn:
             await conn.execute(
-                q("open_session"),
-                new.id,
-                new.key_name,
-                new.scope.value,
-                new.key_digest,
-                new.remote,
-                new.ttl_s,
+                *statement(
+                    "open_session",
+                    id=new.id,
+                    key_name=new.key_name,
+                    scope=new.scope.value,
+                    key_digest=new.key_digest,
+                    remote=new.remote,
+                    ttl_s=new.ttl_s,
+                )
             )
 
     async def session_is_live(self, session_id: str) -> bool:
         async with self.connection() as conn:
-            return bool(await conn.fetchval(q("session_is_live"), session_id))
+            return bool(await conn.fetchval(*statement("session_is_live", id=session_id)))
 
     async def revoke_sessions(
         self, by: str, *, id_prefix: str | None = None, key_name: str | None = None
     ) -> int:
         async with self.connection() as conn:
-            ended = await conn.fetchval(q("revoke_sessions"), by, id_prefix, key_name)
+            ended = await conn.fetchval(
+                *statement("revoke_sessions", by=by, id_prefix=id_prefix, key_name=key_name)
+            )
         return int(ended)
 
     async def revoke_sessions_of_other_keys(
         self, by: str, keys: list[tuple[str, Scope, str]]
     ) -> int:
-        names, scopes, digests = (
-            [name for name, _, _ in keys],
-            [scope.value for _, scope, _ in keys],
-            [digest for _, _, digest in keys],
-        )
         async with self.connection() as conn:
             ended = await conn.fetchval(
-                q("revoke_sessions_of_other_keys"), by, names, scopes, digests
+                *statement(
+                    "revoke_sessions_of_other_keys",
+                    by=by,
+                    names=[name for name, _, _ in keys],
+                    scopes=[scope.value for _, scope, _ in keys],
+                    digests=[digest for _, _, digest in keys],
+                )
             )
         return int(ended)
 
     async def list_sessions(self, *, include_ended: bool, limit: int) -> list[ConsoleSession]:
         async with self.connection() as conn:
-            rows = await conn.fetch(q("list_sessions"), include_ended, limit)
+            rows = await conn.fetch(
+                *statement("list_sessions", include_ended=include_ended, limit=limit)
+            )
         return [from_row(ConsoleSession, r) for r in rows]
 
     async def prune_sessions(self, ended_for_s: float) -> int:
         async with self.connection() as conn:
-            status = await conn.execute(q("prune_sessions"), ended_for_s)
+            status = await conn.execute(*statement("prune_sessions", ended_for_s=ended_for_s))
         return int(status.split()[-1])
 
     # --- reads -------------------------------------------------------------------
 
     async def get(self, gid: str) -> Transaction:
         async with self.connection() as conn:
-            row = await conn.fetchrow(q("get_transaction"), gid)
+            row = await conn.fetchrow(*statement("get_transaction", gid=gid))
         if row is None:
             raise NotFound(f"no transaction {gid!r}")
         return _transaction(row)
@@ -858,7 +890,9 @@ class PostgresLog:
         """The transaction, its branches and the first page of its timeline, all as of one
         moment (one statement)."""
         async with self.connection() as conn:
-            row = await conn.fetchrow(q("transaction_detail"), gid, events_limit + 1)
+            row = await conn.fetchrow(
+                *statement("transaction_detail", gid=gid, events_limit=events_limit + 1)
+            )
         assert row is not None  # the statement always returns its one summary row
         if row["txn"] is None:
             raise NotFound(f"no transaction {gid!r}")
@@ -873,21 +907,24 @@ class PostgresLog:
     async def events(self, gid: str, after_id: int, limit: int) -> tuple[list[Event], bool]:
         """A page of the timeline after event ``after_id``, and whether more follow."""
         async with self.connection() as conn:
-            rows = await conn.fetch(q("list_events"), gid, after_id, limit + 1)
-            if not rows and await conn.fetchval(q("transaction_request_hash"), gid) is None:
+            rows = await conn.fetch(
+                *statement("list_events", gid=gid, after_id=after_id, limit=limit + 1)
+            )
+            exists = statement("transaction_request_hash", gid=gid)
+            if not rows and await conn.fetchval(*exists) is None:
                 raise NotFound(f"no transaction {gid!r}")
         return [_event(e) for e in rows[:limit]], len(rows) > limit
 
     async def list(self, flt: ListFilter) -> list[Transaction]:
         async with self._transaction_block() as conn:
             # Its optional filters need a plan made for the values at hand (see _SESSION).
-            await conn.execute(q("plan_for_these_values"))
-            rows = await conn.fetch(q("list_transactions"), *list_arguments(flt))
+            await conn.execute(*statement("plan_for_these_values"))
+            rows = await conn.fetch(query("list_transactions").sql, *list_arguments(flt))
         return [_transaction(r) for r in rows]
 
     async def backlog(self) -> Backlog:
         async with self.connection() as conn:
-            rows = await conn.fetch(q("backlog"))
+            rows = await conn.fetch(*statement("backlog"))
         return Backlog(
             unfinished={GlobalStatus(r["status"]): r["n"] for r in rows},
             oldest_unfinished_age_s=max((r["oldest_s"] for r in rows), default=None),
@@ -895,13 +932,20 @@ class PostgresLog:
 
     async def overview(self, window_s: float, attention_limit: int) -> Overview:
         async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
-            counts = await conn.fetch(q("overview_counts"), window_s)
-            attention = await conn.fetch(q("overview_attention"), attention_limit)
+            counts = await conn.fetch(*statement("overview_counts", window_s=window_s))
+            attention = await conn.fetch(*statement("overview_attention", limit=attention_limit))
             parked = [r["gid"] for r in attention if r["kind"] == "parked"]
-            done = [s.value for s in states.BRANCH_DONE_STATUSES]
-            why = await conn.fetch(q("parked_branches"), parked, done) if parked else []
-            seen = await conn.fetch(q("coordinators_seen"), COORDINATORS_SHOWN_FOR_S)
-            now = await conn.fetchval(q("now"))
+            why = (
+                await conn.fetch(
+                    *statement("parked_branches", gids=parked, done=states.BRANCH_DONE_STATUSES)
+                )
+                if parked
+                else []
+            )
+            seen = await conn.fetch(
+                *statement("coordinators_seen", within_s=COORDINATORS_SHOWN_FOR_S)
+            )
+            now = await conn.fetchval(*statement("now"))
         unfinished: dict[GlobalStatus, int] = {}
         recent: dict[GlobalStatus, int] = {}
         minutes: dict[datetime, dict[GlobalStatus, int]] = {}
@@ -930,14 +974,6 @@ class PostgresLog:
         )
 
 
-def _undecided(status: GlobalStatus) -> Judgement:
-    """Why decide_after_tries took no decision: the transaction had left trying, or a rule
-    beyond the fast path's (a try not recorded, another branch in the way) applies."""
-    if status is not GlobalStatus.TRYING:
-        return Judgement(Verdict.REFUSE, f"transaction is {status.value}", Refusal.NOT_TRYING)
-    return Judgement(Verdict.REFUSE, "not every try was recorded as tried", Refusal.TRY_PENDING)
-
-
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
@@ -951,23 +987,67 @@ class _Separately(Generic[_Result]):
 
 @dataclass(frozen=True, slots=True)
 class _AutoDecision:
-    gid: str
-    tries: tuple[TryRecord, ...]
+    write: AutoDecision
     owner: str
     lease_ttl_s: float
-
-    @property
-    def failed(self) -> str | None:
-        """The first branch whose try failed, which the cancel reason names."""
-        return next((t.branch_id for t in self.tries if t.verdict is not TryVerdict.TRIED), None)
 
 
 @dataclass(frozen=True, slots=True)
 class _DoneRound:
     lease: Lease
-    decision: Decision
-    calls: tuple[tuple[str, CallRecord], ...]
-    owner: str
+    write: DoneRound
+
+
+def _shared_settings(item: _AutoDecision) -> tuple[object, ...]:
+    """What every auto decision of one statement must share: the owner and the lease's
+    length, the statuses it decides from, the guard, the timeout decision."""
+    first = item.write.first
+    guard = first.guard if first.guard != states.NO_GUARD else None
+    return (item.owner, item.lease_ttl_s, first.move.sources, guard, item.write.on_timeout)
+
+
+def _only(statuses: frozenset[GlobalStatus]) -> GlobalStatus:
+    """The one status a batched round end moves from (its phase status)."""
+    [status] = statuses
+    return status
+
+
+def _call_arguments(prefix: str, calls: list[tuple[int, CallWrite]]) -> dict[str, list[Any]]:
+    """A batch's participant calls as parallel arrays (``<prefix>_of``: which item, 1-based)."""
+    return {
+        f"{prefix}_of": [n for n, _ in calls],
+        f"{prefix}_branches": [c.branch_id for _, c in calls],
+        f"{prefix}_targets": [c.target for _, c in calls],
+        f"{prefix}_http_statuses": [c.call.http_status for _, c in calls],
+        f"{prefix}_errors": [c.call.error for _, c in calls],
+        f"{prefix}_latencies_ms": [c.call.latency_ms for _, c in calls],
+        f"{prefix}_kinds": [c.entry.kind for _, c in calls],
+        f"{prefix}_phases": [c.entry.phase for _, c in calls],
+        f"{prefix}_details": [c.entry.detail for _, c in calls],
+        f"{prefix}_late_details": [c.late_detail for _, c in calls],
+    }
+
+
+_BRANCH_MOVES = writes.branch_moves()
+
+
+def _move_arguments() -> dict[str, list[Any]]:
+    """The branch table, for batches whose branches each have a target of their own."""
+    return {
+        "move_from": [source for source, _ in _BRANCH_MOVES],
+        "move_to": [target for _, target in _BRANCH_MOVES],
+    }
+
+
+def _guard_arguments(guard: states.Guard, *, with_tries: bool = True) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "deadline_ahead": guard.deadline_ahead,
+        "blocking": guard.blocking,
+        "try_pending": guard.try_pending,
+    }
+    if with_tries:
+        args["tries_recorded"] = guard.tries_recorded
+    return args
 
 
 def _written(row: asyncpg.Record, transaction_column: str) -> Written | None:
@@ -995,38 +1075,39 @@ def _decision_of(row: asyncpg.Record) -> tuple[DecideResult, Written] | BaseExce
 
 
 def _registration(
-    gid: str, new: NewBranch, max_branches: int, row: asyncpg.Record
+    gid: str, write: writes.RegisterWrite, row: asyncpg.Record
 ) -> tuple[Branch, bool]:
     """What a register_branch statement did, or why it did nothing."""
     if row["status"] is None:
         raise NotFound(f"no transaction {gid!r}")
     if row["inserted"] is not None:
         return _branch(row["inserted"]), True
+    new = write.branch.branch
     if row["existing"] is not None:
         if row["existing_hash"] != new.request_hash:
             raise Conflict(f"branch {new.branch_id!r} is already registered with other values")
         return _branch(row["existing"]), False
-    if row["status"] != GlobalStatus.TRYING:
-        raise NotTrying(GlobalStatus(row["status"]))
-    if row["deadline_passed"]:
-        raise Conflict("the transaction deadline has passed")
-    raise LimitExceeded(f"a transaction may have at most {max_branches} branches")
+    refused = write.refusal(GlobalStatus(row["status"]), row["deadline_passed"], row["branches"])
+    assert refused is not None, f"register_branch wrote nothing that the rules allow: {gid}"
+    raise refused
 
 
 def list_arguments(flt: ListFilter) -> tuple[object, ...]:
-    """The list_transactions statement's arguments for a filter (tcc bench --reads explains
-    the statement with them)."""
+    """The list_transactions statement's arguments for a filter, in $n order (tcc bench
+    --reads explains the statement with them)."""
     after_at, after_gid = flt.after if flt.after else (None, None)
-    return (
-        [s.value for s in flt.statuses] if flt.statuses else None,
-        flt.service,
-        flt.created_from,
-        flt.created_to,
-        after_at,
-        after_gid,
-        flt.limit,
-        flt.dialect,
-        _like_prefix(flt.gid_prefix) if flt.gid_prefix else None,
+    return query("list_transactions").args(
+        {
+            "statuses": [s.value for s in flt.statuses] if flt.statuses else None,
+            "service": flt.service,
+            "created_from": flt.created_from,
+            "created_to": flt.created_to,
+            "after_at": after_at,
+            "after_gid": after_gid,
+            "limit": flt.limit,
+            "dialect": flt.dialect,
+            "gid_like": _like_prefix(flt.gid_prefix) if flt.gid_prefix else None,
+        }
     )
 
 

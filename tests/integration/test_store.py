@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from coordinator.txlog.postgres import PostgresLog
-from coordinator.txlog.queries import q
+from coordinator.txlog.queries import statement
 
 
 async def test_claim_due__uses_the_partial_index_with_many_finished_rows(
@@ -21,9 +21,8 @@ async def test_claim_due__uses_the_partial_index_with_many_finished_rows(
             " SELECT 'f' || i, 'confirmed', 'h', 60, now() FROM generate_series(1, 20000) i"
         )
         await conn.execute("ANALYZE tcc_transactions")
-        plan = "\n".join(
-            r[0] for r in await conn.fetch("EXPLAIN " + q("claim_due"), "o", 100, 30.0)
-        )
+        sql, *args = statement("claim_due", owner="o", limit=100, lease_ttl_s=30.0)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
     assert "tcc_transactions_due" in plan, plan
     assert "Seq Scan on tcc_transactions" not in plan, plan
 

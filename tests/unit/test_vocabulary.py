@@ -1,20 +1,28 @@
-"""The words the SQL and the migrations use for statuses are the enums' words, and the
-records' fields are the log's columns: the log and the code cannot drift apart."""
+"""The words the migrations use for statuses are the enums' words, and the SQL uses none of
+them at all (the core hands every status and event kind to it): the log and the code
+cannot drift apart."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from coordinator.core.states import (
+    ACTIVE_STATUSES,
+    PARKED_STATUSES,
+    AlertKind,
     BranchStatus,
     CancelReason,
     Decision,
     EventKind,
     GlobalStatus,
     Phase,
+    TryVerdict,
 )
 from coordinator.dialects.registry import names as dialect_names
+from coordinator.txlog.queries import STATUS_SETS
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERIES = (ROOT / "coordinator" / "txlog" / "sql" / "queries.sql").read_text()
@@ -38,21 +46,55 @@ def test_the_branch_status_check__lists_exactly_the_branch_statuses() -> None:
     assert _check_constraint("tcc_branches") == {s.value for s in BranchStatus}
 
 
-# The keys of the event details that the SQL builds itself (jsonb_build_object).
-DETAIL_KEYS = {"by", "verdict", "late", "reason", "decision", "name", "coordinator_runs_try"}
-DETAIL_KEYS |= {"rounds", "actor"}
-# Labels the overview's queries give their parts, and date_trunc's unit.
-LABELS = {"open", "recent", "parked", "retrying_long", "oldest_unfinished", "near_deadline"}
-LABELS |= {"minute"}
-ENUM_WORDS = STATUS_WORDS | {e.value for e in (*EventKind, *Phase, *Decision, *CancelReason)}
+def test_the_alert_kind_check__lists_exactly_the_alert_kinds() -> None:
+    body = MIGRATIONS.split("CREATE TABLE tcc_alerts (", 1)[1].split(");", 1)[0]
+    check = re.search(r"kind text NOT NULL CHECK \(kind IN \(([^)]*)\)\)", body)
+    assert check is not None
+    assert set(re.findall(r"'([a-z_]+)'", check[1])) == {k.value for k in AlertKind}
 
 
-def test_every_word_quoted_in_the_queries__is_a_word_of_the_enums() -> None:
-    # Table names given to to_regclass() and detail keys are the only other quoted words.
-    quoted = set(re.findall(r"'([a-z_]+)'", QUERIES)) - {"tcc_schema_migrations"}
-    quoted -= DETAIL_KEYS | LABELS
-    assert quoted & STATUS_WORDS, "the queries quote no status: this test reads the wrong file"
-    assert quoted <= ENUM_WORDS, quoted - ENUM_WORDS
+# Every word a write could decide: none of them is written in the SQL, which takes them all
+# as parameters (or, for the reads a partial index serves, as {status sets} from the core).
+RULE_WORDS = STATUS_WORDS | {
+    e.value for e in (*EventKind, *Phase, *Decision, *CancelReason, *TryVerdict)
+}
+# What the SQL does quote: a table name given to to_regclass(), the labels the overview's
+# queries give their parts, a detail key the SQL adds (the rounds a stay took), intervals.
+QUOTED = {"tcc_schema_migrations", "rounds", "minute", "1 minute", "30 seconds", "%", "{}"}
+QUOTED |= {"open", "recent", "parked", "retrying_long", "oldest_unfinished", "near_deadline"}
+
+
+def test_the_queries__quote_no_status_event_kind_phase_decision_or_reason() -> None:
+    assert "-- name: begin_transactions" in QUERIES, "this test reads the wrong file"
+    code = re.sub(r"--[^\n]*", "", QUERIES)  # the comments' apostrophes are no quotes
+    quoted = set(re.findall(r"'([^']*)'", code))
+    assert not quoted & RULE_WORDS, quoted & RULE_WORDS
+    assert quoted <= QUOTED, quoted - QUOTED
+
+
+def _index_statuses(index: str) -> set[str]:
+    """The statuses of a partial index's WHERE status IN (...)."""
+    found = re.search(rf"CREATE INDEX {index} .*?WHERE status IN \(([^)]*)\);", MIGRATIONS, re.S)
+    assert found is not None, index
+    return set(re.findall(r"'([a-z_]+)'", found[1]))
+
+
+@pytest.mark.parametrize(
+    ("index", "status_set", "query", "statuses"),
+    [
+        ("tcc_transactions_due", "active_statuses", "claim_due", ACTIVE_STATUSES),
+        ("tcc_transactions_parked", "parked_statuses", "overview_attention", PARKED_STATUSES),
+    ],
+)
+def test_a_partial_index__covers_the_core_statuses_the_query_it_serves_names(
+    index: str, status_set: str, query: str, statuses: frozenset[GlobalStatus]
+) -> None:
+    # The statement names the set; queries.py writes the core's statuses in, which must be
+    # the index's for the planner to use it (test_store.py checks it does for claim_due).
+    assert _index_statuses(index) == {s.value for s in statuses}
+    assert set(STATUS_SETS[status_set]) == statuses
+    block = QUERIES.split(f"-- name: {query}\n", 1)[1].split("-- name:", 1)[0]
+    assert f"status IN {{{status_set}}}" in block
 
 
 def test_the_dialects_the_migrations_default_to__are_registered() -> None:

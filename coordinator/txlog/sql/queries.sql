@@ -1,14 +1,23 @@
--- Every SQL statement the coordinator runs, one named block each ("-- name: x").
--- coordinator/txlog/postgres.py refers to the blocks by name (coordinator/txlog/queries.py).
+-- Every SQL statement the coordinator runs, one named block each ("-- name: x"), each opening
+-- with a line saying what it does. coordinator/txlog/postgres.py refers to the blocks by name
+-- (coordinator/txlog/queries.py compiles them once).
+--
+-- :name is a parameter, bound by name at each call. Every status, event kind and guard a
+-- write applies is such a parameter, worked out by coordinator/core/writes.py: no statement
+-- decides a rule itself. {name} is a set of statuses the core defines (queries.STATUS_SETS),
+-- written in when the file is read, for the reads and scans a partial index serves.
 -- Times always come from the database clock (now()), never from the host.
 
 -- name: migrations_lock
+-- Only one process migrates at a time; the others wait here.
 SELECT pg_advisory_lock(7259143027164385001);
 
 -- name: migrations_unlock
+-- Let the next process migrate (it finds nothing to do).
 SELECT pg_advisory_unlock(7259143027164385001);
 
 -- name: migrations_create_table
+-- Where the applied migrations are recorded.
 CREATE TABLE IF NOT EXISTS tcc_schema_migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
@@ -16,165 +25,157 @@ CREATE TABLE IF NOT EXISTS tcc_schema_migrations (
 );
 
 -- name: migrations_table_exists
+-- Whether any migration ran here.
 SELECT to_regclass('tcc_schema_migrations') IS NOT NULL;
 
 -- name: migrations_applied
+-- The migrations applied, in order.
 SELECT version, name FROM tcc_schema_migrations ORDER BY version;
 
 -- name: migrations_record
-INSERT INTO tcc_schema_migrations (version, name) VALUES ($1, $2);
-
--- name: ping
-SELECT 1;
+-- A migration applied (in its own database transaction).
+INSERT INTO tcc_schema_migrations (version, name) VALUES (:version, :name);
 
 -- name: transaction_request_hash
-SELECT request_hash FROM tcc_transactions WHERE gid = $1;
+-- What the begin of :gid asked for (NULL: no such transaction).
+SELECT request_hash FROM tcc_transactions WHERE gid = :gid;
 
 -- name: get_transaction
-SELECT * FROM tcc_transactions WHERE gid = $1;
+-- One transaction.
+SELECT * FROM tcc_transactions WHERE gid = :gid;
 
 -- name: lock_transaction
--- Serialises registrations and decisions on one transaction.
-SELECT *, deadline <= now() AS deadline_passed FROM tcc_transactions WHERE gid = $1 FOR UPDATE;
-
--- name: insert_branch
-INSERT INTO tcc_branches (
-    gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
-    request_hash, status, data
-)
-VALUES ($1, $2, (SELECT count(*) FROM tcc_branches WHERE gid = $1), $3, $4, $5, $6, $7, $8,
-        'registered', $9)
-ON CONFLICT (gid, branch_id) DO NOTHING
-RETURNING *;
+-- Serialises an operator's action with registrations and decisions on one transaction.
+SELECT *, deadline <= now() AS deadline_passed FROM tcc_transactions WHERE gid = :gid FOR UPDATE;
 
 -- name: get_branch
-SELECT * FROM tcc_branches WHERE gid = $1 AND branch_id = $2;
+-- One branch.
+SELECT * FROM tcc_branches WHERE gid = :gid AND branch_id = :branch_id;
 
 -- name: list_branches
-SELECT * FROM tcc_branches WHERE gid = $1 ORDER BY position;
-
--- name: decide
--- CAS from the statuses the state machine allows; the lease goes to the decider,
--- who runs the first phase-two round at once.
-UPDATE tcc_transactions
-SET status = $2, cancel_reason = $3, decided_at = now(), phase_started_at = now(),
-    phase_attempts = 0, next_attempt_at = now(), updated_at = now(),
-    lease_owner = $4, lease_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => $5)
-WHERE gid = $1 AND status = ANY($6::text[])
-RETURNING *;
+-- A transaction's branches in registration order.
+SELECT * FROM tcc_branches WHERE gid = :gid ORDER BY position;
 
 -- name: retry_parked
--- An operator sends a parked transaction back into phase two with a fresh retry
--- budget. With an owner ($2) the caller runs the first round itself; without one
--- (the CLI) the next recovery scan of any coordinator picks it up.
+-- An operator sends a parked transaction back into phase two (to :target, from one of
+-- :sources) with a fresh retry budget. With an :owner the caller runs the first round
+-- itself; without one (the CLI) the next recovery scan of any coordinator picks it up.
 UPDATE tcc_transactions
-SET status = $3, phase_started_at = now(), next_attempt_at = now(), updated_at = now(),
-    phase_attempts = 0, lease_owner = $2,
-    lease_token = CASE WHEN $2::text IS NULL THEN NULL ELSE gen_random_uuid() END,
-    lease_expires_at = CASE WHEN $2::text IS NULL THEN NULL
-                            ELSE now() + make_interval(secs => $4) END
-WHERE gid = $1 AND status = $5
+SET status = :target, phase_started_at = now(), next_attempt_at = now(), updated_at = now(),
+    phase_attempts = 0, lease_owner = :owner,
+    lease_token = CASE WHEN :owner::text IS NULL THEN NULL ELSE gen_random_uuid() END,
+    lease_expires_at = CASE WHEN :owner::text IS NULL THEN NULL
+                            ELSE now() + make_interval(secs => :lease_ttl_s) END
+WHERE gid = :gid AND status = ANY(:sources::text[])
 RETURNING *;
 
 -- name: resolve_branches
--- An operator finished these branches by hand (all of them, or only branch $5): mark them
--- done, saying so ($3, states.resolved_by_hand).
+-- An operator finished these branches by hand (all of them, or only :branch_id): those in
+-- one of :sources move to :target, their :last_error saying so.
 UPDATE tcc_branches
-SET status = $2, last_error = $3, next_retry_at = NULL,
-    updated_at = now()
-WHERE gid = $1 AND status = ANY($4::text[]) AND ($5::text IS NULL OR branch_id = $5)
+SET status = :target, last_error = :last_error, next_retry_at = NULL, updated_at = now()
+WHERE gid = :gid AND status = ANY(:sources::text[])
+  AND (:branch_id::text IS NULL OR branch_id = :branch_id)
 RETURNING branch_id;
 
 -- name: resolve_transaction
+-- The parked transaction itself, once no branch waits: to :target, from one of :sources.
 UPDATE tcc_transactions
-SET status = $2, finished_at = now(), updated_at = now(), next_attempt_at = NULL,
+SET status = :target, finished_at = now(), updated_at = now(), next_attempt_at = NULL,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-WHERE gid = $1 AND status = $3
+WHERE gid = :gid AND status = ANY(:sources::text[])
 RETURNING *;
 
 -- name: claim_due
--- Active transactions whose deadline or retry time has come and that nobody
--- holds: SKIP LOCKED so that coordinators scanning together split the work.
+-- Active transactions whose deadline or retry time has come and that nobody holds, :limit of
+-- them, leased to :owner for :lease_ttl_s seconds: SKIP LOCKED so that coordinators scanning
+-- together split the work. The statuses are tcc_transactions_due's, so that index serves it.
 -- took_over: someone held it and let the lease lapse (released leases have no owner).
 WITH due AS (
     SELECT gid, lease_owner IS NOT NULL AS took_over FROM tcc_transactions
-    WHERE status IN ('trying', 'confirming', 'cancelling')
+    WHERE status IN {active_statuses}
       AND next_attempt_at <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at <= now())
     ORDER BY next_attempt_at
-    LIMIT $2
+    LIMIT :limit
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tcc_transactions t
-SET lease_owner = $1, lease_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => $3)
+SET lease_owner = :owner, lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => :lease_ttl_s)
 FROM due
 WHERE t.gid = due.gid
 RETURNING t.gid, t.status, t.lease_token, due.took_over;
 
 -- name: renew_lease
-UPDATE tcc_transactions SET lease_expires_at = now() + make_interval(secs => $3)
-WHERE gid = $1 AND lease_token = $2
+-- The holder of the lease (:token) keeps it :lease_ttl_s seconds more.
+UPDATE tcc_transactions SET lease_expires_at = now() + make_interval(secs => :lease_ttl_s)
+WHERE gid = :gid AND lease_token = :token
 RETURNING gid;
 
 -- name: release_lease
+-- The holder of the lease (:token) lets it go.
 UPDATE tcc_transactions
 SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-WHERE gid = $1 AND lease_token = $2;
+WHERE gid = :gid AND lease_token = :token;
 
 -- name: round_context
 -- What a phase-two round needs, read under the lease; budget_spent uses the DB clock.
-SELECT *, phase_started_at + make_interval(secs => $3) <= now() AS budget_spent
-FROM tcc_transactions WHERE gid = $1 AND lease_token = $2;
+SELECT *, phase_started_at + make_interval(secs => :give_up_after_s) <= now() AS budget_spent
+FROM tcc_transactions WHERE gid = :gid AND lease_token = :token;
 
 -- name: record_phase_call
--- Fenced: only the holder of the current lease may record a phase-two outcome.
--- FOR SHARE waits for a concurrent takeover to commit and then sees its new token,
--- so a stale holder can never slip a write in between.
+-- A confirm or cancel call's answer (core.writes.phase_call), fenced: only the holder of the
+-- current lease (:token) records it. A branch in one of :sources counts the call and moves to
+-- :target (NULL: it stays). FOR SHARE waits for a concurrent takeover to commit and then sees
+-- its new token, so a stale holder can never slip a write in between.
 WITH holder AS (
-    SELECT gid FROM tcc_transactions WHERE gid = $1 AND lease_token = $8 FOR SHARE
+    SELECT gid FROM tcc_transactions WHERE gid = :gid AND lease_token = :token FOR SHARE
 ), moved AS (
     UPDATE tcc_branches b
-    SET status = CASE WHEN $3 THEN $4 ELSE b.status END,
-        attempts = b.attempts + 1, last_http_status = $5, last_error = $6,
-        last_latency_ms = $7, next_retry_at = NULL, updated_at = now()
+    SET status = coalesce(:target::text, b.status), attempts = b.attempts + 1,
+        last_http_status = :http_status, last_error = :error, last_latency_ms = :latency_ms,
+        next_retry_at = NULL, updated_at = now()
     FROM holder
-    WHERE b.gid = holder.gid AND b.branch_id = $2 AND b.status = ANY($9::text[])
+    WHERE b.gid = holder.gid AND b.branch_id = :branch_id AND b.status = ANY(:sources::text[])
     RETURNING b.branch_id
 )
 SELECT EXISTS (SELECT 1 FROM holder) AS holds_lease, EXISTS (SELECT 1 FROM moved) AS recorded;
 
 -- name: finish_round
--- Fenced CAS that ends a round: final, parked, or the next retry time (now() + $5 s).
--- The lease is released so any coordinator can take the next round.
+-- The end of a round (core.writes.round_end), fenced by the lease (:token): the transaction
+-- moves to :target from one of :sources, its next round due in :retry_in_s seconds (NULL:
+-- none), ended if :finishes. The lease is released so any coordinator can take the next round.
 UPDATE tcc_transactions
-SET status = $3, phase_attempts = phase_attempts + 1, updated_at = now(),
-    next_attempt_at = CASE WHEN $3 IN ('confirming', 'cancelling')
-                           THEN now() + make_interval(secs => $5) END,
-    finished_at = CASE WHEN $3 IN ('confirmed', 'cancelled') THEN now() END,
+SET status = :target, phase_attempts = phase_attempts + 1, updated_at = now(),
+    next_attempt_at = now() + make_interval(secs => :retry_in_s::float8),
+    finished_at = CASE WHEN :finishes::bool THEN now() END,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-WHERE gid = $1 AND lease_token = $2 AND status = ANY($4::text[])
+WHERE gid = :gid AND lease_token = :token AND status = ANY(:sources::text[])
 RETURNING *;
 
 -- name: claim_stale_try
--- A try that never got an answer logged (its coordinator died mid-call, or the log
--- was unreachable) may be run again once it is older than a call could take.
--- The CAS on updated_at lets only one repeat re-run it.
+-- A try that never got an answer logged (its coordinator died mid-call, or the log was
+-- unreachable) may be run again once older than a call could take (:stale_after_s), while
+-- the transaction is in one of :open_in and the branch, whose try the coordinator runs, in
+-- one of :pending_in (core.writes.STALE_TRY). The CAS on updated_at lets one repeat re-run it.
 UPDATE tcc_branches b SET updated_at = now()
 FROM tcc_transactions t
-WHERE b.gid = $1 AND b.branch_id = $2 AND t.gid = b.gid AND t.status = 'trying'
-  AND b.status = 'registered' AND b.try_url IS NOT NULL
-  AND b.updated_at < now() - make_interval(secs => $3)
+WHERE b.gid = :gid AND b.branch_id = :branch_id AND t.gid = b.gid
+  AND t.status = ANY(:open_in::text[]) AND b.status = ANY(:pending_in::text[])
+  AND b.try_url IS NOT NULL
+  AND b.updated_at < now() - make_interval(secs => :stale_after_s)
 RETURNING b.*;
 
 -- name: schedule_branch_retry
-UPDATE tcc_branches SET next_retry_at = $3
-WHERE gid = $1 AND branch_id = ANY($2::text[]);
+-- The branches the next round calls, and when.
+UPDATE tcc_branches SET next_retry_at = :at
+WHERE gid = :gid AND branch_id = ANY(:branch_ids::text[]);
 
 -- name: insert_event
+-- A line of the timeline.
 INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+VALUES (:gid, :kind, :branch_id, :phase, :http_status, :latency_ms, :error, :detail);
 
 -- name: insert_or_repeat_event
 -- A failure identical to the latest event of the same branch (same kind, phase, HTTP
@@ -182,25 +183,25 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 -- down for a day must not grow the timeline by one row per round and branch.
 WITH latest AS (
     SELECT id, kind, phase, http_status, error, detail FROM tcc_events
-    WHERE gid = $1 AND branch_id IS NOT DISTINCT FROM $3
+    WHERE gid = :gid AND branch_id IS NOT DISTINCT FROM :branch_id
     ORDER BY id DESC
     LIMIT 1
 ), repeated AS (
     UPDATE tcc_events e
-    SET repeats = e.repeats + 1, last_at = clock_timestamp(), latency_ms = $6
+    SET repeats = e.repeats + 1, last_at = clock_timestamp(), latency_ms = :latency_ms
     FROM latest
-    WHERE e.id = latest.id AND latest.kind = $2 AND latest.phase IS NOT DISTINCT FROM $4
-      AND latest.http_status IS NOT DISTINCT FROM $5 AND latest.error IS NOT DISTINCT FROM $7
-      AND latest.detail = $8::jsonb
+    WHERE e.id = latest.id AND latest.kind = :kind AND latest.phase IS NOT DISTINCT FROM :phase
+      AND latest.http_status IS NOT DISTINCT FROM :http_status
+      AND latest.error IS NOT DISTINCT FROM :error AND latest.detail = :detail::jsonb
     RETURNING e.id
 )
 INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8
+SELECT :gid, :kind, :branch_id, :phase, :http_status, :latency_ms, :error, :detail
 WHERE NOT EXISTS (SELECT 1 FROM repeated);
 
 -- name: list_events
--- One page of the timeline, oldest first, after the event id $2 (0: from the start).
-SELECT * FROM tcc_events WHERE gid = $1 AND id > $2 ORDER BY id LIMIT $3;
+-- One page of the timeline, oldest first, after the event id :after_id (0: from the start).
+SELECT * FROM tcc_events WHERE gid = :gid AND id > :after_id ORDER BY id LIMIT :limit;
 
 -- name: plan_for_these_values
 -- For a statement whose plan depends on which optional filters are set (list_transactions):
@@ -210,100 +211,109 @@ SET LOCAL plan_cache_mode = force_custom_plan;
 -- name: list_transactions
 -- Newest first; the cursor is the (created_at, gid) of the last row already seen. Planned
 -- for the filters given (plan_for_these_values), so each uses its index: status, service,
--- the gid prefix ($9, a LIKE pattern: text_pattern_ops), or created_at.
+-- the gid prefix (:gid_like, a LIKE pattern: text_pattern_ops), or created_at.
 SELECT * FROM tcc_transactions
-WHERE ($1::text[] IS NULL OR status = ANY($1))
-  AND ($2::text IS NULL OR service = $2)
-  AND ($3::timestamptz IS NULL OR created_at >= $3)
-  AND ($4::timestamptz IS NULL OR created_at < $4)
-  AND ($5::timestamptz IS NULL OR (created_at, gid) < ($5, $6::text))
-  AND ($8::text IS NULL OR dialect = $8)
-  AND ($9::text IS NULL OR gid LIKE $9)
+WHERE (:statuses::text[] IS NULL OR status = ANY(:statuses))
+  AND (:service::text IS NULL OR service = :service)
+  AND (:created_from::timestamptz IS NULL OR created_at >= :created_from)
+  AND (:created_to::timestamptz IS NULL OR created_at < :created_to)
+  AND (:after_at::timestamptz IS NULL OR (created_at, gid) < (:after_at, :after_gid::text))
+  AND (:dialect::text IS NULL OR dialect = :dialect)
+  AND (:gid_like::text IS NULL OR gid LIKE :gid_like)
 ORDER BY created_at DESC, gid DESC
-LIMIT $7;
+LIMIT :limit;
 
 -- name: overview_counts
--- The open transactions by status (the few, from the status index), and those begun in
--- the last $1 seconds by status and minute (index-only on status and created_at).
+-- The unfinished transactions by status (the few, from the status index), and those begun
+-- in the last :window_s seconds by status and minute (index-only on status and created_at).
 SELECT 'open' AS part, status, NULL::timestamptz AS minute, count(*) AS n
 FROM tcc_transactions
-WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel')
+WHERE status IN {unfinished_statuses}
 GROUP BY status
 UNION ALL
 SELECT 'recent', status, date_trunc('minute', created_at), count(*)
 FROM tcc_transactions
-WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel',
-                 'confirmed', 'cancelled')
-  AND created_at >= now() - make_interval(secs => $1)
+WHERE status IN {all_statuses}
+  AND created_at >= now() - make_interval(secs => :window_s)
 GROUP BY status, date_trunc('minute', created_at);
 
 -- name: backlog
 -- The metrics' gauges: unfinished transactions by status, and the oldest one's age.
 SELECT status, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest_s
 FROM tcc_transactions
-WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel')
+WHERE status IN {unfinished_statuses}
 GROUP BY status;
 
 -- name: overview_attention
--- What needs an operator, $1 of each kind: parked; in phase two for over a minute or more
--- than three rounds; the oldest open; trying with the deadline within a minute.
+-- What needs an operator, :limit of each kind: parked (tcc_transactions_parked's statuses);
+-- in phase two for over a minute or more than three rounds; the oldest unfinished; undecided
+-- with the deadline within a minute.
 (SELECT 'parked' AS kind, t.* FROM tcc_transactions t
- WHERE status IN ('failed_to_confirm', 'failed_to_cancel')
- ORDER BY updated_at LIMIT $1)
+ WHERE status IN {parked_statuses}
+ ORDER BY updated_at LIMIT :limit)
 UNION ALL
 (SELECT 'retrying_long', t.* FROM tcc_transactions t
- WHERE status IN ('confirming', 'cancelling')
+ WHERE status IN {phase_two_statuses}
    AND (phase_attempts > 3 OR decided_at < now() - interval '1 minute')
- ORDER BY decided_at LIMIT $1)
+ ORDER BY decided_at LIMIT :limit)
 UNION ALL
 (SELECT 'oldest_unfinished', t.* FROM tcc_transactions t
- WHERE status IN ('trying', 'confirming', 'cancelling', 'failed_to_confirm', 'failed_to_cancel')
- ORDER BY created_at LIMIT $1)
+ WHERE status IN {unfinished_statuses}
+ ORDER BY created_at LIMIT :limit)
 UNION ALL
 (SELECT 'near_deadline', t.* FROM tcc_transactions t
- WHERE status = 'trying' AND next_attempt_at < now() + interval '1 minute'
- ORDER BY next_attempt_at LIMIT $1);
+ WHERE status IN {undecided_statuses} AND next_attempt_at < now() + interval '1 minute'
+ ORDER BY next_attempt_at LIMIT :limit);
 
 -- name: pending_branches
--- How many branches of a parked transaction still wait for their phase-two call.
-SELECT count(*) FROM tcc_branches WHERE gid = $1 AND status = ANY($2::text[]);
+-- How many branches of a parked transaction are still in one of :statuses.
+SELECT count(*) FROM tcc_branches WHERE gid = :gid AND status = ANY(:statuses::text[]);
 
 -- name: begin_transactions
--- Group commit: many begins in one statement, each a transaction with its branches and
--- their timeline entries. $1-$9: the transactions as parallel arrays ($9: the begin event's
--- detail; $20: how many branches each has); $10-$19: every branch, $10 saying which
--- transaction (1-based) it belongs to and $11 its position there; $21-$22: each one's trace
--- context. A gid that exists already is left alone (ON CONFLICT): its row
--- comes back empty and the caller looks at what holds it. A gid appears once per batch.
+-- Group commit of begins (core.writes.begin): many in one statement, each a transaction with
+-- its branches and their timeline entries. Per transaction (:gids ... :tracestates): its
+-- values, :statuses, :begin_kinds and :begin_details its entry, :branch_counts how many
+-- branches it has. Per branch (:branch_of: which transaction, 1-based; :positions there):
+-- its values, :branch_statuses, :branch_kinds and :branch_details its entry. A gid that
+-- exists already is left alone (ON CONFLICT): its row comes back empty and the caller looks
+-- at what holds it. A gid appears once per batch.
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
-                         $6::float8[], $7::float8[], $8::jsonb[], $9::jsonb[], $20::int[],
-                         $21::text[], $22::text[])
-        WITH ORDINALITY AS i(gid, dialect, service, metadata, request_hash, timeout_s,
-                             call_timeout_s, options, begin_detail, branch_count,
+    SELECT * FROM unnest(:gids::text[], :statuses::text[], :dialects::text[],
+                         :services::text[], :metadata::jsonb[], :request_hashes::text[],
+                         :timeouts_s::float8[], :call_timeouts_s::float8[], :options::jsonb[],
+                         :begin_kinds::text[], :begin_details::jsonb[], :branch_counts::int[],
+                         :traceparents::text[], :tracestates::text[])
+        WITH ORDINALITY AS i(gid, status, dialect, service, metadata, request_hash, timeout_s,
+                             call_timeout_s, options, begin_kind, begin_detail, branch_count,
                              traceparent, tracestate, n)
 ), txn AS (
     INSERT INTO tcc_transactions (
         gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
         deadline, next_attempt_at, options, branch_count, traceparent, tracestate
     )
-    SELECT gid, 'trying', dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
+    SELECT gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
            now() + make_interval(secs => timeout_s), now() + make_interval(secs => timeout_s),
            options, branch_count, traceparent, tracestate
     FROM input ORDER BY n
     ON CONFLICT (gid) DO NOTHING
     RETURNING *
+), new_branches AS (
+    SELECT * FROM unnest(:branch_of::int[], :positions::int[], :branch_ids::text[],
+                         :names::text[], :try_urls::text[], :confirm_urls::text[],
+                         :cancel_urls::text[], :payloads::jsonb[],
+                         :branch_request_hashes::text[], :data::text[],
+                         :branch_statuses::text[], :branch_kinds::text[],
+                         :branch_details::jsonb[])
+        WITH ORDINALITY AS b(n, position, branch_id, name, try_url, confirm_url, cancel_url,
+                             payload, request_hash, data, status, kind, detail, ord)
 ), branches AS (
     INSERT INTO tcc_branches (
         gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
         request_hash, status, data
     )
     SELECT txn.gid, b.branch_id, b.position, b.name, b.try_url, b.confirm_url, b.cancel_url,
-           b.payload, b.request_hash, 'registered', b.data
-    FROM unnest($10::int[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[],
-                $16::text[], $17::jsonb[], $18::text[], $19::text[])
-             WITH ORDINALITY AS b(n, position, branch_id, name, try_url, confirm_url,
-                                  cancel_url, payload, request_hash, data, ord)
+           b.payload, b.request_hash, b.status, b.data
+    FROM new_branches b
          JOIN input ON input.n = b.n
          JOIN txn ON txn.gid = input.gid
     ORDER BY b.ord
@@ -311,14 +321,14 @@ WITH input AS (
 ), events AS (
     INSERT INTO tcc_events (gid, kind, branch_id, detail)
     SELECT gid, kind, branch_id, detail FROM (
-        SELECT txn.gid, 'begin' AS kind, NULL::text AS branch_id, input.begin_detail AS detail,
-               input.n, -1 AS ord
+        SELECT txn.gid, input.begin_kind AS kind, NULL::text AS branch_id,
+               input.begin_detail AS detail, input.n, -1 AS ord
         FROM txn JOIN input ON input.gid = txn.gid
         UNION ALL
-        SELECT b.gid, 'branch_registered', b.branch_id,
-               jsonb_build_object('name', b.name, 'coordinator_runs_try', b.try_url IS NOT NULL),
-               input.n, b.position
-        FROM branches b JOIN input ON input.gid = b.gid
+        SELECT b.gid, nb.kind, b.branch_id, nb.detail, input.n, b.position
+        FROM branches b
+             JOIN input ON input.gid = b.gid
+             JOIN new_branches nb ON nb.n = input.n AND nb.branch_id = b.branch_id
     ) AS e
     ORDER BY n, ord
     RETURNING *
@@ -332,85 +342,99 @@ FROM input i
 ORDER BY i.n;
 
 -- name: decide_after_tries
--- Group commit of auto mode's decisions: for each transaction, its tries' answers and the
--- decision in one statement (see TransactionLog.decide_after_tries). $1 gids, $2 the first
--- branch whose try failed (or NULL), per transaction; $3-$9 every try, $3 saying which
--- transaction (1-based) it belongs to ($5: its verdict is "tried"); $10 owner; $11 lease
--- seconds. The decision mirrors core.states.judge_decision for this case; what it does not
--- cover decides nothing. Rows are locked in gid order, so batches cannot deadlock.
+-- Group commit of auto mode (core.writes.AutoDecision): per transaction, its tries' answers
+-- and then its decision, in one statement. Per try (:try_of: which transaction, 1-based):
+-- its answer, and the status its branch moves to, from a status that move allows (:move_from,
+-- :move_to: the branch table); its entry, with its late detail if the branch did not take
+-- it. Then a transaction in one of :sources takes its first decision (:targets, :reasons,
+-- :kinds, :details) if that one's guard holds (:guarded: the deadline ahead if
+-- :deadline_ahead, every try recorded if :tries_recorded, no branch in :blocking nor, with a
+-- try the coordinator runs, in :try_pending, and the branches as fresh as the locked row),
+-- else the timeout decision (:timeout_*) once the deadline has passed, else none. The
+-- decider (:owner) takes the lease for :lease_ttl_s seconds. Rows are locked in gid order,
+-- so batches cannot deadlock.
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS i(gid, failed, n)
+    SELECT * FROM unnest(:gids::text[], :targets::text[], :reasons::text[], :kinds::text[],
+                         :details::jsonb[], :guarded::bool[])
+        WITH ORDINALITY AS i(gid, target, reason, kind, detail, guarded, n)
 ), txn AS (
     -- branch_count is the locked row's, the freshest; a snapshot that counts fewer branches
-    -- is older than a registration, and then nothing is decided (the caller goes on).
-    SELECT t.gid, t.status, t.deadline <= now() AS deadline_passed, input.n, input.failed,
-           t.branch_count = (SELECT count(*) FROM tcc_branches c WHERE c.gid = t.gid) AS fresh
+    -- is older than a registration, and then a guarded decision is not taken.
+    SELECT t.gid, t.status, t.deadline <= now() AS deadline_passed,
+           t.branch_count = (SELECT count(*) FROM tcc_branches c WHERE c.gid = t.gid) AS fresh,
+           input.n, input.target, input.reason, input.kind, input.detail, input.guarded
     FROM tcc_transactions t JOIN input ON input.gid = t.gid
     ORDER BY t.gid
     FOR UPDATE OF t
 ), tries AS (
-    SELECT * FROM unnest($3::int[], $4::text[], $5::bool[], $6::int[], $7::text[],
-                         $8::float8[], $9::text[])
-        WITH ORDINALITY AS x(n, branch_id, tried, http_status, error, latency_ms, verdict, ord)
+    SELECT * FROM unnest(:try_of::int[], :try_branches::text[], :try_targets::text[],
+                         :try_http_statuses::int[], :try_errors::text[],
+                         :try_latencies_ms::float8[], :try_kinds::text[], :try_phases::text[],
+                         :try_details::jsonb[], :try_late_details::jsonb[])
+        WITH ORDINALITY AS x(n, branch_id, target, http_status, error, latency_ms, kind, phase,
+                             detail, late_detail, ord)
 ), recorded AS (
     UPDATE tcc_branches b
-    SET status = CASE WHEN x.tried THEN 'tried' ELSE 'try_failed' END,
-        attempts = b.attempts + 1, last_http_status = x.http_status, last_error = x.error,
-        last_latency_ms = x.latency_ms, updated_at = now()
+    SET status = x.target, attempts = b.attempts + 1, last_http_status = x.http_status,
+        last_error = x.error, last_latency_ms = x.latency_ms, next_retry_at = NULL,
+        updated_at = now()
     FROM tries x JOIN txn ON txn.n = x.n
-    WHERE b.gid = txn.gid AND b.branch_id = x.branch_id AND b.status = 'registered'
+    WHERE b.gid = txn.gid AND b.branch_id = x.branch_id
+      AND (b.status, x.target) IN (SELECT * FROM unnest(:move_from::text[], :move_to::text[]))
     RETURNING b.*
-), decision AS (
-    SELECT txn.gid, txn.n,
-           CASE
-               WHEN txn.status <> 'trying' THEN NULL
-               WHEN txn.failed IS NOT NULL OR txn.deadline_passed THEN 'cancelling'
-               WHEN txn.fresh
-                    AND (SELECT count(*) FROM recorded r WHERE r.gid = txn.gid)
-                    = (SELECT count(*) FROM tries x WHERE x.n = txn.n)
-                    AND NOT EXISTS (
-                        SELECT 1 FROM tcc_branches o
-                        WHERE o.gid = txn.gid
-                          AND o.branch_id NOT IN (SELECT x.branch_id FROM tries x
-                                                  WHERE x.n = txn.n)
-                          AND (o.status = 'try_failed'
-                               OR (o.status = 'registered' AND o.try_url IS NOT NULL))
-                    )
-               THEN 'confirming'
-           END AS target,
-           CASE
-               WHEN txn.failed IS NOT NULL THEN 'try_failed: ' || txn.failed
-               WHEN txn.deadline_passed THEN 'timeout'
-           END AS reason
+), judged AS (
+    SELECT txn.*,
+           txn.status = ANY(:sources::text[]) AS open,
+           NOT txn.guarded OR (
+               NOT (:deadline_ahead::bool AND txn.deadline_passed)
+               AND (NOT :tries_recorded::bool
+                    OR (SELECT count(*) FROM recorded r WHERE r.gid = txn.gid)
+                       = (SELECT count(*) FROM tries x WHERE x.n = txn.n))
+               AND txn.fresh
+               AND NOT EXISTS (
+                   -- the branches as this statement leaves them
+                   SELECT 1 FROM (
+                       SELECT r.status, r.try_url FROM recorded r WHERE r.gid = txn.gid
+                       UNION ALL
+                       SELECT o.status, o.try_url FROM tcc_branches o
+                       WHERE o.gid = txn.gid
+                         AND o.branch_id NOT IN (SELECT r.branch_id FROM recorded r
+                                                 WHERE r.gid = txn.gid)
+                   ) AS b
+                   WHERE b.status = ANY(:blocking::text[])
+                      OR (b.status = ANY(:try_pending::text[]) AND b.try_url IS NOT NULL))
+           ) AS guard_holds
     FROM txn
+), decision AS (
+    SELECT j.gid, j.n,
+           CASE WHEN j.guard_holds THEN j.target ELSE :timeout_target::text END AS target,
+           CASE WHEN j.guard_holds THEN j.reason ELSE :timeout_reason::text END AS reason,
+           CASE WHEN j.guard_holds THEN j.kind ELSE :timeout_kind::text END AS kind,
+           CASE WHEN j.guard_holds THEN j.detail ELSE :timeout_detail::jsonb END AS detail
+    FROM judged j
+    WHERE j.open AND (j.guard_holds OR j.deadline_passed)
 ), decided AS (
     UPDATE tcc_transactions t
-    SET status = d.target,
-        cancel_reason = CASE WHEN d.target = 'cancelling' THEN d.reason END,
+    SET status = d.target, cancel_reason = d.reason,
         decided_at = now(), phase_started_at = now(), phase_attempts = 0,
         next_attempt_at = now(), updated_at = now(),
-        lease_owner = $10, lease_token = gen_random_uuid(),
-        lease_expires_at = now() + make_interval(secs => $11)
+        lease_owner = :owner, lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => :lease_ttl_s)
     FROM decision d
-    WHERE t.gid = d.gid AND d.target IS NOT NULL AND t.status = 'trying'
+    WHERE t.gid = d.gid AND t.status = ANY(:sources::text[])
     RETURNING t.*
 ), events AS (
     INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
     SELECT gid, kind, branch_id, phase, http_status, latency_ms, error, detail FROM (
-        SELECT txn.gid, 'try_result' AS kind, x.branch_id, 'try' AS phase, x.http_status,
-               x.latency_ms, x.error,
-               jsonb_build_object('verdict', x.verdict, 'late', r.branch_id IS NULL) AS detail,
+        SELECT txn.gid, x.kind, x.branch_id, x.phase, x.http_status, x.latency_ms, x.error,
+               CASE WHEN r.branch_id IS NULL THEN x.late_detail ELSE x.detail END AS detail,
                txn.n, x.ord
         FROM tries x
              JOIN txn ON txn.n = x.n
              LEFT JOIN recorded r ON r.gid = txn.gid AND r.branch_id = x.branch_id
         UNION ALL
-        SELECT d.gid, 'decision', NULL, NULL, NULL, NULL, NULL,
-               jsonb_build_object(
-                   'decision', CASE WHEN d.status = 'confirming' THEN 'confirm' ELSE 'cancel' END,
-                   'reason', d.cancel_reason, 'by', $10::text),
-               txn.n, 2147483647
-        FROM decided d JOIN txn ON txn.gid = d.gid
+        SELECT d.gid, d.kind, NULL, NULL, NULL, NULL, NULL, d.detail, d.n, 2147483647
+        FROM decision d JOIN decided t ON t.gid = d.gid
     ) AS e
     ORDER BY n, ord
     RETURNING *
@@ -433,52 +457,67 @@ FROM input i
 ORDER BY i.n;
 
 -- name: finish_done_rounds
--- Group commit of rounds in which every call came back done: record the calls, end the
--- phase and release the lease, each fenced by its lease token. $1 gids, $2 lease tokens,
--- $3 the decisions (confirm or cancel), per round; $4-$8 every call, $4 saying which round
--- (1-based) it belongs to; $9 the owner; $10/$11 the statuses a branch may be confirmed /
--- cancelled from. Each round's final status, event kinds and phase follow from its decision.
+-- Group commit of rounds in which every call came back done (core.writes.done_round): the
+-- calls, the end of the phase and the lease released, each round fenced by its lease token.
+-- Per round (:gids, :tokens): the transaction moves to :end_targets from :end_sources (its
+-- phase status), its next round in :end_retries_in_s seconds (NULL: none), ended if
+-- :end_finishes; its entry (:end_kinds, :end_details, with the rounds it took if
+-- :end_counts_rounds). Per call (:call_of: which round, 1-based): the answer, the status its
+-- branch moves to, from a status that move allows (:move_from, :move_to: the branch table),
+-- and its entry, with its late detail if the branch did not take it.
 WITH input AS (
-    SELECT i.*,
-           CASE i.decision WHEN 'confirm' THEN 'confirmed' ELSE 'cancelled' END AS final,
-           CASE i.decision WHEN 'confirm' THEN 'confirming' ELSE 'cancelling' END AS phase_status,
-           CASE i.decision WHEN 'confirm' THEN 'confirm_call' ELSE 'cancel_call' END AS call_kind
-    FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS i(gid, token, decision, n)
+    SELECT * FROM unnest(:gids::text[], :tokens::uuid[], :end_sources::text[],
+                         :end_targets::text[], :end_retries_in_s::float8[],
+                         :end_finishes::bool[], :end_kinds::text[], :end_details::jsonb[],
+                         :end_counts_rounds::bool[])
+        WITH ORDINALITY AS i(gid, token, source, target, retry_in_s, finishes, kind, detail,
+                             counts_rounds, n)
 ), holder AS (
-    SELECT t.gid, input.n, input.final, input.phase_status, input.call_kind, input.decision
+    SELECT input.*
     FROM tcc_transactions t JOIN input ON input.gid = t.gid AND t.lease_token = input.token
     ORDER BY t.gid
     FOR UPDATE OF t
 ), calls AS (
-    SELECT * FROM unnest($4::int[], $5::text[], $6::int[], $7::text[], $8::float8[])
-        WITH ORDINALITY AS c(n, branch_id, http_status, error, latency_ms, ord)
+    SELECT * FROM unnest(:call_of::int[], :call_branches::text[], :call_targets::text[],
+                         :call_http_statuses::int[], :call_errors::text[],
+                         :call_latencies_ms::float8[], :call_kinds::text[],
+                         :call_phases::text[], :call_details::jsonb[],
+                         :call_late_details::jsonb[])
+        WITH ORDINALITY AS c(n, branch_id, target, http_status, error, latency_ms, kind, phase,
+                             detail, late_detail, ord)
 ), moved AS (
     UPDATE tcc_branches b
-    SET status = h.final, attempts = b.attempts + 1, last_http_status = c.http_status,
+    SET status = c.target, attempts = b.attempts + 1, last_http_status = c.http_status,
         last_error = c.error, last_latency_ms = c.latency_ms, next_retry_at = NULL,
         updated_at = now()
     FROM calls c JOIN holder h ON h.n = c.n
     WHERE b.gid = h.gid AND b.branch_id = c.branch_id
-      AND b.status = ANY(CASE WHEN h.decision = 'confirm' THEN $10::text[]
-                              ELSE $11::text[] END)
+      AND (b.status, c.target) IN (SELECT * FROM unnest(:move_from::text[], :move_to::text[]))
     RETURNING b.*
 ), finished AS (
     UPDATE tcc_transactions t
-    SET status = h.final, phase_attempts = t.phase_attempts + 1, updated_at = now(),
-        next_attempt_at = NULL, finished_at = now(),
+    SET status = h.target, phase_attempts = t.phase_attempts + 1, updated_at = now(),
+        next_attempt_at = now() + make_interval(secs => h.retry_in_s),
+        finished_at = CASE WHEN h.finishes THEN now() END,
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM holder h
-    WHERE t.gid = h.gid AND t.status = h.phase_status
+    WHERE t.gid = h.gid AND t.status = h.source
     RETURNING t.*
 ), events AS (
     INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
     SELECT gid, kind, branch_id, phase, http_status, latency_ms, error, detail FROM (
-        SELECT h.gid, h.call_kind AS kind, c.branch_id, h.decision AS phase, c.http_status,
-               c.latency_ms, c.error, '{"done": true}'::jsonb AS detail, h.n, c.ord
-        FROM calls c JOIN holder h ON h.n = c.n
+        SELECT h.gid, c.kind, c.branch_id, c.phase, c.http_status, c.latency_ms, c.error,
+               CASE WHEN m.branch_id IS NULL THEN c.late_detail ELSE c.detail END AS detail,
+               h.n, c.ord
+        FROM calls c
+             JOIN holder h ON h.n = c.n
+             LEFT JOIN moved m ON m.gid = h.gid AND m.branch_id = c.branch_id
         UNION ALL
-        SELECT f.gid, f.status, NULL, NULL, NULL, NULL, NULL,
-               jsonb_build_object('rounds', f.phase_attempts, 'by', $9::text), h.n, 2147483647
+        SELECT f.gid, h.kind, NULL, NULL, NULL, NULL, NULL,
+               CASE WHEN h.counts_rounds
+                    THEN jsonb_build_object('rounds', f.phase_attempts) ELSE '{}'::jsonb END
+               || h.detail,
+               h.n, 2147483647
         FROM finished f JOIN holder h ON h.gid = f.gid
     ) AS e
     ORDER BY n, ord
@@ -501,27 +540,29 @@ FROM input i
 ORDER BY i.n;
 
 -- name: register_branch
--- A branch registered while the transaction is trying, in one statement: the transaction
--- is locked (registrations and decisions on it are serialised), the rules are checked, and
--- the branch and its timeline entry are written when they allow. $2-$9: the branch; $10 the
--- most branches a transaction may have. What the rules saw comes back, so that the caller
--- can say why nothing was written.
+-- A branch registered in one statement (core.writes.register): the transaction is locked
+-- (registrations and decisions on it are serialised), and the branch (in :status) and its
+-- timeline entry (:kind, :detail) are written while the transaction is in one of :open_in,
+-- before its deadline and below :max_branches. What the rules saw comes back, so that the
+-- caller can say why nothing was written (RegisterWrite.refusal).
 WITH txn AS (
     -- branch_count is the locked row's, so position and limit hold against a registration
     -- that committed while this one waited for the lock (which the snapshot may not show;
     -- a branch id registered meanwhile then fails the primary key, and the caller retries).
     SELECT gid, status, deadline <= now() AS deadline_passed, branch_count
-    FROM tcc_transactions WHERE gid = $1 FOR UPDATE
+    FROM tcc_transactions WHERE gid = :gid FOR UPDATE
 ), existing AS (
-    SELECT b.* FROM tcc_branches b, txn WHERE b.gid = txn.gid AND b.branch_id = $2
+    SELECT b.* FROM tcc_branches b, txn WHERE b.gid = txn.gid AND b.branch_id = :branch_id
 ), inserted AS (
     INSERT INTO tcc_branches (
         gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
         request_hash, status, data
     )
-    SELECT txn.gid, $2, txn.branch_count, $3, $4, $5, $6, $7, $8, 'registered', $9
+    SELECT txn.gid, :branch_id, txn.branch_count, :name, :try_url, :confirm_url, :cancel_url,
+           :payload, :request_hash, :status, :data
     FROM txn
-    WHERE txn.status = 'trying' AND NOT txn.deadline_passed AND txn.branch_count < $10
+    WHERE txn.status = ANY(:open_in::text[]) AND NOT txn.deadline_passed
+      AND txn.branch_count < :max_branches
       AND NOT EXISTS (SELECT 1 FROM existing)
     RETURNING *
 ), counted AS (
@@ -529,9 +570,7 @@ WITH txn AS (
     FROM inserted WHERE t.gid = inserted.gid
 ), event AS (
     INSERT INTO tcc_events (gid, kind, branch_id, detail)
-    SELECT gid, 'branch_registered', branch_id,
-           jsonb_build_object('name', name, 'coordinator_runs_try', try_url IS NOT NULL)
-    FROM inserted
+    SELECT gid, :kind, branch_id, :detail FROM inserted
 )
 SELECT (SELECT status FROM txn) AS status,
        (SELECT deadline_passed FROM txn) AS deadline_passed,
@@ -541,74 +580,70 @@ SELECT (SELECT status FROM txn) AS status,
        (SELECT i::tcc_branches FROM inserted i) AS inserted;
 
 -- name: record_try
--- A try's answer and its timeline entry in one statement. CAS: only a branch whose try has
--- not been judged takes it ($7: the statuses it may move from); a late answer is only
--- logged. The branch comes back as the log holds it, with the transaction's status.
+-- A try's answer (core.writes.try_answer) and its timeline entry in one statement. CAS: a
+-- branch in one of :sources takes it, moving to :target; a late answer is only logged (with
+-- :late_detail). The branch comes back as the log holds it.
 WITH moved AS (
     UPDATE tcc_branches
-    SET status = $3, attempts = attempts + 1, last_http_status = $4, last_error = $5,
-        last_latency_ms = $6, updated_at = now()
-    WHERE gid = $1 AND branch_id = $2 AND status = ANY($7::text[])
+    SET status = coalesce(:target::text, status), attempts = attempts + 1,
+        last_http_status = :http_status, last_error = :error, last_latency_ms = :latency_ms,
+        next_retry_at = NULL, updated_at = now()
+    WHERE gid = :gid AND branch_id = :branch_id AND status = ANY(:sources::text[])
     RETURNING *
 ), current AS (
     SELECT * FROM moved
     UNION ALL
     SELECT * FROM tcc_branches
-    WHERE gid = $1 AND branch_id = $2 AND NOT EXISTS (SELECT 1 FROM moved)
+    WHERE gid = :gid AND branch_id = :branch_id AND NOT EXISTS (SELECT 1 FROM moved)
 ), event AS (
     INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
-    SELECT gid, 'try_result', branch_id, 'try', $4, $6, $5,
-           jsonb_build_object('verdict', $8::text, 'late', NOT EXISTS (SELECT 1 FROM moved))
+    SELECT gid, :kind, branch_id, :phase, :http_status, :latency_ms, :error,
+           CASE WHEN EXISTS (SELECT 1 FROM moved) THEN :detail::jsonb
+                ELSE :late_detail::jsonb END
     FROM current
 )
 SELECT (SELECT c::tcc_branches FROM current c) AS branch,
        EXISTS (SELECT 1 FROM moved) AS recorded;
 
 -- name: decide_judged
--- A decision in one statement. The transaction is locked; the decision is written only when
--- the rules allow it, which are core.states.judge_decision's: $2 the status it moves to,
--- $9 whether it is a confirm (which also needs the deadline ahead and every try answered
--- and none failed). $3 cancel reason, $4 owner, $5 lease seconds, $6 the statuses it may
--- move from, $7/$8 options and call timeout to set with it (NULL: none), $10 the operator
--- who decided (NULL: the client or the coordinator). What the rules saw
--- comes back (the status, the deadline, the branches), for the caller's judgement.
+-- A decision in one statement (core.writes.decision). The transaction is locked, and moves
+-- to :target from one of :sources when the guard holds: the branches as fresh as the locked
+-- row, the deadline ahead if :deadline_ahead, no branch in :blocking nor, with a try the
+-- coordinator runs, in :try_pending. With it: :cancel_reason, the options given with it
+-- (:options merged in, :call_timeout_s set; NULL: none), the lease to :owner for :lease_ttl_s
+-- seconds, and the timeline entry (:kind, :detail). What the guard saw comes back (the
+-- status, the deadline, the branches) for the caller's judgement.
 WITH txn AS (
     SELECT t AS row, t.gid, t.status, t.branch_count, t.deadline <= now() AS deadline_passed
-    FROM tcc_transactions t WHERE t.gid = $1 FOR UPDATE
+    FROM tcc_transactions t WHERE t.gid = :gid FOR UPDATE
 ), branches AS (
     SELECT b.* FROM tcc_branches b, txn WHERE b.gid = txn.gid
 ), allowed AS (
     -- The branches must be the locked row's (its branch_count): a snapshot older than a
     -- registration decides nothing, and the caller asks again.
     SELECT txn.gid FROM txn
-    WHERE txn.status = ANY($6::text[])
+    WHERE txn.status = ANY(:sources::text[])
       AND txn.branch_count = (SELECT count(*) FROM branches)
-      AND (NOT $9::bool OR (
-              NOT txn.deadline_passed
-              AND NOT EXISTS (
-                  SELECT 1 FROM branches b
-                  WHERE b.status = 'try_failed'
-                     OR (b.status = 'registered' AND b.try_url IS NOT NULL))))
+      AND NOT (:deadline_ahead::bool AND txn.deadline_passed)
+      AND NOT EXISTS (
+          SELECT 1 FROM branches b
+          WHERE b.status = ANY(:blocking::text[])
+             OR (b.status = ANY(:try_pending::text[]) AND b.try_url IS NOT NULL))
 ), decided AS (
     UPDATE tcc_transactions t
-    SET status = $2, cancel_reason = $3, decided_at = now(), phase_started_at = now(),
-        phase_attempts = 0, next_attempt_at = now(), updated_at = now(),
-        lease_owner = $4, lease_token = gen_random_uuid(),
-        lease_expires_at = now() + make_interval(secs => $5),
-        options = CASE WHEN $7::jsonb IS NULL THEN t.options ELSE t.options || $7::jsonb END,
-        call_timeout_s = COALESCE($8, t.call_timeout_s)
+    SET status = :target, cancel_reason = :cancel_reason, decided_at = now(),
+        phase_started_at = now(), phase_attempts = 0, next_attempt_at = now(),
+        updated_at = now(), lease_owner = :owner, lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => :lease_ttl_s),
+        options = CASE WHEN :options::jsonb IS NULL THEN t.options
+                       ELSE t.options || :options::jsonb END,
+        call_timeout_s = coalesce(:call_timeout_s, t.call_timeout_s)
     FROM allowed
     WHERE t.gid = allowed.gid
     RETURNING t.*
 ), event AS (
     INSERT INTO tcc_events (gid, kind, detail)
-    SELECT gid, 'decision',
-           jsonb_build_object(
-               'decision', CASE WHEN $9::bool THEN 'confirm' ELSE 'cancel' END,
-               'reason', $3::text, 'by', $4::text)
-           || CASE WHEN $10::text IS NULL THEN '{}'::jsonb
-                   ELSE jsonb_build_object('actor', $10::text) END
-    FROM decided
+    SELECT gid, :kind, :detail FROM decided
 )
 SELECT (SELECT row FROM txn) AS before,
        (SELECT deadline_passed FROM txn) AS deadline_passed,
@@ -617,38 +652,41 @@ SELECT (SELECT row FROM txn) AS before,
        ARRAY(SELECT b::tcc_branches FROM branches b ORDER BY position) AS branches;
 
 -- name: transaction_detail
--- A transaction, its branches and the first $2 events of its timeline, as of one moment
--- (one statement sees one snapshot).
-SELECT (SELECT t::tcc_transactions FROM tcc_transactions t WHERE t.gid = $1) AS txn,
-       ARRAY(SELECT b::tcc_branches FROM tcc_branches b WHERE b.gid = $1 ORDER BY position)
+-- A transaction, its branches and the first :events_limit events of its timeline, as of one
+-- moment (one statement sees one snapshot).
+SELECT (SELECT t::tcc_transactions FROM tcc_transactions t WHERE t.gid = :gid) AS txn,
+       ARRAY(SELECT b::tcc_branches FROM tcc_branches b WHERE b.gid = :gid ORDER BY position)
            AS branches,
-       ARRAY(SELECT e::tcc_events FROM tcc_events e WHERE e.gid = $1 ORDER BY id LIMIT $2)
-           AS events;
+       ARRAY(SELECT e::tcc_events FROM tcc_events e WHERE e.gid = :gid ORDER BY id
+             LIMIT :events_limit) AS events;
 
 -- name: now
+-- The database clock, the only one the log reads.
 SELECT now();
 
 -- --- alerts (TCC_ALERT_WEBHOOK) ---------------------------------------------------------
 
 -- name: insert_alert
--- Written in the transaction of the change it reports. One per kind, stay in phase two
--- (an operator's retry starts a new stay) and round: two coordinators never raise it twice.
+-- An alert of :kind about :gid, written in the transaction of the change it reports. One per
+-- kind, stay in phase two (an operator's retry starts a new stay) and round: two coordinators
+-- never raise it twice.
 INSERT INTO tcc_alerts (gid, kind, phase_started_at, round, body)
-SELECT gid, $2, coalesce(phase_started_at, decided_at, created_at), phase_attempts, $3
-FROM tcc_transactions WHERE gid = $1
+SELECT gid, :kind, coalesce(phase_started_at, decided_at, created_at), phase_attempts, :body
+FROM tcc_transactions WHERE gid = :gid
 ON CONFLICT (gid, kind, phase_started_at, round) DO NOTHING;
 
 -- name: claim_alerts
--- Due alerts nobody holds, under a lease ($1 owner, $3 seconds): SKIP LOCKED splits them
--- between coordinators, and a delivery cut short by a crash is sent again once it lapses.
+-- Due alerts nobody holds, :limit of them, leased to :owner for :lease_ttl_s seconds: SKIP
+-- LOCKED splits them between coordinators, and a delivery cut short by a crash is sent again
+-- once it lapses.
 UPDATE tcc_alerts a
-SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
+SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease_ttl_s)
 FROM (
     SELECT id FROM tcc_alerts
     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= now()
       AND (lease_expires_at IS NULL OR lease_expires_at < now())
     ORDER BY next_attempt_at
-    LIMIT $2
+    LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ) due
 WHERE a.id = due.id
@@ -656,105 +694,111 @@ RETURNING a.id, a.gid, a.kind, a.body, a.attempts,
           extract(epoch FROM now() - a.created_at)::float8 AS age_s;
 
 -- name: alert_delivered
+-- The holder (:owner) delivered alert :id.
 UPDATE tcc_alerts
 SET delivered_at = now(), attempts = attempts + 1, last_error = NULL,
     lease_owner = NULL, lease_expires_at = NULL
-WHERE id = $1 AND lease_owner = $2;
+WHERE id = :id AND lease_owner = :owner;
 
 -- name: alert_failed
--- The next try in $4 seconds, or (NULL) given up.
+-- The holder (:owner) failed to deliver alert :id: the next try in :retry_in_s seconds, or
+-- (NULL) given up.
 UPDATE tcc_alerts
-SET attempts = attempts + 1, last_error = $3,
-    next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
-                           ELSE now() + make_interval(secs => $4::float8) END,
-    given_up_at = CASE WHEN $4::float8 IS NULL THEN now() END,
+SET attempts = attempts + 1, last_error = :error,
+    next_attempt_at = CASE WHEN :retry_in_s::float8 IS NULL THEN next_attempt_at
+                           ELSE now() + make_interval(secs => :retry_in_s::float8) END,
+    given_up_at = CASE WHEN :retry_in_s::float8 IS NULL THEN now() END,
     lease_owner = NULL, lease_expires_at = NULL
-WHERE id = $1 AND lease_owner = $2;
+WHERE id = :id AND lease_owner = :owner;
 
 -- --- retention (TCC_RETENTION_DAYS, tcc prune) -------------------------------------------
 
 -- name: prune_finished
--- One batch of finished transactions begun and ended more than $1 seconds ago, oldest
--- first; their branches and events go with them (ON DELETE CASCADE). SKIP LOCKED: a row
--- someone holds waits for the next batch instead of holding this one up. The created_at
--- condition follows from the finished_at one; it is there for the created_at index. The
--- batch's gids go in as an array, so that even the connections' generic plan deletes them
--- through the primary key instead of joining them to a scan of the whole table.
+-- One batch (:limit) of finished transactions begun and ended more than :older_than_s
+-- seconds ago, oldest first; their branches and events go with them (ON DELETE CASCADE).
+-- SKIP LOCKED: a row someone holds waits for the next batch instead of holding this one up.
+-- The created_at condition follows from the finished_at one; it is there for the created_at
+-- index. The batch's gids go in as an array, so that even the connections' generic plan
+-- deletes them through the primary key instead of joining them to a scan of the whole table.
 DELETE FROM tcc_transactions WHERE gid = ANY (ARRAY(
     SELECT gid FROM tcc_transactions
-    WHERE created_at < now() - make_interval(secs => $1)
-      AND finished_at < now() - make_interval(secs => $1)
-      AND status IN ('confirmed', 'cancelled')
+    WHERE created_at < now() - make_interval(secs => :older_than_s)
+      AND finished_at < now() - make_interval(secs => :older_than_s)
+      AND status IN {final_statuses}
     ORDER BY created_at
-    LIMIT $2
+    LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ));
 
 -- name: count_prunable
+-- How many prune_finished would delete (a dry run).
 SELECT count(*) FROM tcc_transactions
-WHERE created_at < now() - make_interval(secs => $1)
-  AND finished_at < now() - make_interval(secs => $1)
-  AND status IN ('confirmed', 'cancelled');
+WHERE created_at < now() - make_interval(secs => :older_than_s)
+  AND finished_at < now() - make_interval(secs => :older_than_s)
+  AND status IN {final_statuses};
 
 -- name: prune_alerts
--- Alerts already delivered or given up, older than $1 seconds, a batch of $2.
+-- Alerts already delivered or given up, older than :older_than_s seconds, a batch of :limit.
 DELETE FROM tcc_alerts WHERE id IN (
     SELECT id FROM tcc_alerts
-    WHERE created_at < now() - make_interval(secs => $1)
+    WHERE created_at < now() - make_interval(secs => :older_than_s)
       AND (delivered_at IS NOT NULL OR given_up_at IS NOT NULL)
     ORDER BY id
-    LIMIT $2
+    LIMIT :limit
 );
 
 -- name: parked_branches
--- Why each of the parked transactions $1 waits: its first branch not yet done (its
--- status not one of $2).
+-- Why each of the parked transactions :gids waits: its first branch not yet done (its
+-- status not one of :done).
 SELECT DISTINCT ON (gid) * FROM tcc_branches
-WHERE gid = ANY($1::text[]) AND status <> ALL($2::text[])
+WHERE gid = ANY(:gids::text[]) AND status <> ALL(:done::text[])
 ORDER BY gid, position;
 
 -- --- coordinators (the console's view of who runs) ---------------------------------------
 
 -- name: coordinator_seen
--- A coordinator's recovery scan: note it alive, with what the scan claimed ($2) and how many
--- of those another process had let lapse ($3).
+-- A coordinator's recovery scan: note :owner alive, with what the scan claimed (:claimed)
+-- and how many of those another process had let lapse (:taken_over).
 INSERT INTO tcc_coordinators AS c (owner, scans, claimed, taken_over, last_claim_at)
-VALUES ($1, 1, $2::bigint, $3::bigint, CASE WHEN $2::bigint > 0 THEN now() END)
+VALUES (:owner, 1, :claimed::bigint, :taken_over::bigint,
+        CASE WHEN :claimed::bigint > 0 THEN now() END)
 ON CONFLICT (owner) DO UPDATE
 SET last_seen_at = now(), stopped_at = NULL, scans = c.scans + 1,
-    claimed = c.claimed + $2::bigint, taken_over = c.taken_over + $3::bigint,
-    last_claim_at = CASE WHEN $2::bigint > 0 THEN now() ELSE c.last_claim_at END;
+    claimed = c.claimed + :claimed::bigint, taken_over = c.taken_over + :taken_over::bigint,
+    last_claim_at = CASE WHEN :claimed::bigint > 0 THEN now() ELSE c.last_claim_at END;
 
 -- name: coordinator_stopped
-UPDATE tcc_coordinators SET stopped_at = now(), last_seen_at = now() WHERE owner = $1;
+-- :owner shut down cleanly.
+UPDATE tcc_coordinators SET stopped_at = now(), last_seen_at = now() WHERE owner = :owner;
 
 -- name: coordinators_seen
--- The coordinators seen in the last $1 seconds (stopped ones too), newest first, with the
--- live leases each holds now.
+-- The coordinators seen in the last :within_s seconds (stopped ones too), newest first, with
+-- the live leases each holds now.
 SELECT c.*, extract(epoch FROM now() - c.last_seen_at)::float8 AS seen_ago_s,
        (SELECT count(*) FROM tcc_transactions t
         WHERE t.lease_owner = c.owner AND t.lease_expires_at > now()) AS leases_held
 FROM tcc_coordinators c
-WHERE c.last_seen_at > now() - make_interval(secs => $1)
+WHERE c.last_seen_at > now() - make_interval(secs => :within_s)
 ORDER BY c.started_at DESC
 LIMIT 50;
 
 -- name: prune_coordinators
--- Coordinators not seen for $1 seconds.
-DELETE FROM tcc_coordinators WHERE last_seen_at < now() - make_interval(secs => $1);
+-- Coordinators not seen for :unseen_for_s seconds.
+DELETE FROM tcc_coordinators WHERE last_seen_at < now() - make_interval(secs => :unseen_for_s);
 
 -- --- console sessions -----------------------------------------------------------------------
 
 -- name: open_session
+-- A console login, lasting :ttl_s seconds.
 INSERT INTO tcc_console_sessions (id, key_name, scope, key_digest, remote, expires_at)
-VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6));
+VALUES (:id, :key_name, :scope, :key_digest, :remote, now() + make_interval(secs => :ttl_s));
 
 -- name: session_is_live
--- Whether session $1 is neither revoked nor expired; noted as seen (at most twice a minute,
+-- Whether session :id is neither revoked nor expired; noted as seen (at most twice a minute,
 -- so that a console polling its pages does not write at every poll).
 WITH live AS (
     SELECT id FROM tcc_console_sessions
-    WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
+    WHERE id = :id AND revoked_at IS NULL AND expires_at > now()
 ), seen AS (
     UPDATE tcc_console_sessions SET last_seen_at = now()
     WHERE id IN (SELECT id FROM live) AND last_seen_at < now() - interval '30 seconds'
@@ -762,37 +806,37 @@ WITH live AS (
 SELECT count(*) FROM live;
 
 -- name: revoke_sessions
--- End live sessions: the one whose id begins with $2, or every one of key $3, or (both
--- null) all; by $1. The number ended.
+-- End live sessions: the one whose id begins with :id_prefix, or every one of key
+-- :key_name, or (both null) all; by :by. The number ended.
 WITH ended AS (
-    UPDATE tcc_console_sessions SET revoked_at = now(), revoked_by = $1
+    UPDATE tcc_console_sessions SET revoked_at = now(), revoked_by = :by
     WHERE revoked_at IS NULL AND expires_at > now()
-      AND ($2::text IS NULL OR id LIKE $2 || '%')
-      AND ($3::text IS NULL OR key_name = $3)
+      AND (:id_prefix::text IS NULL OR id LIKE :id_prefix || '%')
+      AND (:key_name::text IS NULL OR key_name = :key_name)
     RETURNING id
 )
 SELECT count(*) FROM ended;
 
 -- name: revoke_sessions_of_other_keys
--- End the live sessions opened with a key that is not among the configured ones (name,
--- scope, digest of its hash, as arrays $2, $3, $4); by $1.
+-- End the live sessions opened with a key that is not among the configured ones (:names,
+-- :scopes, :digests: each key's name, scope and digest of its hash); by :by.
 WITH ended AS (
-    UPDATE tcc_console_sessions s SET revoked_at = now(), revoked_by = $1
+    UPDATE tcc_console_sessions s SET revoked_at = now(), revoked_by = :by
     WHERE revoked_at IS NULL AND expires_at > now()
       AND (key_name, scope, key_digest) NOT IN (
-          SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))
+          SELECT * FROM unnest(:names::text[], :scopes::text[], :digests::text[]))
     RETURNING id
 )
 SELECT count(*) FROM ended;
 
 -- name: list_sessions
--- Console sessions, newest first: live ones only unless $1.
+-- Console sessions, newest first, :limit of them: live ones only unless :include_ended.
 SELECT * FROM tcc_console_sessions
-WHERE $1::bool OR (revoked_at IS NULL AND expires_at > now())
+WHERE :include_ended::bool OR (revoked_at IS NULL AND expires_at > now())
 ORDER BY created_at DESC
-LIMIT $2;
+LIMIT :limit;
 
 -- name: prune_sessions
--- Sessions that ended (expired or revoked) more than $1 seconds ago.
+-- Sessions that ended (expired or revoked) more than :ended_for_s seconds ago.
 DELETE FROM tcc_console_sessions
-WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - make_interval(secs => $1);
+WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - make_interval(secs => :ended_for_s);
