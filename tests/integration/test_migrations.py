@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.core.errors import MigrationError
 from coordinator.txlog import migrator
+from coordinator.txlog.memory import CHECKS
 
 EXPECTED_SCHEMA = Path(__file__).with_name("expected_schema.txt")
 
@@ -113,3 +114,18 @@ async def test_every_field_of_a_record__is_a_column_of_its_table(database_url: s
             assert fields <= columns, (table, fields - columns)
     finally:
         await conn.close()
+
+
+async def test_the_in_memory_twin__mirrors_every_check_of_the_schema(
+    empty_database_url: str,
+) -> None:
+    await migrator.migrate(empty_database_url)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT conrelid::regclass::text AS tab, conname FROM pg_constraint"
+            " WHERE connamespace = 'public'::regnamespace AND contype = 'c'"
+        )
+    finally:
+        await conn.close()
+    assert {(r["tab"], r["conname"]) for r in rows} == {(c.table, c.name) for c in CHECKS}

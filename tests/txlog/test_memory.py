@@ -1,5 +1,6 @@
 """What only the in-memory log has: its clock, exact boundaries in time (which a real clock
-cannot hit), and being importable without a database driver."""
+cannot hit), being importable without a database driver, and the schema's CHECKs that no
+call of the contract can break."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import itertools
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
+from coordinator.core.errors import InvalidInput
 from coordinator.core.records import NewTransaction
 from coordinator.core.states import Decision, Refusal
-from coordinator.txlog.memory import InMemoryLog, ManualClock
+from coordinator.txlog.memory import InMemoryLog, ManualClock, _checked
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -92,3 +95,33 @@ def test_in_memory_log__imports_no_database_or_http_library() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# --- the schema's CHECKs that no call of the contract can break -------------------------
+
+
+# A row of each table that holds every CHECK.
+VALID_ROWS: dict[str, dict[str, object]] = {
+    "tcc_transactions": {"gid": "g", "status": "trying", "timeout_s": 1.0, "call_timeout_s": None},
+    "tcc_branches": {"branch_id": "b", "status": "tried"},
+    "tcc_events": {"repeats": 1},
+    "tcc_alerts": {"kind": "parked"},
+}
+
+
+@pytest.mark.parametrize(
+    ("table", "change", "constraint"),
+    [
+        ("tcc_transactions", {"status": "paused"}, "tcc_transactions_status_check"),
+        ("tcc_branches", {"status": "half_tried"}, "tcc_branches_status_check"),
+        ("tcc_events", {"repeats": 0}, "tcc_events_repeats_check"),
+        ("tcc_alerts", {"kind": "bored"}, "tcc_alerts_kind_check"),
+    ],
+)
+def test_in_memory_log__a_row_breaking_a_check__is_refused_as_postgres_refuses_it(
+    table: str, change: dict[str, object], constraint: str
+) -> None:
+    valid = SimpleNamespace(**VALID_ROWS[table])
+    assert _checked(table, valid) is valid
+    with pytest.raises(InvalidInput, match=f'violates check constraint "{constraint}"'):
+        _checked(table, SimpleNamespace(**(VALID_ROWS[table] | change)))
