@@ -1,5 +1,6 @@
-"""The TCC barrier: makes a participant's try, confirm and cancel safe against the
-three classic anomalies, inside the participant's own local transaction.
+"""The barrier: makes a participant's calls safe against the three classic anomalies, inside
+the participant's own local transaction. TCC's phases are try, confirm and cancel; a saga's
+are action and compensate; a message step is delivered as an action.
 
 - Repeats (the coordinator retries): the second try/confirm/cancel finds its row
   and does nothing, and the handler answers success again.
@@ -8,7 +9,12 @@ three classic anomalies, inside the participant's own local transaction.
 - Suspension (a try that arrives after its cancel): that try row written by the
   cancel makes the late try a no-op, so it reserves nothing that nobody would release.
 
-All three are decided by one unique key, (gid, branch_id, phase), in the same
+A saga's action behaves as a try (repeat-safe, suspended when its compensation came first)
+and its compensate as a cancel (an empty compensation when its action never ran, repeats
+no-ops); a message step's delivery is an action that no compensation ever follows, so the
+barrier makes its repeats (delivery is at least once) no-ops.
+
+All of it is decided by one unique key, (gid, branch_id, phase), in the same
 database transaction as the business change: either both commit or neither does.
 Two concurrent duplicates serialise on the key; the loser sees the winner's row.
 """
@@ -37,8 +43,8 @@ Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 class Outcome(StrEnum):
     RUN = "run"  # first time: do the business change
     DUPLICATE = "duplicate"  # seen before: answer success, change nothing
-    EMPTY_COMPENSATION = "empty_compensation"  # cancel without a try: nothing to undo
-    SUSPENDED = "suspended"  # try after its cancel: must not reserve anything
+    EMPTY_COMPENSATION = "empty_compensation"  # cancel (compensate) without its try (action)
+    SUSPENDED = "suspended"  # try (action) after its cancel (compensate): must change nothing
 
 
 async def _insert(conn: Connection, gid: str, branch_id: str, phase: str, by: str) -> bool:
@@ -46,33 +52,44 @@ async def _insert(conn: Connection, gid: str, branch_id: str, phase: str, by: st
     return status.endswith(" 1")
 
 
+# Each undo phase and the forward phase it undoes: the undo claims its forward phase's slot,
+# so finding it free means the forward call never ran (and is suspended should it come late).
+UNDOES = {"cancel": "try", "compensate": "action"}
+FORWARD = frozenset(UNDOES.values())
+ONCE = frozenset({"confirm"})  # runs once, no undo of its own
+PHASES = FORWARD | UNDOES.keys() | ONCE
+
+
 async def enter(conn: Connection, gid: str, branch_id: str, phase: str) -> Outcome:
     """Call inside the handler's transaction, before the business change.
 
-    Run the business change only when this returns Outcome.RUN.
+    ``phase`` is one of try, confirm, cancel (TCC) or action, compensate (saga; a message
+    step's delivery is an action). Run the business change only when this returns
+    Outcome.RUN.
     """
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}: expected one of {', '.join(sorted(PHASES))}")
     if not conn.is_in_transaction():
         raise RuntimeError("the barrier must run inside the business transaction")
-    if phase == "try":
-        if await _insert(conn, gid, branch_id, "try", "try"):
+    if phase in FORWARD:
+        if await _insert(conn, gid, branch_id, phase, phase):
             return Outcome.RUN
         written_by = await conn.fetchval(
-            "SELECT written_by FROM tcc_barrier WHERE gid = $1 AND branch_id = $2"
-            " AND phase = 'try'",
+            "SELECT written_by FROM tcc_barrier WHERE gid = $1 AND branch_id = $2 AND phase = $3",
             gid,
             branch_id,
+            phase,
         )
-        return Outcome.SUSPENDED if written_by == "cancel" else Outcome.DUPLICATE
-    if phase == "confirm":
-        inserted = await _insert(conn, gid, branch_id, "confirm", "confirm")
+        return Outcome.SUSPENDED if written_by != phase else Outcome.DUPLICATE
+    if phase in ONCE:
+        inserted = await _insert(conn, gid, branch_id, phase, phase)
         return Outcome.RUN if inserted else Outcome.DUPLICATE
-    if phase == "cancel":
-        # Claim the try slot first: if it was free, the try never ran (or will be suspended).
-        try_was_missing = await _insert(conn, gid, branch_id, "try", "cancel")
-        if not await _insert(conn, gid, branch_id, "cancel", "cancel"):
-            return Outcome.DUPLICATE
-        return Outcome.EMPTY_COMPENSATION if try_was_missing else Outcome.RUN
-    raise ValueError(f"unknown phase {phase!r}")
+    # An undo: claim the forward slot first; if it was free, the forward call never ran (or
+    # will be suspended when it arrives).
+    forward_was_missing = await _insert(conn, gid, branch_id, UNDOES[phase], phase)
+    if not await _insert(conn, gid, branch_id, phase, phase):
+        return Outcome.DUPLICATE
+    return Outcome.EMPTY_COMPENSATION if forward_was_missing else Outcome.RUN
 
 
 COUNT_OLDER = """

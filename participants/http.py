@@ -1,11 +1,14 @@
 """aiohttp helpers: a participant writes only its business code for try, confirm and
-cancel; parsing, the barrier and the coordinator's reply codes are handled here.
+cancel (TCC), action and compensate (saga), or a message step's action; parsing, the barrier
+and the coordinator's reply codes are handled here.
 
-    routes = tcc_routes(POOL, "/wallet", try_=freeze, confirm=debit, cancel=release)
-    app.add_routes(routes)
+    app.add_routes(tcc_routes(POOL, "/wallet", try_=freeze, confirm=debit, cancel=release))
+    app.add_routes(saga_routes(POOL, "/ship", action=book, compensate=unbook))
+    app.add_routes([message_route(POOL, "/notify/action", send_mail)])
 
 Each business function gets the open connection (inside the transaction that also
-holds the barrier row) and the call; it raises Refused to say no to a try.
+holds the barrier row) and the call; it raises Refused to say no to a try or an action
+(409), RetryLater when it cannot do its work now (503: the coordinator calls again).
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ class Refused(Exception):
         self.reason = reason
 
 
+class RetryLater(Exception):
+    """The work cannot be done now (a mail server down, a lock busy): answered 503, nothing
+    is kept (the barrier row rolls back with the rest), and the coordinator calls again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 BusinessFn = Callable[[barrier.Connection, TccCall], Awaitable[Any]]
 
 
@@ -68,7 +80,10 @@ async def parse_call(request: web.Request, phase: str) -> TccCall:
     return TccCall(body["gid"], body["branch_id"], phase, body.get("payload"))
 
 
-def tcc_handler(pool_key: web.AppKey[asyncpg.Pool], phase: str, business: BusinessFn) -> Any:
+def phase_handler(pool_key: web.AppKey[asyncpg.Pool], phase: str, business: BusinessFn) -> Any:
+    """A handler for one phase (try, confirm, cancel, action or compensate): the call parsed,
+    the barrier and ``business`` in one transaction, the outcome answered."""
+
     async def handle(request: web.Request) -> web.Response:
         try:
             call = await parse_call(request, phase)
@@ -83,13 +98,17 @@ def tcc_handler(pool_key: web.AppKey[asyncpg.Pool], phase: str, business: Busine
                     result = await business(conn, call) if outcome is Outcome.RUN else None
             except Refused as exc:
                 # The transaction rolled back, barrier row included: nothing happened.
-                log.info("try_refused", reason=exc.reason)
+                log.info("call_refused", reason=exc.reason)
                 return web.json_response({"error": exc.reason}, status=409)
-            log.info("tcc_call_handled", outcome=outcome.value)
+            except RetryLater as exc:
+                log.warning("call_retry_later", reason=exc.reason)
+                return web.json_response({"error": exc.reason}, status=503)
+            log.info("call_handled", outcome=outcome.value)
             if outcome is Outcome.SUSPENDED:
+                undo = "cancelled" if phase == "try" else "compensated"
                 return web.json_response(
                     {
-                        "error": "this branch was cancelled before its try arrived",
+                        "error": f"this branch was {undo} before its {phase} arrived",
                         "outcome": outcome.value,
                     },
                     status=409,
@@ -109,6 +128,34 @@ def tcc_routes(
 ) -> list[web.RouteDef]:
     """POST {prefix}/try, {prefix}/confirm and {prefix}/cancel."""
     return [
-        web.post(f"{prefix}/{phase}", tcc_handler(pool_key, phase, fn))
+        web.post(f"{prefix}/{phase}", phase_handler(pool_key, phase, fn))
         for phase, fn in (("try", try_), ("confirm", confirm), ("cancel", cancel))
     ]
+
+
+def saga_routes(
+    pool_key: web.AppKey[asyncpg.Pool],
+    prefix: str,
+    *,
+    action: BusinessFn,
+    compensate: BusinessFn,
+) -> list[web.RouteDef]:
+    """POST {prefix}/action and {prefix}/compensate, a saga step's two calls.
+
+    A compensation whose action never ran is answered 200 without calling ``compensate``
+    (an empty compensation), and an action arriving after its compensation 409 without
+    calling ``action`` (suspended: the saga is compensating already).
+    """
+    return [
+        web.post(f"{prefix}/{phase}", phase_handler(pool_key, phase, fn))
+        for phase, fn in (("action", action), ("compensate", compensate))
+    ]
+
+
+def message_route(
+    pool_key: web.AppKey[asyncpg.Pool], path: str, action: BusinessFn
+) -> web.RouteDef:
+    """POST {path}: a reliable message's step. Delivery is at least once; the barrier runs
+    ``action`` once per (gid, branch_id) and answers every repeat 200. Anything but a 2xx
+    (Refused's 409 included) is delivered again later, until the coordinator parks it."""
+    return web.post(path, phase_handler(pool_key, "action", action))

@@ -146,6 +146,168 @@ async def test_enter__cancel_repeated_after_an_empty_compensation__is_a_duplicat
     assert await enter(pool, "cancel") is Outcome.DUPLICATE
 
 
+# --- saga and message phases: action behaves as try, compensate as cancel ----------------
+
+
+async def test_enter__first_action__runs(pool: asyncpg.Pool) -> None:
+    assert await enter(pool, "action") is Outcome.RUN
+    assert await barrier_rows(pool) == [(GID, BRANCH, "action", "action")]
+
+
+async def test_enter__repeated_action__is_a_duplicate(pool: asyncpg.Pool) -> None:
+    # A message step delivered at least once: every repeat finds the first one's row.
+    assert await enter(pool, "action") is Outcome.RUN
+
+    assert await enter(pool, "action") is Outcome.DUPLICATE
+    assert await enter(pool, "action") is Outcome.DUPLICATE
+    assert await barrier_rows(pool) == [(GID, BRANCH, "action", "action")]
+
+
+async def test_enter__compensate_after_action__runs(pool: asyncpg.Pool) -> None:
+    assert await enter(pool, "action") is Outcome.RUN
+
+    assert await enter(pool, "compensate") is Outcome.RUN
+    assert await barrier_rows(pool) == [
+        (GID, BRANCH, "action", "action"),
+        (GID, BRANCH, "compensate", "compensate"),
+    ]
+
+
+async def test_enter__repeated_compensate__is_a_duplicate(pool: asyncpg.Pool) -> None:
+    await enter(pool, "action")
+    assert await enter(pool, "compensate") is Outcome.RUN
+
+    assert await enter(pool, "compensate") is Outcome.DUPLICATE
+    assert await enter(pool, "compensate") is Outcome.DUPLICATE
+
+
+async def test_enter__compensate_without_action__is_an_empty_compensation(
+    pool: asyncpg.Pool,
+) -> None:
+    # A saga compensates every step whose action was started, the failing one included:
+    # an action lost on the way is compensated all the same.
+    assert await enter(pool, "compensate") is Outcome.EMPTY_COMPENSATION
+    assert await barrier_rows(pool) == [
+        (GID, BRANCH, "action", "compensate"),
+        (GID, BRANCH, "compensate", "compensate"),
+    ]
+    assert await enter(pool, "compensate") is Outcome.DUPLICATE
+
+
+async def test_enter__action_after_its_compensation__is_suspended(pool: asyncpg.Pool) -> None:
+    assert await enter(pool, "compensate") is Outcome.EMPTY_COMPENSATION
+
+    assert await enter(pool, "action") is Outcome.SUSPENDED
+    assert await enter(pool, "action") is Outcome.SUSPENDED
+
+
+async def test_enter__action_repeated_after_its_compensation__is_a_duplicate(
+    pool: asyncpg.Pool,
+) -> None:
+    await enter(pool, "action")
+    await enter(pool, "compensate")
+
+    assert await enter(pool, "action") is Outcome.DUPLICATE
+
+
+async def test_enter__saga_and_tcc_phases_of_one_branch__do_not_mix(pool: asyncpg.Pool) -> None:
+    # A cancel claims the try slot, not the action slot, and a compensate the reverse.
+    assert await enter(pool, "cancel") is Outcome.EMPTY_COMPENSATION
+    assert await enter(pool, "action") is Outcome.RUN
+    assert await enter(pool, "compensate", branch="b-2") is Outcome.EMPTY_COMPENSATION
+    assert await enter(pool, "try", branch="b-2") is Outcome.RUN
+
+
+async def test_enter__rolled_back_action__runs_again_on_the_retry(pool: asyncpg.Pool) -> None:
+    async def failing_delivery() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            assert await barrier.enter(conn, GID, BRANCH, "action") is Outcome.RUN
+            await conn.execute("INSERT INTO things (n) VALUES (7)")
+            raise BusinessError("the mail server said no")
+
+    with pytest.raises(BusinessError):
+        await failing_delivery()
+
+    assert await barrier_rows(pool) == []
+    assert await things(pool) == []
+    assert await enter(pool, "action") is Outcome.RUN
+
+
+async def test_enter__twenty_concurrent_actions__run_exactly_once(pool: asyncpg.Pool) -> None:
+    await pool.execute("INSERT INTO things (n) VALUES (0)")
+    start = asyncio.Barrier(20)
+
+    outcomes = await asyncio.gather(*(_counted_call(pool, "action", start) for _ in range(20)))
+
+    assert outcomes.count(Outcome.RUN) == 1
+    assert outcomes.count(Outcome.DUPLICATE) == 19
+    assert await things(pool) == [1]
+
+
+@pytest.mark.parametrize("round_", range(10))
+async def test_enter__concurrent_action_and_compensate__never_both_run_and_empty(
+    pool: asyncpg.Pool, round_: int
+) -> None:
+    gid = f"saga-race-{round_}"
+
+    async def call(phase: str) -> Outcome:
+        async with pool.acquire() as conn:
+            await start.wait()
+            async with conn.transaction():
+                outcome = await barrier.enter(conn, gid, BRANCH, phase)
+                await asyncio.sleep(0.01)
+                return outcome
+
+    start = asyncio.Barrier(2)
+    action, compensate = await asyncio.gather(call("action"), call("compensate"))
+
+    assert (action, compensate) in {
+        (Outcome.RUN, Outcome.RUN),  # action first: the compensation undoes it
+        (Outcome.SUSPENDED, Outcome.EMPTY_COMPENSATION),  # compensation first: a no-op action
+    }
+
+
+async def test_migration__a_barrier_made_before_sagas__takes_the_new_phases(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A service migrated by the first barrier migration alone gets the second on its next
+    # start, and its old rows stay.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute('CREATE SCHEMA "old_svc"; SET search_path TO "old_svc"')
+        (first,) = [m for m in schema.load_migrations(schema.BARRIER_MIGRATIONS) if m.version == 1]
+        await conn.execute(first.sql)
+        await conn.execute(
+            "CREATE TABLE schema_migrations (source text, version integer, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (source, version));"
+            " INSERT INTO schema_migrations (source, version, name)"
+            " VALUES ('barrier', 1, 'barrier');"
+            " INSERT INTO tcc_barrier (gid, branch_id, phase, written_by)"
+            " VALUES ('old', 'b-1', 'try', 'try')"
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO tcc_barrier (gid, branch_id, phase, written_by)"
+                " VALUES ('x', 'b', 'action', 'action')"
+            )
+    finally:
+        await conn.close()
+    applied = await schema.migrate(database_url, "old_svc", tmp_path)  # no service migrations
+
+    assert "old_svc:barrier:0002_barrier_saga" in applied
+    pool = await schema.connect_pool(database_url, "old_svc")
+    try:
+        assert await enter(pool, "action", gid="x") is Outcome.RUN
+        assert await enter(pool, "try", gid="old") is Outcome.DUPLICATE
+        with pytest.raises(asyncpg.CheckViolationError):
+            await pool.execute(
+                "INSERT INTO tcc_barrier (gid, branch_id, phase, written_by)"
+                " VALUES ('y', 'b', 'prepare', 'prepare')"
+            )
+    finally:
+        await pool.close()
+
+
 # --- atomicity with the business change ----------------------------------------------
 
 
