@@ -6,15 +6,23 @@
             await tx.try_branch("stock", ...)
         # confirmed here; an exception inside the block cancels instead, then re-raises
 
+Sagas and reliable messages, through the same client:
+
+    state = await tcc.run_saga([SagaStep("pay", action_url=..., compensate_url=..., payload=...)])
+    await tcc.send_message([MessageStep("mail", url=..., payload={...})], gid="order-42.mail")
+    await tcc.prepare_message(steps, gid="g", query_url=...)  # then submit_message / abort_message
+
 Coordinator errors come back as typed exceptions (TryRefused, Conflict, ...).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -69,7 +77,14 @@ class TransactionState:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED
+        """Over for good: a TCC transaction confirmed or cancelled, or any transaction (a saga,
+        a message) the coordinator gave an end time."""
+        return self.status in FINISHED or self.raw.get("finished_at") is not None
+
+    @property
+    def kind(self) -> str:
+        """tcc, saga or msg."""
+        return str(self.raw.get("kind", "tcc"))
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> TransactionState:
@@ -108,6 +123,74 @@ def _branch(
     if name:
         body["name"] = name
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStep:
+    """One step of a reliable message: ``url`` is POSTed the payload, at least once."""
+
+    branch_id: str
+    url: str
+    payload: Any = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"branch_id": self.branch_id, "url": self.url, "payload": self.payload}
+
+
+@dataclass(frozen=True, slots=True)
+class SagaStep:
+    """One step of a saga: its action, and the compensation that undoes it. ``after`` names
+    the steps it waits for (a DAG; with concurrent=True)."""
+
+    branch_id: str
+    action_url: str
+    compensate_url: str
+    payload: Any = None
+    after: tuple[str, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "branch_id": self.branch_id,
+            "action_url": self.action_url,
+            "compensate_url": self.compensate_url,
+            "payload": self.payload,
+        }
+        if self.after:
+            body["after"] = list(self.after)
+        return body
+
+
+def _optional(body: dict[str, Any], **values: Any) -> dict[str, Any]:
+    body.update({key: value for key, value in values.items() if value is not None})
+    return body
+
+
+def message_request(
+    steps: Iterable[MessageStep],
+    *,
+    gid: str | None = None,
+    service: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    concurrent: bool = False,
+    prepared: bool = False,
+    query_url: str | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/messages``, as the client sends it and the outbox stores it."""
+    listed = [step.as_json() for step in steps]
+    if not listed:
+        raise ValueError("a message needs at least one step")
+    if prepared and not query_url:
+        raise ValueError("a prepared message needs a query_url the coordinator can ask")
+    body: dict[str, Any] = {"steps": listed, "concurrent": concurrent, "prepared": prepared}
+    return _optional(
+        body,
+        gid=gid,
+        service=service,
+        metadata=metadata,
+        query_url=query_url,
+        timeout_s=timeout_s,
+    )
 
 
 class CoordinatorClient:
@@ -236,6 +319,124 @@ class CoordinatorClient:
     async def get(self, gid: str) -> TransactionState:
         _, data = await self._call("GET", f"/v1/transactions/{gid}")
         return TransactionState.of(data)
+
+    # --- reliable messages ----------------------------------------------------------
+
+    async def post_message(self, request: dict[str, Any]) -> TransactionState:
+        """``POST /v1/messages`` with a body made by ``message_request``. Idempotent by gid: a
+        repeat of the same body answers the message as it is, a different body under the same
+        gid raises Conflict."""
+        body = dict(request)
+        if body.get("gid"):
+            body["gid"] = self.qualified(str(body["gid"]))
+        _, data = await self._call("POST", "/v1/messages", body)
+        return TransactionState.of(data)
+
+    async def send_message(
+        self,
+        steps: Iterable[MessageStep],
+        gid: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        concurrent: bool = False,
+    ) -> TransactionState:
+        """A message decided at once: the coordinator delivers every step, at least once, in
+        order (or all at once with ``concurrent``). Choose the gid to make a resend safe."""
+        return await self.post_message(
+            message_request(
+                steps, gid=gid, service=self.service, metadata=metadata, concurrent=concurrent
+            )
+        )
+
+    async def prepare_message(
+        self,
+        steps: Iterable[MessageStep],
+        gid: str | None = None,
+        *,
+        query_url: str,
+        timeout_s: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        concurrent: bool = False,
+    ) -> TransactionState:
+        """A message held until ``submit_message`` (deliver) or ``abort_message`` (never). If
+        neither comes within ``timeout_s``, the coordinator asks ``GET query_url?gid=...``:
+        2xx delivers, 409 aborts, anything else asks again later."""
+        return await self.post_message(
+            message_request(
+                steps,
+                gid=gid,
+                service=self.service,
+                metadata=metadata,
+                concurrent=concurrent,
+                prepared=True,
+                query_url=query_url,
+                timeout_s=timeout_s,
+            )
+        )
+
+    async def submit_message(self, gid: str) -> TransactionState:
+        _, data = await self._call("POST", f"/v1/messages/{self.qualified(gid)}/submit", {})
+        return TransactionState.of(data)
+
+    async def abort_message(self, gid: str) -> TransactionState:
+        _, data = await self._call("POST", f"/v1/messages/{self.qualified(gid)}/abort", {})
+        return TransactionState.of(data)
+
+    # --- sagas -----------------------------------------------------------------------
+
+    async def begin_saga(
+        self,
+        steps: Iterable[SagaStep],
+        gid: str | None = None,
+        *,
+        concurrent: bool = False,
+        timeout_s: float | None = None,
+        retry_limit: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> TransactionState:
+        """``POST /v1/sagas``: the saga as the coordinator answers it (finished or not)."""
+        listed = [step.as_json() for step in steps]
+        if not listed:
+            raise ValueError("a saga needs at least one step")
+        body = _optional(
+            {"steps": listed, "concurrent": concurrent, "metadata": metadata or {}},
+            gid=self.qualified(gid) if gid else None,
+            service=self.service,
+            timeout_s=timeout_s,
+            retry_limit=retry_limit,
+        )
+        _, data = await self._call("POST", "/v1/sagas", body)
+        return TransactionState.of(data)
+
+    async def run_saga(
+        self,
+        steps: Iterable[SagaStep],
+        gid: str | None = None,
+        *,
+        concurrent: bool = False,
+        timeout_s: float | None = None,
+        retry_limit: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        wait_s: float = 30.0,
+        poll_s: float = 0.2,
+    ) -> TransactionState:
+        """Run a saga and return its final state: every action done, or the failed saga
+        compensated. A saga still running after ``wait_s`` (a participant down, the
+        coordinator retrying) is returned as it is then, with ``finished`` False: look it
+        up again later with ``get``."""
+        state = await self.begin_saga(
+            steps,
+            gid,
+            concurrent=concurrent,
+            timeout_s=timeout_s,
+            retry_limit=retry_limit,
+            metadata=metadata,
+        )
+        deadline = time.monotonic() + wait_s
+        while not state.finished and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
+            state = await self.get(state.gid)
+        return state
 
     @asynccontextmanager
     async def transaction(
