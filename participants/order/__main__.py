@@ -9,6 +9,12 @@ if __name__ == "__main__":
     parser.add_argument("--wallet-url", default="http://127.0.0.1:8101")
     parser.add_argument("--inventory-url", default="http://127.0.0.1:8102")
     parser.add_argument(
+        "--notify-url",
+        default=None,
+        help="the notify sample (e.g. http://127.0.0.1:8104): a paid order mails its customer"
+        " through it; without it, no mail",
+    )
+    parser.add_argument(
         "--coordinator-key",
         default=os.environ.get("ORDER_COORDINATOR_KEY"),
         help="API key for the coordinator (env ORDER_COORDINATOR_KEY)",
@@ -20,5 +26,6 @@ if __name__ == "__main__":
         inventory=args.inventory_url,
         public=f"http://{args.host}:{args.port}",
         coordinator_key=args.coordinator_key,
+        notify=args.notify_url,
     )
     serve(create_app(args.database_url, peers), args.host, args.port)

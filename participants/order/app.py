@@ -1,7 +1,11 @@
-"""The order service: POST /checkout runs one TCC transaction over three branches."""
+"""The order service: POST /checkout runs one TCC transaction over three branches. When the
+order is paid (its confirm), a confirmation mail to the customer goes into its outbox in the
+same database transaction; its relay hands it to the coordinator as a reliable message for
+the notify sample. A cancelled checkout sends nothing."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,17 +14,20 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
+from participants import outbox
 from participants.barrier import Connection
 from participants.client import (
     Conflict,
     CoordinatorClient,
     CoordinatorError,
+    MessageStep,
     Transaction,
     TryFailed,
     TryRefused,
     Unavailable,
 )
-from participants.http import Refused, TccCall, tcc_routes
+from participants.http import BusinessFn, Refused, TccCall, tcc_routes
+from participants.outbox_relay import relay_in_background
 from participants.service import POOL, database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -33,6 +40,12 @@ class Peers:
     inventory: str
     public: str  # this service's own URL, for its branch's try/confirm/cancel
     coordinator_key: str | None = None  # API key for the coordinator (not needed --insecure)
+    notify: str | None = None  # the notify sample: confirmation mails go there; None: no mail
+
+    @property
+    def service(self) -> str | None:
+        """The service name to give the coordinator: with a key, the key names the service."""
+        return None if self.coordinator_key else "order"
 
 
 PEERS = web.AppKey("peers", Peers)
@@ -83,8 +96,52 @@ async def _move(conn: Connection, gid: str, status: str) -> dict[str, Any] | Non
     return {"order": gid, "status": status} if moved else None
 
 
-async def mark_paid(conn: Connection, call: TccCall) -> dict[str, Any] | None:
-    return await _move(conn, call.gid, "paid")
+def mail_gid(order_gid: str) -> str:
+    """The confirmation message's gid: one per order, however often the confirm runs."""
+    gid = f"{order_gid}.mail"
+    if len(gid) <= 128:  # the coordinator's longest gid
+        return gid
+    return f"mail.{hashlib.sha256(order_gid.encode()).hexdigest()}"
+
+
+def confirmation(order: dict[str, Any], notify: str) -> MessageStep:
+    gid, customer = order["id"], order["customer"]
+    return MessageStep(
+        "mail",
+        url=f"{notify}/notify/action",
+        payload={
+            "to": f"{customer}@example.test",
+            "subject": f"Your order {gid} is confirmed",
+            "body": (
+                f"Hello {customer},\n\nthank you for your order {gid}: {order['qty']} x"
+                f" {order['sku']}, {order['amount']} paid.\n\nThe shop\n"
+            ),
+        },
+    )
+
+
+def make_mark_paid(peers: Peers) -> BusinessFn:
+    async def mark_paid(conn: Connection, call: TccCall) -> dict[str, Any] | None:
+        order = await conn.fetchrow(
+            "UPDATE orders SET status = 'paid', updated_at = now()"
+            " WHERE id = $1 AND status = 'pending' RETURNING id, customer, sku, qty, amount",
+            call.gid,
+        )
+        if order is None:
+            return None
+        result: dict[str, Any] = {"order": call.gid, "status": "paid"}
+        if peers.notify:
+            # In this confirm's own transaction: the mail goes if and only if the order is paid.
+            result["mail"] = await outbox.add(
+                conn,
+                mail_gid(call.gid),
+                [confirmation(dict(order), peers.notify)],
+                service=peers.service,
+                metadata={"order": call.gid},
+            )
+        return result
+
+    return mark_paid
 
 
 async def mark_cancelled(conn: Connection, call: TccCall) -> dict[str, Any] | None:
@@ -192,16 +249,31 @@ def create_app(database_url: str, peers: Peers, schema: str = "orders") -> web.A
     async def client(app: web.Application) -> AsyncIterator[None]:
         # With a key the coordinator names the service after it; without, say who we are.
         app[CLIENT] = CoordinatorClient(
-            peers.coordinator,
-            service=None if peers.coordinator_key else "order",
-            api_key=peers.coordinator_key,
+            peers.coordinator, service=peers.service, api_key=peers.coordinator_key
         )
         yield
         await app[CLIENT].close()
 
     app.cleanup_ctx.append(client)
+    # After the pool's: it stops before the pool closes.
+    app.cleanup_ctx.append(
+        relay_in_background(
+            POOL,
+            peers.coordinator,
+            dsn=database_url,
+            schema=schema,
+            service=peers.service,
+            api_key=peers.coordinator_key,
+        )
+    )
     app.add_routes(
-        tcc_routes(POOL, "/tcc", try_=create_order, confirm=mark_paid, cancel=mark_cancelled)
+        tcc_routes(
+            POOL,
+            "/tcc",
+            try_=create_order,
+            confirm=make_mark_paid(peers),
+            cancel=mark_cancelled,
+        )
     )
     app.router.add_post("/checkout", checkout)
     app.router.add_get("/orders", list_orders)

@@ -1,0 +1,1 @@
+"""Sample service: notify. Delivers reliable messages' e-mail steps over SMTP."""
