@@ -22,6 +22,7 @@ from coordinator.devtools.chaos import ChaosConfig, ChaosRun, report_json
 from coordinator.devtools.demo import run_demo
 from coordinator.devtools.stack import Ports, Stack
 from coordinator.settings import Settings
+from participants.mailsink import RECEIVED
 
 
 def coordinator_settings(
@@ -44,10 +45,12 @@ def coordinator_settings(
 async def up_command(
     args: argparse.Namespace, settings: Settings, decided: Mapping[str, str]
 ) -> int:
-    if not 1024 <= args.samples_port <= 65533:
-        raise UsageError("--samples-port must be between 1024 and 65533")
+    # Wallet, inventory, order, notify and the SMTP sink, on this port and the four after it.
+    if not 1024 <= args.samples_port <= 65531:
+        raise UsageError("--samples-port must be between 1024 and 65531")
     base = args.samples_port
-    stack = Stack(settings.data_dir, Ports(settings.port, base, base + 1, base + 2))
+    ports = Ports(settings.port, base, base + 1, base + 2, notify=base + 3, mailsink=base + 4)
+    stack = Stack(settings.data_dir, ports)
     stack.check_ports()  # before Postgres or any child starts
     passed, ignored = coordinator_settings(settings, decided)
     stop = asyncio.Event()
@@ -67,12 +70,13 @@ async def up_command(
         await stack.start(coordinator_env=passed)
         print(await up_banner(stack))
         parks = ParkWatch(stack.services["coordinator"].log_path, stack.url("coordinator"))
+        mails = MailWatch(stack.mail_dir)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             if stop.is_set():
                 break  # Ctrl-C reaches the children too: their exit is no crash
-            for line in parks.new_lines():
+            for line in [*parks.new_lines(), *mails.new_lines()]:
                 print(line, flush=True)
             for name in stack.dead():
                 print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
@@ -91,20 +95,11 @@ class ParkWatch:
     def __init__(self, log_path: Path, coordinator_url: str) -> None:
         self.log_path = log_path
         self.coordinator_url = coordinator_url
-        # Parks logged before this run started are not news.
-        self._offset = log_path.stat().st_size if log_path.exists() else 0
+        self._tail = FileTail(log_path)  # parks logged before this run started are not news
 
     def new_lines(self) -> list[str]:
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._offset)
-                chunk = log.read()
-        except OSError:
-            return []
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
         said = []
-        for raw in complete.splitlines():
+        for raw in self._tail.new_lines():
             try:
                 event = json.loads(raw)
             except ValueError:
@@ -122,6 +117,53 @@ class ParkWatch:
             f" waiting on {waiting}; see {self.coordinator_url}/ui/transactions/{quote(gid)}"
             f" (retry or resolve it there, or with `{_tcc()} retry {gid}`)"
         )
+
+
+class FileTail:
+    """The complete lines a file gained since the last look (a torn last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # What was there before this run started is not news.
+        self._offset = path.stat().st_size if path.exists() else 0
+
+    def new_lines(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self._offset)
+                chunk = file.read()
+        except OSError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        return complete.splitlines()
+
+
+class MailWatch:
+    """Follows the SMTP sink's log of received mail: one line each, duplicates said so."""
+
+    def __init__(self, mail_dir: Path) -> None:
+        self.mail_dir = mail_dir
+        self._tail = FileTail(mail_dir / RECEIVED)
+
+    def new_lines(self) -> list[str]:
+        said = []
+        for raw in self._tail.new_lines():
+            try:
+                mail = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(mail, dict):
+                continue
+            to = ", ".join(str(x) for x in mail.get("to") or []) or "?"
+            line = f"tcc up: MAIL to {to}: {mail.get('subject', '')}"
+            if mail.get("duplicate"):
+                line += (
+                    f" (delivered again: the same Message-ID, {mail.get('deliveries')} times;"
+                    " still one mail)"
+                )
+            said.append(f"{line} ({self.mail_dir / str(mail.get('file', ''))})")
+        return said
 
 
 def _tcc() -> str:
@@ -149,7 +191,9 @@ async def _fetch_json(url: str, attempts: int = 3) -> Any:
 
 
 async def up_banner(stack: Stack) -> str:
-    c, w, i, o = (stack.url(n) for n in ("coordinator", "wallet", "inventory", "order"))
+    c, w, i, o, n = (
+        stack.url(name) for name in ("coordinator", "wallet", "inventory", "order", "notify")
+    )
     # What alice has and what a book costs now (the data outlive restarts).
     alice = await _fetch_json(f"{w}/accounts/alice")
     catalog = await _fetch_json(f"{o}/catalog")
@@ -170,6 +214,9 @@ async def up_banner(stack: Stack) -> str:
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
   order        {o}    POST /checkout, GET /orders, GET /catalog
+  notify       {n}    GET /mails (a paid order's confirmation, sent over SMTP)
+  mail         SMTP on 127.0.0.1:{stack.ports.mailsink}, stored in {stack.mail_dir}
+               (one file per Message-ID; each mail received is announced here)
   database     embedded Postgres in {stack.data_dir}
   logs         {stack.log_dir}
 

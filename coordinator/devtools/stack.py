@@ -1,14 +1,16 @@
-"""The whole local stack: embedded Postgres, the coordinator and the three samples.
+"""The whole local stack: embedded Postgres, the coordinator and the samples.
 
-`tcc up` runs it on fixed ports until Ctrl-C; `tcc demo` runs a private one on free
-ports and drives scenarios against it. Each service is a real child process, so the
-demo can kill, pause and restart one for real.
+`tcc up` runs it on fixed ports until Ctrl-C, with the mail path (the notify sample and a
+local SMTP sink the order's confirmation mails end in); `tcc demo` runs a private one on free
+ports, without the mail path, and drives scenarios against it. Each service is a real child
+process, so the demo can kill, pause and restart one for real.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -29,9 +31,20 @@ class Ports:
     wallet: int = 8101
     inventory: int = 8102
     order: int = 8103
+    # The mail path: started only when both are given (tcc up gives them, the demo does not).
+    notify: int | None = None
+    mailsink: int | None = None
 
     def by_service(self) -> dict[str, int]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return {
+            field.name: getattr(self, field.name)
+            for field in fields(self)
+            if getattr(self, field.name) is not None
+        }
+
+    @property
+    def mail(self) -> bool:
+        return self.notify is not None and self.mailsink is not None
 
 
 # Where each service answers once it is up.
@@ -40,6 +53,7 @@ _READY_PATHS = {
     "wallet": "/accounts",
     "inventory": "/items",
     "order": "/orders",
+    "notify": "/mails",
 }
 
 
@@ -49,6 +63,7 @@ class Stack:
         self.ports = ports
         self.temporary = temporary
         self.log_dir = data_dir.parent / "logs"
+        self.mail_dir = data_dir.parent / "mail"  # the SMTP sink's store
         self.database: EmbeddedServer | None = None
         self.services: dict[str, Managed] = {}
 
@@ -94,7 +109,7 @@ class Stack:
             "TCC_RETRY_MAX_S": "2",
             **(coordinator_env or {}),
         }
-        commands = {
+        commands: dict[str, tuple[list[str], dict[str, str]]] = {
             "coordinator": ([python, "-m", "coordinator.cli", "serve"], coordinator_env),
             "wallet": (
                 [
@@ -120,25 +135,59 @@ class Stack:
                 ],
                 clean_env(),
             ),
-            "order": (
+        }
+        order_flags: list[str] = []
+        if self.ports.mail:
+            commands["mailsink"] = (
                 [
                     python,
                     "-m",
-                    "participants.order",
+                    "participants.mailsink",
+                    "--port",
+                    str(self.ports.mailsink),
+                    "--store",
+                    str(self.mail_dir),
+                ],
+                clean_env(),
+            )
+            commands["notify"] = (
+                [
+                    python,
+                    "-m",
+                    "participants.notify",
                     "--database-url",
                     db,
                     "--port",
-                    str(self.ports.order),
+                    str(self.ports.notify),
+                    "--smtp-host",
+                    "127.0.0.1",
+                    "--smtp-port",
+                    str(self.ports.mailsink),
                     "--coordinator-url",
                     self.url("coordinator"),
-                    "--wallet-url",
-                    self.url("wallet"),
-                    "--inventory-url",
-                    self.url("inventory"),
                 ],
                 clean_env(),
-            ),
-        }
+            )
+            order_flags = ["--notify-url", self.url("notify")]
+        commands["order"] = (
+            [
+                python,
+                "-m",
+                "participants.order",
+                "--database-url",
+                db,
+                "--port",
+                str(self.ports.order),
+                "--coordinator-url",
+                self.url("coordinator"),
+                "--wallet-url",
+                self.url("wallet"),
+                "--inventory-url",
+                self.url("inventory"),
+                *order_flags,
+            ],
+            clean_env(),
+        )
         for name, (command, env) in commands.items():
             self.services[name] = Managed(name, command, env, self.log_dir)
             self.services[name].start()
@@ -154,6 +203,10 @@ class Stack:
                         raise ServiceStartError(
                             f"{name} exited at start-up; see {self.services[name].log_path}"
                         )
+                    if name == "mailsink":
+                        if await _smtp_answers(getattr(self.ports, name)):
+                            pending.discard(name)
+                        continue
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                         async with http.get(self.url(name) + _READY_PATHS[name]) as resp:
                             if resp.status == 200:
@@ -175,3 +228,21 @@ class Stack:
             await asyncio.to_thread(proc.terminate)
         if self.database is not None:
             await asyncio.to_thread(self.database.close)
+
+
+async def _smtp_answers(port: int) -> bool:
+    """True when an SMTP server on 127.0.0.1:port greets (220) and says goodbye."""
+    try:
+        async with asyncio.timeout(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, family=socket.AF_INET)
+            try:
+                greeting = await reader.readline()
+                writer.write(b"QUIT\r\n")
+                await writer.drain()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return greeting.startswith(b"220")
