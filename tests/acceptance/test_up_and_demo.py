@@ -13,8 +13,10 @@ import aiohttp
 import pytest
 
 from coordinator.devtools.children import clean_env, free_port
+from participants import mailsink
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant, Reply
+from tests.participants.messages import messages_api_or_xfail
 from tests.processes import TCC, run_tcc_async
 
 pytestmark = pytest.mark.slow
@@ -41,16 +43,11 @@ async def test_demo__plays_every_scenario_and_the_books_balance() -> None:
 
 
 async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    coordinator_port = free_port()
-    samples = free_port()
-    # Three consecutive free ports for the samples: retry a few bases if one is taken.
-    for _ in range(20):
-        if all(_port_free(samples + i) for i in range(3)):
-            break
-        samples = free_port()
+    coordinator_port, samples = free_port(), _sample_ports()
     proc = _start_up(tmp_path, coordinator_port, samples)
     try:
         order = f"http://127.0.0.1:{samples + 2}"
+        notify = f"http://127.0.0.1:{samples + 3}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             deadline = time.monotonic() + 90
             coordinator = f"http://127.0.0.1:{coordinator_port}/readyz"
@@ -72,10 +69,31 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
             async with http.get(f"http://127.0.0.1:{coordinator_port}/ui/") as resp:
                 assert resp.status == 200
                 assert "Authentication is off" in await resp.text()
+            # The mail path: a message step delivered to notify (twice, as a coordinator may)
+            # goes out over SMTP to the sink once, and tcc up says so.
+            step = {
+                "gid": "hello.mail",
+                "branch_id": "mail",
+                "phase": "action",
+                "payload": {"to": "carol@example.test", "subject": "Hello", "body": "Hi\n"},
+            }
+            for _ in range(2):
+                async with http.post(f"{notify}/notify/action", json=step) as resp:
+                    assert resp.status == 200
+            await asyncio.sleep(1.5)  # tcc up reads the sink's log every second
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+    mail_dir = tmp_path / "mail"
+    assert f"notify       {notify}" in out
+    assert f"stored in {mail_dir}" in out
+    # (The order's own confirmation to alice may be announced too, once messages flow.)
+    (line,) = [x for x in out.splitlines() if x.startswith("tcc up: MAIL to carol")]
+    assert line.startswith("tcc up: MAIL to carol@example.test: Hello (")
+    carol = [r for r in mailsink.read_received(mail_dir) if r["to"] == ["carol@example.test"]]
+    assert [r["deliveries"] for r in carol] == [1]  # the repeat never reached the server
+    assert (mail_dir / carol[0]["file"]).exists()
     assert "curl -s -X POST" in out  # the banner's order line
     # Read from the samples, not assumed: 1000 before the order above, 976 after it (the
     # banner and the order race).
@@ -88,7 +106,7 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
 async def test_up__takes_coordinator_settings__and_says_when_a_transaction_parks(
     tmp_path: Path,
 ) -> None:
-    coordinator_port, samples = free_port(), _three_free_ports()
+    coordinator_port, samples = free_port(), _sample_ports()
     failing = FakeParticipant()
     failing.default("confirm", Reply(status=500, body={"error": "ledger closed"}))
     await failing.start()
@@ -129,15 +147,52 @@ async def test_up__takes_coordinator_settings__and_says_when_a_transaction_parks
     assert f"{base}/ui/transactions/stuck-order" in line
 
 
+async def test_up__a_confirmed_checkout__is_announced_as_one_mail_to_its_customer(
+    tmp_path: Path,
+) -> None:
+    coordinator_port, samples = free_port(), _sample_ports()
+    proc = _start_up(tmp_path, coordinator_port, samples)
+    base = f"http://127.0.0.1:{coordinator_port}"
+    order = f"http://127.0.0.1:{samples + 2}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            deadline = time.monotonic() + 90
+            while not (
+                await _answers(http, f"{order}/orders") and await _answers(http, f"{base}/readyz")
+            ):
+                assert proc.poll() is None
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.3)
+            await messages_api_or_xfail(base)
+            body = {"customer": "alice", "sku": "book", "qty": 1}
+            async with http.post(f"{order}/checkout", json=body) as resp:
+                assert resp.status == 200
+                placed = await resp.json()
+            mails = tmp_path / "mail"
+            await eventually(
+                lambda: asyncio.to_thread(lambda: list(mails.glob("*.eml"))),
+                lambda found: len(found) == 1,
+                timeout_s=60,
+            )
+            await asyncio.sleep(2.5)  # tcc up reads the sink's log every second
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    (line,) = [x for x in out.splitlines() if x.startswith("tcc up: MAIL")]
+    assert f"tcc up: MAIL to alice@example.test: Your order {placed['order_id']}" in line
+
+
 async def _status(http: aiohttp.ClientSession, url: str) -> str:
     async with http.get(url) as resp:
         return str((await resp.json())["status"])
 
 
-def _three_free_ports() -> int:
+def _sample_ports() -> int:
+    """The first of five consecutive free ports: wallet, inventory, order, notify, SMTP sink."""
     samples = free_port()
     for _ in range(20):
-        if all(_port_free(samples + i) for i in range(3)):
+        if samples + 4 <= 65535 and all(_port_free(samples + i) for i in range(5)):
             break
         samples = free_port()
     return samples
