@@ -14,23 +14,29 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-WAITS_FOR_MESSAGES = (
-    "waits for the coordinator's POST /v1/messages (issue 18, part 3): the coordinator answered"
-)
+WAITS_FOR = "waits for the coordinator's {path} (issue 18, {part}): the coordinator answered"
 
 
-async def messages_api_or_xfail(base_url: str) -> None:
-    """xfail the calling test, saying why, when the coordinator has no /v1/messages yet.
+async def api_or_xfail(base_url: str, path: str, part: str) -> None:
+    """xfail the calling test, saying why, when the coordinator does not serve ``POST path``.
 
-    An empty body is asked for: a coordinator that serves the endpoint refuses it (400 or
-    422) and creates nothing; one that does not answers 404 (or 405)."""
+    An empty body is sent: a coordinator that serves the endpoint refuses it (400 or 422) and
+    creates nothing; one that does not answers 404 (or 405)."""
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-        http.post(base_url.rstrip("/") + "/v1/messages", json={}) as resp,
+        http.post(base_url.rstrip("/") + path, json={}) as resp,
     ):
         status = resp.status
     if status in (404, 405):
-        pytest.xfail(f"{WAITS_FOR_MESSAGES} {status}")
+        pytest.xfail(f"{WAITS_FOR.format(path=f'POST {path}', part=part)} {status}")
+
+
+async def messages_api_or_xfail(base_url: str) -> None:
+    await api_or_xfail(base_url, "/v1/messages", "part 3")
+
+
+async def sagas_api_or_xfail(base_url: str) -> None:
+    await api_or_xfail(base_url, "/v1/sagas", "part 2")
 
 
 @dataclass

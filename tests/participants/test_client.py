@@ -1,23 +1,32 @@
 """The participants' coordinator client against a real in-process coordinator and a
-scriptable fake participant: the transaction() block and the typed errors."""
+scriptable fake participant: the transaction() block, the typed errors, reliable messages and
+sagas (those wait for the coordinator's /v1/messages and /v1/sagas where it has none yet)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from coordinator.devtools.children import free_port
 from participants.client import (
     Conflict,
     CoordinatorClient,
     CoordinatorError,
     InvalidRequest,
+    MessageStep,
     NotFound,
+    SagaStep,
     Transaction,
     TryFailed,
     TryRefused,
     Unavailable,
+    message_request,
 )
 from tests.conftest import CoordinatorClient as CoordinatorUnderTest
+from tests.helpers import eventually
 from tests.participant_server import FakeParticipant, Reply
+from tests.participants.messages import messages_api_or_xfail, sagas_api_or_xfail
 
 
 class CheckoutFailed(Exception):
@@ -262,3 +271,125 @@ async def test_close__with_a_session_of_the_caller__leaves_it_open(
     status, body = await coordinator.get("/v1/transactions/shared-session")
     assert status == 200
     assert body["status"] == "trying"
+
+
+# --- reliable messages and sagas -----------------------------------------------------------
+
+
+def test_message_request__is_the_body_of_post_v1_messages() -> None:
+    steps = [MessageStep("a", url="http://x/a", payload={"n": 1}), MessageStep("b", "http://x/b")]
+
+    assert message_request(steps, gid="g", concurrent=True) == {
+        "gid": "g",
+        "steps": [
+            {"branch_id": "a", "url": "http://x/a", "payload": {"n": 1}},
+            {"branch_id": "b", "url": "http://x/b", "payload": None},
+        ],
+        "concurrent": True,
+        "prepared": False,
+    }
+    prepared = message_request(steps, prepared=True, query_url="http://x/q", timeout_s=5)
+    assert (prepared["prepared"], prepared["query_url"], prepared["timeout_s"]) == (
+        True,
+        "http://x/q",
+        5,
+    )
+    with pytest.raises(ValueError, match="at least one step"):
+        message_request([])
+    with pytest.raises(ValueError, match="query_url"):
+        message_request(steps, prepared=True)
+
+
+def test_saga_step__names_its_dependencies_only_when_it_has_some() -> None:
+    assert "after" not in SagaStep("a", "http://x/a", "http://x/c").as_json()
+    assert SagaStep("b", "http://x/a", "http://x/c", after=("a",)).as_json()["after"] == ["a"]
+
+
+async def test_send_message__coordinator_unreachable__raises_unavailable() -> None:
+    async with CoordinatorClient(f"http://127.0.0.1:{free_port()}", timeout_s=2) as c:
+        with pytest.raises(Unavailable):
+            await c.send_message([MessageStep("a", "http://127.0.0.1:9/a")], gid="g")
+
+
+async def test_send_message__delivers_each_step_in_order_once(
+    coordinator: CoordinatorUnderTest, participant: FakeParticipant
+) -> None:
+    await messages_api_or_xfail(coordinator.base)
+    base = participant.base_url()
+    steps = [MessageStep(b, f"{base}/svc/action", {"step": b}) for b in ("one", "two")]
+    async with CoordinatorClient(coordinator.base, service="shop") as c:
+        sent = await c.send_message(steps, gid="m-1", metadata={"why": "test"})
+        again = await c.send_message(steps, gid="m-1", metadata={"why": "test"})  # a resend
+        assert sent.kind == "msg"
+        assert again.gid == "m-1"
+        await eventually(lambda: c.get("m-1"), lambda s: s.finished)
+
+    calls = participant.calls_for("action", gid="m-1")
+    assert [(x.branch_id, x.body["payload"]) for x in calls] == [
+        ("one", {"step": "one"}),
+        ("two", {"step": "two"}),
+    ]
+    assert calls[0].headers["X-TCC-Phase"] == "action"
+
+
+async def test_send_message__gid_taken_by_another_message__raises_conflict(
+    coordinator: CoordinatorUnderTest, participant: FakeParticipant
+) -> None:
+    await messages_api_or_xfail(coordinator.base)
+    url = f"{participant.base_url()}/svc/action"
+    async with CoordinatorClient(coordinator.base) as c:
+        await c.send_message([MessageStep("a", url, 1)], gid="m-2")
+        with pytest.raises(Conflict):
+            await c.send_message([MessageStep("a", url, 2)], gid="m-2")
+
+
+async def test_prepared_message__submitted_is_delivered__aborted_never(
+    coordinator: CoordinatorUnderTest, participant: FakeParticipant
+) -> None:
+    await messages_api_or_xfail(coordinator.base)
+    url = f"{participant.base_url()}/svc/action"
+    query = f"{participant.base_url()}/svc/query"
+    async with CoordinatorClient(coordinator.base) as c:
+        await c.prepare_message([MessageStep("a", url)], gid="p-1", query_url=query)
+        await c.prepare_message([MessageStep("a", url)], gid="p-2", query_url=query)
+        await asyncio.sleep(0.5)
+        assert participant.calls_for("action") == []  # held while prepared
+        await c.submit_message("p-1")
+        aborted = await c.abort_message("p-2")
+        await eventually(lambda: c.get("p-1"), lambda s: s.finished)
+        assert aborted.gid == "p-2"
+        await asyncio.sleep(0.5)
+
+    assert len(participant.calls_for("action", gid="p-1")) == 1
+    assert participant.calls_for(gid="p-2") == []
+
+
+async def test_run_saga__every_action_done__returns_the_finished_saga(
+    coordinator: CoordinatorUnderTest, participant: FakeParticipant
+) -> None:
+    await sagas_api_or_xfail(coordinator.base)
+    base = f"{participant.base_url()}/svc"
+    steps = [SagaStep(b, f"{base}/action", f"{base}/compensate", {"b": b}) for b in ("x", "y")]
+    async with CoordinatorClient(coordinator.base, service="shop") as c:
+        state = await c.run_saga(steps, gid="s-1", timeout_s=30)
+
+    assert state.finished
+    assert state.kind == "saga"
+    assert [x.branch_id for x in participant.calls_for("action", gid="s-1")] == ["x", "y"]
+    assert participant.calls_for("compensate", gid="s-1") == []
+
+
+async def test_run_saga__an_action_refused__compensates_what_was_started_in_reverse(
+    coordinator: CoordinatorUnderTest, participant: FakeParticipant
+) -> None:
+    await sagas_api_or_xfail(coordinator.base)
+    participant.script("action", Reply(), Reply(status=409, body={"error": "no"}))
+    base = f"{participant.base_url()}/svc"
+    steps = [SagaStep(b, f"{base}/action", f"{base}/compensate") for b in ("x", "y", "z")]
+    async with CoordinatorClient(coordinator.base) as c:
+        state = await c.run_saga(steps, gid="s-2", timeout_s=30)
+
+    assert state.finished
+    assert [x.branch_id for x in participant.calls_for("action", gid="s-2")] == ["x", "y"]
+    # The failing step included: its action may have done something before it said no.
+    assert [x.branch_id for x in participant.calls_for("compensate", gid="s-2")] == ["y", "x"]
