@@ -5,8 +5,9 @@ Each function here returns a frozen record: the statuses a row moves to and may 
 the guards a decision needs, the timeline entries with their details. PostgresLog passes
 its fields as the named parameters of the change's statement in txlog/sql/queries.sql, and
 InMemoryLog applies the same record to its rows with the same guards (the methods below
-that take a row's state: ``Move.allows``, ``CallWrite.takes``, ``states.Guard.holds``,
+that take a row's state: ``Move.allows``, ``CallRule.takes``, ``states.Guard.holds``,
 ``AutoDecision.choose``). Neither chooses a status, an event kind or a rule of its own.
+The records are shared (the same arguments give the same one) and never changed.
 
 A new kind of transaction brings its statuses and moves to states.py and its writes here;
 the statements stay as they are, since they only apply what they are given.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Generic, TypeVar
 
 from coordinator.core import states
@@ -87,18 +88,31 @@ class NewBranchWrite:
     entry: Entry
 
 
-def registration(new: NewBranch) -> NewBranchWrite:
-    detail = {"name": new.name, "coordinator_runs_try": new.try_url is not None}
-    return NewBranchWrite(new, BranchStatus.REGISTERED, Entry(EventKind.BRANCH_REGISTERED, detail))
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """How a branch is registered: in ``status``, with an entry of ``kind`` that says its
+    name and whether the coordinator runs its try."""
+
+    status: BranchStatus
+    kind: EventKind
+
+    def of(self, new: NewBranch) -> NewBranchWrite:
+        detail = {"name": new.name, "coordinator_runs_try": new.try_url is not None}
+        return NewBranchWrite(new, self.status, Entry(self.kind, detail))
+
+
+REGISTRATION = Registration(BranchStatus.REGISTERED, EventKind.BRANCH_REGISTERED)
 
 
 @dataclass(frozen=True, slots=True)
 class BeginWrite:
-    """A new transaction, trying until its deadline, with its branches."""
+    """A new transaction in ``status`` until its deadline, with its branches, each
+    registered as ``registration`` says."""
 
     new: NewTransaction
     status: GlobalStatus
     entry: Entry
+    registration: Registration
     branches: tuple[NewBranchWrite, ...]
 
 
@@ -112,7 +126,8 @@ def begin(new: NewTransaction) -> BeginWrite:
         new,
         GlobalStatus.TRYING,
         Entry(EventKind.BEGIN, detail),
-        tuple(registration(b) for b in firsts.values()),
+        REGISTRATION,
+        tuple(REGISTRATION.of(b) for b in firsts.values()),
     )
 
 
@@ -139,7 +154,7 @@ class RegisterWrite:
 
 
 def register(new: NewBranch, max_branches: int) -> RegisterWrite:
-    return RegisterWrite(registration(new), states.UNDECIDED_STATUSES, max_branches)
+    return RegisterWrite(REGISTRATION.of(new), states.UNDECIDED_STATUSES, max_branches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,14 +181,12 @@ STALE_TRY = StaleTry(states.UNDECIDED_STATUSES, states.TRY_PENDING_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
-class CallWrite:
-    """A participant's answer to one call on a branch. A branch in one of ``sources`` takes
-    it: the call is counted (attempts, HTTP status, error, latency) and the branch moves to
-    ``target`` (None: it stays). The timeline gets ``entry`` either way, with ``late_detail``
-    in place of its detail when the branch did not take it."""
+class CallRule:
+    """What a participant's answer of one kind does to its branch. A branch in one of
+    ``sources`` takes it: the call is counted (attempts, HTTP status, error, latency) and the
+    branch moves to ``target`` (None: it stays). The timeline gets ``entry`` either way, with
+    ``late_detail`` in place of its detail when the branch did not take it."""
 
-    branch_id: str
-    call: CallRecord
     target: BranchStatus | None
     sources: frozenset[BranchStatus]
     entry: Entry
@@ -186,31 +199,45 @@ class CallWrite:
         return self.entry.detail if taken else self.late_detail
 
 
+@dataclass(frozen=True, slots=True)
+class CallWrite:
+    """One participant's answer on one branch, and what it does."""
+
+    branch_id: str
+    call: CallRecord
+    rule: CallRule
+
+
+@cache
+def _try_rule(verdict: TryVerdict) -> CallRule:
+    target = BranchStatus.TRIED if verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
+    return CallRule(
+        target,
+        branch_move(target).sources,
+        Entry(EventKind.TRY_RESULT, {"verdict": verdict.value, "late": False}, Phase.TRY),
+        {"verdict": verdict.value, "late": True},
+    )
+
+
 def try_answer(record: TryRecord) -> CallWrite:
     """A try's answer: the branch is tried or its try failed, once (a later answer is only
     logged, as late)."""
-    target = BranchStatus.TRIED if record.verdict is TryVerdict.TRIED else BranchStatus.TRY_FAILED
-    verdict = record.verdict.value
-    return CallWrite(
-        record.branch_id,
-        record.call,
-        target,
-        branch_move(target).sources,
-        Entry(EventKind.TRY_RESULT, {"verdict": verdict, "late": False}, Phase.TRY),
-        {"verdict": verdict, "late": True},
-    )
+    return CallWrite(record.branch_id, record.call, _try_rule(record.verdict))
+
+
+@cache
+def _phase_call_rule(decision: Decision, done: bool) -> CallRule:
+    done_move = branch_move(states.branch_done_status(decision))
+    phase = states.phase_of(decision)
+    detail = {"done": done}
+    entry = Entry(states.call_event(phase), detail, phase, repeatable=not done)
+    return CallRule(done_move.target if done else None, done_move.sources, entry, detail)
 
 
 def phase_call(decision: Decision, branch_id: str, done: bool, call: CallRecord) -> CallWrite:
     """A confirm or cancel call's answer: the branch is done if ``done``; a failure only
     counts the call, and an identical failure repeats the branch's latest entry."""
-    done_move = branch_move(states.branch_done_status(decision))
-    phase = states.phase_of(decision)
-    detail = {"done": done}
-    entry = Entry(states.call_event(phase), detail, phase, repeatable=not done)
-    return CallWrite(
-        branch_id, call, done_move.target if done else None, done_move.sources, entry, detail
-    )
+    return CallWrite(branch_id, call, _phase_call_rule(decision, done))
 
 
 # --- decisions ------------------------------------------------------------------------
@@ -231,7 +258,15 @@ class DecisionWrite:
 def decision(
     decided: Decision, *, reason: str | None, owner: str, actor: str | None = None
 ) -> DecisionWrite:
-    """``reason`` is kept only with a cancel; ``actor``: the operator who decided."""
+    """``reason`` is kept only with a cancel; ``actor``: the operator who decided. (The same
+    arguments give the same record: a batch sends each distinct one once.)"""
+    return _decision(decided, reason, owner, actor)
+
+
+@lru_cache(maxsize=1024)
+def _decision(
+    decided: Decision, reason: str | None, owner: str, actor: str | None
+) -> DecisionWrite:
     target = states.phase_status(decided)
     sources = frozenset(GlobalStatus(s) for s in states.sources_of(target))
     detail: dict[str, Any] = {"decision": decided.value, "reason": reason, "by": owner}
@@ -349,17 +384,24 @@ def round_end(
 
 @dataclass(frozen=True, slots=True)
 class DoneRound:
-    """A round in which every call came back done: each call's answer, then the end."""
+    """A round in which every call came back done: each call's answer, all of one ``rule``,
+    then the ``end``."""
 
-    calls: tuple[CallWrite, ...]
+    calls: tuple[tuple[str, CallRecord], ...]
+    rule: CallRule
     end: RoundEnd
+
+    def call_writes(self) -> list[CallWrite]:
+        return [CallWrite(branch_id, call, self.rule) for branch_id, call in self.calls]
 
 
 def done_round(decided: Decision, calls: Iterable[tuple[str, CallRecord]], owner: str) -> DoneRound:
-    return DoneRound(
-        tuple(phase_call(decided, branch_id, True, call) for branch_id, call in calls),
-        round_end(decided, states.final_status(decided), owner=owner),
-    )
+    return DoneRound(tuple(calls), _phase_call_rule(decided, True), _done_end(decided, owner))
+
+
+@lru_cache(maxsize=64)
+def _done_end(decided: Decision, owner: str) -> RoundEnd:
+    return round_end(decided, states.final_status(decided), owner=owner)
 
 
 # --- operator actions -----------------------------------------------------------------

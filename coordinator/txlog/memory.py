@@ -543,11 +543,12 @@ class InMemoryLog:
     def _record_call(self, gid: str, write: CallWrite, now: datetime) -> bool:
         """A participant's answer on one branch (every kind of call, as each statement does
         it); True when the branch took it."""
+        rule = write.rule
         branch_row = self._branches[gid].get(write.branch_id)
-        taken = branch_row is not None and write.takes(branch_row.record.status)
+        taken = branch_row is not None and rule.takes(branch_row.record.status)
         if branch_row is not None and taken:
             branch_row.update(
-                status=branch_row.record.status if write.target is None else write.target,
+                status=branch_row.record.status if rule.target is None else rule.target,
                 attempts=branch_row.record.attempts + 1,
                 last_http_status=write.call.http_status,
                 last_error=write.call.error,
@@ -556,7 +557,7 @@ class InMemoryLog:
                 updated_at=now,
             )
         self._event(
-            gid, write.entry, branch_id=write.branch_id, call=write.call, detail=write.detail(taken)
+            gid, rule.entry, branch_id=write.branch_id, call=write.call, detail=rule.detail(taken)
         )
         return taken
 
@@ -811,7 +812,7 @@ class InMemoryLog:
                 return None
             now = self.clock.now()
             first_event = self._last_event_id
-            for call in write.calls:
+            for call in write.call_writes():
                 self._record_call(lease.gid, call, now)
             if not write.end.move.allows(row.record.status):
                 return None

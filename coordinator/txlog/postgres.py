@@ -54,7 +54,7 @@ from coordinator.core.states import (
     TryVerdict,
     Verdict,
 )
-from coordinator.core.writes import AutoDecision, CallWrite, DoneRound, Entry
+from coordinator.core.writes import AutoDecision, CallRule, DoneRound, Entry, RoundEnd
 from coordinator.txlog import migrator
 from coordinator.txlog.batching import Batcher
 from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
@@ -260,12 +260,20 @@ class PostgresLog:
     async def _flush_begins(
         self, items: list[writes.BeginWrite]
     ) -> list[TransactionDetail | BaseException | None]:
+        shared = _begin_settings(items[0])
+        if any(_begin_settings(i) != shared for i in items):
+            # The core begins every transaction alike: never seen, but keep them single.
+            return [r for i in items for r in await self._flush_begins([i])]
         news = [w.new for w in items]
         branches = [(n, pos, b) for n, w in enumerate(items, 1) for pos, b in enumerate(w.branches)]
+        first = items[0]
         args = query("begin_transactions").args(
             {
+                "status": first.status,
+                "begin_kind": first.entry.kind,
+                "branch_status": first.registration.status,
+                "branch_kind": first.registration.kind,
                 "gids": [new.gid for new in news],
-                "statuses": [w.status for w in items],
                 "dialects": [new.dialect for new in news],
                 "services": [new.service for new in news],
                 "metadata": [new.metadata for new in news],
@@ -273,7 +281,6 @@ class PostgresLog:
                 "timeouts_s": [float(new.timeout_s) for new in news],
                 "call_timeouts_s": [new.call_timeout_s for new in news],
                 "options": [new.options for new in news],
-                "begin_kinds": [w.entry.kind for w in items],
                 "begin_details": [w.entry.detail for w in items],
                 "branch_counts": [len(w.branches) for w in items],
                 "traceparents": [new.traceparent for new in news],
@@ -288,8 +295,6 @@ class PostgresLog:
                 "payloads": [b.branch.payload for _, _, b in branches],
                 "branch_request_hashes": [b.branch.request_hash for _, _, b in branches],
                 "data": [b.branch.data for _, _, b in branches],
-                "branch_statuses": [b.status for _, _, b in branches],
-                "branch_kinds": [b.entry.kind for _, _, b in branches],
                 "branch_details": [b.entry.detail for _, _, b in branches],
             }
         )
@@ -316,33 +321,43 @@ class PostgresLog:
     async def _flush_decisions(
         self, items: list[_AutoDecision]
     ) -> list[tuple[DecideResult, Written] | BaseException | None]:
-        shared = _shared_settings(items[0])
-        if any(_shared_settings(i) != shared for i in items):
+        shared = _decision_settings(items[0])
+        if any(_decision_settings(i) != shared for i in items):
             # One process, one owner and one set of rules: never seen, but keep each
             # statement's settings single.
             return [r for i in items for r in await self._flush_decisions([i])]
+        first = items[0]
+        timeout = first.write.on_timeout
+        guard = next((i.write.first.guard for i in items if _guarded(i.write.first)), None)
         autos = [i.write for i in items]
-        guard = next((a.first.guard for a in autos if a.first.guard != states.NO_GUARD), None)
-        timeout = autos[0].on_timeout
+        decisions, decision_of = _numbered([a.first for a in autos])
         tries = [(n, t) for n, auto in enumerate(autos, 1) for t in auto.tries]
+        answers, answer_of = _numbered([t.rule for _, t in tries])
         args = query("decide_after_tries").args(
             {
+                "decision_targets": [d.move.target for d in decisions],
+                "decision_reasons": [d.cancel_reason for d in decisions],
+                "decision_kinds": [d.entry.kind for d in decisions],
+                "decision_details": [d.entry.detail for d in decisions],
+                "decision_guarded": [_guarded(d) for d in decisions],
                 "gids": [a.gid for a in autos],
-                "targets": [a.first.move.target for a in autos],
-                "reasons": [a.first.cancel_reason for a in autos],
-                "kinds": [a.first.entry.kind for a in autos],
-                "details": [a.first.entry.detail for a in autos],
-                "guarded": [a.first.guard != states.NO_GUARD for a in autos],
-                **_call_arguments("try", tries),
-                **_move_arguments(),
-                "sources": autos[0].first.move.sources,
+                "decisions": decision_of,
+                **_answer_arguments(answers),
+                "try_of": [n for n, _ in tries],
+                "try_branches": [t.branch_id for _, t in tries],
+                "try_answers": answer_of,
+                "try_http_statuses": [t.call.http_status for _, t in tries],
+                "try_errors": [t.call.error for _, t in tries],
+                "try_latencies_ms": [t.call.latency_ms for _, t in tries],
+                **_MOVE_ARGUMENTS,
+                "sources": first.write.first.move.sources,
                 **_guard_arguments(guard or states.NO_GUARD),
                 "timeout_target": timeout.move.target,
                 "timeout_reason": timeout.cancel_reason,
                 "timeout_kind": timeout.entry.kind,
                 "timeout_detail": timeout.entry.detail,
-                "owner": items[0].owner,
-                "lease_ttl_s": items[0].lease_ttl_s,
+                "owner": first.owner,
+                "lease_ttl_s": first.lease_ttl_s,
             }
         )
         rows = await self._batch("decide_after_tries", args, items, self._flush_decisions)
@@ -360,21 +375,23 @@ class PostgresLog:
     async def _flush_finishes(
         self, items: list[_DoneRound]
     ) -> list[Written | BaseException | None]:
-        ends = [i.write.end for i in items]
-        calls = [(n, c) for n, item in enumerate(items, 1) for c in item.write.calls]
+        rules, rule_of = _numbered(
+            [(i.write.rule, i.write.end) for i in items],
+            key=lambda rule: (id(rule[0]), id(rule[1])),
+        )
+        calls = [(n, call) for n, item in enumerate(items, 1) for call in item.write.calls]
         args = query("finish_done_rounds").args(
             {
+                **_round_rule_arguments(rules),
                 "gids": [i.lease.gid for i in items],
                 "tokens": [i.lease.token for i in items],
-                "end_sources": [_only(end.move.sources) for end in ends],
-                "end_targets": [end.move.target for end in ends],
-                "end_retries_in_s": [end.retry_in_s for end in ends],
-                "end_finishes": [end.finishes for end in ends],
-                "end_kinds": [end.entry.kind for end in ends],
-                "end_details": [end.entry.detail for end in ends],
-                "end_counts_rounds": [end.counts_rounds for end in ends],
-                **_call_arguments("call", calls),
-                **_move_arguments(),
+                "rules": rule_of,
+                "call_of": [n for n, _ in calls],
+                "call_branches": [branch_id for _, (branch_id, _) in calls],
+                "call_http_statuses": [c.http_status for _, (_, c) in calls],
+                "call_errors": [c.error for _, (_, c) in calls],
+                "call_latencies_ms": [c.latency_ms for _, (_, c) in calls],
+                **_MOVE_ARGUMENTS,
             }
         )
         rows = await self._batch("finish_done_rounds", args, items, self._flush_finishes, lazy=True)
@@ -458,22 +475,22 @@ class PostgresLog:
     async def record_try(
         self, gid: str, branch_id: str, verdict: TryVerdict, call: CallRecord
     ) -> tuple[Branch, bool]:
-        write = writes.try_answer(TryRecord(branch_id, verdict, call))
+        rule = writes.try_answer(TryRecord(branch_id, verdict, call)).rule
         async with self.connection() as conn:
             row = await conn.fetchrow(
                 *statement(
                     "record_try",
                     gid=gid,
                     branch_id=branch_id,
-                    target=write.target,
-                    sources=write.sources,
+                    target=rule.target,
+                    sources=rule.sources,
                     http_status=call.http_status,
                     error=call.error,
                     latency_ms=call.latency_ms,
-                    kind=write.entry.kind,
-                    phase=write.entry.phase,
-                    detail=write.entry.detail,
-                    late_detail=write.late_detail,
+                    kind=rule.entry.kind,
+                    phase=rule.entry.phase,
+                    detail=rule.entry.detail,
+                    late_detail=rule.late_detail,
                 )
             )
         assert row is not None  # the statement always returns its one summary row
@@ -668,7 +685,7 @@ class PostgresLog:
         A fenced-out coordinator writes nothing at all, not even the timeline event:
         the new lease holder owns this transaction's story now.
         """
-        write = writes.phase_call(decision, branch_id, done, call)
+        rule = writes.phase_call(decision, branch_id, done, call).rule
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
                 *statement(
@@ -676,8 +693,8 @@ class PostgresLog:
                     gid=lease.gid,
                     token=lease.token,
                     branch_id=branch_id,
-                    target=write.target,
-                    sources=write.sources,
+                    target=rule.target,
+                    sources=rule.sources,
                     http_status=call.http_status,
                     error=call.error,
                     latency_ms=call.latency_ms,
@@ -689,10 +706,10 @@ class PostgresLog:
             await self._event(
                 conn,
                 lease.gid,
-                write.entry,
+                rule.entry,
                 branch_id=branch_id,
                 call=call,
-                detail=write.detail(row["recorded"]),
+                detail=rule.detail(row["recorded"]),
             )
         return True
 
@@ -998,12 +1015,70 @@ class _DoneRound:
     write: DoneRound
 
 
-def _shared_settings(item: _AutoDecision) -> tuple[object, ...]:
-    """What every auto decision of one statement must share: the owner and the lease's
-    length, the statuses it decides from, the guard, the timeout decision."""
+def _begin_settings(write: writes.BeginWrite) -> tuple[object, ...]:
+    """What every begin of one statement shares: its status, how its branches are
+    registered, the kind of its entry."""
+    return (write.status, write.entry.kind, write.registration)
+
+
+def _guarded(write: writes.DecisionWrite) -> bool:
+    return write.guard != states.NO_GUARD
+
+
+def _decision_settings(item: _AutoDecision) -> tuple[object, ...]:
+    """What every auto decision of one statement shares: the owner and the lease's length,
+    the statuses it decides from, the guard of the guarded ones, the timeout decision."""
     first = item.write.first
-    guard = first.guard if first.guard != states.NO_GUARD else None
+    guard = first.guard if _guarded(first) else None
     return (item.owner, item.lease_ttl_s, first.move.sources, guard, item.write.on_timeout)
+
+
+_Rule = TypeVar("_Rule")
+
+
+def _numbered(
+    rules: list[_Rule], key: Callable[[_Rule], object] = id
+) -> tuple[list[_Rule], list[int]]:
+    """The distinct rules a batch applies, each once, and the number (1-based) of each item's:
+    the core hands out one record per rule, so the same one is the same object."""
+    table: list[_Rule] = []
+    numbers: dict[object, int] = {}
+    of_each: list[int] = []
+    for rule in rules:
+        found = numbers.setdefault(key(rule), len(table) + 1)
+        if found > len(table):
+            table.append(rule)
+        of_each.append(found)
+    return table, of_each
+
+
+def _answer_arguments(rules: list[CallRule]) -> dict[str, list[Any]]:
+    """The distinct try answers of a batch."""
+    return {
+        "answer_targets": [r.target for r in rules],
+        "answer_kinds": [r.entry.kind for r in rules],
+        "answer_phases": [r.entry.phase for r in rules],
+        "answer_details": [r.entry.detail for r in rules],
+        "answer_late_details": [r.late_detail for r in rules],
+    }
+
+
+def _round_rule_arguments(rules: list[tuple[CallRule, RoundEnd]]) -> dict[str, list[Any]]:
+    """The distinct rules of a batch of done rounds: what the calls do, how the round ends."""
+    return {
+        "rule_call_targets": [c.target for c, _ in rules],
+        "rule_call_kinds": [c.entry.kind for c, _ in rules],
+        "rule_call_phases": [c.entry.phase for c, _ in rules],
+        "rule_call_details": [c.entry.detail for c, _ in rules],
+        "rule_call_late_details": [c.late_detail for c, _ in rules],
+        "rule_end_sources": [_only(end.move.sources) for _, end in rules],
+        "rule_end_targets": [end.move.target for _, end in rules],
+        "rule_end_retries_in_s": [end.retry_in_s for _, end in rules],
+        "rule_end_finishes": [end.finishes for _, end in rules],
+        "rule_end_kinds": [end.entry.kind for _, end in rules],
+        "rule_end_details": [end.entry.detail for _, end in rules],
+        "rule_end_counts_rounds": [end.counts_rounds for _, end in rules],
+    }
 
 
 def _only(statuses: frozenset[GlobalStatus]) -> GlobalStatus:
@@ -1012,31 +1087,11 @@ def _only(statuses: frozenset[GlobalStatus]) -> GlobalStatus:
     return status
 
 
-def _call_arguments(prefix: str, calls: list[tuple[int, CallWrite]]) -> dict[str, list[Any]]:
-    """A batch's participant calls as parallel arrays (``<prefix>_of``: which item, 1-based)."""
-    return {
-        f"{prefix}_of": [n for n, _ in calls],
-        f"{prefix}_branches": [c.branch_id for _, c in calls],
-        f"{prefix}_targets": [c.target for _, c in calls],
-        f"{prefix}_http_statuses": [c.call.http_status for _, c in calls],
-        f"{prefix}_errors": [c.call.error for _, c in calls],
-        f"{prefix}_latencies_ms": [c.call.latency_ms for _, c in calls],
-        f"{prefix}_kinds": [c.entry.kind for _, c in calls],
-        f"{prefix}_phases": [c.entry.phase for _, c in calls],
-        f"{prefix}_details": [c.entry.detail for _, c in calls],
-        f"{prefix}_late_details": [c.late_detail for _, c in calls],
-    }
-
-
-_BRANCH_MOVES = writes.branch_moves()
-
-
-def _move_arguments() -> dict[str, list[Any]]:
-    """The branch table, for batches whose branches each have a target of their own."""
-    return {
-        "move_from": [source for source, _ in _BRANCH_MOVES],
-        "move_to": [target for _, target in _BRANCH_MOVES],
-    }
+# The branch table, for batches whose branches each have a target of their own.
+_MOVE_ARGUMENTS = {
+    "move_from": [source for source, _ in writes.branch_moves()],
+    "move_to": [target for _, target in writes.branch_moves()],
+}
 
 
 def _guard_arguments(guard: states.Guard, *, with_tries: bool = True) -> dict[str, Any]:

@@ -120,8 +120,8 @@ def test_auto_decision__anything_else__decides_nothing(
 
 
 def test_a_try_answer__moves_a_registered_branch_once_and_logs_a_late_one() -> None:
-    good = writes.try_answer(TryRecord("a", TryVerdict.TRIED, OK))
-    bad = writes.try_answer(TryRecord("a", TryVerdict.REFUSED, NO))
+    good = writes.try_answer(TryRecord("a", TryVerdict.TRIED, OK)).rule
+    bad = writes.try_answer(TryRecord("a", TryVerdict.REFUSED, NO)).rule
     assert (good.target, bad.target) == (B.TRIED, B.TRY_FAILED)
     assert good.sources == bad.sources == {B.REGISTERED}
     assert [good.takes(s) for s in (B.REGISTERED, B.TRIED, B.CANCELLED)] == [True, False, False]
@@ -134,14 +134,23 @@ def test_a_try_answer__moves_a_registered_branch_once_and_logs_a_late_one() -> N
 def test_a_phase_call__moves_the_branch_when_done_and_repeats_an_identical_failure(
     decision: Decision,
 ) -> None:
-    done = writes.phase_call(decision, "b", True, OK)
-    failed = writes.phase_call(decision, "b", False, NO)
+    done = writes.phase_call(decision, "b", True, OK).rule
+    failed = writes.phase_call(decision, "b", False, NO).rule
     target = states.branch_done_status(decision)
     assert (done.target, failed.target) == (target, None)
     assert done.sources == failed.sources == set(map(B, states.branch_sources_of(target)))
     assert (done.entry.repeatable, failed.entry.repeatable) == (False, True)
     assert done.entry.kind is states.call_event(states.phase_of(decision))
     assert done.detail(True) == done.detail(False) == {"done": True}
+    # One record per rule: a batch sends each once, however many calls share it.
+    assert writes.phase_call(decision, "other", True, NO).rule is done
+    round_ = writes.done_round(decision, [("a", OK), ("b", NO)], "o")
+    assert round_.rule is done
+    assert [(c.branch_id, c.call, c.rule) for c in round_.call_writes()] == [
+        ("a", OK, done),
+        ("b", NO, done),
+    ]
+    assert round_.end is writes.done_round(decision, [], "o").end
 
 
 def test_the_branch_moves__are_the_branch_table() -> None:

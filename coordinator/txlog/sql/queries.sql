@@ -270,28 +270,27 @@ UNION ALL
 SELECT count(*) FROM tcc_branches WHERE gid = :gid AND status = ANY(:statuses::text[]);
 
 -- name: begin_transactions
--- Group commit of begins (core.writes.begin): many in one statement, each a transaction with
--- its branches and their timeline entries. Per transaction (:gids ... :tracestates): its
--- values, :statuses, :begin_kinds and :begin_details its entry, :branch_counts how many
--- branches it has. Per branch (:branch_of: which transaction, 1-based; :positions there):
--- its values, :branch_statuses, :branch_kinds and :branch_details its entry. A gid that
--- exists already is left alone (ON CONFLICT): its row comes back empty and the caller looks
--- at what holds it. A gid appears once per batch.
+-- Group commit of begins (core.writes.begin): many in one statement, each a transaction (in
+-- :status) with its branches (in :branch_status) and their timeline entries (:begin_kind,
+-- :branch_kind). Per transaction (:gids ... :tracestates): its values, :begin_details its
+-- entry's detail, :branch_counts how many branches it has. Per branch (:branch_of: which
+-- transaction, 1-based; :positions there): its values, :branch_details its entry's detail. A
+-- gid that exists already is left alone (ON CONFLICT): its row comes back empty and the
+-- caller looks at what holds it. A gid appears once per batch.
 WITH input AS (
-    SELECT * FROM unnest(:gids::text[], :statuses::text[], :dialects::text[],
-                         :services::text[], :metadata::jsonb[], :request_hashes::text[],
-                         :timeouts_s::float8[], :call_timeouts_s::float8[], :options::jsonb[],
-                         :begin_kinds::text[], :begin_details::jsonb[], :branch_counts::int[],
-                         :traceparents::text[], :tracestates::text[])
-        WITH ORDINALITY AS i(gid, status, dialect, service, metadata, request_hash, timeout_s,
-                             call_timeout_s, options, begin_kind, begin_detail, branch_count,
-                             traceparent, tracestate, n)
+    SELECT * FROM unnest(:gids::text[], :dialects::text[], :services::text[],
+                         :metadata::jsonb[], :request_hashes::text[], :timeouts_s::float8[],
+                         :call_timeouts_s::float8[], :options::jsonb[], :begin_details::jsonb[],
+                         :branch_counts::int[], :traceparents::text[], :tracestates::text[])
+        WITH ORDINALITY AS i(gid, dialect, service, metadata, request_hash, timeout_s,
+                             call_timeout_s, options, begin_detail, branch_count, traceparent,
+                             tracestate, n)
 ), txn AS (
     INSERT INTO tcc_transactions (
         gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
         deadline, next_attempt_at, options, branch_count, traceparent, tracestate
     )
-    SELECT gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
+    SELECT gid, :status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
            now() + make_interval(secs => timeout_s), now() + make_interval(secs => timeout_s),
            options, branch_count, traceparent, tracestate
     FROM input ORDER BY n
@@ -302,17 +301,16 @@ WITH input AS (
                          :names::text[], :try_urls::text[], :confirm_urls::text[],
                          :cancel_urls::text[], :payloads::jsonb[],
                          :branch_request_hashes::text[], :data::text[],
-                         :branch_statuses::text[], :branch_kinds::text[],
                          :branch_details::jsonb[])
         WITH ORDINALITY AS b(n, position, branch_id, name, try_url, confirm_url, cancel_url,
-                             payload, request_hash, data, status, kind, detail, ord)
+                             payload, request_hash, data, detail, ord)
 ), branches AS (
     INSERT INTO tcc_branches (
         gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
         request_hash, status, data
     )
     SELECT txn.gid, b.branch_id, b.position, b.name, b.try_url, b.confirm_url, b.cancel_url,
-           b.payload, b.request_hash, b.status, b.data
+           b.payload, b.request_hash, :branch_status, b.data
     FROM new_branches b
          JOIN input ON input.n = b.n
          JOIN txn ON txn.gid = input.gid
@@ -321,11 +319,11 @@ WITH input AS (
 ), events AS (
     INSERT INTO tcc_events (gid, kind, branch_id, detail)
     SELECT gid, kind, branch_id, detail FROM (
-        SELECT txn.gid, input.begin_kind AS kind, NULL::text AS branch_id,
+        SELECT txn.gid, :begin_kind::text AS kind, NULL::text AS branch_id,
                input.begin_detail AS detail, input.n, -1 AS ord
         FROM txn JOIN input ON input.gid = txn.gid
         UNION ALL
-        SELECT b.gid, nb.kind, b.branch_id, nb.detail, input.n, b.position
+        SELECT b.gid, :branch_kind::text, b.branch_id, nb.detail, input.n, b.position
         FROM branches b
              JOIN input ON input.gid = b.gid
              JOIN new_branches nb ON nb.n = input.n AND nb.branch_id = b.branch_id
@@ -343,20 +341,26 @@ ORDER BY i.n;
 
 -- name: decide_after_tries
 -- Group commit of auto mode (core.writes.AutoDecision): per transaction, its tries' answers
--- and then its decision, in one statement. Per try (:try_of: which transaction, 1-based):
--- its answer, and the status its branch moves to, from a status that move allows (:move_from,
--- :move_to: the branch table); its entry, with its late detail if the branch did not take
--- it. Then a transaction in one of :sources takes its first decision (:targets, :reasons,
--- :kinds, :details) if that one's guard holds (:guarded: the deadline ahead if
--- :deadline_ahead, every try recorded if :tries_recorded, no branch in :blocking nor, with a
--- try the coordinator runs, in :try_pending, and the branches as fresh as the locked row),
--- else the timeout decision (:timeout_*) once the deadline has passed, else none. The
--- decider (:owner) takes the lease for :lease_ttl_s seconds. Rows are locked in gid order,
--- so batches cannot deadlock.
-WITH input AS (
-    SELECT * FROM unnest(:gids::text[], :targets::text[], :reasons::text[], :kinds::text[],
-                         :details::jsonb[], :guarded::bool[])
-        WITH ORDINALITY AS i(gid, target, reason, kind, detail, guarded, n)
+-- and then its decision, in one statement. The batch's distinct rules come once each,
+-- numbered from 1: the answers (:answer_*: the status the branch moves to, from a status that
+-- move allows by :move_from/:move_to, the branch table; the entry, and its detail if the
+-- branch did not take it) and the decisions (:decision_*). Per try (:try_of: which
+-- transaction, 1-based; :try_answers: its answer's number) the call. Then a transaction in one
+-- of :sources takes its decision (:decisions: its number) if that one's guard holds
+-- (:decision_guarded: the deadline ahead if :deadline_ahead, every try recorded if
+-- :tries_recorded, no branch in :blocking nor, with a try the coordinator runs, in
+-- :try_pending, and the branches as fresh as the locked row), else the timeout decision
+-- (:timeout_*) once the deadline has passed, else none. The decider (:owner) takes the lease
+-- for :lease_ttl_s seconds. Rows are locked in gid order, so batches cannot deadlock.
+WITH decisions AS (
+    SELECT * FROM unnest(:decision_targets::text[], :decision_reasons::text[],
+                         :decision_kinds::text[], :decision_details::jsonb[],
+                         :decision_guarded::bool[])
+        WITH ORDINALITY AS d(target, reason, kind, detail, guarded, rule)
+), input AS (
+    SELECT i.gid, i.n, d.target, d.reason, d.kind, d.detail, d.guarded
+    FROM unnest(:gids::text[], :decisions::int[]) WITH ORDINALITY AS i(gid, rule, n)
+         JOIN decisions d ON d.rule = i.rule
 ), txn AS (
     -- branch_count is the locked row's, the freshest; a snapshot that counts fewer branches
     -- is older than a registration, and then a guarded decision is not taken.
@@ -366,13 +370,18 @@ WITH input AS (
     FROM tcc_transactions t JOIN input ON input.gid = t.gid
     ORDER BY t.gid
     FOR UPDATE OF t
+), answers AS (
+    SELECT * FROM unnest(:answer_targets::text[], :answer_kinds::text[],
+                         :answer_phases::text[], :answer_details::jsonb[],
+                         :answer_late_details::jsonb[])
+        WITH ORDINALITY AS a(target, kind, phase, detail, late_detail, rule)
 ), tries AS (
-    SELECT * FROM unnest(:try_of::int[], :try_branches::text[], :try_targets::text[],
-                         :try_http_statuses::int[], :try_errors::text[],
-                         :try_latencies_ms::float8[], :try_kinds::text[], :try_phases::text[],
-                         :try_details::jsonb[], :try_late_details::jsonb[])
-        WITH ORDINALITY AS x(n, branch_id, target, http_status, error, latency_ms, kind, phase,
-                             detail, late_detail, ord)
+    SELECT x.n, x.branch_id, x.http_status, x.error, x.latency_ms, x.ord,
+           a.target, a.kind, a.phase, a.detail, a.late_detail
+    FROM unnest(:try_of::int[], :try_branches::text[], :try_answers::int[],
+                :try_http_statuses::int[], :try_errors::text[], :try_latencies_ms::float8[])
+             WITH ORDINALITY AS x(n, branch_id, rule, http_status, error, latency_ms, ord)
+         JOIN answers a ON a.rule = x.rule
 ), recorded AS (
     UPDATE tcc_branches b
     SET status = x.target, attempts = b.attempts + 1, last_http_status = x.http_status,
@@ -457,42 +466,48 @@ FROM input i
 ORDER BY i.n;
 
 -- name: finish_done_rounds
--- Group commit of rounds in which every call came back done (core.writes.done_round): the
+-- Group commit of rounds in which every call came back done (core.writes.DoneRound): the
 -- calls, the end of the phase and the lease released, each round fenced by its lease token.
--- Per round (:gids, :tokens): the transaction moves to :end_targets from :end_sources (its
--- phase status), its next round in :end_retries_in_s seconds (NULL: none), ended if
--- :end_finishes; its entry (:end_kinds, :end_details, with the rounds it took if
--- :end_counts_rounds). Per call (:call_of: which round, 1-based): the answer, the status its
--- branch moves to, from a status that move allows (:move_from, :move_to: the branch table),
--- and its entry, with its late detail if the branch did not take it.
-WITH input AS (
-    SELECT * FROM unnest(:gids::text[], :tokens::uuid[], :end_sources::text[],
-                         :end_targets::text[], :end_retries_in_s::float8[],
-                         :end_finishes::bool[], :end_kinds::text[], :end_details::jsonb[],
-                         :end_counts_rounds::bool[])
-        WITH ORDINALITY AS i(gid, token, source, target, retry_in_s, finishes, kind, detail,
-                             counts_rounds, n)
+-- The batch's distinct rules come once each, numbered from 1 (:rule_*): what the calls do
+-- (the status a branch moves to, from a status that move allows by :move_from/:move_to, the
+-- branch table; the entry, and its detail if the branch did not take it) and the round's end
+-- (the transaction moves from its phase status to the end's, its next round due in so many
+-- seconds (NULL: none), ended or not; its entry, with the rounds the stay took if it counts
+-- them). Per round (:gids, :tokens, :rules: its rule's number); per call (:call_of: which
+-- round, 1-based) the answer.
+WITH rules AS (
+    SELECT * FROM unnest(:rule_call_targets::text[], :rule_call_kinds::text[],
+                         :rule_call_phases::text[], :rule_call_details::jsonb[],
+                         :rule_call_late_details::jsonb[], :rule_end_sources::text[],
+                         :rule_end_targets::text[], :rule_end_retries_in_s::float8[],
+                         :rule_end_finishes::bool[], :rule_end_kinds::text[],
+                         :rule_end_details::jsonb[], :rule_end_counts_rounds::bool[])
+        WITH ORDINALITY AS r(call_target, call_kind, call_phase, call_detail,
+                             call_late_detail, source, target, retry_in_s, finishes, kind,
+                             detail, counts_rounds, rule)
+), input AS (
+    SELECT i.gid, i.token, i.n, r.*
+    FROM unnest(:gids::text[], :tokens::uuid[], :rules::int[])
+             WITH ORDINALITY AS i(gid, token, rule_of, n)
+         JOIN rules r ON r.rule = i.rule_of
 ), holder AS (
     SELECT input.*
     FROM tcc_transactions t JOIN input ON input.gid = t.gid AND t.lease_token = input.token
     ORDER BY t.gid
     FOR UPDATE OF t
 ), calls AS (
-    SELECT * FROM unnest(:call_of::int[], :call_branches::text[], :call_targets::text[],
-                         :call_http_statuses::int[], :call_errors::text[],
-                         :call_latencies_ms::float8[], :call_kinds::text[],
-                         :call_phases::text[], :call_details::jsonb[],
-                         :call_late_details::jsonb[])
-        WITH ORDINALITY AS c(n, branch_id, target, http_status, error, latency_ms, kind, phase,
-                             detail, late_detail, ord)
+    SELECT * FROM unnest(:call_of::int[], :call_branches::text[], :call_http_statuses::int[],
+                         :call_errors::text[], :call_latencies_ms::float8[])
+        WITH ORDINALITY AS c(n, branch_id, http_status, error, latency_ms, ord)
 ), moved AS (
     UPDATE tcc_branches b
-    SET status = c.target, attempts = b.attempts + 1, last_http_status = c.http_status,
+    SET status = h.call_target, attempts = b.attempts + 1, last_http_status = c.http_status,
         last_error = c.error, last_latency_ms = c.latency_ms, next_retry_at = NULL,
         updated_at = now()
     FROM calls c JOIN holder h ON h.n = c.n
     WHERE b.gid = h.gid AND b.branch_id = c.branch_id
-      AND (b.status, c.target) IN (SELECT * FROM unnest(:move_from::text[], :move_to::text[]))
+      AND (b.status, h.call_target)
+          IN (SELECT * FROM unnest(:move_from::text[], :move_to::text[]))
     RETURNING b.*
 ), finished AS (
     UPDATE tcc_transactions t
@@ -506,8 +521,10 @@ WITH input AS (
 ), events AS (
     INSERT INTO tcc_events (gid, kind, branch_id, phase, http_status, latency_ms, error, detail)
     SELECT gid, kind, branch_id, phase, http_status, latency_ms, error, detail FROM (
-        SELECT h.gid, c.kind, c.branch_id, c.phase, c.http_status, c.latency_ms, c.error,
-               CASE WHEN m.branch_id IS NULL THEN c.late_detail ELSE c.detail END AS detail,
+        SELECT h.gid, h.call_kind AS kind, c.branch_id, h.call_phase AS phase, c.http_status,
+               c.latency_ms, c.error,
+               CASE WHEN m.branch_id IS NULL THEN h.call_late_detail ELSE h.call_detail END
+                   AS detail,
                h.n, c.ord
         FROM calls c
              JOIN holder h ON h.n = c.n
