@@ -81,6 +81,16 @@ async def rows(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     return [dict(r) for r in found]
 
 
+async def settled(relay: Relay) -> int:
+    """The relay's pass count once it has stayed the same for half a second."""
+    for _ in range(40):
+        passes = relay.passes
+        await asyncio.sleep(0.5)
+        if relay.passes == passes:
+            return passes
+    raise AssertionError(f"the relay never stopped passing: {relay.passes} passes")
+
+
 # --- add --------------------------------------------------------------------------------
 
 
@@ -292,8 +302,7 @@ async def test_relay__wakes_when_a_row_is_committed_not_at_its_next_scan(
     relay = Relay(pool, client, settings, dsn=database_url, schema=SCHEMA)
     async with running(relay):
         await asyncio.wait_for(relay.listening.wait(), 10)
-        await asyncio.sleep(0.3)  # the pass that follows the LISTEN finds nothing
-        before = relay.passes
+        before = await settled(relay)  # the passes at start (and after the LISTEN) are over
         with pytest.raises(BusinessError):
             await place(pool, "rolled-back", fail=True)
         await asyncio.sleep(0.5)
@@ -310,8 +319,7 @@ async def test_relay__notification_for_another_schema__does_not_count_as_its_own
     relay = Relay(pool, client, RelaySettings(scan_every_s=120), dsn=database_url, schema=SCHEMA)
     async with running(relay):
         await asyncio.wait_for(relay.listening.wait(), 10)
-        await asyncio.sleep(0.3)
-        before = relay.passes
+        before = await settled(relay)  # the passes at start (and after the LISTEN) are over
         await pool.execute(f"SELECT pg_notify('{outbox.CHANNEL}', 'another_service')")
         await asyncio.sleep(0.5)
         assert relay.passes == before
