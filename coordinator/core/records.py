@@ -26,6 +26,7 @@ from coordinator.core.states import (
     GlobalStatus,
     Judgement,
     Phase,
+    TransactionKind,
     TryVerdict,
 )
 
@@ -62,6 +63,10 @@ class Transaction:
         " is in this trace"
     )
     tracestate: str | None = doc("W3C tracestate that came with it", shown=False)
+    kind: TransactionKind = doc(
+        "tcc, saga (actions, then compensations if one fails) or msg (a reliable message)",
+        default=TransactionKind.TCC,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +191,8 @@ class NewBranch:
             "confirm_url": self.confirm_url,
             "cancel_url": self.cancel_url,
         }
-        return {field: url for field, url in named.items() if url is not None}
+        # A message's steps have no compensation (an empty cancel_url).
+        return {field: url for field, url in named.items() if url}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +204,7 @@ class NewTransaction:
     call_timeout_s: float | None
     request_hash: str
     dialect: str = "tcc"
+    kind: TransactionKind = TransactionKind.TCC
     branches: list[NewBranch] = dataclasses.field(default_factory=list)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The W3C trace context of the begin's span, kept so that every later span and call joins it.
@@ -223,6 +230,7 @@ class ListFilter:
     after: tuple[datetime, str] | None = None  # cursor: last (created_at, gid) seen
     limit: int = 50
     dialect: str | None = None
+    kind: TransactionKind | None = None
     gid_prefix: str | None = None
 
 
@@ -365,6 +373,7 @@ class RoundContext:
     transaction: Transaction
     branches: list[Branch]
     budget_spent: bool
+    deadline_passed: bool = False  # by the log's clock (a saga's forward phase ends then)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,16 @@ class Phase(StrEnum):
     TRY = "try"
     CONFIRM = "confirm"
     CANCEL = "cancel"
+    ACTION = "action"  # a saga's step, or a message's delivery
+    COMPENSATE = "compensate"  # a saga's step undone
+
+
+class TransactionKind(StrEnum):
+    """Which protocol a transaction follows (core.kinds says what sets them apart)."""
+
+    TCC = "tcc"
+    SAGA = "saga"
+    MSG = "msg"
 
 
 class Decision(StrEnum):
@@ -51,6 +61,10 @@ class EventKind(StrEnum):
     DECISION = "decision"
     CONFIRM_CALL = "confirm_call"
     CANCEL_CALL = "cancel_call"
+    ACTION_CALL = "action_call"
+    COMPENSATE_CALL = "compensate_call"
+    COURSE_CHANGED = "course_changed"  # a saga's actions stopped: it compensates now
+    QUERY_PREPARED = "query_prepared"  # a prepared message's service was asked about it
     RETRY_SCHEDULED = "retry_scheduled"
     CONFIRMED = "confirmed"
     CANCELLED = "cancelled"
@@ -131,6 +145,27 @@ BRANCH_TRANSITIONS: Mapping[BranchStatus, frozenset[BranchStatus]] = {
     BranchStatus.CANCELLED: frozenset(),
 }
 
+# A saga may change course: a failed action (or its timeout, or its retry limit) stops the
+# actions and the compensations start; and a step whose action was done is compensated.
+SAGA_GLOBAL_TRANSITIONS: Mapping[GlobalStatus, frozenset[GlobalStatus]] = {
+    **GLOBAL_TRANSITIONS,
+    GlobalStatus.CONFIRMING: GLOBAL_TRANSITIONS[GlobalStatus.CONFIRMING]
+    | {GlobalStatus.CANCELLING},
+}
+SAGA_BRANCH_TRANSITIONS: Mapping[BranchStatus, frozenset[BranchStatus]] = {
+    **BRANCH_TRANSITIONS,
+    BranchStatus.CONFIRMED: frozenset({BranchStatus.CANCELLED}),
+}
+
+
+def global_transitions(kind: TransactionKind) -> Mapping[GlobalStatus, frozenset[GlobalStatus]]:
+    return SAGA_GLOBAL_TRANSITIONS if kind is TransactionKind.SAGA else GLOBAL_TRANSITIONS
+
+
+def branch_transitions(kind: TransactionKind) -> Mapping[BranchStatus, frozenset[BranchStatus]]:
+    return SAGA_BRANCH_TRANSITIONS if kind is TransactionKind.SAGA else BRANCH_TRANSITIONS
+
+
 FINAL_STATUSES = frozenset({GlobalStatus.CONFIRMED, GlobalStatus.CANCELLED})
 PARKED_STATUSES = frozenset({GlobalStatus.FAILED_TO_CONFIRM, GlobalStatus.FAILED_TO_CANCEL})
 # Not decided yet: branches may still be registered and tried, and a decision taken.
@@ -178,8 +213,11 @@ def sources_of(target: GlobalStatus) -> list[str]:
     return sorted(s.value for s, targets in GLOBAL_TRANSITIONS.items() if target in targets)
 
 
-def branch_sources_of(target: BranchStatus) -> list[str]:
-    return sorted(s.value for s, targets in BRANCH_TRANSITIONS.items() if target in targets)
+def branch_sources_of(
+    target: BranchStatus, kind: TransactionKind = TransactionKind.TCC
+) -> list[str]:
+    table = branch_transitions(kind)
+    return sorted(s.value for s, targets in table.items() if target in targets)
 
 
 # --- decisions ---------------------------------------------------------------
@@ -217,7 +255,16 @@ def phase_of(decision: Decision) -> Phase:
 
 
 def call_event(phase: Phase) -> EventKind:
-    return EventKind.CONFIRM_CALL if phase is Phase.CONFIRM else EventKind.CANCEL_CALL
+    return _CALL_EVENTS[phase]
+
+
+_CALL_EVENTS: Mapping[Phase, EventKind] = {
+    Phase.TRY: EventKind.TRY_RESULT,
+    Phase.CONFIRM: EventKind.CONFIRM_CALL,
+    Phase.CANCEL: EventKind.CANCEL_CALL,
+    Phase.ACTION: EventKind.ACTION_CALL,
+    Phase.COMPENSATE: EventKind.COMPENSATE_CALL,
+}
 
 
 def outcome_event(status: GlobalStatus) -> EventKind:
@@ -237,6 +284,8 @@ class CancelReason(StrEnum):
     TRY_FAILED = "try_failed"  # a try was refused or failed (detail: the branch)
     CONFIRM_REFUSED = "confirm_refused"  # auto mode could not confirm (detail: why)
     OPERATOR = "operator"  # an operator cancelled it (detail: their reason)
+    RETRY_LIMIT = "retry_limit"  # a saga's actions had their rounds (detail: how many)
+    QUERY_REFUSED = "query_refused"  # a prepared message's service said it must not go out
 
     def text(self, detail: str | None = None) -> str:
         return f"{self.value}: {detail}" if detail else self.value
@@ -301,8 +350,15 @@ CONFIRM_GUARD = Guard(
 )
 
 
-def guard_of(decision: Decision) -> Guard:
-    return CONFIRM_GUARD if decision is Decision.CONFIRM else NO_GUARD
+# A prepared message may be submitted after its deadline too: the deadline only says when
+# its service is asked about it, and until an answer comes it is still prepared.
+MESSAGE_SUBMIT_GUARD = Guard()
+
+
+def guard_of(decision: Decision, kind: TransactionKind = TransactionKind.TCC) -> Guard:
+    if decision is Decision.CANCEL:
+        return NO_GUARD
+    return MESSAGE_SUBMIT_GUARD if kind is TransactionKind.MSG else CONFIRM_GUARD
 
 
 def confirm_refusal_of(
@@ -310,6 +366,7 @@ def confirm_refusal_of(
     deadline_passed: bool,
     branches: Iterable[BranchView],
     cancel_reason: str | None = None,
+    kind: TransactionKind = TransactionKind.TCC,
 ) -> tuple[Refusal, str] | None:
     """Why a confirm must be refused now (the kind and the words), or None if it may confirm.
 
@@ -321,9 +378,10 @@ def confirm_refusal_of(
             reason = cancel_reason or "unknown reason"
             return Refusal.CANCELLED, f"transaction was cancelled ({reason})"
         return Refusal.NOT_TRYING, f"transaction is {status.value}"
-    if CONFIRM_GUARD.deadline_ahead and deadline_passed:
+    guard = guard_of(Decision.CONFIRM, kind)
+    if guard.deadline_ahead and deadline_passed:
         return Refusal.DEADLINE_PASSED, "the transaction deadline has passed"
-    found = CONFIRM_GUARD.in_the_way(branches)
+    found = guard.in_the_way(branches)
     if found is None:
         return None
     refusal, branch = found
@@ -400,8 +458,8 @@ def judge_phase_two(phase: Phase, http_status: int | None) -> bool:
         return False
     if 200 <= http_status < 300:
         return True
-    # Nothing to compensate: the participant never saw the try.
-    return phase is Phase.CANCEL and http_status in (404, 410)
+    # Nothing to compensate: the participant never saw the try (or the action).
+    return phase in (Phase.CANCEL, Phase.COMPENSATE) and http_status in (404, 410)
 
 
 def decision_after_tries(verdicts: Iterable[TryVerdict]) -> Decision:
@@ -428,6 +486,7 @@ def judge_decision(
     deadline_passed: bool,
     branches: Iterable[BranchView],
     cancel_reason: str | None = None,
+    kind: TransactionKind = TransactionKind.TCC,
 ) -> Judgement:
     """May ``requested`` be taken on a transaction in this state?"""
     current = decision_of(status)
@@ -440,7 +499,7 @@ def judge_decision(
         reason = f"transaction is already {status.value}"
         return Judgement(Verdict.REFUSE, reason, Refusal.DECIDED_OTHERWISE)
     if requested is Decision.CONFIRM:
-        refused = confirm_refusal_of(status, deadline_passed, branches, cancel_reason)
+        refused = confirm_refusal_of(status, deadline_passed, branches, cancel_reason, kind)
         if refused is not None:
             return Judgement(Verdict.REFUSE, refused[1], refused[0])
     return Judgement(Verdict.DECIDE)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any, Generic, TypeVar
 
-from coordinator.core import states
+from coordinator.core import kinds, states
 from coordinator.core.errors import Conflict, CoordinatorError, LimitExceeded, NotTrying
 from coordinator.core.records import CallRecord, NewBranch, NewTransaction, TryRecord
 from coordinator.core.states import (
@@ -35,6 +35,7 @@ from coordinator.core.states import (
     Judgement,
     Phase,
     Refusal,
+    TransactionKind,
     TryVerdict,
     Verdict,
 )
@@ -54,9 +55,12 @@ class Move(Generic[Status]):
 
 
 @cache
-def branch_move(target: BranchStatus) -> Move[BranchStatus]:
-    """A branch's move to ``target`` from wherever the branch table allows."""
-    return Move(target, frozenset(BranchStatus(s) for s in states.branch_sources_of(target)))
+def branch_move(
+    target: BranchStatus, kind: TransactionKind = TransactionKind.TCC
+) -> Move[BranchStatus]:
+    """A branch's move to ``target`` from wherever the kind's branch table allows."""
+    sources = states.branch_sources_of(target, kind)
+    return Move(target, frozenset(BranchStatus(s) for s in sources))
 
 
 def branch_moves() -> list[tuple[BranchStatus, BranchStatus]]:
@@ -226,18 +230,42 @@ def try_answer(record: TryRecord) -> CallWrite:
 
 
 @cache
-def _phase_call_rule(decision: Decision, done: bool) -> CallRule:
-    done_move = branch_move(states.branch_done_status(decision))
-    phase = states.phase_of(decision)
+def _phase_call_rule(decision: Decision, done: bool, kind: TransactionKind) -> CallRule:
+    """(Always called with all three arguments, so that the cache hands out one record.)"""
+    done_move = branch_move(states.branch_done_status(decision), kind)
+    phase = kinds.phase_of(kind, decision)
     detail = {"done": done}
     entry = Entry(states.call_event(phase), detail, phase, repeatable=not done)
     return CallRule(done_move.target if done else None, done_move.sources, entry, detail)
 
 
-def phase_call(decision: Decision, branch_id: str, done: bool, call: CallRecord) -> CallWrite:
-    """A confirm or cancel call's answer: the branch is done if ``done``; a failure only
-    counts the call, and an identical failure repeats the branch's latest entry."""
-    return CallWrite(branch_id, call, _phase_call_rule(decision, done))
+@cache
+def _action_failed_rule() -> CallRule:
+    """A saga's action answered FAILURE: the step failed for good (the saga compensates)."""
+    failed = branch_move(BranchStatus.TRY_FAILED, TransactionKind.SAGA)
+    detail = {"done": False, "failed": True}
+    entry = Entry(EventKind.ACTION_CALL, detail, Phase.ACTION)
+    return CallRule(failed.target, failed.sources & {BranchStatus.REGISTERED}, entry, detail)
+
+
+def phase_call(
+    decision: Decision,
+    branch_id: str,
+    done: bool,
+    call: CallRecord,
+    kind: TransactionKind = TransactionKind.TCC,
+    *,
+    failed: bool = False,
+) -> CallWrite:
+    """A phase-two call's answer (confirm or cancel; a saga's action or compensation, a
+    message's delivery): the branch is done if ``done``; a failure only counts the call, and
+    an identical failure repeats the branch's latest entry. ``failed``: a saga's action
+    answered FAILURE, so its step failed for good."""
+    if failed:
+        if not (kinds.fails_forward(kind) and decision is Decision.CONFIRM):
+            raise ValueError(f"only a saga's action fails for good, not a {kind.value} call")
+        return CallWrite(branch_id, call, _action_failed_rule())
+    return CallWrite(branch_id, call, _phase_call_rule(decision, done, kind))
 
 
 # --- decisions ------------------------------------------------------------------------
@@ -256,16 +284,22 @@ class DecisionWrite:
 
 
 def decision(
-    decided: Decision, *, reason: str | None, owner: str, actor: str | None = None
+    decided: Decision,
+    *,
+    reason: str | None,
+    owner: str,
+    actor: str | None = None,
+    kind: TransactionKind = TransactionKind.TCC,
 ) -> DecisionWrite:
-    """``reason`` is kept only with a cancel; ``actor``: the operator who decided. (The same
-    arguments give the same record: a batch sends each distinct one once.)"""
-    return _decision(decided, reason, owner, actor)
+    """``reason`` is kept only with a cancel; ``actor``: the operator who decided; ``kind``:
+    whose guard applies. (The same arguments give the same record: a batch sends each
+    distinct one once.)"""
+    return _decision(decided, reason, owner, actor, kind)
 
 
 @lru_cache(maxsize=1024)
 def _decision(
-    decided: Decision, reason: str | None, owner: str, actor: str | None
+    decided: Decision, reason: str | None, owner: str, actor: str | None, kind: TransactionKind
 ) -> DecisionWrite:
     target = states.phase_status(decided)
     sources = frozenset(GlobalStatus(s) for s in states.sources_of(target))
@@ -276,7 +310,7 @@ def _decision(
         decided,
         Move(target, sources & states.UNDECIDED_STATUSES),
         reason if decided is Decision.CANCEL else None,
-        states.guard_of(decided),
+        states.guard_of(decided, kind),
         Entry(EventKind.DECISION, detail),
     )
 
@@ -396,12 +430,55 @@ class DoneRound:
 
 
 def done_round(decided: Decision, calls: Iterable[tuple[str, CallRecord]], owner: str) -> DoneRound:
-    return DoneRound(tuple(calls), _phase_call_rule(decided, True), _done_end(decided, owner))
+    rule = _phase_call_rule(decided, True, TransactionKind.TCC)
+    return DoneRound(tuple(calls), rule, _done_end(decided, owner))
 
 
 @lru_cache(maxsize=64)
 def _done_end(decided: Decision, owner: str) -> RoundEnd:
     return round_end(decided, states.final_status(decided), owner=owner)
+
+
+# --- sagas and messages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CourseChange:
+    """A saga stops its actions and compensates: the transaction moves (under the lease,
+    which it keeps) from running its actions to compensating, with ``cancel_reason``; the
+    compensations get a fresh retry budget."""
+
+    move: Move[GlobalStatus]
+    cancel_reason: str
+    entry: Entry
+
+
+def course_change(reason: str, *, owner: str) -> CourseChange:
+    target = GlobalStatus.CANCELLING
+    table = states.global_transitions(TransactionKind.SAGA)
+    sources = frozenset(s for s in states.PHASE_TWO_STATUSES if target in table[s])
+    return CourseChange(
+        Move(target, sources),
+        reason,
+        Entry(EventKind.COURSE_CHANGED, {"reason": reason, "by": owner}),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Postpone:
+    """A prepared message whose service could not say yet whether it should go out: it
+    stays as it is (``move``: only from there), asked again in ``retry_in_s``; the lease is
+    let go. The timeline notes the answer (repeats collapse)."""
+
+    move: Move[GlobalStatus]
+    retry_in_s: float
+    entry: Entry
+
+
+def postpone_query(answer: str, retry_in_s: float, *, owner: str) -> Postpone:
+    stay = Move(GlobalStatus.TRYING, states.UNDECIDED_STATUSES)
+    detail = {"answer": answer, "by": owner}
+    return Postpone(stay, retry_in_s, Entry(EventKind.QUERY_PREPARED, detail, repeatable=True))
 
 
 # --- operator actions -----------------------------------------------------------------

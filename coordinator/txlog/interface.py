@@ -33,7 +33,8 @@ from coordinator.core.records import (
     TryRecord,
     Written,
 )
-from coordinator.core.states import Decision, GlobalStatus, TryVerdict
+from coordinator.core.states import Decision, GlobalStatus, TransactionKind, TryVerdict
+from coordinator.core.writes import CallWrite, CourseChange, Postpone
 
 # Timeline entries returned with a transaction; the rest is paged.
 DEFAULT_EVENTS_PAGE = 200
@@ -99,6 +100,7 @@ class TransactionLog(Protocol):
         lease_ttl_s: float,
         options: OptionsUpdate | None = None,
         actor: str | None = None,
+        kind: TransactionKind = TransactionKind.TCC,
     ) -> DecideResult:
         """Take the decision if the protocol allows it, with ``options`` set in the same
         database transaction; durable when this returns. The decider gets the lease.
@@ -140,10 +142,21 @@ class TransactionLog(Protocol):
         """The transaction and its branches under the lease; None if the lease was lost."""
         ...
 
-    async def record_phase_call(
-        self, lease: Lease, branch_id: str, decision: Decision, done: bool, call: CallRecord
-    ) -> bool:
-        """Store one confirm/cancel reply; False (and nothing written) if the lease was lost."""
+    async def record_phase_call(self, lease: Lease, answer: CallWrite) -> bool:
+        """Store one phase-two reply (core.writes.phase_call); False (and nothing written)
+        if the lease was lost."""
+        ...
+
+    async def change_course(self, lease: Lease, write: CourseChange) -> Transaction | None:
+        """A saga stops its actions and compensates (core.writes.course_change); the lease
+        is kept. None if the lease was lost or the transaction is elsewhere."""
+        ...
+
+    async def postpone(
+        self, lease: Lease, write: Postpone, call: CallRecord | None = None
+    ) -> Transaction | None:
+        """A prepared message asked about again later (core.writes.postpone_query), noting
+        the answer ``call``; the lease is let go. None if it was lost."""
         ...
 
     async def finish_done_round(

@@ -60,10 +60,19 @@ from coordinator.core.states import (
     Decision,
     GlobalStatus,
     Judgement,
+    TransactionKind,
     TryVerdict,
     Verdict,
 )
-from coordinator.core.writes import CallWrite, DecisionWrite, Entry, NewBranchWrite, RoundEnd
+from coordinator.core.writes import (
+    CallWrite,
+    CourseChange,
+    DecisionWrite,
+    Entry,
+    NewBranchWrite,
+    Postpone,
+    RoundEnd,
+)
 from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
 
 if TYPE_CHECKING:
@@ -167,7 +176,7 @@ _SESSION_ID = re.compile(r"[0-9a-f]{64}")
 
 # The words each status CHECK lists: the enum's (tests/unit/test_vocabulary.py).
 _WORDS: dict[type[StrEnum], frozenset[str]] = {
-    kind: frozenset(kind) for kind in (GlobalStatus, BranchStatus, AlertKind)
+    kind: frozenset(kind) for kind in (GlobalStatus, BranchStatus, AlertKind, TransactionKind)
 }
 _CONSOLE_SCOPES = frozenset({Scope.ADMIN, Scope.VIEWER})
 
@@ -196,6 +205,11 @@ CHECKS: tuple[_Check, ...] = (
         "tcc_transactions",
         "tcc_transactions_status_check",
         lambda t: t.status in _WORDS[GlobalStatus],
+    ),
+    _Check(
+        "tcc_transactions",
+        "tcc_transactions_kind_check",
+        lambda t: t.kind in _WORDS[TransactionKind],
     ),
     _Check(
         "tcc_transactions", "tcc_transactions_timeout_s_check", lambda t: _above_zero(t.timeout_s)
@@ -449,6 +463,7 @@ class InMemoryLog:
                 gid=new.gid,
                 status=write.status,
                 dialect=new.dialect,
+                kind=new.kind,
                 service=new.service,
                 metadata=_stored(new.metadata),
                 timeout_s=float(new.timeout_s),
@@ -573,15 +588,16 @@ class InMemoryLog:
         lease_ttl_s: float,
         options: OptionsUpdate | None = None,
         actor: str | None = None,
+        kind: TransactionKind = TransactionKind.TCC,
     ) -> DecideResult:
-        write = writes.decision(decision, reason=reason, owner=owner, actor=actor)
+        write = writes.decision(decision, reason=reason, owner=owner, actor=actor, kind=kind)
         async with self._lock:
             row = self._row(gid)
             now = self.clock.now()
             txn = row.record
             views = self._views(gid)
             judgement = states.judge_decision(
-                decision, txn.status, txn.deadline <= now, views, txn.cancel_reason
+                decision, txn.status, txn.deadline <= now, views, txn.cancel_reason, txn.kind
             )
             allowed = write.move.allows(txn.status) and write.guard.holds(
                 txn.deadline <= now, views
@@ -784,22 +800,58 @@ class InMemoryLog:
             if row is None:
                 return None
             started = row.phase_started_at
-            spent = started is not None and _later(started, give_up_after_s) <= self.clock.now()
+            now = self.clock.now()
+            spent = started is not None and _later(started, give_up_after_s) <= now
             branches = [_out_branch(b.record) for b in self._branch_rows(lease.gid)]
-            return RoundContext(_out_transaction(row.record), branches, spent)
+            deadline_passed = row.record.deadline <= now
+            return RoundContext(_out_transaction(row.record), branches, spent, deadline_passed)
 
-    async def record_phase_call(
-        self, lease: Lease, branch_id: str, decision: Decision, done: bool, call: CallRecord
-    ) -> bool:
-        """Store one confirm/cancel reply. A fenced-out holder writes nothing at all, not
-        even the timeline event: the new holder owns this transaction's story now."""
-        write = writes.phase_call(decision, branch_id, done, call)
+    async def record_phase_call(self, lease: Lease, answer: CallWrite) -> bool:
+        """Store one phase-two reply. A fenced-out holder writes nothing at all, not even
+        the timeline event: the new holder owns this transaction's story now."""
         async with self._lock:
             if self._leased(lease) is None:
                 return False
             # Logged even when the branch had nothing left to move, as the SQL does.
-            self._record_call(lease.gid, write, self.clock.now())
+            self._record_call(lease.gid, answer, self.clock.now())
             return True
+
+    async def change_course(self, lease: Lease, write: CourseChange) -> Transaction | None:
+        async with self._lock:
+            row = self._leased(lease)
+            if row is None or not write.move.allows(row.record.status):
+                return None
+            now = self.clock.now()
+            row.phase_started_at = now
+            txn = row.update(
+                status=write.move.target,
+                cancel_reason=write.cancel_reason,
+                phase_attempts=0,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+            self._event(lease.gid, write.entry)
+            return _out_transaction(txn)
+
+    async def postpone(
+        self, lease: Lease, write: Postpone, call: CallRecord | None = None
+    ) -> Transaction | None:
+        async with self._lock:
+            row = self._leased(lease)
+            if row is None or not write.move.allows(row.record.status):
+                return None
+            now = self.clock.now()
+            next_attempt_at = _later(now, write.retry_in_s)  # may refuse: before any write
+            row.lease_token = None
+            txn = row.update(
+                next_attempt_at=next_attempt_at,
+                updated_at=now,
+                phase_attempts=row.record.phase_attempts + 1,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            self._event(lease.gid, write.entry, call=call)
+            return _out_transaction(txn)
 
     async def finish_done_round(
         self, lease: Lease, decision: Decision, calls: list[tuple[str, CallRecord]], owner: str
@@ -1268,6 +1320,8 @@ def _listed(txn: Transaction, flt: ListFilter) -> bool:
     if flt.created_to is not None and txn.created_at >= _aware(flt.created_to):
         return False
     if flt.dialect is not None and txn.dialect != flt.dialect:
+        return False
+    if flt.kind is not None and txn.kind is not flt.kind:
         return False
     if flt.gid_prefix is not None and not txn.gid.startswith(flt.gid_prefix):
         return False

@@ -51,6 +51,7 @@ from coordinator.core.states import (
     Decision,
     GlobalStatus,
     Judgement,
+    TransactionKind,
     TryVerdict,
     Verdict,
 )
@@ -275,6 +276,7 @@ class PostgresLog:
                 "branch_kind": first.registration.kind,
                 "gids": [new.gid for new in news],
                 "dialects": [new.dialect for new in news],
+                "kinds": [new.kind for new in news],
                 "services": [new.service for new in news],
                 "metadata": [new.metadata for new in news],
                 "request_hashes": [new.request_hash for new in news],
@@ -510,8 +512,9 @@ class PostgresLog:
         lease_ttl_s: float,
         options: OptionsUpdate | None = None,
         actor: str | None = None,
+        kind: TransactionKind = TransactionKind.TCC,
     ) -> DecideResult:
-        write = writes.decision(decision, reason=reason, owner=owner, actor=actor)
+        write = writes.decision(decision, reason=reason, owner=owner, actor=actor, kind=kind)
         for _ in range(_STALE_SNAPSHOT_RETRIES):
             async with self.connection() as conn:
                 row = await conn.fetchrow(
@@ -547,6 +550,7 @@ class PostgresLog:
                 row["deadline_passed"],
                 [b.view for b in branches],
                 before.cancel_reason,
+                before.kind,
             )
             if judgement.verdict is Verdict.DECIDE:  # the guard and the judgement disagree
                 raise AssertionError(f"decide_judged refused what judge_decision allows: {gid}")
@@ -669,30 +673,26 @@ class PostgresLog:
                 return None
             rows = await conn.fetch(*statement("list_branches", gid=lease.gid))
         return RoundContext(
-            _transaction(row), [_branch(r) for r in rows], bool(row["budget_spent"])
+            _transaction(row),
+            [_branch(r) for r in rows],
+            bool(row["budget_spent"]),
+            bool(row["deadline_passed"]),
         )
 
-    async def record_phase_call(
-        self,
-        lease: Lease,
-        branch_id: str,
-        decision: Decision,
-        done: bool,
-        call: CallRecord,
-    ) -> bool:
-        """Store one confirm/cancel reply; False if the lease was lost (fenced out).
+    async def record_phase_call(self, lease: Lease, answer: writes.CallWrite) -> bool:
+        """Store one phase-two reply; False if the lease was lost (fenced out).
 
         A fenced-out coordinator writes nothing at all, not even the timeline event:
         the new lease holder owns this transaction's story now.
         """
-        rule = writes.phase_call(decision, branch_id, done, call).rule
+        rule, call = answer.rule, answer.call
         async with self._transaction_block() as conn:
             row = await conn.fetchrow(
                 *statement(
                     "record_phase_call",
                     gid=lease.gid,
                     token=lease.token,
-                    branch_id=branch_id,
+                    branch_id=answer.branch_id,
                     target=rule.target,
                     sources=rule.sources,
                     http_status=call.http_status,
@@ -707,11 +707,46 @@ class PostgresLog:
                 conn,
                 lease.gid,
                 rule.entry,
-                branch_id=branch_id,
+                branch_id=answer.branch_id,
                 call=call,
                 detail=rule.detail(row["recorded"]),
             )
         return True
+
+    async def change_course(self, lease: Lease, write: writes.CourseChange) -> Transaction | None:
+        async with self._transaction_block() as conn:
+            row = await conn.fetchrow(
+                *statement(
+                    "change_course",
+                    gid=lease.gid,
+                    token=lease.token,
+                    target=write.move.target,
+                    sources=write.move.sources,
+                    cancel_reason=write.cancel_reason,
+                )
+            )
+            if row is None:
+                return None
+            await self._event(conn, lease.gid, write.entry)
+            return _transaction(row)
+
+    async def postpone(
+        self, lease: Lease, write: writes.Postpone, call: CallRecord | None = None
+    ) -> Transaction | None:
+        async with self._transaction_block() as conn:
+            row = await conn.fetchrow(
+                *statement(
+                    "postpone",
+                    gid=lease.gid,
+                    token=lease.token,
+                    sources=write.move.sources,
+                    retry_in_s=write.retry_in_s,
+                )
+            )
+            if row is None:
+                return None
+            await self._event(conn, lease.gid, write.entry, call=call)
+            return _transaction(row)
 
     async def finish_round(
         self,
@@ -951,7 +986,7 @@ class PostgresLog:
         async with self.connection() as conn, conn.transaction(isolation="repeatable_read"):
             counts = await conn.fetch(*statement("overview_counts", window_s=window_s))
             attention = await conn.fetch(*statement("overview_attention", limit=attention_limit))
-            parked = [r["gid"] for r in attention if r["kind"] == "parked"]
+            parked = [r["gid"] for r in attention if r["attention"] == "parked"]
             why = (
                 await conn.fetch(
                     *statement("parked_branches", gids=parked, done=states.BRANCH_DONE_STATUSES)
@@ -975,7 +1010,7 @@ class PostgresLog:
                 minutes.setdefault(row["minute"], {})[status] = row["n"]
         listed: dict[str, list[Transaction]] = {}
         for row in attention:
-            listed.setdefault(row["kind"], []).append(_transaction(row))
+            listed.setdefault(row["attention"], []).append(_transaction(row))
         return Overview(
             unfinished=unfinished,
             recent=recent,
@@ -1161,6 +1196,7 @@ def list_arguments(flt: ListFilter) -> tuple[object, ...]:
             "after_gid": after_gid,
             "limit": flt.limit,
             "dialect": flt.dialect,
+            "kind": flt.kind,
             "gid_like": _like_prefix(flt.gid_prefix) if flt.gid_prefix else None,
         }
     )

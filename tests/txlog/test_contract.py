@@ -37,6 +37,7 @@ from coordinator.core.states import (
     TryVerdict,
     Verdict,
 )
+from coordinator.core.writes import phase_call
 from coordinator.txlog.interface import TransactionLog
 from tests.txlog.conftest import LogTime
 
@@ -96,8 +97,8 @@ async def parked(store: TransactionLog, gid: str, decision: Decision = Decision.
     reason = "client" if decision is Decision.CANCEL else None
     decided = await store.decide(gid, decision, reason=reason, owner="a", lease_ttl_s=30)
     assert decided.lease is not None
-    assert await store.record_phase_call(decided.lease, "done", decision, True, OK)
-    assert await store.record_phase_call(decided.lease, "stuck", decision, False, FAIL)
+    assert await store.record_phase_call(decided.lease, phase_call(decision, "done", True, OK))
+    assert await store.record_phase_call(decided.lease, phase_call(decision, "stuck", False, FAIL))
     parked_status = (
         GlobalStatus.FAILED_TO_CONFIRM
         if decision is Decision.CONFIRM
@@ -404,7 +405,7 @@ async def test_record_try__late_answer_after_cancel__changes_nothing(
     await store.register_branch("g", new_branch("b"), 10)
     decided = await store.decide("g", Decision.CANCEL, reason="timeout", owner="a", lease_ttl_s=30)
     assert decided.lease is not None
-    assert await store.record_phase_call(decided.lease, "b", Decision.CANCEL, True, OK)
+    assert await store.record_phase_call(decided.lease, phase_call(Decision.CANCEL, "b", True, OK))
     branch, recorded = await store.record_try("g", "b", TryVerdict.TRIED, OK)
     assert not recorded
     assert branch.status.value == "cancelled"  # what the log holds, for the late caller
@@ -459,7 +460,9 @@ async def test_finish_round__with_a_stale_lease__writes_nothing(
     [(second, status, _)] = await store.claim_due("b", 10, 30)
     assert status is GlobalStatus.CONFIRMING
 
-    assert not await store.record_phase_call(first.lease, "b", Decision.CONFIRM, True, OK)
+    assert not await store.record_phase_call(
+        first.lease, phase_call(Decision.CONFIRM, "b", True, OK)
+    )
     assert (
         await store.finish_round(
             first.lease, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1.0, [], "o"
@@ -471,7 +474,7 @@ async def test_finish_round__with_a_stale_lease__writes_nothing(
     assert detail.transaction.status is GlobalStatus.CONFIRMING
     assert detail.branches[0].status.value == "registered"
 
-    assert await store.record_phase_call(second, "b", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(second, phase_call(Decision.CONFIRM, "b", True, OK))
     done = await store.finish_round(second, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1.0, [], "o")
     assert done is not None
     assert done.status is GlobalStatus.CONFIRMED
@@ -483,12 +486,12 @@ async def test_record_phase_call__a_fenced_out_holder__writes_not_even_an_event(
     lease = await confirming(store, "g")
     before = await store.detail("g")
     await store.release_lease(lease)
-    assert not await store.record_phase_call(lease, "b", Decision.CONFIRM, False, FAIL)
+    assert not await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", False, FAIL))
     assert not await store.record_phase_call(
-        Lease("g", str(uuid.uuid4())), "b", Decision.CONFIRM, True, OK
+        Lease("g", str(uuid.uuid4())), phase_call(Decision.CONFIRM, "b", True, OK)
     )
     assert not await store.record_phase_call(
-        Lease("nope", lease.token), "b", Decision.CONFIRM, True, OK
+        Lease("nope", lease.token), phase_call(Decision.CONFIRM, "b", True, OK)
     )
     after = await store.detail("g")
     assert after.events == before.events
@@ -499,11 +502,11 @@ async def test_record_phase_call__a_failed_call__counts_an_attempt_and_keeps_the
     store: TransactionLog,
 ) -> None:
     lease = await confirming(store, "g")
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, False, FAIL)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", False, FAIL))
     [branch] = (await store.detail("g")).branches
     assert branch.status is BranchStatus.REGISTERED
     assert (branch.attempts, branch.last_http_status, branch.last_error) == (1, 500, "HTTP 500")
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", True, OK))
     detail = await store.detail("g")
     assert detail.branches[0].status is BranchStatus.CONFIRMED
     assert (detail.branches[0].attempts, detail.branches[0].last_error) == (2, None)
@@ -512,7 +515,7 @@ async def test_record_phase_call__a_failed_call__counts_an_attempt_and_keeps_the
         (EventKind.CONFIRM_CALL, {"done": True}),
     ]
     # A reply for a branch already done is logged, and moves nothing.
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, False, FAIL)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", False, FAIL))
     again = await store.detail("g")
     assert again.branches[0].status is BranchStatus.CONFIRMED
     assert again.branches[0].attempts == 2
@@ -540,7 +543,7 @@ async def test_finish_round__a_final_outcome__ends_the_transaction_and_frees_it(
     store: TransactionLog,
 ) -> None:
     lease = await confirming(store, "g")
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", True, OK))
     txn = await store.finish_round(lease, Decision.CONFIRM, GlobalStatus.CONFIRMED, 5, [], "a")
     assert txn is not None
     assert txn.status is GlobalStatus.CONFIRMED
@@ -557,8 +560,8 @@ async def test_finish_round__another_round_due__schedules_the_pending_branches(
     store: TransactionLog, log_time: LogTime
 ) -> None:
     lease = await confirming(store, "g", ("b1", "b2"))
-    assert await store.record_phase_call(lease, "b1", Decision.CONFIRM, True, OK)
-    assert await store.record_phase_call(lease, "b2", Decision.CONFIRM, False, FAIL)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b1", True, OK))
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b2", False, FAIL))
     txn = await store.finish_round(lease, Decision.CONFIRM, GlobalStatus.CONFIRMING, 5, ["b2"], "a")
     assert txn is not None
     assert txn.status is GlobalStatus.CONFIRMING
@@ -573,7 +576,7 @@ async def test_finish_round__another_round_due__schedules_the_pending_branches(
     [(again, status, _)] = await store.claim_due("b", 10, 30)
     assert (again.gid, status) == ("g", GlobalStatus.CONFIRMING)
     # A reply clears the branch's retry time.
-    assert await store.record_phase_call(again, "b2", Decision.CONFIRM, False, FAIL)
+    assert await store.record_phase_call(again, phase_call(Decision.CONFIRM, "b2", False, FAIL))
     assert (await store.detail("g")).branches[1].next_retry_at is None
 
 
@@ -679,7 +682,7 @@ async def test_claim_due__finished_and_parked_transactions__are_never_due(
 ) -> None:
     await parked(store, "parked")
     lease = await confirming(store, "done")
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", True, OK))
     await store.finish_round(lease, Decision.CONFIRM, GlobalStatus.CONFIRMED, 1, [], "a")
     await log_time.jump(3600)
     assert await store.claim_due("o", 10, 30) == []
@@ -705,7 +708,7 @@ async def test_retry_parked__with_an_owner__runs_under_a_fresh_lease_and_budget(
     events = (await store.detail("g")).events
     assert events[-1].kind is EventKind.ADMIN_RETRY
     assert events[-1].detail == {"from": "failed_to_confirm", "actor": "ops"}
-    assert await store.record_phase_call(lease, "stuck", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "stuck", True, OK))
 
 
 async def test_retry_parked__without_an_owner__is_left_to_recovery(
@@ -779,7 +782,9 @@ async def test_events__identical_failures_in_a_row__collapse_into_one_with_repea
     first_count = len((await store.detail("g")).events)
     for latency in (1.0, 2.0, 3.0):
         failed = CallRecord(503, "HTTP 503: busy", latency)
-        assert await store.record_phase_call(lease, "b", Decision.CONFIRM, False, failed)
+        assert await store.record_phase_call(
+            lease, phase_call(Decision.CONFIRM, "b", False, failed)
+        )
     events = (await store.detail("g")).events
     assert len(events) == first_count + 1
     repeated = events[-1]
@@ -791,9 +796,9 @@ async def test_events__identical_failures_in_a_row__collapse_into_one_with_repea
     assert repeated.last_at is not None
     assert repeated.last_at > repeated.at
     # Another error is a new entry, and so is success (never collapsed).
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, False, FAIL)
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, True, OK)
-    assert await store.record_phase_call(lease, "b", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", False, FAIL))
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", True, OK))
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", True, OK))
     tail = (await store.detail("g")).events[-3:]
     assert [(e.error, e.repeats, e.last_at) for e in tail] == [
         ("HTTP 500", 1, None),
@@ -807,8 +812,8 @@ async def test_events__failures_of_other_branches_in_between__still_collapse_per
 ) -> None:
     lease = await confirming(store, "g", ("b1", "b2"))
     for _ in range(3):
-        assert await store.record_phase_call(lease, "b1", Decision.CONFIRM, False, FAIL)
-        assert await store.record_phase_call(lease, "b2", Decision.CONFIRM, False, FAIL)
+        assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b1", False, FAIL))
+        assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b2", False, FAIL))
     calls = [e for e in (await store.detail("g")).events if e.kind is EventKind.CONFIRM_CALL]
     assert [(e.branch_id, e.repeats) for e in calls] == [("b1", 3), ("b2", 3)]
 
@@ -818,7 +823,7 @@ async def test_events__identical_rounds__collapse_into_one_retry_scheduled_entry
 ) -> None:
     lease = await confirming(store, "g")
     for _ in range(3):
-        assert await store.record_phase_call(lease, "b", Decision.CONFIRM, False, FAIL)
+        assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "b", False, FAIL))
         txn = await store.finish_round(
             lease, Decision.CONFIRM, GlobalStatus.CONFIRMING, 1, ["b"], "a"
         )
@@ -988,7 +993,9 @@ async def test_resolve_parked__branch_by_branch__finishes_the_transaction_with_t
     await store.begin(new_txn("g", branches=branches))
     decided = await store.decide("g", Decision.CONFIRM, reason=None, owner="a", lease_ttl_s=30)
     assert decided.lease is not None
-    assert await store.record_phase_call(decided.lease, "done", Decision.CONFIRM, True, OK)
+    assert await store.record_phase_call(
+        decided.lease, phase_call(Decision.CONFIRM, "done", True, OK)
+    )
     txn = await store.finish_round(
         decided.lease, Decision.CONFIRM, GlobalStatus.FAILED_TO_CONFIRM, 1.0, ["s1", "s2"], "a"
     )
@@ -1046,7 +1053,7 @@ async def test_overview__counts_open_and_recent_and_lists_what_needs_attention(
         "done", Decision.CANCEL, reason="client", owner="a", lease_ttl_s=30
     )
     assert decided.lease is not None
-    assert await store.record_phase_call(decided.lease, "b", Decision.CANCEL, True, OK)
+    assert await store.record_phase_call(decided.lease, phase_call(Decision.CANCEL, "b", True, OK))
     await store.finish_round(decided.lease, Decision.CANCEL, GlobalStatus.CANCELLED, 1.0, [], "a")
 
     view = await store.overview(window_s=600, attention_limit=10)

@@ -102,7 +102,13 @@ def test_in_memory_log__imports_no_database_or_http_library() -> None:
 
 # A row of each table that holds every CHECK.
 VALID_ROWS: dict[str, dict[str, object]] = {
-    "tcc_transactions": {"gid": "g", "status": "trying", "timeout_s": 1.0, "call_timeout_s": None},
+    "tcc_transactions": {
+        "gid": "g",
+        "status": "trying",
+        "timeout_s": 1.0,
+        "call_timeout_s": None,
+        "kind": "tcc",
+    },
     "tcc_branches": {"branch_id": "b", "status": "tried"},
     "tcc_events": {"repeats": 1},
     "tcc_alerts": {"kind": "parked"},
@@ -113,6 +119,7 @@ VALID_ROWS: dict[str, dict[str, object]] = {
     ("table", "change", "constraint"),
     [
         ("tcc_transactions", {"status": "paused"}, "tcc_transactions_status_check"),
+        ("tcc_transactions", {"kind": "xa"}, "tcc_transactions_kind_check"),
         ("tcc_branches", {"status": "half_tried"}, "tcc_branches_status_check"),
         ("tcc_events", {"repeats": 0}, "tcc_events_repeats_check"),
         ("tcc_alerts", {"kind": "bored"}, "tcc_alerts_kind_check"),

@@ -9,6 +9,7 @@ import pytest
 from coordinator.core.errors import NotFound
 from coordinator.core.records import Lease, ListFilter
 from coordinator.core.states import AlertKind, Decision, GlobalStatus
+from coordinator.core.writes import phase_call
 from coordinator.txlog.interface import TransactionLog
 from coordinator.txlog.memory import InMemoryLog
 from coordinator.txlog.postgres import PostgresLog
@@ -21,8 +22,8 @@ DAY = 86_400.0
 async def park(store: TransactionLog, gid: str, alert_after_rounds: int | None = 0) -> None:
     """Confirm ``gid`` (branches ``done`` and ``stuck``) and park it after one round."""
     lease = await confirming(store, gid, ("done", "stuck"))
-    assert await store.record_phase_call(lease, "done", Decision.CONFIRM, True, OK)
-    assert await store.record_phase_call(lease, "stuck", Decision.CONFIRM, False, FAIL)
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "done", True, OK))
+    assert await store.record_phase_call(lease, phase_call(Decision.CONFIRM, "stuck", False, FAIL))
     parked = await store.finish_round(
         lease,
         Decision.CONFIRM,

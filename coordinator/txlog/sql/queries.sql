@@ -120,8 +120,10 @@ SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE gid = :gid AND lease_token = :token;
 
 -- name: round_context
--- What a phase-two round needs, read under the lease; budget_spent uses the DB clock.
-SELECT *, phase_started_at + make_interval(secs => :give_up_after_s) <= now() AS budget_spent
+-- What a phase-two round needs, read under the lease; budget_spent and deadline_passed use
+-- the DB clock.
+SELECT *, phase_started_at + make_interval(secs => :give_up_after_s) <= now() AS budget_spent,
+       deadline <= now() AS deadline_passed
 FROM tcc_transactions WHERE gid = :gid AND lease_token = :token;
 
 -- name: record_phase_call
@@ -150,6 +152,27 @@ UPDATE tcc_transactions
 SET status = :target, phase_attempts = phase_attempts + 1, updated_at = now(),
     next_attempt_at = now() + make_interval(secs => :retry_in_s::float8),
     finished_at = CASE WHEN :finishes::bool THEN now() END,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE gid = :gid AND lease_token = :token AND status = ANY(:sources::text[])
+RETURNING *;
+
+-- name: change_course
+-- A saga stops its actions and compensates (core.writes.course_change), fenced by the lease
+-- (:token), which it keeps: from one of :sources to :target with :cancel_reason; the
+-- compensations start with a fresh retry budget.
+UPDATE tcc_transactions
+SET status = :target, cancel_reason = :cancel_reason, phase_started_at = now(),
+    phase_attempts = 0, next_attempt_at = now(), updated_at = now()
+WHERE gid = :gid AND lease_token = :token AND status = ANY(:sources::text[])
+RETURNING *;
+
+-- name: postpone
+-- A prepared message is asked about again in :retry_in_s seconds (core.writes.postpone_query),
+-- fenced by the lease (:token), which it lets go; only while it is in one of :sources. The
+-- questions are counted (phase_attempts: a decision starts it again from 0) for the backoff.
+UPDATE tcc_transactions
+SET next_attempt_at = now() + make_interval(secs => :retry_in_s::float8), updated_at = now(),
+    phase_attempts = phase_attempts + 1,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE gid = :gid AND lease_token = :token AND status = ANY(:sources::text[])
 RETURNING *;
@@ -219,6 +242,7 @@ WHERE (:statuses::text[] IS NULL OR status = ANY(:statuses))
   AND (:created_to::timestamptz IS NULL OR created_at < :created_to)
   AND (:after_at::timestamptz IS NULL OR (created_at, gid) < (:after_at, :after_gid::text))
   AND (:dialect::text IS NULL OR dialect = :dialect)
+  AND (:kind::text IS NULL OR kind = :kind)
   AND (:gid_like::text IS NULL OR gid LIKE :gid_like)
 ORDER BY created_at DESC, gid DESC
 LIMIT :limit;
@@ -248,7 +272,7 @@ GROUP BY status;
 -- What needs an operator, :limit of each kind: parked (tcc_transactions_parked's statuses);
 -- in phase two for over a minute or more than three rounds; the oldest unfinished; undecided
 -- with the deadline within a minute.
-(SELECT 'parked' AS kind, t.* FROM tcc_transactions t
+(SELECT 'parked' AS attention, t.* FROM tcc_transactions t
  WHERE status IN {parked_statuses}
  ORDER BY updated_at LIMIT :limit)
 UNION ALL
@@ -278,19 +302,20 @@ SELECT count(*) FROM tcc_branches WHERE gid = :gid AND status = ANY(:statuses::t
 -- gid that exists already is left alone (ON CONFLICT): its row comes back empty and the
 -- caller looks at what holds it. A gid appears once per batch.
 WITH input AS (
-    SELECT * FROM unnest(:gids::text[], :dialects::text[], :services::text[],
+    SELECT * FROM unnest(:gids::text[], :dialects::text[], :kinds::text[], :services::text[],
                          :metadata::jsonb[], :request_hashes::text[], :timeouts_s::float8[],
                          :call_timeouts_s::float8[], :options::jsonb[], :begin_details::jsonb[],
                          :branch_counts::int[], :traceparents::text[], :tracestates::text[])
-        WITH ORDINALITY AS i(gid, dialect, service, metadata, request_hash, timeout_s,
+        WITH ORDINALITY AS i(gid, dialect, kind, service, metadata, request_hash, timeout_s,
                              call_timeout_s, options, begin_detail, branch_count, traceparent,
                              tracestate, n)
 ), txn AS (
     INSERT INTO tcc_transactions (
-        gid, status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
+        gid, status, dialect, kind, service, metadata, request_hash, timeout_s, call_timeout_s,
         deadline, next_attempt_at, options, branch_count, traceparent, tracestate
     )
-    SELECT gid, :status, dialect, service, metadata, request_hash, timeout_s, call_timeout_s,
+    SELECT gid, :status, dialect, kind, service, metadata, request_hash, timeout_s,
+           call_timeout_s,
            now() + make_interval(secs => timeout_s), now() + make_interval(secs => timeout_s),
            options, branch_count, traceparent, tracestate
     FROM input ORDER BY n
