@@ -86,12 +86,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self._begun = Counter(
-            "tcc_transactions_begun", "Transactions begun", ["dialect"], registry=r
+            "tcc_transactions_begun",
+            "Transactions begun, by dialect and type (tcc, saga, msg)",
+            ["dialect", "type"],
+            registry=r,
         )
         self._ended = Counter(
             "tcc_transactions_ended",
             "Transactions that reached a final status, or were parked for an operator",
-            ["status", "dialect"],
+            ["status", "dialect", "type"],
             registry=r,
         )
         self._duration = Histogram(
@@ -178,11 +181,13 @@ class Metrics:
 
     # --- what happened -----------------------------------------------------------------
 
-    def began(self, dialect: str) -> None:
-        self._begun.labels(dialect).inc()
+    def began(self, dialect: str, kind: str = "tcc") -> None:
+        self._begun.labels(dialect, kind).inc()
 
-    def ended(self, status: GlobalStatus, dialect: str, duration_s: float) -> None:
-        self._ended.labels(status.value, dialect).inc()
+    def ended(
+        self, status: GlobalStatus, dialect: str, duration_s: float, kind: str = "tcc"
+    ) -> None:
+        self._ended.labels(status.value, dialect, kind).inc()
         self._duration.labels(status.value).observe(max(duration_s, 0.0))
 
     def decided(self, decision: str, reason: str | None) -> None:

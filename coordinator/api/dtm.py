@@ -9,6 +9,7 @@ into calls to the service layer and its answers into DTM's envelope: 200
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -24,6 +25,7 @@ from coordinator.api.guard import caller
 from coordinator.api.problems import BadRequest, describe_validation
 from coordinator.api.schemas import Gid, ParticipantUrl, request_hash
 from coordinator.api.wire import decode_cursor, encode_cursor, read_json_object
+from coordinator.core import kinds
 from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -34,8 +36,10 @@ from coordinator.core.errors import (
     NotTrying,
 )
 from coordinator.core.limits import RETRY_INTERVAL_OPTION
-from coordinator.core.records import ListFilter, NewBranch, OptionsUpdate
-from coordinator.core.states import Decision, GlobalStatus, Verdict
+from coordinator.core.records import ListFilter, NewBranch, OptionsUpdate, Transaction
+from coordinator.core.states import Decision, GlobalStatus, TransactionKind, Verdict
+from coordinator.core.urlpolicy import check_url_form
+from coordinator.dialects.base import RESERVED_HEADERS
 from coordinator.dialects.dtm import (
     BRANCH_HEADERS_OPTION,
     FAILURE,
@@ -194,11 +198,146 @@ class DtmBranchIn(BaseModel):
         )
 
 
-def only_tcc(trans_type: str) -> None:
-    if trans_type != "tcc":
-        raise BadRequest(
-            f"trans_type {trans_type!r} is not supported: this coordinator speaks DTM's TCC"
+class DtmStepsIn(DtmGlobalIn):
+    """A saga's or message's prepare and submit: its steps (action URLs, a saga's
+    compensations) and their payloads, and how they run."""
+
+    steps: list[dict[str, str]] = Field(default_factory=list, max_length=1000)
+    payloads: list[str] = Field(default_factory=list, max_length=1000)
+    query_prepared: str | None = Field(default=None, max_length=2048)
+    custom_data: str | None = Field(default=None, max_length=100_000)
+    concurrent: bool = False
+    retry_limit: int | None = Field(default=None, ge=0, le=10_000)
+    passthrough_headers: list[str] = Field(default_factory=list, max_length=32)
+
+    def kind(self) -> TransactionKind:
+        return TransactionKind(self.trans_type)
+
+    def to_steps_request(self, passed_through: dict[str, str]) -> BeginRequest:
+        """The saga or message as the service takes it; ``passed_through``: the submit's own
+        headers named by passthrough_headers, sent to every branch with branch_headers."""
+        kind = self.kind()
+        if not self.steps:
+            raise BadRequest(f"steps: a {kind.value} needs at least one step")
+        if len(self.payloads) > len(self.steps):
+            raise BadRequest("payloads: more payloads than steps")
+        branches = tuple(self._step(i, step, kind) for i, step in enumerate(self.steps))
+        options = self.stored()
+        if passed_through:
+            options[BRANCH_HEADERS_OPTION] = {
+                **options.get(BRANCH_HEADERS_OPTION, {}),
+                **passed_through,
+            }
+        options.update(self._plan(kind))
+        timeout_s = self.timeout_to_fail or None
+        if kind is TransactionKind.SAGA:
+            if timeout_s is not None:
+                options[kinds.FORWARD_TIMEOUT_OPTION] = True
+            if self.retry_limit:
+                options[kinds.RETRY_LIMIT_OPTION] = self.retry_limit
+        elif timeout_s is None:
+            timeout_s = kinds.DEFAULT_PREPARED_TIMEOUT_S
+        if self.query_prepared:
+            check_url_form(self.query_prepared)
+            options[kinds.QUERY_URL_OPTION] = self.query_prepared
+        return BeginRequest(
+            gid=self.gid,
+            service=None,
+            metadata={},
+            timeout_s=timeout_s,
+            call_timeout_s=self.request_timeout or None,
+            # A prepare and the submit that follows carry the same steps: one transaction.
+            body_hash=f"dtm:{kind.value}",
+            branches=branches,
+            dialect="dtm",
+            options=options,
+            kind=kind,
         )
+
+    def _step(self, i: int, step: dict[str, str], kind: TransactionKind) -> NewBranch:
+        action = step.get("action")
+        if not action:
+            raise BadRequest(f"steps.{i}.action: required")
+        compensate = step.get("compensate", "")
+        if kind is TransactionKind.SAGA and not compensate:
+            raise BadRequest(f"steps.{i}.compensate: required in a saga")
+        for name, url in (("action", action), ("compensate", compensate)):
+            if url:
+                try:
+                    check_url_form(url)
+                except ValueError as exc:
+                    raise BadRequest(f"steps.{i}.{name}: {exc}") from exc
+        data = self.payloads[i] if i < len(self.payloads) else ""
+        branch_id = f"{i + 1:02d}"  # DTM's ids for the steps: 01, 02, ...
+        return NewBranch(
+            branch_id=branch_id,
+            name=branch_id,
+            try_url=None,
+            confirm_url=action,
+            cancel_url=compensate if kind is TransactionKind.SAGA else "",
+            payload=None,
+            request_hash=request_hash({"action": action, "compensate": compensate, "data": data}),
+            data=data or None,
+        )
+
+    def _plan(self, kind: TransactionKind) -> dict[str, Any]:
+        """The order of the steps: a saga's custom_data (concurrent, and orders: a step's
+        index -> the indexes it waits for, from 0) or a message's concurrent."""
+        custom: dict[str, Any] = {}
+        if self.custom_data:
+            try:
+                loaded = json.loads(self.custom_data)
+            except ValueError as exc:
+                raise BadRequest(f"custom_data: not JSON ({exc})") from exc
+            custom = loaded if isinstance(loaded, dict) else {}
+        concurrent = self.concurrent or bool(custom.get("concurrent"))
+        plan: dict[str, Any] = {kinds.CONCURRENT_OPTION: concurrent}
+        orders = custom.get("orders") or {}
+        if kind is TransactionKind.SAGA and concurrent and orders:
+            ids = [f"{i + 1:02d}" for i in range(len(self.steps))]
+            try:
+                after = {
+                    ids[int(step)]: [ids[int(pre)] for pre in pres]
+                    for step, pres in dict(orders).items()
+                }
+            except (ValueError, IndexError, TypeError) as exc:
+                raise BadRequest("custom_data.orders: step indexes from 0, as numbers") from exc
+            problem = kinds.check_graph(ids, after)
+            if problem is not None:
+                raise BadRequest(f"custom_data.orders: {problem}")
+            plan[kinds.AFTER_OPTION] = after
+        return plan
+
+
+_KINDS = frozenset(kind.value for kind in TransactionKind)
+
+
+def kind_of(trans_type: str) -> TransactionKind:
+    if trans_type not in _KINDS:
+        raise BadRequest(
+            f"trans_type {trans_type!r} is not supported: this coordinator speaks DTM's tcc,"
+            " saga and msg (not xa or workflow)"
+        )
+    return TransactionKind(trans_type)
+
+
+def only_tcc(trans_type: str) -> None:
+    if kind_of(trans_type) is not TransactionKind.TCC:
+        raise BadRequest(
+            f"trans_type {trans_type!r}: only a tcc transaction has branches to register"
+        )
+
+
+def _passed_through(request: web.Request, names: list[str]) -> dict[str, str]:
+    """The submit's own headers that DTM's passthrough_headers names."""
+    kept = {}
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in RESERVED_HEADERS:
+            raise BadRequest(f"passthrough_headers: {name!r} cannot be passed on")
+        value = request.headers.get(name)
+        if value is not None and _HEADER_VALUE.fullmatch(value):
+            kept[name] = value
+    return kept
 
 
 # --- endpoints ---------------------------------------------------------------------------
@@ -212,9 +351,18 @@ async def new_gid(request: web.Request) -> web.Response:
 
 @dtm_endpoint
 async def prepare(request: web.Request) -> web.Response:
-    body = DtmGlobalIn.model_validate(await read_json_object(request))
-    only_tcc(body.trans_type)
-    txn, created = await request.app[COORDINATOR].prepare(body.to_request(), caller(request))
+    raw = await read_json_object(request)
+    body = DtmStepsIn.model_validate(raw)
+    kind = kind_of(body.trans_type)
+    coordinator = request.app[COORDINATOR]
+    if kind is TransactionKind.SAGA:
+        raise BadRequest("trans_type 'saga' is not prepared: submit the saga with its steps")
+    if kind is TransactionKind.MSG:
+        steps = body.to_steps_request(_passed_through(request, body.passthrough_headers))
+        begun = await coordinator.post_message(steps, caller(request), prepared=True)
+        txn, created = begun.detail.transaction, begun.created
+    else:
+        txn, created = await coordinator.prepare(body.to_request(), caller(request))
     if not created and txn.status is not GlobalStatus.TRYING:
         return failure(f"current status '{dtm_status(txn.status)}', cannot prepare")
     return success()
@@ -250,10 +398,32 @@ def _answer(decided: Decided, decision: Decision) -> web.Response:
     return envelope(425, ONGOING, message=f"the transaction is {dtm_status(final.status)}")
 
 
+def _steps_answer(decided: Decided, final: Transaction, *, waited: bool) -> web.Response:
+    """A saga's or message's submit: refused, or SUCCESS; with wait_result, SUCCESS only
+    once it succeeded, else 409 saying where it is (compensated, or still running)."""
+    kind = final.kind.value
+    if decided.judgement.verdict is Verdict.REFUSE:
+        return failure(
+            f"trans type: '{kind}' current status '{dtm_status(decided.before.status)}', cannot"
+            f" submit: {decided.judgement.reason}"
+        )
+    if not waited or final.status is GlobalStatus.CONFIRMED:
+        return success()
+    if final.status is GlobalStatus.CANCELLED:
+        return failure(f"the {kind} failed and was compensated ({final.cancel_reason})")
+    return failure(f"the {kind} did not succeed in time: it is {dtm_status(final.status)}")
+
+
 @dtm_endpoint
 async def submit(request: web.Request) -> web.Response:
-    body = DtmGlobalIn.model_validate(await read_json_object(request))
-    only_tcc(body.trans_type)
+    raw = await read_json_object(request)
+    body = DtmStepsIn.model_validate(raw)
+    if kind_of(body.trans_type) is not TransactionKind.TCC:
+        steps = body.to_steps_request(_passed_through(request, body.passthrough_headers))
+        decided, final = await request.app[COORDINATOR].submit_dtm(
+            steps, caller(request), body.update(), wait=body.wait_result
+        )
+        return _steps_answer(decided, final, waited=body.wait_result)
     decided = await request.app[COORDINATOR].submit(
         body.gid, caller(request), body.update(), wait=body.wait_result
     )
@@ -263,7 +433,14 @@ async def submit(request: web.Request) -> web.Response:
 @dtm_endpoint
 async def abort(request: web.Request) -> web.Response:
     body = DtmGlobalIn.model_validate(await read_json_object(request))
-    only_tcc(body.trans_type)
+    kind = kind_of(body.trans_type)
+    if kind is TransactionKind.SAGA:
+        return failure("a saga is not aborted: it compensates by itself when a step fails")
+    if kind is TransactionKind.MSG:
+        await request.app[COORDINATOR].decide_message(
+            body.gid, Decision.CANCEL, caller(request), reason=body.rollback_reason
+        )
+        return success()
     decided = await request.app[COORDINATOR].abort(
         body.gid, caller(request), body.rollback_reason, wait=body.wait_result
     )
@@ -282,7 +459,7 @@ async def query(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "transaction": render_transaction(detail.transaction),
-            "branches": render_branches(detail.branches),
+            "branches": render_branches(detail.branches, detail.transaction.kind),
         }
     )
 

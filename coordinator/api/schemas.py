@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator.core import states
+from coordinator.core import kinds, states
 from coordinator.core.records import (
     Branch,
     CoordinatorSeen,
@@ -32,7 +32,7 @@ from coordinator.core.records import (
     TransactionDetail,
     shown_fields,
 )
-from coordinator.core.states import GlobalStatus, TryReport
+from coordinator.core.states import GlobalStatus, TransactionKind, TryReport
 from coordinator.core.urlpolicy import check_url_form
 from coordinator.dialects.registry import dialect
 from coordinator.engine.service import BeginRequest
@@ -137,6 +137,170 @@ class BeginIn(Strict):
         )
 
 
+class SagaStepIn(Strict):
+    branch_id: Gid = Field(description="Unique within the saga; same charset as a gid")
+    name: ShortText | None = Field(default=None, description="Human name; defaults to branch_id")
+    action_url: ParticipantUrl = Field(description="POSTed to run the step")
+    compensate_url: ParticipantUrl = Field(description="POSTed to undo it")
+    payload: JsonValue = Field(default=None, description="Sent with the action and compensation")
+    after: list[Gid] = Field(
+        default_factory=list,
+        max_length=100,
+        description="The steps this one waits for (a graph of steps); runs at once when empty",
+    )
+
+    def to_new(self) -> NewBranch:
+        return NewBranch(
+            branch_id=self.branch_id,
+            name=self.name or self.branch_id,
+            try_url=None,
+            confirm_url=self.action_url,
+            cancel_url=self.compensate_url,
+            payload=self.payload,
+            request_hash=request_hash(self.model_dump(mode="json")),
+        )
+
+
+def _unique_steps(ids: list[str]) -> None:
+    if len(ids) != len(set(ids)):
+        raise ValueError("branch_id values must be unique")
+
+
+class SagaIn(Strict):
+    """A saga: its steps' actions run in order (or, with ``after`` or ``concurrent``, as a
+    graph); when an action fails for good, the steps that may have started are compensated
+    in reverse order."""
+
+    gid: Gid | None = Field(default=None, description="Generated when omitted")
+    service: ShortText | None = Field(default=None, description="Name of the calling service")
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    steps: list[SagaStepIn] = Field(min_length=1)
+    concurrent: bool = Field(
+        default=False, description="Steps without `after` run at once rather than in order"
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="The actions must be done within this many seconds, or the saga compensates",
+    )
+    call_timeout_s: float | None = Field(
+        default=None, gt=0, description="Timeout of each participant call"
+    )
+    retry_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="Rounds of actions before the saga compensates instead of retrying",
+    )
+    wait: bool = Field(
+        default=True, description="Answer once the saga has ended (bounded), else at once"
+    )
+
+    @model_validator(mode="after")
+    def _a_graph_that_runs(self) -> SagaIn:
+        ids = [step.branch_id for step in self.steps]
+        _unique_steps(ids)
+        after = {step.branch_id: step.after for step in self.steps if step.after}
+        problem = kinds.check_graph(ids, after)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    def to_request(self) -> BeginRequest:
+        after = {step.branch_id: step.after for step in self.steps if step.after}
+        options: dict[str, Any] = {kinds.CONCURRENT_OPTION: self.concurrent}
+        if after:
+            options[kinds.AFTER_OPTION] = after
+        if self.retry_limit is not None:
+            options[kinds.RETRY_LIMIT_OPTION] = self.retry_limit
+        if self.timeout_s is not None:
+            options[kinds.FORWARD_TIMEOUT_OPTION] = True
+        return BeginRequest(
+            gid=self.gid,
+            service=self.service,
+            metadata=self.metadata,
+            timeout_s=self.timeout_s,
+            call_timeout_s=self.call_timeout_s,
+            body_hash=request_hash(
+                self.model_dump(mode="json", exclude={"gid", "service", "wait"})
+            ),
+            branches=tuple(step.to_new() for step in self.steps),
+            options=options,
+            kind=TransactionKind.SAGA,
+        )
+
+
+class MessageStepIn(Strict):
+    branch_id: Gid = Field(description="Unique within the message; same charset as a gid")
+    name: ShortText | None = Field(default=None, description="Human name; defaults to branch_id")
+    url: ParticipantUrl = Field(description="POSTed the payload, at least once")
+    payload: JsonValue = Field(default=None)
+
+    def to_new(self) -> NewBranch:
+        return NewBranch(
+            branch_id=self.branch_id,
+            name=self.name or self.branch_id,
+            try_url=None,
+            confirm_url=self.url,
+            cancel_url="",  # a message is never compensated
+            payload=self.payload,
+            request_hash=request_hash(self.model_dump(mode="json")),
+        )
+
+
+class MessageIn(Strict):
+    """A reliable message: each step's URL is POSTed its payload at least once, in order
+    (or at once with ``concurrent``), retried until it answers 2xx or parks. ``prepared``
+    holds it until POST .../submit; if neither submit nor abort comes within ``timeout_s``,
+    the coordinator asks ``query_url``."""
+
+    gid: Gid | None = Field(default=None, description="Generated when omitted")
+    service: ShortText | None = Field(default=None, description="Name of the calling service")
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    steps: list[MessageStepIn] = Field(min_length=1)
+    concurrent: bool = Field(default=False, description="Deliver the steps at once")
+    prepared: bool = Field(default=False, description="Hold it until submitted")
+    query_url: ParticipantUrl | None = Field(
+        default=None,
+        description="A prepared message's service, asked GET ?gid= when it is not submitted"
+        " in time: 2xx delivers, 409 aborts, anything else asks again later",
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a prepared message waits for its submit (35 s when omitted)",
+    )
+    call_timeout_s: float | None = Field(
+        default=None, gt=0, description="Timeout of each participant call"
+    )
+
+    @model_validator(mode="after")
+    def _prepared_needs_a_query_url(self) -> MessageIn:
+        _unique_steps([step.branch_id for step in self.steps])
+        if self.prepared and not self.query_url:
+            raise ValueError("a prepared message needs a query_url the coordinator can ask")
+        return self
+
+    def to_request(self) -> BeginRequest:
+        options: dict[str, Any] = {kinds.CONCURRENT_OPTION: self.concurrent}
+        if self.query_url:
+            options[kinds.QUERY_URL_OPTION] = self.query_url
+        timeout_s = self.timeout_s
+        if timeout_s is None and self.prepared:
+            timeout_s = kinds.DEFAULT_PREPARED_TIMEOUT_S
+        return BeginRequest(
+            gid=self.gid,
+            service=self.service,
+            metadata=self.metadata,
+            timeout_s=timeout_s,
+            call_timeout_s=self.call_timeout_s,
+            body_hash=request_hash(self.model_dump(mode="json", exclude={"gid", "service"})),
+            branches=tuple(step.to_new() for step in self.steps),
+            options=options,
+            kind=TransactionKind.MSG,
+        )
+
+
 class EmptyIn(Strict):
     """Confirm and cancel take no fields; an empty body or {} is fine."""
 
@@ -179,6 +343,7 @@ class ListQuery(BaseModel):
     cursor: str | None = Field(default=None, max_length=400)
     limit: int = Field(default=50, ge=1, le=500)
     dialect: str | None = Field(default=None, pattern=r"^[a-z]{1,20}$")
+    kind: TransactionKind | None = Field(default=None, description="tcc, saga or msg")
     gid_prefix: str | None = Field(
         default=None, pattern=GID_PATTERN, description="Only gids that begin so"
     )

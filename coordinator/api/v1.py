@@ -21,11 +21,13 @@ from coordinator.api.schemas import (
     EventPageOut,
     EventsQuery,
     ListQuery,
+    MessageIn,
     OverviewOut,
     OverviewQuery,
     ParticipantReplyOut,
     ReasonIn,
     ResolveIn,
+    SagaIn,
     TransactionOut,
     TransactionPageOut,
     TryBranchIn,
@@ -42,8 +44,8 @@ from coordinator.api.wire import (
 )
 from coordinator.core import jsonsafe, states
 from coordinator.core.records import ListFilter, TransactionDetail
-from coordinator.core.states import TryReport
-from coordinator.engine.service import TryResult
+from coordinator.core.states import Decision, TryReport
+from coordinator.engine.service import Begun, TryResult
 
 
 def detail_response(detail: TransactionDetail, status: int = 200) -> web.Response:
@@ -169,6 +171,57 @@ async def resolve_branch(request: web.Request) -> web.Response:
     return _detail_response(detail, settled_only=False)
 
 
+# --- sagas and messages ---------------------------------------------------------------
+
+
+def _begun_response(request: web.Request, begun: Begun, *, settled: bool) -> web.Response:
+    """201 for a new one (202 while it still runs, when it was waited for), 200 for an
+    identical repeat; Location names it."""
+    gid = begun.detail.transaction.gid
+    if not begun.created:
+        status = 200
+    elif settled and begun.detail.transaction.status not in states.FINAL_STATUSES:
+        status = 202
+    else:
+        status = 201
+    response = detail_response(begun.detail, status)
+    response.headers["Location"] = external(request, f"/v1/transactions/{gid}")
+    return response
+
+
+async def begin_saga(request: web.Request) -> web.Response:
+    body = await read_body(request, SagaIn)
+    begun = await request.app[COORDINATOR].begin_saga(
+        body.to_request(), caller(request), wait=body.wait
+    )
+    return _begun_response(request, begun, settled=body.wait)
+
+
+async def post_message(request: web.Request) -> web.Response:
+    body = await read_body(request, MessageIn)
+    begun = await request.app[COORDINATOR].post_message(
+        body.to_request(), caller(request), prepared=body.prepared
+    )
+    return _begun_response(request, begun, settled=False)
+
+
+async def submit_message(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    await read_body(request, EmptyIn)
+    coordinator = request.app[COORDINATOR]
+    await coordinator.decide_message(gid, Decision.CONFIRM, caller(request))
+    return detail_response(await coordinator.detail(gid, caller(request)))
+
+
+async def abort_message(request: web.Request) -> web.Response:
+    gid = path_gid(request)
+    body = await read_body(request, ReasonIn)
+    coordinator = request.app[COORDINATOR]
+    await coordinator.decide_message(gid, Decision.CANCEL, caller(request), reason=body.reason)
+    await coordinator.driver.settle(gid)
+    return detail_response(await coordinator.detail(gid, caller(request)))
+
+
 async def overview(request: web.Request) -> web.Response:
     query = OverviewQuery.model_validate(dict(request.query))
     seen = await request.app[COORDINATOR].overview(caller(request), query.window_s)
@@ -213,6 +266,7 @@ def _list_filter(query: ListQuery) -> ListFilter:
         after=decode_cursor(query.cursor) if query.cursor else None,
         limit=query.limit,
         dialect=query.dialect,
+        kind=query.kind,
         gid_prefix=query.gid_prefix,
     )
 

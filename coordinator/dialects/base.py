@@ -25,6 +25,7 @@ class CallOutcome(StrEnum):
     RETRY = "retry"  # failed or no answer: retry with backoff
     # The participant says confirm/cancel failed. TCC's second phase must succeed in the
     # end, so it is retried with backoff like RETRY, but logged as an error.
+    # A saga's action answering FAILURE fails for good: the saga compensates.
     FAILURE = "failure"
 
 
@@ -61,10 +62,12 @@ def protocol_headers(gid: str, branch_id: str, phase: Phase) -> dict[str, str]:
 
 
 def branch_url(branch: Branch, phase: Phase) -> str:
+    """A saga's action (a message's delivery) is kept as the branch's confirm URL, its
+    compensation as the cancel URL."""
     if phase is Phase.TRY:
         assert branch.try_url is not None, "only branches with a try_url are tried"
         return branch.try_url
-    return branch.confirm_url if phase is Phase.CONFIRM else branch.cancel_url
+    return branch.confirm_url if phase in (Phase.CONFIRM, Phase.ACTION) else branch.cancel_url
 
 
 class Dialect(Protocol):
@@ -75,7 +78,15 @@ class Dialect(Protocol):
         ...
 
     def judge_phase_two(self, phase: Phase, result: CallResult) -> CallOutcome:
-        """What a confirm or cancel reply means."""
+        """What a phase-two reply means (confirm or cancel; action, compensate)."""
+        ...
+
+    def query_call(self, txn: Transaction, url: str) -> OutboundCall:
+        """The request that asks a prepared message's service whether it should go out."""
+        ...
+
+    def judge_query(self, result: CallResult) -> CallOutcome:
+        """Its answer: DONE (deliver it), FAILURE (never), ONGOING or RETRY (ask later)."""
         ...
 
     def retry_policy(self, base: RetryPolicy, txn: Transaction) -> RetryPolicy:

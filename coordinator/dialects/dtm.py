@@ -16,7 +16,7 @@ from typing import Any
 from coordinator.core.limits import RETRY_INTERVAL_OPTION
 from coordinator.core.records import Branch, CallResult, OutboundCall, Transaction
 from coordinator.core.retry import RetryPolicy
-from coordinator.core.states import BranchStatus, GlobalStatus, Phase
+from coordinator.core.states import BranchStatus, GlobalStatus, Phase, TransactionKind
 from coordinator.dialects.base import (
     RESERVED_HEADERS,
     CallOutcome,
@@ -52,9 +52,21 @@ def our_statuses(word: str) -> tuple[GlobalStatus, ...]:
     return tuple(s for s, dtm_word in DTM_STATUS.items() if dtm_word == word)
 
 
+# The rows DTM shows per branch, one per operation, in DTM's order.
+_OPS: dict[TransactionKind, tuple[Phase, ...]] = {
+    TransactionKind.TCC: (Phase.CANCEL, Phase.CONFIRM),
+    TransactionKind.SAGA: (Phase.COMPENSATE, Phase.ACTION),
+    TransactionKind.MSG: (Phase.ACTION,),
+}
+
+
 def branch_op_status(branch: BranchStatus, op: Phase) -> str:
-    """DTM shows one row per branch and operation: the op that ran is 'succeed'."""
-    done = BranchStatus.CONFIRMED if op is Phase.CONFIRM else BranchStatus.CANCELLED
+    """DTM shows one row per branch and operation: the op that ran is 'succeed', a saga's
+    action that failed for good 'failed'."""
+    if op is Phase.ACTION and branch is BranchStatus.TRY_FAILED:
+        return "failed"
+    forward = op in (Phase.CONFIRM, Phase.ACTION)
+    done = BranchStatus.CONFIRMED if forward else BranchStatus.CANCELLED
     return "succeed" if branch is done else "prepared"
 
 
@@ -110,14 +122,16 @@ class DtmDialect:
     def participant_call(self, txn: Transaction, branch: Branch, phase: Phase) -> OutboundCall:
         """The branch's data string as the body (a GET when there is none), with gid,
         trans_type, branch_id and op as query parameters, and the branch_headers option."""
-        params = {"gid": txn.gid, "trans_type": "tcc", "branch_id": branch.branch_id}
+        params = {"gid": txn.gid, "trans_type": txn.kind.value, "branch_id": branch.branch_id}
         params["op"] = phase.value
         headers = {
             **branch_headers(txn.options),
             **protocol_headers(txn.gid, branch.branch_id, phase),
         }
+        # DTM GETs only a TCC branch without data; a saga's or message's steps are POSTed.
+        post = bool(branch.data) or txn.kind is not TransactionKind.TCC
         return OutboundCall(
-            "POST" if branch.data else "GET",
+            "POST" if post else "GET",
             branch_url(branch, phase),
             headers,
             body=branch.data.encode() if branch.data else None,
@@ -125,6 +139,15 @@ class DtmDialect:
         )
 
     def judge_phase_two(self, phase: Phase, result: CallResult) -> CallOutcome:
+        return _OUTCOME[judge_reply(result.http_status, result.text)]
+
+    def query_call(self, txn: Transaction, url: str) -> OutboundCall:
+        """DTM's query_prepared: a GET with gid, trans_type, branch_id 00 and op msg."""
+        params = {"gid": txn.gid, "trans_type": txn.kind.value, "branch_id": "00", "op": "msg"}
+        headers = {**branch_headers(txn.options), "X-TCC-Gid": txn.gid}
+        return OutboundCall("GET", url, headers, params=params)
+
+    def judge_query(self, result: CallResult) -> CallOutcome:
         return _OUTCOME[judge_reply(result.http_status, result.text)]
 
     def retry_policy(self, base: RetryPolicy, txn: Transaction) -> RetryPolicy:
@@ -156,7 +179,7 @@ def _time(value: datetime | None) -> str | None:
 def render_transaction(t: Transaction) -> dict[str, Any]:
     return {
         "gid": t.gid,
-        "trans_type": "tcc",
+        "trans_type": t.kind.value,
         "status": dtm_status(t.status),
         "protocol": "http",
         "create_time": _time(t.created_at),
@@ -173,10 +196,12 @@ def render_transaction(t: Transaction) -> dict[str, Any]:
     }
 
 
-def render_branches(branches: list[Branch]) -> list[dict[str, Any]]:
+def render_branches(
+    branches: list[Branch], kind: TransactionKind = TransactionKind.TCC
+) -> list[dict[str, Any]]:
     rows = []
     for b in branches:
-        for op in (Phase.CANCEL, Phase.CONFIRM):
+        for op in _OPS[kind]:
             status = branch_op_status(b.status, op)
             rows.append(
                 {

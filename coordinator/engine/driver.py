@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from coordinator import tracing
-from coordinator.core import states
+from coordinator.core import kinds, states, writes
 from coordinator.core.errors import DatabaseUnavailable
 from coordinator.core.records import (
     Branch,
@@ -37,7 +37,15 @@ from coordinator.core.records import (
     Written,
 )
 from coordinator.core.retry import RetryPolicy
-from coordinator.core.states import Decision, GlobalStatus, Phase, TryReport, TryVerdict
+from coordinator.core.states import (
+    BranchStatus,
+    Decision,
+    GlobalStatus,
+    Phase,
+    TransactionKind,
+    TryReport,
+    TryVerdict,
+)
 from coordinator.dialects.base import CallOutcome
 from coordinator.dialects.registry import dialect
 from coordinator.metrics import Metrics
@@ -169,8 +177,10 @@ class PhaseDriver:
         reason: str | None,
         options: OptionsUpdate | None = None,
         actor: str | None = None,
+        kind: TransactionKind = TransactionKind.TCC,
     ) -> DecideResult:
-        """Log the decision (durably), then start phase two in the background."""
+        """Log the decision (durably), then start phase two in the background. ``kind``:
+        whose guard applies (a message may be submitted past its deadline)."""
         started_ns = time.time_ns()
         result = await self.log.decide(
             gid,
@@ -180,6 +190,7 @@ class PhaseDriver:
             lease_ttl_s=self.settings.lease_ttl_s,
             options=options,
             actor=actor,
+            kind=kind,
         )
         # The span is opened once the transaction (and so its trace) is known, back-dated
         # to when the decision was asked for.
@@ -298,8 +309,12 @@ class PhaseDriver:
         return len(self._drives)
 
     async def resume(self, lease: Lease, status: GlobalStatus) -> asyncio.Task[RoundEnd] | None:
-        """Continue a transaction claimed by recovery: time it out, or run its next round."""
+        """Continue a transaction claimed by recovery: time it out (a prepared message: ask
+        its service), or run its next round."""
         if status is GlobalStatus.TRYING:
+            txn = await self.log.get(lease.gid)
+            if txn.kind is TransactionKind.MSG:
+                return await self._query_prepared(lease, txn)
             reason = states.CancelReason.TIMEOUT.text()
             result = await self.decide(lease.gid, Decision.CANCEL, reason=reason)
             if result.lease is None:
@@ -310,6 +325,45 @@ class PhaseDriver:
             # The decision replaced our claim with a fresh lease and started the drive.
             return self._drives.get(lease.gid)
         return self.spawn_drive(lease)
+
+    async def _query_prepared(
+        self, lease: Lease, txn: Transaction
+    ) -> asyncio.Task[RoundEnd] | None:
+        """A prepared message not submitted in time: ask its service whether it should go
+        out. Yes submits it, no aborts it, anything else asks again later (ONGOING at the
+        normal interval, errors with backoff, counted in the log)."""
+        url = txn.options.get(kinds.QUERY_URL_OPTION)
+        speaks = dialect(txn.dialect)
+        if isinstance(url, str) and url:
+            with tracing.span("tcc.query_prepared", stored=trace_of(txn), gid=txn.gid):
+                result = await self.caller.send(speaks.query_call(txn, url), self.call_timeout(txn))
+            answer = speaks.judge_query(result)
+        else:  # nobody to ask: it can only be aborted
+            result, answer = None, CallOutcome.FAILURE
+        log.info(
+            "query_prepared_answered",
+            gid=txn.gid,
+            answer=answer.value,
+            http_status=result.http_status if result else None,
+            error=result.error if result else None,
+        )
+        if answer in (CallOutcome.DONE, CallOutcome.FAILURE):
+            decision = Decision.CONFIRM if answer is CallOutcome.DONE else Decision.CANCEL
+            reason = None if answer is CallOutcome.DONE else kinds.QUERY_REFUSED_REASON
+            decided = await self.decide(lease.gid, decision, reason=reason, kind=txn.kind)
+            if decided.lease is None:
+                await self.log.release_lease(lease)
+                return None
+            return self._drives.get(lease.gid)
+        policy = self._policy_for(txn)
+        delay = (
+            policy.initial_interval
+            if answer is CallOutcome.ONGOING
+            else policy.delay(txn.phase_attempts + 1, self._rng)
+        )
+        write = writes.postpone_query(answer.value, delay, owner=self.owner)
+        await self.log.postpone(lease, write, result.record if result else None)
+        return None
 
     async def _drive(self, lease: Lease, context: RoundContext | None) -> RoundEnd:
         with structlog.contextvars.bound_contextvars(gid=lease.gid):
@@ -374,7 +428,10 @@ class PhaseDriver:
             round=txn.phase_attempts + 1,
             coordinator=self.owner,
         ) as round_span:
-            ended = await self._call_round(lease, ctx, decision)
+            if txn.kind is TransactionKind.TCC:
+                ended = await self._call_round(lease, ctx, decision)
+            else:
+                ended = await self._step_round(lease, ctx, decision)
             if ended is None:
                 tracing.mark_failed(round_span, "lease lost")
             else:
@@ -396,7 +453,7 @@ class PhaseDriver:
                 results = [c.result() for c in calls]
                 if all(outcome is CallOutcome.DONE for _, outcome in results):
                     return await self._finish_done(lease, decision, pending, results)
-            replies = await self._record_as_they_come(lease, decision, pending, calls)
+            replies = await self._record_as_they_come(lease, txn, decision, pending, calls)
         still_pending = [
             b.branch_id for b, r in zip(pending, replies, strict=True) if r is not CallOutcome.DONE
         ]
@@ -428,7 +485,7 @@ class PhaseDriver:
     ) -> None:
         if outcome is not states.phase_status(decision):
             took = (finished.updated_at - finished.created_at).total_seconds()
-            self.metrics.ended(outcome, finished.dialect, took)
+            self.metrics.ended(outcome, finished.dialect, took, finished.kind)
         if outcome in states.PARKED_STATUSES:
             log.error(
                 "transaction_parked",
@@ -452,6 +509,7 @@ class PhaseDriver:
     async def _record_as_they_come(
         self,
         lease: Lease,
+        txn: Transaction,
         decision: Decision,
         pending: list[Branch],
         calls: list[asyncio.Task[tuple[CallResult, CallOutcome]]],
@@ -463,7 +521,10 @@ class PhaseDriver:
             call: asyncio.Task[tuple[CallResult, CallOutcome]], branch: Branch
         ) -> CallOutcome:
             result, outcome = await call
-            return await self._record_phase_call(lease, decision, branch, result, outcome)
+            recorded, _ = await self._record_phase_call(
+                lease, txn, decision, branch, result, outcome
+            )
+            return recorded
 
         return list(
             await asyncio.gather(
@@ -493,8 +554,8 @@ class PhaseDriver:
     async def _call_phase_two(
         self, txn: Transaction, decision: Decision, branch: Branch
     ) -> tuple[CallResult, CallOutcome]:
-        """One confirm/cancel call in the transaction's dialect, and what its reply means."""
-        phase = states.phase_of(decision)
+        """One phase-two call in the transaction's dialect, and what its reply means."""
+        phase = kinds.phase_of(txn.kind, decision)
         speaks = dialect(txn.dialect)
         call = speaks.participant_call(txn, branch, phase)
         result = await self._send(txn, branch, phase, call)
@@ -505,25 +566,35 @@ class PhaseDriver:
     async def _record_phase_call(
         self,
         lease: Lease,
+        txn: Transaction,
         decision: Decision,
         branch: Branch,
         result: CallResult,
         outcome: CallOutcome,
-    ) -> CallOutcome:
-        """Log one call of a round that did not end the phase, and say what to do next."""
-        phase = states.phase_of(decision)
+    ) -> tuple[CallOutcome, BranchStatus | None]:
+        """Log one call of a round that did not end the phase, and say what to do next and
+        where the write moved the branch (None: nowhere, or nothing was written)."""
+        phase = kinds.phase_of(txn.kind, decision)
         done = outcome is CallOutcome.DONE
+        # A saga's action answering FAILURE fails its step for good (the saga compensates).
+        failed = (
+            outcome is CallOutcome.FAILURE
+            and decision is Decision.CONFIRM
+            and kinds.fails_forward(txn.kind)
+        )
+        answer = writes.phase_call(
+            decision, branch.branch_id, done, result.record, txn.kind, failed=failed
+        )
         with structlog.contextvars.bound_contextvars(branch_id=branch.branch_id, phase=phase.value):
             try:
-                recorded = await self.log.record_phase_call(
-                    lease, branch.branch_id, decision, done, result.record
-                )
+                recorded = await self.log.record_phase_call(lease, answer)
             except Exception as exc:  # the round ends when every call has; this one failed
                 log.warning("phase_call_not_recorded", error=str(exc))
-                return CallOutcome.RETRY
+                return CallOutcome.RETRY, None
             if done:
-                event = "branch_confirmed" if decision is Decision.CONFIRM else "branch_cancelled"
-                log.info(event, http_status=result.http_status, latency_ms=result.latency_ms)
+                log.info(f"branch_{phase.value}_done", http_status=result.http_status)
+            elif failed:
+                log.warning("action_failed", http_status=result.http_status, error=result.error)
             else:
                 # A participant saying confirm/cancel *failed* breaks TCC's contract: loudly.
                 level = log.error if outcome is CallOutcome.FAILURE else log.warning
@@ -534,7 +605,154 @@ class PhaseDriver:
                     latency_ms=result.latency_ms,
                     ongoing=outcome is CallOutcome.ONGOING,
                 )
-        return outcome if recorded else CallOutcome.RETRY
+        if not recorded:
+            return CallOutcome.RETRY, None
+        return outcome, answer.rule.target
+
+    # --- sagas and messages: steps in order -----------------------------------------
+
+    async def _step_round(self, lease: Lease, ctx: RoundContext, decision: Decision) -> RoundEnd:
+        """A saga's or message's round: the steps that may run now are called and each
+        answer logged, then the steps they freed at once, until every step is done (the
+        phase ends), one must be tried again later (the round ends with a retry), or, in a
+        saga, an action failed for good, its deadline passed or its retry limit was reached:
+        it changes course and compensates, in reverse, every step that may have started."""
+        txn = ctx.transaction
+        ordered = sorted(ctx.branches, key=lambda b: b.position)
+        plan = kinds.StepPlan.of([b.branch_id for b in ordered], txn.options)
+        by_id = {b.branch_id: b for b in ordered}
+        status = {b.branch_id: b.status for b in ordered}
+        budget_spent = ctx.budget_spent
+        course_change = self._forward_stop(txn, ctx.deadline_passed)
+        async with self._renewing(lease):
+            while True:
+                if decision is Decision.CONFIRM and course_change is None:
+                    failed = [b for b in status if status[b] is BranchStatus.TRY_FAILED]
+                    if failed and kinds.fails_forward(txn.kind):
+                        course_change = states.CancelReason.TRY_FAILED.text(failed[0])
+                if course_change is not None:
+                    changed = await self._change_course(lease, txn, course_change)
+                    if changed is None:
+                        return None
+                    txn, decision, budget_spent, course_change = (
+                        changed,
+                        Decision.CANCEL,
+                        False,
+                        None,
+                    )
+                to_call = self._steps_to_call(txn, plan, decision, status)
+                if not to_call:
+                    return await self._end_step_round(lease, txn, decision, [], [], budget_spent)
+                answers = await asyncio.gather(
+                    *(self._call_phase_two(txn, decision, by_id[b]) for b in to_call)
+                )
+                outcomes = []
+                for branch_id, (result, outcome) in zip(to_call, answers, strict=True):
+                    recorded, moved_to = await self._record_phase_call(
+                        lease, txn, decision, by_id[branch_id], result, outcome
+                    )
+                    outcomes.append(recorded)
+                    status[branch_id] = moved_to or status[branch_id]
+                not_done = [
+                    (b, o)
+                    for b, o in zip(to_call, outcomes, strict=True)
+                    if o is not CallOutcome.DONE
+                ]
+                if any(status[b] is BranchStatus.TRY_FAILED for b, _ in not_done):
+                    continue  # the saga changes course at the top of the loop
+                if not_done:
+                    limit = self._retry_limit_reached(txn, decision)
+                    if limit is not None:
+                        course_change = limit
+                        continue
+                    return await self._end_step_round(
+                        lease,
+                        txn,
+                        decision,
+                        [b for b, _ in not_done],
+                        [o for _, o in not_done],
+                        budget_spent,
+                    )
+
+    @staticmethod
+    def _steps_to_call(
+        txn: Transaction,
+        plan: kinds.StepPlan,
+        decision: Decision,
+        status: dict[str, BranchStatus],
+    ) -> list[str]:
+        """The steps to call now: the actions (deliveries) that may run, or the
+        compensations that may run, in reverse order; a message compensates nothing."""
+        acted = [b for b, s in status.items() if s is BranchStatus.CONFIRMED]
+        if decision is Decision.CONFIRM:
+            return plan.runnable(acted)
+        if not kinds.compensates(txn.kind):
+            return []
+        undone = [b for b, s in status.items() if s is BranchStatus.CANCELLED]
+        return plan.compensable(plan.may_have_started(acted), undone)
+
+    @staticmethod
+    def _forward_stop(txn: Transaction, deadline_passed: bool) -> str | None:
+        """Why a saga stops its actions before this round: its deadline (when it bounds the
+        forward phase, as DTM's timeout_to_fail does) has passed."""
+        if (
+            txn.kind is TransactionKind.SAGA
+            and txn.status is GlobalStatus.CONFIRMING
+            and deadline_passed
+            and txn.options.get(kinds.FORWARD_TIMEOUT_OPTION)
+        ):
+            return states.CancelReason.TIMEOUT.text(f"the actions ran past {txn.timeout_s:g} s")
+        return None
+
+    @staticmethod
+    def _retry_limit_reached(txn: Transaction, decision: Decision) -> str | None:
+        """A saga whose actions have had retry_limit rounds compensates instead of another."""
+        limit = txn.options.get(kinds.RETRY_LIMIT_OPTION)
+        if (
+            txn.kind is not TransactionKind.SAGA
+            or decision is not Decision.CONFIRM
+            or not isinstance(limit, int)
+            or txn.phase_attempts + 1 < limit
+        ):
+            return None
+        return states.CancelReason.RETRY_LIMIT.text(f"{limit} rounds")
+
+    async def _change_course(
+        self, lease: Lease, txn: Transaction, reason: str
+    ) -> Transaction | None:
+        changed = await self.log.change_course(
+            lease, writes.course_change(reason, owner=self.owner)
+        )
+        if changed is None:
+            log.warning("lease_lost_during_round")
+            return None
+        log.info("saga_compensates", gid=txn.gid, reason=reason)
+        self.metrics.decided(Decision.CANCEL.value, reason)
+        return changed
+
+    async def _end_step_round(
+        self,
+        lease: Lease,
+        txn: Transaction,
+        decision: Decision,
+        pending: list[str],
+        outcomes: list[CallOutcome],
+        budget_spent: bool,
+    ) -> RoundEnd:
+        outcome = states.round_outcome(decision, not pending, budget_spent)
+        policy = self._policy_for(txn)
+        if pending and all(o is CallOutcome.ONGOING for o in outcomes):
+            delay = policy.initial_interval
+        else:
+            delay = policy.delay(txn.phase_attempts + 1, self._rng) if pending else 0.0
+        finished = await self.log.finish_round(
+            lease, decision, outcome, delay, pending, self.owner, self._alert_after_rounds
+        )
+        if finished is None:
+            log.warning("lease_lost_during_round")
+            return None
+        self._report_round(outcome, decision, finished, pending, delay)
+        return finished
 
     @contextlib.asynccontextmanager
     async def _renewing(self, lease: Lease) -> AsyncIterator[None]:

@@ -48,6 +48,7 @@ from coordinator.core.states import (
     GlobalStatus,
     Judgement,
     Refusal,
+    TransactionKind,
     TryReport,
     Verdict,
 )
@@ -79,6 +80,7 @@ class BeginRequest:
     auto: bool = False
     dialect: str = "tcc"
     options: dict[str, Any] | None = None
+    kind: TransactionKind = TransactionKind.TCC
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,7 @@ class Coordinator:
             call_timeout_s=request.call_timeout_s,
             request_hash=_digest(request.body_hash, service or ""),
             dialect=request.dialect,
+            kind=request.kind,
             branches=list(request.branches),
             options=dict(request.options or {}),
             traceparent=trace.traceparent if trace else None,
@@ -235,7 +238,7 @@ class Coordinator:
         self._recent.remember(detail.transaction)
         if created:
             log.info("transaction_begun", gid=new.gid, timeout_s=new.timeout_s)
-            self.metrics.began(new.dialect)
+            self.metrics.began(new.dialect, new.kind)
         return detail, created
 
     async def begin(self, request: BeginRequest, caller: Principal) -> Begun:
@@ -418,6 +421,107 @@ class Coordinator:
         ended = await self.driver.wait_written(gid)
         after = ended.transaction if ended is not None else await self.driver.wait_for(gid)
         return Decided(result.judgement, before, after)
+
+    # --- sagas and messages -------------------------------------------------------------
+
+    async def begin_saga(self, request: BeginRequest, caller: Principal, *, wait: bool) -> Begun:
+        """Log a saga with its steps and its decision to run them, then run them; with
+        ``wait``, until it has ended (bounded by TCC_CONFIRM_WAIT_S). An identical repeat
+        answers what the log holds."""
+        with tracing.span("tcc.begin", dialect=request.dialect, type=request.kind.value) as span:
+            detail, created = await self._begin(request, caller)
+            gid = detail.transaction.gid
+            tracing.annotate(span, gid=gid, created=created)
+            if not created:
+                return Begun(detail, created)
+            await self._go_forward(gid, request.kind)
+            if wait:
+                await self.driver.wait_settled(gid)
+            detail = await self.log.detail(gid)
+            tracing.annotate(span, status=detail.transaction.status.value)
+        return Begun(detail, created)
+
+    async def post_message(
+        self, request: BeginRequest, caller: Principal, *, prepared: bool
+    ) -> Begun:
+        """Log a message with its steps: held until submitted when ``prepared``, else
+        submitted at once (delivered in the background). Idempotent by gid."""
+        with tracing.span("tcc.begin", dialect=request.dialect, type=request.kind.value) as span:
+            detail, created = await self._begin(request, caller)
+            gid = detail.transaction.gid
+            tracing.annotate(span, gid=gid, created=created, prepared=prepared)
+            if created and not prepared:
+                await self._go_forward(gid, request.kind)
+                detail = await self.log.detail(gid)
+        return Begun(detail, created)
+
+    async def _go_forward(
+        self, gid: str, kind: TransactionKind, options: OptionsUpdate | None = None
+    ) -> Decided:
+        """A saga's or message's decision to run its steps (the same as a confirm)."""
+        result = await self.driver.decide(
+            gid, Decision.CONFIRM, reason=None, options=options, kind=kind
+        )
+        return Decided(result.judgement, result.transaction, None)
+
+    async def decide_message(
+        self,
+        gid: str,
+        decision: Decision,
+        caller: Principal,
+        *,
+        reason: str | None = None,
+        options: OptionsUpdate | None = None,
+    ) -> Decided:
+        """Submit (deliver) or abort (never deliver) a prepared message; a repeat of what
+        was decided is no error. Conflict when the gid is not a message."""
+        self._require_writer(caller)
+        txn = await self._owned(gid, caller)
+        if txn.kind is not TransactionKind.MSG:
+            raise Conflict(f"transaction {gid!r} is a {txn.kind.value} transaction, not a message")
+        why = CancelReason.CLIENT.text(reason) if decision is Decision.CANCEL else None
+        result = await self.driver.decide(gid, decision, reason=why, options=options, kind=txn.kind)
+        if result.judgement.verdict is Verdict.REFUSE:
+            raise Conflict(result.judgement.reason or "refused")
+        return Decided(result.judgement, result.transaction, None)
+
+    async def submit_dtm(
+        self,
+        request: BeginRequest,
+        caller: Principal,
+        options: OptionsUpdate | None,
+        *,
+        wait: bool,
+    ) -> tuple[Decided, Transaction]:
+        """DTM's submit of a saga or a message: a message prepared before is submitted, any
+        other is logged with its steps and submitted at once. With ``wait`` (wait_result),
+        until it has ended (bounded). The decision, and the transaction as it is then."""
+        detail, created = await self._begin_or_find(request, caller)
+        gid = detail.transaction.gid
+        if detail.transaction.kind is not request.kind:
+            kind = detail.transaction.kind.value
+            raise Conflict(f"transaction {gid!r} is a {kind} transaction, not a {request.kind}")
+        if options is not None:
+            self.limits.check_options(options.call_timeout_s, options.options)
+        decided = await self._go_forward(gid, request.kind, None if created else options)
+        if not wait:
+            return decided, decided.before
+        await self.driver.wait_settled(gid)
+        return decided, await self.log.get(gid)
+
+    async def _begin_or_find(
+        self, request: BeginRequest, caller: Principal
+    ) -> tuple[TransactionDetail, bool]:
+        """The transaction a DTM submit names: logged now, or (a prepared message, or a
+        repeat) as the log holds it."""
+        if request.gid is not None:
+            try:
+                txn = await self._owned(request.gid, caller)
+            except NotFound:
+                pass
+            else:
+                return TransactionDetail(txn, [], []), False
+        return await self._begin(request, caller)
 
     # --- operator actions ----------------------------------------------------------------
 

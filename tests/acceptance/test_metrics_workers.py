@@ -52,8 +52,10 @@ async def scrapes(proc: CoordinatorProcess, count: int) -> list[Samples]:
 
 def totals(samples: Samples) -> tuple[float | None, ...]:
     return (
-        value(samples, "tcc_transactions_begun_total", dialect="tcc"),
-        value(samples, "tcc_transactions_ended_total", status="confirmed", dialect="tcc"),
+        value(samples, "tcc_transactions_begun_total", dialect="tcc", type="tcc"),
+        value(
+            samples, "tcc_transactions_ended_total", status="confirmed", dialect="tcc", type="tcc"
+        ),
         value(samples, "tcc_participant_calls_total", phase="try", outcome="tried"),
         value(samples, "tcc_participant_calls_total", phase="confirm", outcome="done"),
         value(samples, "tcc_unfinished_transactions", status="trying"),
@@ -165,8 +167,11 @@ def test_worker_gone__folds_counters_and_histograms_into_the_archive_and_removes
         }
         m = shared_totals(shared, monkeypatch)
         total = sum(counts) + 10
-        assert value(m, "tcc_transactions_begun_total", dialect="tcc") == total
-        assert value(m, "tcc_transactions_ended_total", status="confirmed", dialect="tcc") == total
+        assert value(m, "tcc_transactions_begun_total", dialect="tcc", type="tcc") == total
+        assert (
+            value(m, "tcc_transactions_ended_total", status="confirmed", dialect="tcc", type="tcc")
+            == total
+        )
         assert value(m, "tcc_participant_calls_total", phase="try", outcome="tried") == total
         assert value(m, "tcc_inbound_connections_shed_total", reason="idle_cut") == total
         # Histograms: counts, sums and every bucket (cumulative, as Prometheus reads them).
@@ -192,7 +197,7 @@ def test_worker_gone__folds_counters_and_histograms_into_the_archive_and_removes
         finish(live)
     worker_gone(live_pid, shared)
     m = shared_totals(shared, monkeypatch)
-    assert value(m, "tcc_transactions_begun_total", dialect="tcc") == sum(counts) + 10
+    assert value(m, "tcc_transactions_begun_total", dialect="tcc", type="tcc") == sum(counts) + 10
     assert value(m, "tcc_active_rounds") is None  # no live worker: no gauge samples
     assert {p.name for p in shared.iterdir()} == {
         "counter_archive.db",

@@ -43,15 +43,19 @@ async def test_metrics__count_begins_decisions_calls_and_endings(
     await coordinator.post("/v1/transactions", {"gid": "open"})
 
     m = await scrape(coordinator)
-    assert value(m, "tcc_transactions_begun_total", dialect="tcc") == 3
+    assert value(m, "tcc_transactions_begun_total", dialect="tcc", type="tcc") == 3
     assert value(m, "tcc_decisions_total", decision="confirm", reason="requested") == 1
     assert value(m, "tcc_decisions_total", decision="cancel", reason="try_failed") == 1
     assert value(m, "tcc_participant_calls_total", phase="try", outcome="tried") == 1
     assert value(m, "tcc_participant_calls_total", phase="try", outcome="refused") == 1
     assert value(m, "tcc_participant_calls_total", phase="confirm", outcome="done") == 1
     assert value(m, "tcc_participant_call_seconds_count", phase="try", outcome="tried") == 1
-    assert value(m, "tcc_transactions_ended_total", status="confirmed", dialect="tcc") == 1
-    assert value(m, "tcc_transactions_ended_total", status="cancelled", dialect="tcc") == 1
+    assert (
+        value(m, "tcc_transactions_ended_total", status="confirmed", dialect="tcc", type="tcc") == 1
+    )
+    assert (
+        value(m, "tcc_transactions_ended_total", status="cancelled", dialect="tcc", type="tcc") == 1
+    )
     assert value(m, "tcc_transaction_duration_seconds_count", status="confirmed") == 1
     assert value(m, "tcc_active_rounds") == 0
     # The log's gauges: one transaction is still trying.
@@ -74,7 +78,7 @@ async def test_metrics__never_label_by_gid_url_or_key(
     assert "secret-gid-42" not in text
     assert "127.0.0.1" not in text
     allowed = {
-        *("dialect", "status", "decision", "reason", "phase", "outcome", "action", "le"),
+        *("dialect", "type", "status", "decision", "reason", "phase", "outcome", "action", "le"),
         "state",
     }
     labels = {name for name, _ in (pair for key in parse(text) for pair in key[1])}
@@ -88,7 +92,7 @@ async def test_metrics__with_the_log_down__still_answer_and_say_so(
     await coordinator.runtime.log.close()
     m = await scrape(coordinator)
     assert value(m, "tcc_log_up") == 0
-    assert value(m, "tcc_transactions_begun_total", dialect="tcc") == 1
+    assert value(m, "tcc_transactions_begun_total", dialect="tcc", type="tcc") == 1
     assert value(m, "tcc_unfinished_transactions", status="trying") is None
 
 

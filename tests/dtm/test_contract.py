@@ -77,7 +77,8 @@ async def test_prepare__repeat_succeeds__after_submit_fails(
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"gid": "s", "trans_type": "saga"}, "not supported"),
+        ({"gid": "s", "trans_type": "saga"}, "is not prepared"),
+        ({"gid": "x", "trans_type": "xa"}, "not supported"),
         ({"trans_type": "tcc"}, "gid"),
         ({"gid": "bad gid", "trans_type": "tcc"}, "gid"),
         ({"gid": "t", "trans_type": "tcc", "timeout_to_fail": -1}, "timeout_to_fail"),

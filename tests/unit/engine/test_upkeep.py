@@ -9,6 +9,7 @@ import json
 from coordinator.core.apikeys import INSECURE
 from coordinator.core.records import CallRecord, ListFilter
 from coordinator.core.states import Decision, GlobalStatus, Phase
+from coordinator.core.writes import phase_call
 from coordinator.engine.runtime import Runtime
 from coordinator.engine.upkeep import ALERT_ID_HEADER, SIGNATURE_HEADER
 from coordinator.txlog.memory import InMemoryLog, ManualClock
@@ -44,7 +45,9 @@ async def park(txlog: InMemoryLog, gid: str) -> None:
     decided = await txlog.decide(gid, Decision.CONFIRM, reason=None, owner="x", lease_ttl_s=30)
     assert decided.lease is not None
     fail = CallRecord(503, "HTTP 503: down", 2.0)
-    assert await txlog.record_phase_call(decided.lease, "b", Decision.CONFIRM, False, fail)
+    assert await txlog.record_phase_call(
+        decided.lease, phase_call(Decision.CONFIRM, "b", False, fail)
+    )
     assert await txlog.finish_round(
         decided.lease, Decision.CONFIRM, GlobalStatus.FAILED_TO_CONFIRM, 1.0, ["b"], "x", 0
     )
