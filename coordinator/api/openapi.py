@@ -26,10 +26,14 @@ from coordinator.api.schemas import (
     EventPageOut,
     EventsQuery,
     ListQuery,
+    MessageIn,
+    MessageStepIn,
     OverviewOut,
     OverviewQuery,
     ReasonIn,
     ResolveIn,
+    SagaIn,
+    SagaStepIn,
     TransactionDetailOut,
     TransactionPageOut,
     TryBranchIn,
@@ -59,6 +63,10 @@ class Health(BaseModel):
 
 REQUEST_MODELS: list[type[BaseModel]] = [
     BeginIn,
+    SagaIn,
+    SagaStepIn,
+    MessageIn,
+    MessageStepIn,
     TryBranchIn,
     BranchIn,
     EmptyIn,
@@ -102,6 +110,47 @@ OPERATIONS: list[Operation] = [
             202: ("auto: decided, phase two still retrying", DETAIL),
         },
         (400, 401, 403, 409, 413, 422, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/sagas",
+        "Run a saga: its steps' actions in order (or as a graph); a step that fails for good"
+        " has every step that may have started compensated, in reverse",
+        SagaIn,
+        {
+            201: ("Created (with wait: over, succeeded or compensated)", DETAIL),
+            200: ("An identical saga was begun before", DETAIL),
+            202: ("wait: still running (retrying a step, or parked)", DETAIL),
+        },
+        (400, 401, 403, 409, 413, 422, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/messages",
+        "Send a reliable message: each step delivered at least once, in order (prepared:"
+        " held until submitted, its service asked at query_url if not in time)",
+        MessageIn,
+        {
+            201: ("Logged (and submitted unless prepared)", DETAIL),
+            200: ("An identical message was sent before", DETAIL),
+        },
+        (400, 401, 403, 409, 413, 422, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/messages/{gid}/submit",
+        "Submit a prepared message: deliver it",
+        EmptyIn,
+        {200: ("Submitted (delivered, or delivering)", DETAIL)},
+        (400, 401, 404, 409, 413, 422, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/messages/{gid}/abort",
+        "Abort a prepared message: it is never delivered",
+        ReasonIn,
+        {200: ("Aborted", DETAIL)},
+        (400, 401, 404, 409, 413, 422, 503),
     ),
     Operation(
         "get",
