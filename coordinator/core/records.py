@@ -412,6 +412,7 @@ def alert_body(kind: AlertKind, txn: Transaction, branches: list[Branch]) -> dic
         "reason": txn.cancel_reason or Decision.CONFIRM.value,
         "service": txn.service,
         "dialect": txn.dialect,
+        "type": txn.kind.value,
         "rounds": txn.phase_attempts,
         "decided_at": txn.decided_at.isoformat() if txn.decided_at else None,
         "failing_branch": failing[0] if failing else None,
