@@ -284,6 +284,7 @@ class CancelReason(StrEnum):
     TRY_FAILED = "try_failed"  # a try was refused or failed (detail: the branch)
     CONFIRM_REFUSED = "confirm_refused"  # auto mode could not confirm (detail: why)
     OPERATOR = "operator"  # an operator cancelled it (detail: their reason)
+    ACTION_FAILED = "action_failed"  # a saga's action answered FAILURE (detail: the step)
     RETRY_LIMIT = "retry_limit"  # a saga's actions had their rounds (detail: how many)
     QUERY_REFUSED = "query_refused"  # a prepared message's service said it must not go out
 

@@ -629,7 +629,7 @@ class PhaseDriver:
                 if decision is Decision.CONFIRM and course_change is None:
                     failed = [b for b in status if status[b] is BranchStatus.TRY_FAILED]
                     if failed and kinds.fails_forward(txn.kind):
-                        course_change = states.CancelReason.TRY_FAILED.text(failed[0])
+                        course_change = states.CancelReason.ACTION_FAILED.text(failed[0])
                 if course_change is not None:
                     changed = await self._change_course(lease, txn, course_change)
                     if changed is None:
