@@ -432,7 +432,10 @@ class Coordinator:
             detail, created = await self._begin(request, caller)
             gid = detail.transaction.gid
             tracing.annotate(span, gid=gid, created=created)
-            if not created:
+            # A repeat finds it decided, unless the first request died between its two
+            # writes: then the repeat decides it.
+            undecided = detail.transaction.status in states.UNDECIDED_STATUSES
+            if not (created or undecided):
                 return Begun(detail, created)
             await self._go_forward(gid, request.kind)
             if wait:
@@ -450,7 +453,8 @@ class Coordinator:
             detail, created = await self._begin(request, caller)
             gid = detail.transaction.gid
             tracing.annotate(span, gid=gid, created=created, prepared=prepared)
-            if created and not prepared:
+            undecided = detail.transaction.status in states.UNDECIDED_STATUSES
+            if undecided and not prepared:  # new, or a repeat after a first request died
                 await self._go_forward(gid, request.kind)
                 detail = await self.log.detail(gid)
         return Begun(detail, created)
