@@ -57,6 +57,7 @@ ParticipantUrl = Annotated[
     str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_participant_url)
 ]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+CallTimeout = Annotated[float | None, Field(gt=0, description="Timeout of each participant call")]
 
 
 class Strict(BaseModel):
@@ -104,9 +105,7 @@ class BeginIn(Strict):
     gid: Gid | None = Field(default=None, description="Generated when omitted")
     service: ShortText | None = Field(default=None, description="Name of the calling service")
     timeout_s: float | None = Field(default=None, gt=0, description="Seconds until the deadline")
-    call_timeout_s: float | None = Field(
-        default=None, gt=0, description="Timeout of each participant call"
-    )
+    call_timeout_s: CallTimeout = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     auto: bool = Field(default=False, description="Run tries and phase two in this request")
     branches: list[TryBranchIn] = Field(default_factory=list)
@@ -183,9 +182,7 @@ class SagaIn(Strict):
         gt=0,
         description="The actions must be done within this many seconds, or the saga compensates",
     )
-    call_timeout_s: float | None = Field(
-        default=None, gt=0, description="Timeout of each participant call"
-    )
+    call_timeout_s: CallTimeout = None
     retry_limit: int | None = Field(
         default=None,
         ge=1,
@@ -270,9 +267,7 @@ class MessageIn(Strict):
         gt=0,
         description="How long a prepared message waits for its submit (35 s when omitted)",
     )
-    call_timeout_s: float | None = Field(
-        default=None, gt=0, description="Timeout of each participant call"
-    )
+    call_timeout_s: CallTimeout = None
 
     @model_validator(mode="after")
     def _prepared_needs_a_query_url(self) -> MessageIn:

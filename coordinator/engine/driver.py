@@ -454,25 +454,45 @@ class PhaseDriver:
                 if all(outcome is CallOutcome.DONE for _, outcome in results):
                     return await self._finish_done(lease, decision, pending, results)
             replies = await self._record_as_they_come(lease, txn, decision, pending, calls)
-        still_pending = [
-            b.branch_id for b, r in zip(pending, replies, strict=True) if r is not CallOutcome.DONE
+        not_done = [
+            (b.branch_id, r)
+            for b, r in zip(pending, replies, strict=True)
+            if r is not CallOutcome.DONE
         ]
-        outcome = states.round_outcome(decision, not still_pending, ctx.budget_spent)
+        return await self._end_round(
+            lease,
+            txn,
+            decision,
+            [b for b, _ in not_done],
+            [r for _, r in not_done],
+            ctx.budget_spent,
+        )
+
+    async def _end_round(
+        self,
+        lease: Lease,
+        txn: Transaction,
+        decision: Decision,
+        pending: list[str],
+        outcomes: list[CallOutcome],
+        budget_spent: bool,
+    ) -> RoundEnd:
+        """End a round whose ``pending`` calls answered ``outcomes`` (none: the phase is
+        over): finished, parked once the budget is spent, or the next round scheduled."""
+        outcome = states.round_outcome(decision, not pending, budget_spent)
         policy = self._policy_for(txn)
-        if still_pending and all(
-            r is CallOutcome.ONGOING for r in replies if r is not CallOutcome.DONE
-        ):
+        if pending and all(o is CallOutcome.ONGOING for o in outcomes):
             # "Still working on it" is no failure: come back at the normal interval.
             delay = policy.initial_interval
         else:
-            delay = policy.delay(txn.phase_attempts + 1, self._rng)
+            delay = policy.delay(txn.phase_attempts + 1, self._rng) if pending else 0.0
         finished = await self.log.finish_round(
-            lease, decision, outcome, delay, still_pending, self.owner, self._alert_after_rounds
+            lease, decision, outcome, delay, pending, self.owner, self._alert_after_rounds
         )
         if finished is None:
             log.warning("lease_lost_during_round")
             return None
-        self._report_round(outcome, decision, finished, still_pending, delay)
+        self._report_round(outcome, decision, finished, pending, delay)
         return finished
 
     def _report_round(
@@ -642,7 +662,7 @@ class PhaseDriver:
                     )
                 to_call = self._steps_to_call(txn, plan, decision, status)
                 if not to_call:
-                    return await self._end_step_round(lease, txn, decision, [], [], budget_spent)
+                    return await self._end_round(lease, txn, decision, [], [], budget_spent)
                 answers = await asyncio.gather(
                     *(self._call_phase_two(txn, decision, by_id[b]) for b in to_call)
                 )
@@ -665,7 +685,7 @@ class PhaseDriver:
                     if limit is not None:
                         course_change = limit
                         continue
-                    return await self._end_step_round(
+                    return await self._end_round(
                         lease,
                         txn,
                         decision,
@@ -729,30 +749,6 @@ class PhaseDriver:
         log.info("saga_compensates", gid=txn.gid, reason=reason)
         self.metrics.decided(Decision.CANCEL.value, reason)
         return changed
-
-    async def _end_step_round(
-        self,
-        lease: Lease,
-        txn: Transaction,
-        decision: Decision,
-        pending: list[str],
-        outcomes: list[CallOutcome],
-        budget_spent: bool,
-    ) -> RoundEnd:
-        outcome = states.round_outcome(decision, not pending, budget_spent)
-        policy = self._policy_for(txn)
-        if pending and all(o is CallOutcome.ONGOING for o in outcomes):
-            delay = policy.initial_interval
-        else:
-            delay = policy.delay(txn.phase_attempts + 1, self._rng) if pending else 0.0
-        finished = await self.log.finish_round(
-            lease, decision, outcome, delay, pending, self.owner, self._alert_after_rounds
-        )
-        if finished is None:
-            log.warning("lease_lost_during_round")
-            return None
-        self._report_round(outcome, decision, finished, pending, delay)
-        return finished
 
     @contextlib.asynccontextmanager
     async def _renewing(self, lease: Lease) -> AsyncIterator[None]:
