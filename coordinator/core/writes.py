@@ -534,14 +534,19 @@ class ResolveParked:
 
 
 def resolve_parked(
-    status: GlobalStatus, *, actor: str, note: str, branch_id: str | None
+    status: GlobalStatus,
+    *,
+    actor: str,
+    note: str,
+    branch_id: str | None,
+    kind: TransactionKind = TransactionKind.TCC,
 ) -> ResolveParked:
     """Raises Conflict when the transaction is not parked."""
     decided = parked_decision(status, "resolved")
     final = states.final_status(decided)
     states.check_move(status, final)
     return ResolveParked(
-        branch_move(states.branch_done_status(decided)),
+        branch_move(states.branch_done_status(decided), kind),
         states.resolved_by_hand(note),
         branch_id,
         Move(final, frozenset({status})),

@@ -678,7 +678,10 @@ class PhaseDriver:
                     for b, o in zip(to_call, outcomes, strict=True)
                     if o is not CallOutcome.DONE
                 ]
-                if any(status[b] is BranchStatus.TRY_FAILED for b, _ in not_done):
+                failed_forward = decision is Decision.CONFIRM and kinds.fails_forward(txn.kind)
+                if failed_forward and any(
+                    status[b] is BranchStatus.TRY_FAILED for b, _ in not_done
+                ):
                     continue  # the saga changes course at the top of the loop
                 if not_done:
                     limit = self._retry_limit_reached(txn, decision)

@@ -358,8 +358,8 @@ class Coordinator:
         actor: str | None = None,
     ) -> TransactionDetail:
         self._require_writer(caller)
-        await self._check_owner(gid, caller)
-        result = await self.driver.decide(gid, decision, reason=reason, actor=actor)
+        txn = await self._known(gid, caller)  # its kind never changes
+        result = await self.driver.decide(gid, decision, reason=reason, actor=actor, kind=txn.kind)
         if result.judgement.verdict is Verdict.REFUSE:
             raise Conflict(result.judgement.reason or "refused")
         await self.driver.wait_settled(gid)
@@ -412,8 +412,10 @@ class Coordinator:
         wait: bool,
     ) -> Decided:
         self._require_writer(caller)
-        await self._check_owner(gid, caller)
-        result = await self.driver.decide(gid, decision, reason=reason, options=options)
+        txn = await self._known(gid, caller)  # its kind never changes
+        result = await self.driver.decide(
+            gid, decision, reason=reason, options=options, kind=txn.kind
+        )
         # As judged: the transaction the refusal speaks of, or the one just decided.
         before = result.transaction
         if result.judgement.verdict is Verdict.REFUSE or not wait:

@@ -597,7 +597,7 @@ class InMemoryLog:
             txn = row.record
             views = self._views(gid)
             judgement = states.judge_decision(
-                decision, txn.status, txn.deadline <= now, views, txn.cancel_reason, txn.kind
+                decision, txn.status, txn.deadline <= now, views, txn.cancel_reason, kind
             )
             allowed = write.move.allows(txn.status) and write.guard.holds(
                 txn.deadline <= now, views
@@ -711,7 +711,11 @@ class InMemoryLog:
         async with self._lock:
             row = self._row(gid)
             write = writes.resolve_parked(
-                row.record.status, actor=actor, note=note, branch_id=branch_id
+                row.record.status,
+                actor=actor,
+                note=note,
+                branch_id=branch_id,
+                kind=row.record.kind,
             )
             if branch_id is not None:
                 only = self._branches[gid].get(branch_id)

@@ -550,7 +550,7 @@ class PostgresLog:
                 row["deadline_passed"],
                 [b.view for b in branches],
                 before.cancel_reason,
-                before.kind,
+                kind,
             )
             if judgement.verdict is Verdict.DECIDE:  # the guard and the judgement disagree
                 raise AssertionError(f"decide_judged refused what judge_decision allows: {gid}")
@@ -558,12 +558,14 @@ class PostgresLog:
         raise DatabaseUnavailable("the transaction kept changing while it was being decided")
 
     @staticmethod
-    async def _lock(conn: asyncpg.pool.PoolConnectionProxy, gid: str) -> GlobalStatus:
-        """Lock a transaction an operator acts on; its status."""
+    async def _lock(
+        conn: asyncpg.pool.PoolConnectionProxy, gid: str
+    ) -> tuple[GlobalStatus, TransactionKind]:
+        """Lock a transaction an operator acts on; its status and kind."""
         txn = await conn.fetchrow(*statement("lock_transaction", gid=gid))
         if txn is None:
             raise NotFound(f"no transaction {gid!r}")
-        return GlobalStatus(txn["status"])
+        return GlobalStatus(txn["status"]), TransactionKind(txn["kind"])
 
     async def retry_parked(
         self,
@@ -576,7 +578,8 @@ class PostgresLog:
     ) -> tuple[Transaction, Lease | None]:
         """Move a failed_to_* transaction back into phase two (audited in the timeline)."""
         async with self._transaction_block() as conn:
-            write = writes.retry_parked(await self._lock(conn, gid), actor=actor, reason=reason)
+            status, _ = await self._lock(conn, gid)
+            write = writes.retry_parked(status, actor=actor, reason=reason)
             row = await conn.fetchrow(
                 *statement(
                     "retry_parked",
@@ -598,8 +601,10 @@ class PostgresLog:
         """An operator declares branches of a parked transaction done (all, or one): they
         were finished by hand. Audited in the timeline with who and why."""
         async with self._transaction_block() as conn:
-            status = await self._lock(conn, gid)
-            write = writes.resolve_parked(status, actor=actor, note=note, branch_id=branch_id)
+            status, kind = await self._lock(conn, gid)
+            write = writes.resolve_parked(
+                status, actor=actor, note=note, branch_id=branch_id, kind=kind
+            )
             resolved = await conn.fetch(
                 *statement(
                     "resolve_branches",

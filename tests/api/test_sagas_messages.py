@@ -436,12 +436,6 @@ async def test_message__submit_of_an_unknown_gid__is_404(coordinator: Coordinato
     assert status == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: POST /v1/transactions/{gid}/confirm decides a message with the TCC guard"
-    " (Coordinator._decide_and_wait passes no kind) while the log judges by the stored kind:"
-    " past its deadline the two disagree and the request fails with a 500",
-)
 async def test_confirm__of_a_prepared_message_past_its_deadline__is_no_server_error(
     coordinator: CoordinatorClient, participant: FakeParticipant
 ) -> None:

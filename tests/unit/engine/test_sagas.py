@@ -270,16 +270,10 @@ async def test_in_order__a_failed_step_is_try_failed_until_its_compensation_answ
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PhaseDriver._step_round goes round again at once whenever a step not done is"
-    " try_failed, also while compensating: a failed step whose compensation fails is called"
-    " again and again in one round, without backoff, and the round never ends",
-)
 async def test_in_order__the_failed_steps_compensation_down__ends_the_round_with_a_retry(
     make_runtime: MakeRuntime, caller: ScriptedCaller, clock: ManualClock
 ) -> None:
-    # Short waits: with the bug, the round spins until the runtime is stopped.
+    # Short waits: a round that kept calling the compensation would spin until the runtime stops.
     runtime = make_runtime(caller, confirm_wait_s=0.5, shutdown_grace_s=0)
     caller.script(act("b"), ACTION, REFUSED)
     caller.script(undo("b"), COMPENSATE, DOWN, OK)
@@ -637,11 +631,6 @@ async def test_budget_spent__while_compensating__parks_in_failed_to_cancel_and_a
     assert steps_called(caller, ACTION) == ["a", "b", "c"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: resolve_parked takes a TCC branch move, so a saga's step whose action was"
-    " done is never marked compensated by hand (and naming it says 'already cancelled')",
-)
 async def test_resolve__a_saga_parked_compensating__marks_the_steps_left_compensated(
     make_runtime: MakeRuntime, caller: ScriptedCaller, clock: ManualClock
 ) -> None:
@@ -879,12 +868,6 @@ async def test_prepared_past_its_deadline__may_still_be_submitted_while_asked_ab
     assert steps_called(caller, ACTION) == ["a"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Coordinator.confirm (POST /v1/transactions/{gid}/confirm) decides with the"
-    " TCC guard whatever the kind, and the log judges by the stored kind (msg): the two"
-    " disagree on a prepared message past its deadline and the log raises AssertionError",
-)
 async def test_confirm__of_a_prepared_message_past_its_deadline__submits_it_or_says_why_not(
     runtime: Runtime, caller: ScriptedCaller, clock: ManualClock
 ) -> None:
