@@ -15,11 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from coordinator.api.problems import BadRequest, describe_validation
 from coordinator.api.wire import decode_cursor
 from coordinator.core.records import ListFilter
-from coordinator.core.states import GlobalStatus
+from coordinator.core.states import GlobalStatus, TransactionKind
 from coordinator.dialects.registry import names as dialect_names
 
 # The names of the query parameters, in the order the form shows them.
-FILTER_FIELDS = ("status", "service", "dialect", "created_from", "created_to", "gid", "limit")
+FILTER_FIELDS = (
+    "kind",
+    "status",
+    "service",
+    "dialect",
+    "created_from",
+    "created_to",
+    "gid",
+    "limit",
+)
 PAGE_SIZES = (25, 50, 100, 200)
 
 GidPrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
@@ -31,6 +40,7 @@ class ListForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    kind: TransactionKind | None = Field(default=None, description="tcc, saga or msg")
     status: GlobalStatus | None = None
     service: str | None = Field(default=None, min_length=1, max_length=200)
     dialect: str | None = None
@@ -75,12 +85,14 @@ class ListForm(BaseModel):
             after=after,
             limit=self.limit,
             dialect=self.dialect,
+            kind=self.kind,
             gid_prefix=self.gid,
         )
 
     def query(self, **changes: Any) -> str:
         """This list's query string, with some parameters changed (None drops one)."""
         values: dict[str, Any] = {
+            "kind": self.kind.value if self.kind else None,
             "status": self.status.value if self.status else None,
             "service": self.service,
             "dialect": self.dialect,
@@ -98,6 +110,7 @@ class ListForm(BaseModel):
         return any(
             v is not None
             for v in (
+                self.kind,
                 self.status,
                 self.service,
                 self.dialect,

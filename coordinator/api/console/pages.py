@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from coordinator.api.appkeys import COORDINATOR, SETTINGS
-from coordinator.api.console import views
+from coordinator.api.console import views, words
 from coordinator.api.console.filters import PAGE_SIZES, read_list_form
 from coordinator.api.console.render import PAGE_HEADERS, render, static_files
 from coordinator.api.gateway import external
@@ -24,7 +24,7 @@ from coordinator.api.guard import caller
 from coordinator.api.problems import PROBLEM_JSON, BadRequest, problem_middleware
 from coordinator.api.wire import encode_cursor, path_gid
 from coordinator.core.records import Transaction
-from coordinator.core.states import FINAL_STATUSES, GlobalStatus, decision_of
+from coordinator.core.states import FINAL_STATUSES, GlobalStatus, TransactionKind, decision_of
 from coordinator.dialects.registry import dialect as dialect_named
 from coordinator.dialects.registry import names as dialect_names
 
@@ -115,6 +115,7 @@ async def transactions(request: web.Request) -> web.StreamResponse:
         next_query=next_query,
         first_query=asked.form.query(cursor=None) if asked.form.cursor else None,
         statuses=list(GlobalStatus),
+        kinds=list(TransactionKind),
         dialects=dialect_names(),
         page_sizes=PAGE_SIZES,
     )
@@ -126,6 +127,7 @@ async def transaction(request: web.Request) -> web.StreamResponse:
     detail = await request.app[COORDINATOR].detail(gid, caller(request), EVENTS_PER_PAGE)
     txn = detail.transaction
     trace = views.trace_id(txn.traceparent)
+    options = dialect_named(txn.dialect).shown_options(txn.options)
     return _live(
         request,
         "transaction.html",
@@ -134,15 +136,23 @@ async def transaction(request: web.Request) -> web.StreamResponse:
         txn=txn,
         final=txn.status in FINAL_STATUSES,
         decision=decision_of(txn.status),
-        options=dialect_named(txn.dialect).shown_options(txn.options),
+        options=options,
+        kind=txn.kind,
+        steps=words.has_steps(txn.kind),
+        step_urls={b.branch_id: words.step_urls(txn.kind, b) for b in detail.branches},
+        step_order=words.step_order(txn.kind, txn.options),
+        waits_for=words.waits_for(txn.options),
+        retry_limit=words.retry_limit(txn.options),
+        bounded_forward=words.bounded_forward(txn.options),
+        decided_label=words.decision_label(txn.kind, decision_of(txn.status)),
         actions=views.transaction_actions(txn),
         branch_actions={b.branch_id: views.branch_action(txn, b) for b in detail.branches},
         parked=views.parked(detail),
         by_hand=views.resolved_by_hand(detail),
         resolved=views.transaction_by_hand(detail),
-        timeline=views.timeline_rows(detail.events, 1, txn.created_at),
+        timeline=views.timeline_rows(detail.events, 1, txn.created_at, txn.kind),
         later_events=(
-            views.later_events_url(gid, detail.events, 1, txn.created_at)
+            views.later_events_url(gid, detail.events, 1, txn.created_at, txn.kind)
             if detail.more_events and detail.events
             else None
         ),
@@ -165,7 +175,8 @@ async def timeline(request: web.Request) -> web.StreamResponse:
     """The rest of a long timeline, a page at a time (the transaction page shows the first).
     The link that leads here says where the page starts (``after``, an event id), and, to
     go on with the first page's numbers and times, the number of its first row (``seq``)
-    and when the transaction began (``begun``, in milliseconds since 1970)."""
+    and when the transaction began (``begun``, in milliseconds since 1970), and, to go on
+    in its words, a saga's or message's kind (``kind``)."""
     gid = path_gid(request)
     after = _number(request, "after", 19, "the id of the last event seen") or 0
     first_seq = _number(request, "seq", 9, "the number of the page's first event")
@@ -176,6 +187,11 @@ async def timeline(request: web.Request) -> web.StreamResponse:
             begun_at = datetime.fromtimestamp(begun_ms / 1000, UTC)
         except (ValueError, OverflowError, OSError):
             raise BadRequest("begun: a time before the year 10000, in ms since 1970") from None
+    kind = None
+    if "kind" in request.query:
+        kind = words.kind_of(request.query["kind"])
+        if kind is None:
+            raise BadRequest(f"kind: one of {', '.join(k.value for k in TransactionKind)}")
     events, more = await request.app[COORDINATOR].events(
         gid, caller(request), after, EVENTS_PER_PAGE
     )
@@ -183,9 +199,12 @@ async def timeline(request: web.Request) -> web.StreamResponse:
         request,
         "timeline.html",
         gid=gid,
-        timeline=views.timeline_rows(events, first_seq, begun_at),
+        kind=kind,
+        timeline=views.timeline_rows(events, first_seq, begun_at, kind),
         later_events=(
-            views.later_events_url(gid, events, first_seq, begun_at) if more and events else None
+            views.later_events_url(gid, events, first_seq, begun_at, kind)
+            if more and events
+            else None
         ),
     )
 

@@ -16,6 +16,7 @@ import jinja2
 from aiohttp import web
 
 from coordinator.api.appkeys import SESSIONS, SETTINGS
+from coordinator.api.console import words as kind_words
 from coordinator.api.console.views import transaction_url
 from coordinator.api.gateway import prefix_of
 from coordinator.api.guard import PRINCIPAL, SESSION
@@ -205,8 +206,14 @@ def environment() -> jinja2.Environment:
         words=words,
         detail_value=detail_value,
         transaction_url=transaction_url,
+        kind_word=kind_words.kind_word,
+        reason_words=kind_words.reason_words,
     )
-    env.globals.update(static_url=static_url)
+    env.globals.update(
+        static_url=static_url,
+        kind_noun=kind_words.noun,
+        has_steps=kind_words.has_steps,
+    )
     env.tests.update(nested=is_nested, long_word=has_long_word)
     return env
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from coordinator.api.console import words
+from coordinator.core.kinds import branch_word
 from coordinator.core.records import (
     Branch,
     Event,
@@ -24,6 +26,7 @@ from coordinator.core.states import (
     Decision,
     EventKind,
     GlobalStatus,
+    TransactionKind,
     branch_done_status,
     decision_of,
 )
@@ -73,37 +76,79 @@ def transaction_actions(txn: Transaction) -> list[Action]:
     """What the transaction's state allows an operator to do with it as a whole. The
     server judges again when asked: a page may be stale."""
     if txn.status is GlobalStatus.TRYING:
-        return [
-            Action(
-                "Cancel",
-                api_url(txn.gid, "cancel"),
-                "reason",
-                "Reason for cancelling",
-                "Decides cancel now: every branch is sent cancel.",
-                confirm=f"Cancel {txn.gid}? Every branch will be sent cancel.",
-            )
-        ]
-    if txn.status not in PARKED_STATUSES:
+        return [_cancel_action(txn)]
+    decision = decision_of(txn.status)
+    if txn.status not in PARKED_STATUSES or decision is None:
         return []
-    outcome = "confirmed" if txn.status is GlobalStatus.FAILED_TO_CONFIRM else "cancelled"
+    done = branch_done_status(decision)
+    outcome = branch_word(txn.kind, done) or done.value
+    part = "step" if words.has_steps(txn.kind) else "branch"
+    # "was compensated", "was delivered"; a saga's step "had its action done".
+    was = "had its action done" if outcome == "action done" else f"was {outcome}"
+    label = "actions done" if outcome == "action done" else outcome
     return [
         Action(
             "Retry",
             api_url(txn.gid, "retry"),
             "reason",
             "Reason for retrying",
-            "Sends it back into phase two with a fresh retry budget and runs a round now.",
+            (
+                "Sends it back into phase two with a fresh retry budget and runs a round now."
+                if txn.kind is TransactionKind.TCC
+                else f"{_retry_means(txn.kind, decision).capitalize()}; a round runs now."
+            ),
         ),
         Action(
-            f"Mark all {outcome} by hand",
+            f"Mark all {label} by hand",
             api_url(txn.gid, "resolve"),
             "note",
             "What was done by hand",
-            f"Records that every unfinished branch was {outcome} by hand: the coordinator"
+            f"Records that every unfinished {part} {was} by hand: the coordinator"
             " will not call them again.",
-            confirm=f"Mark every unfinished branch of {txn.gid} {outcome} by hand?",
+            confirm=f"Mark every unfinished {part} of {txn.gid} {outcome} by hand?",
         ),
     ]
+
+
+def _cancel_action(txn: Transaction) -> Action:
+    """Cancelling a transaction that is still trying: a prepared message is aborted."""
+    url = api_url(txn.gid, "cancel")
+    if txn.kind is TransactionKind.MSG:
+        return Action(
+            "Abort",
+            url,
+            "reason",
+            "Reason for aborting",
+            "Decides abort now: the message is never delivered (none of its steps is called).",
+            confirm=f"Abort {txn.gid}? The message will never be delivered.",
+        )
+    if txn.kind is TransactionKind.SAGA:
+        return Action(
+            "Cancel",
+            url,
+            "reason",
+            "Reason for cancelling",
+            "Decides cancel now, before its actions run.",
+            confirm=f"Cancel {txn.gid}? Its actions will not run.",
+        )
+    return Action(
+        "Cancel",
+        url,
+        "reason",
+        "Reason for cancelling",
+        "Decides cancel now: every branch is sent cancel.",
+        confirm=f"Cancel {txn.gid}? Every branch will be sent cancel.",
+    )
+
+
+def _retry_means(kind: TransactionKind, decision: Decision) -> str:
+    """What a retry of a parked transaction does, for this kind and the calls that failed."""
+    if kind is TransactionKind.SAGA:
+        calls = "actions" if decision is Decision.CONFIRM else "compensations"
+        return f"the {calls} not done yet run again with a fresh retry budget"
+    if kind is TransactionKind.MSG:
+        return "the deliveries not done yet run again with a fresh retry budget"
+    return "back into phase two with a fresh retry budget"
 
 
 def branch_action(txn: Transaction, branch: Branch) -> Action | None:
@@ -114,14 +159,16 @@ def branch_action(txn: Transaction, branch: Branch) -> Action | None:
     done = branch_done_status(decision)
     if branch.status is done:
         return None
+    outcome = branch_word(txn.kind, done) or done.value
+    part = "step" if words.has_steps(txn.kind) else "branch"
+    was = "had its action done" if outcome == "action done" else f"was {outcome}"
     return Action(
-        f"Mark {done.value} by hand",
+        f"Mark {outcome} by hand",
         api_url(txn.gid, "branches", branch.branch_id, "resolve"),
         "note",
         f"What was done by hand for {branch.branch_id}",
-        f"Records that branch {branch.branch_id} was {done.value} by hand; a retry calls only"
-        " the others.",
-        confirm=f"Mark branch {branch.branch_id} of {txn.gid} {done.value} by hand?",
+        f"Records that {part} {branch.branch_id} {was} by hand; a retry calls only the others.",
+        confirm=f"Mark {part} {branch.branch_id} of {txn.gid} {outcome} by hand?",
     )
 
 
@@ -189,7 +236,7 @@ class Parked:
     do (with the CLI's words for the same)."""
 
     phase: str  # the calls that kept failing: confirm or cancel
-    outcome: str  # what resolving by hand declares: confirmed or cancelled
+    outcome: str  # what resolving by hand declares: confirmed or cancelled (a step's word)
     stuck: list[Branch]  # the branches that are not done
     since: datetime
     since_event: int | None  # the timeline's park event, when it is on the page
@@ -197,6 +244,11 @@ class Parked:
     retry_command: str
     resolve_command: str
     resolve_branch_command: str | None  # for the first stuck branch
+    # What kept failing, as the panel's sentence begins ("Confirm kept failing for 2
+    # branches", "Compensation of step a kept failing"), and what each way out does.
+    what_failed: str = ""
+    retry_means: str = ""
+    resolve_means: str = ""
 
 
 def parked(detail: TransactionDetail) -> Parked | None:
@@ -214,9 +266,10 @@ def parked(detail: TransactionDetail) -> Parked | None:
         park = next((e for e in reversed(detail.events) if e.kind is park_kind), None)
     # Gids and branch ids are [A-Za-z0-9._:-]: nothing a shell would read otherwise.
     first = stuck[0].branch_id if stuck else None
+    outcome = branch_word(txn.kind, done) or done.value
     return Parked(
         phase=decision.value,
-        outcome="confirmed" if decision is Decision.CONFIRM else "cancelled",
+        outcome=outcome,
         stuck=stuck,
         since=park.at if park else txn.updated_at,
         since_event=park.id if park else None,
@@ -226,7 +279,46 @@ def parked(detail: TransactionDetail) -> Parked | None:
         resolve_branch_command=(
             f'tcc resolve {txn.gid} --branch {first} --note "…"' if len(stuck) > 1 else None
         ),
+        what_failed=_what_failed(txn.kind, decision, stuck),
+        retry_means=_retry_means(txn.kind, decision),
+        resolve_means=_resolve_means(txn.kind, decision, outcome),
     )
+
+
+def _what_failed(kind: TransactionKind, decision: Decision, stuck: list[Branch]) -> str:
+    if kind is TransactionKind.TCC:
+        text = decision.value.capitalize() + " kept failing"
+        if stuck:
+            text += f" for {len(stuck)} branch{'es' if len(stuck) > 1 else ''}"
+        return text
+    # The steps that were called and failed; a step after them in order never ran.
+    failing = [b for b in stuck if b.attempts > 0] or stuck
+    ids = ", ".join(b.branch_id for b in failing)
+    many = len(failing) > 1
+    if kind is TransactionKind.SAGA and decision is Decision.CONFIRM:
+        calls = "The actions" if many else "The action"
+    elif kind is TransactionKind.SAGA:
+        calls = "Compensations" if many else "Compensation"
+    elif decision is Decision.CONFIRM:
+        calls = "Deliveries" if many else "Delivery"
+    else:
+        return "Abort kept failing"
+    if not failing:
+        return f"{calls} kept failing"
+    return f"{calls} of step{'s' if many else ''} {ids} kept failing"
+
+
+def _resolve_means(kind: TransactionKind, decision: Decision, outcome: str) -> str:
+    if kind is TransactionKind.SAGA and decision is Decision.CONFIRM:
+        work = "once you have done the steps' actions by hand in the participants' data"
+    elif kind is TransactionKind.SAGA:
+        work = "once you have undone the steps by hand in the participants' data"
+    elif kind is TransactionKind.MSG:
+        work = "once the receivers have had the message another way"
+    else:
+        work = "once you have finished the work in the participant's data yourself"
+    part = "steps" if kind is not TransactionKind.TCC else "branches"
+    return f"{work}: the {part} are marked {outcome} and never called again"
 
 
 # --- the timeline ----------------------------------------------------------------------
@@ -238,10 +330,14 @@ class TimelineRow:
     seq: int | None  # 1 for the transaction's first event; None when not known
     since_begin_s: float | None  # seconds since the transaction began
     new_day: bool  # the first row, or the date changed since the row before
+    note: str | None = None  # a saga's or message's entry in plain words
 
 
 def timeline_rows(
-    events: list[Event], first_seq: int | None, begun_at: datetime | None
+    events: list[Event],
+    first_seq: int | None,
+    begun_at: datetime | None,
+    kind: TransactionKind | None = None,
 ) -> list[TimelineRow]:
     rows = []
     day = None
@@ -253,6 +349,7 @@ def timeline_rows(
                 seq=None if first_seq is None else first_seq + i,
                 since_begin_s=(event.at - begun_at).total_seconds() if begun_at else None,
                 new_day=today != day,
+                note=words.event_note(kind, event),
             )
         )
         day = today
@@ -260,15 +357,21 @@ def timeline_rows(
 
 
 def later_events_url(
-    gid: str, events: list[Event], first_seq: int | None, begun_at: datetime | None
+    gid: str,
+    events: list[Event],
+    first_seq: int | None,
+    begun_at: datetime | None,
+    kind: TransactionKind | None = None,
 ) -> str:
     """The next page of a timeline: after its last event, numbered on from this page's,
-    timed from the same beginning."""
+    timed from the same beginning, in the words of the same kind."""
     query = f"after={events[-1].id}"
     if first_seq is not None:
         query += f"&seq={first_seq + len(events)}"
     if begun_at is not None:
         query += f"&begun={round(begun_at.timestamp() * 1000)}"
+    if kind is not None and kind is not TransactionKind.TCC:
+        query += f"&kind={kind.value}"
     return f"{transaction_url(gid)}/timeline?{query}"
 
 
@@ -370,8 +473,9 @@ def attention_lists(overview: Overview) -> list[AttentionList]:
     return [
         AttentionList(
             "Parked for an operator",
-            "Confirm or cancel kept failing past the retry budget: retry once the participant"
-            " is fixed, or resolve by hand. Each waits on the branch shown.",
+            "Confirm or cancel (a saga's actions or compensations, a message's deliveries)"
+            " kept failing past the retry budget: retry once the participant is fixed, or"
+            " resolve by hand. Each waits on the branch shown.",
             overview.parked,
             "Nothing is parked.",
             overview.parked_branches,
