@@ -27,8 +27,9 @@ from coordinator.api.server import (
 )
 from coordinator.core.apikeys import INSECURE, hash_key, parse_keys
 from coordinator.core.errors import CoordinatorError, UsageError
-from coordinator.core.records import ListFilter
-from coordinator.core.states import GlobalStatus
+from coordinator.core.kinds import StepPlan, branch_word, status_word
+from coordinator.core.records import ListFilter, TransactionDetail
+from coordinator.core.states import GlobalStatus, TransactionKind
 from coordinator.embedded import resolve_database_url
 from coordinator.engine.runtime import Runtime, running
 from coordinator.logs import configure_logging
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     lister.add_argument("--status", dest="filter_status", choices=[s.value for s in GlobalStatus])
     lister.add_argument("--service", dest="filter_service")
     lister.add_argument("--dialect", dest="filter_dialect", help="tcc or dtm")
+    lister.add_argument("--kind", dest="filter_kind", help="tcc, saga or msg")
     lister.add_argument("--gid-prefix", dest="filter_gid_prefix", help="gids that begin so")
     lister.add_argument("--limit", type=int, default=50)
     add_settings_flags(lister, DB_FLAGS)
@@ -531,26 +533,71 @@ async def status_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(render_detail(detail).model_dump_json(indent=2))
     else:
-        print(format_detail(detail))
+        print(with_kind_words(detail, format_detail(detail)))
     return 0
+
+
+def with_kind_words(detail: TransactionDetail, text: str) -> str:
+    """``tcc status`` in the kind's words: its type (and how a saga's or message's steps
+    run) under its status, the kind's word for the status and for each step's."""
+    t = detail.transaction
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("  status "):
+            word = status_word(t.kind, t.status)
+            if word:
+                lines[i] = line.replace(t.status.value, f"{t.status.value}: {word}", 1)
+            kind = t.kind.value
+            if t.kind is not TransactionKind.TCC:
+                plan = StepPlan.of([b.branch_id for b in detail.branches], t.options)
+                order = (
+                    "as a graph" if plan.after else "all at once" if plan.concurrent else "in order"
+                )
+                kind += f" (steps {order})"
+            lines.insert(i + 1, f"  type           {kind}")
+            break
+    if t.kind is not TransactionKind.TCC and detail.branches:
+        for i, line in enumerate(lines):
+            if line.startswith("BRANCH "):
+                table = [["STEP", "NAME", "STATUS", "CALLS", "LAST HTTP", "LAST ERROR"]]
+                for b in detail.branches:
+                    word = branch_word(t.kind, b.status)
+                    table.append(
+                        [
+                            b.branch_id,
+                            b.name,
+                            f"{b.status.value}: {word}" if word else b.status.value,
+                            str(b.attempts),
+                            str(b.last_http_status or "-"),
+                            (b.last_error or "")[:60],
+                        ]
+                    )
+                lines[i : i + len(table)] = columns(table).split("\n")
+                break
+    return "\n".join(lines)
 
 
 async def list_command(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.limit <= 1000:
         raise UsageError("--limit must be between 1 and 1000")
+    kinds = [k.value for k in TransactionKind]
+    if args.filter_kind is not None and args.filter_kind not in kinds:
+        raise UsageError(f"--kind must be one of {', '.join(kinds)}, not {args.filter_kind!r}")
     flt = ListFilter(
         statuses=(GlobalStatus(args.filter_status),) if args.filter_status else None,
         service=args.filter_service,
         limit=args.limit,
         dialect=args.filter_dialect,
+        kind=TransactionKind(args.filter_kind) if args.filter_kind else None,
         gid_prefix=_gid(args.filter_gid_prefix, "--gid-prefix") if args.filter_gid_prefix else None,
     )
     async with admin_runtime(settings) as runtime:
         rows, _ = await runtime.coordinator.list_transactions(flt, INSECURE)
-    table = [["GID", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]]
+    table = [["GID", "TYPE", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]]
     table += [
         [
             t.gid,
+            t.kind.value,
             t.status.value,
             t.dialect,
             t.service or "-",
