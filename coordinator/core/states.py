@@ -175,7 +175,6 @@ PHASE_TWO_STATUSES = frozenset({GlobalStatus.CONFIRMING, GlobalStatus.CANCELLING
 ACTIVE_STATUSES = UNDECIDED_STATUSES | PHASE_TWO_STATUSES
 UNFINISHED_STATUSES = ACTIVE_STATUSES | PARKED_STATUSES
 # A branch is done once its phase-two call succeeded (or an operator said it was done).
-BRANCH_DONE_STATUSES = frozenset({BranchStatus.CONFIRMED, BranchStatus.CANCELLED})
 # A branch in one of these has its try still to answer, when the coordinator runs the try:
 # a confirm waits for it, and a try that never got an answer logged may be run again.
 TRY_PENDING_STATUSES = frozenset({BranchStatus.REGISTERED})
@@ -274,6 +273,13 @@ def outcome_event(status: GlobalStatus) -> EventKind:
 
 def branch_done_status(decision: Decision) -> BranchStatus:
     return BranchStatus.CONFIRMED if decision is Decision.CONFIRM else BranchStatus.CANCELLED
+
+
+def done_while_parked() -> list[tuple[GlobalStatus, BranchStatus]]:
+    """Per parked status, the status of a branch that does not keep it waiting (a saga's step
+    whose action was done still waits while its compensation is what fails)."""
+    pairs = [(parked_status(d), branch_done_status(d)) for d in Decision]
+    return sorted(pairs)
 
 
 class CancelReason(StrEnum):

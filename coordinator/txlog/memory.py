@@ -1246,14 +1246,13 @@ class InMemoryLog:
         listed = _attention(txns, now, attention_limit)
         async with self._lock:
             coordinators = self._coordinators_seen(now, COORDINATORS_SHOWN_FOR_S)
+            done = dict(states.done_while_parked())
             parked_branches = {
                 t.gid: _out_branch(waiting[0].record)
                 for t in listed["parked"]
                 if (
                     waiting := [
-                        b
-                        for b in self._branch_rows(t.gid)
-                        if b.record.status not in states.BRANCH_DONE_STATUSES
+                        b for b in self._branch_rows(t.gid) if b.record.status is not done[t.status]
                     ]
                 )
             }

@@ -994,7 +994,12 @@ class PostgresLog:
             parked = [r["gid"] for r in attention if r["attention"] == "parked"]
             why = (
                 await conn.fetch(
-                    *statement("parked_branches", gids=parked, done=states.BRANCH_DONE_STATUSES)
+                    *statement(
+                        "parked_branches",
+                        gids=parked,
+                        parked_statuses=[p for p, _ in states.done_while_parked()],
+                        done_statuses=[d for _, d in states.done_while_parked()],
+                    )
                 )
                 if parked
                 else []

@@ -82,7 +82,8 @@ async def test_list__filters_by_status(store: PostgresLog, database_url: str) ->
     result = run_tcc("list", "--status", "trying", env=tcc_env(database_url))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["GID", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]
+    header = ["GID", "TYPE", "STATUS", "DIALECT", "SERVICE", "CREATED", "REASON"]
+    assert lines[0].split() == header
     assert [line.split()[0] for line in lines[1:]] == ["kept"]
 
 

@@ -461,11 +461,6 @@ async def test_overview__its_tables_show_the_type(
     assert "prepared" in held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the overview's parked_branches query takes a saga step whose action was done"
-    " (confirmed) as done, so a saga parked compensating names no step it waits on",
-)
 async def test_overview__a_saga_parked_compensating__names_the_step_it_waits_on(
     quick: CoordinatorClient, participant: FakeParticipant
 ) -> None:

@@ -790,11 +790,14 @@ DELETE FROM tcc_alerts WHERE id IN (
 );
 
 -- name: parked_branches
--- Why each of the parked transactions :gids waits: its first branch not yet done (its
--- status not one of :done).
-SELECT DISTINCT ON (gid) * FROM tcc_branches
-WHERE gid = ANY(:gids::text[]) AND status <> ALL(:done::text[])
-ORDER BY gid, position;
+-- Why each of the parked transactions :gids waits: its first branch not yet done, done being
+-- :done_statuses[i] for a transaction in :parked_statuses[i] (core.states.done_while_parked).
+SELECT DISTINCT ON (b.gid) b.* FROM tcc_branches b
+JOIN tcc_transactions t ON t.gid = b.gid
+JOIN unnest(:parked_statuses::text[], :done_statuses::text[]) AS d(parked, done)
+  ON d.parked = t.status
+WHERE b.gid = ANY(:gids::text[]) AND b.status <> d.done
+ORDER BY b.gid, b.position;
 
 -- --- coordinators (the console's view of who runs) ---------------------------------------
 
