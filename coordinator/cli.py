@@ -128,13 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(recover)
 
     up = sub.add_parser(
-        "up", help="run everything locally: embedded Postgres, coordinator, three samples"
+        "up",
+        help="run everything locally: embedded Postgres, coordinator, four samples, a mail sink",
     )
     up.add_argument(
         "--samples-port",
         type=int,
         default=8101,
-        help="wallet on this port, inventory and order on the next two",
+        help="wallet on this port; inventory, order, notify and the SMTP sink on the next four",
     )
     # Every coordinator setting but those tcc up decides itself goes on to its coordinator.
     # (--log-format too: it shapes tcc up's own lines; its coordinator logs JSON to a file.)
