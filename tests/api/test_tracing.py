@@ -320,3 +320,52 @@ async def test_tracestate_longer_than_the_log_keeps__the_begin_still_succeeds(
     assert len(txn.tracestate) <= tracing.MAX_STORED_TRACESTATE
     assert tracestate.startswith(txn.tracestate + ",")
     assert txn.tracestate.split(",") == members[: len(txn.tracestate.split(","))]
+
+
+async def test_saga__its_actions_and_compensations_are_spans_of_the_callers_trace(
+    coordinator: CoordinatorClient,
+    participant: FakeParticipant,
+    exporter: InMemorySpanExporter,
+) -> None:
+    participant.script("action", Reply(409, body={"error": "no room"}), service="hotel")
+
+    def step(branch_id: str) -> dict[str, Any]:
+        base = f"{participant.base_url()}/{branch_id}"
+        return {
+            "branch_id": branch_id,
+            "action_url": f"{base}/action",
+            "compensate_url": f"{base}/compensate",
+        }
+
+    status, out, _ = await coordinator.request(
+        "POST",
+        "/v1/sagas",
+        json={"gid": "traced-saga", "steps": [step("flight"), step("hotel"), step("car")]},
+        headers={"traceparent": CLIENT_TRACEPARENT},
+    )
+    assert (status, out["status"], out["kind"]) == (201, "cancelled", "saga"), out
+
+    spans = await eventually(
+        lambda: _spans(exporter),
+        lambda s: sum(x.name == "tcc.call.compensate" for x in s) == 2,
+    )
+    assert {hex_trace(s) for s in spans} == {CLIENT_TRACE}
+    calls = [
+        (s.name, s.attributes["tcc.branch"])
+        for s in sorted(spans, key=lambda s: s.start_time or 0)
+        if s.name.startswith("tcc.call.") and s.attributes
+    ]
+    assert calls == [
+        ("tcc.call.action", "flight"),
+        ("tcc.call.action", "hotel"),
+        ("tcc.call.compensate", "hotel"),
+        ("tcc.call.compensate", "flight"),
+    ]
+    received = participant.calls_for(gid="traced-saga")
+    assert [(c.service, c.phase) for c in received] == [
+        ("flight", "action"),
+        ("hotel", "action"),
+        ("hotel", "compensate"),
+        ("flight", "compensate"),
+    ]
+    assert {trace_id(c) for c in received} == {CLIENT_TRACE}
