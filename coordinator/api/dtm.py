@@ -45,6 +45,7 @@ from coordinator.dialects.dtm import (
     FAILURE,
     ONGOING,
     SUCCESS,
+    action_outcomes,
     dtm_status,
     our_statuses,
     render_branches,
@@ -452,14 +453,24 @@ async def query(request: web.Request) -> web.Response:
     gid = request.query.get("gid", "")
     if not gid:
         raise BadRequest("no gid specified")
+    coordinator = request.app[COORDINATOR]
     try:
-        detail = await request.app[COORDINATOR].detail(gid, caller(request))
+        detail = await coordinator.detail(gid, caller(request))
     except NotFound:
         return web.json_response({"transaction": None, "branches": []})
+    kind = detail.transaction.kind
+    actions = None
+    if kind is TransactionKind.SAGA:
+        # A compensated step's action row shows how the action had answered: the timeline.
+        events, more = list(detail.events), detail.more_events
+        while more and events:
+            page, more = await coordinator.events(gid, caller(request), events[-1].id, 1000)
+            events.extend(page)
+        actions = action_outcomes(events)
     return web.json_response(
         {
             "transaction": render_transaction(detail.transaction),
-            "branches": render_branches(detail.branches, detail.transaction.kind),
+            "branches": render_branches(detail.branches, kind, actions),
         }
     )
 

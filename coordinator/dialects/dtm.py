@@ -14,9 +14,9 @@ from enum import StrEnum
 from typing import Any
 
 from coordinator.core.limits import RETRY_INTERVAL_OPTION
-from coordinator.core.records import Branch, CallResult, OutboundCall, Transaction
+from coordinator.core.records import Branch, CallResult, Event, OutboundCall, Transaction
 from coordinator.core.retry import RetryPolicy
-from coordinator.core.states import BranchStatus, GlobalStatus, Phase, TransactionKind
+from coordinator.core.states import BranchStatus, EventKind, GlobalStatus, Phase, TransactionKind
 from coordinator.dialects.base import (
     RESERVED_HEADERS,
     CallOutcome,
@@ -60,11 +60,14 @@ _OPS: dict[TransactionKind, tuple[Phase, ...]] = {
 }
 
 
-def branch_op_status(branch: BranchStatus, op: Phase) -> str:
+def branch_op_status(branch: BranchStatus, op: Phase, action: str | None = None) -> str:
     """DTM shows one row per branch and operation: the op that ran is 'succeed', a saga's
-    action that failed for good 'failed'."""
+    action that failed for good 'failed'. ``action``: how a compensated step's action had
+    answered ('succeed' or 'failed'; None when it never answered for good)."""
     if op is Phase.ACTION and branch is BranchStatus.TRY_FAILED:
         return "failed"
+    if op is Phase.ACTION and branch is BranchStatus.CANCELLED and action is not None:
+        return action
     forward = op in (Phase.CONFIRM, Phase.ACTION)
     done = BranchStatus.CONFIRMED if forward else BranchStatus.CANCELLED
     return "succeed" if branch is done else "prepared"
@@ -196,13 +199,28 @@ def render_transaction(t: Transaction) -> dict[str, Any]:
     }
 
 
+def action_outcomes(events: list[Event]) -> dict[str, str]:
+    """A saga's steps whose action answered for good, from its timeline: branch id ->
+    'succeed' or 'failed' (a compensated step keeps only 'cancelled' as its status)."""
+    outcomes = {}
+    for e in events:
+        if e.kind is EventKind.ACTION_CALL and e.branch_id is not None:
+            if e.detail.get("done"):
+                outcomes[e.branch_id] = "succeed"
+            elif e.detail.get("failed"):
+                outcomes[e.branch_id] = "failed"
+    return outcomes
+
+
 def render_branches(
-    branches: list[Branch], kind: TransactionKind = TransactionKind.TCC
+    branches: list[Branch],
+    kind: TransactionKind = TransactionKind.TCC,
+    actions: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for b in branches:
         for op in _OPS[kind]:
-            status = branch_op_status(b.status, op)
+            status = branch_op_status(b.status, op, (actions or {}).get(b.branch_id))
             rows.append(
                 {
                     "gid": b.gid,
