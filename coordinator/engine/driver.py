@@ -632,11 +632,12 @@ class PhaseDriver:
     # --- sagas and messages: steps in order -----------------------------------------
 
     async def _step_round(self, lease: Lease, ctx: RoundContext, decision: Decision) -> RoundEnd:
-        """A saga's or message's round: the steps that may run now are called and each
-        answer logged, then the steps they freed at once, until every step is done (the
-        phase ends), one must be tried again later (the round ends with a retry), or, in a
-        saga, an action failed for good, its deadline passed or its retry limit was reached:
-        it changes course and compensates, in reverse, every step that may have started."""
+        """A saga's or message's round: each step is called as soon as it may run and each
+        answer logged as it comes, until no step may run now. Then the phase has ended (every
+        step done), or the round ends with a retry of the steps that must be called again,
+        or, in a saga, an action failed for good, its deadline passed or its retry limit was
+        reached: it changes course and compensates, in reverse, every step that may have
+        started (in the same round, under the same lease)."""
         txn = ctx.transaction
         ordered = sorted(ctx.branches, key=lambda b: b.position)
         plan = kinds.StepPlan.of([b.branch_id for b in ordered], txn.options)
@@ -646,56 +647,82 @@ class PhaseDriver:
         course_change = self._forward_stop(txn, ctx.deadline_passed)
         async with self._renewing(lease):
             while True:
-                if decision is Decision.CONFIRM and course_change is None:
-                    failed = [b for b in status if status[b] is BranchStatus.TRY_FAILED]
-                    if failed and kinds.fails_forward(txn.kind):
-                        course_change = states.CancelReason.ACTION_FAILED.text(failed[0])
+                failed = [b for b, s in status.items() if s is BranchStatus.TRY_FAILED]
+                if course_change is None and failed and self._fails_forward(txn, decision):
+                    # (an action's failure logged by a round that ended before changing course)
+                    course_change = states.CancelReason.ACTION_FAILED.text(failed[0])
                 if course_change is not None:
                     changed = await self._change_course(lease, txn, course_change)
                     if changed is None:
                         return None
-                    txn, decision, budget_spent, course_change = (
-                        changed,
-                        Decision.CANCEL,
-                        False,
-                        None,
-                    )
-                to_call = self._steps_to_call(txn, plan, decision, status)
-                if not to_call:
-                    return await self._end_round(lease, txn, decision, [], [], budget_spent)
-                answers = await asyncio.gather(
-                    *(self._call_phase_two(txn, decision, by_id[b]) for b in to_call)
+                    txn, decision, budget_spent = changed, Decision.CANCEL, False
+                    course_change = None
+                later, failed_now = await self._run_steps(lease, txn, plan, decision, by_id, status)
+                if failed_now is not None:
+                    course_change = states.CancelReason.ACTION_FAILED.text(failed_now)
+                    continue
+                if later and (limit := self._retry_limit_reached(txn, decision)) is not None:
+                    course_change = limit
+                    continue
+                return await self._end_round(
+                    lease,
+                    txn,
+                    decision,
+                    [b for b, _ in later],
+                    [o for _, o in later],
+                    budget_spent,
                 )
-                outcomes = []
-                for branch_id, (result, outcome) in zip(to_call, answers, strict=True):
+
+    @staticmethod
+    def _fails_forward(txn: Transaction, decision: Decision) -> bool:
+        return decision is Decision.CONFIRM and kinds.fails_forward(txn.kind)
+
+    async def _run_steps(
+        self,
+        lease: Lease,
+        txn: Transaction,
+        plan: kinds.StepPlan,
+        decision: Decision,
+        by_id: dict[str, Branch],
+        status: dict[str, BranchStatus],
+    ) -> tuple[list[tuple[str, CallOutcome]], str | None]:
+        """Call every step that may run, each as soon as it may (a step freed by a quick one
+        does not wait for a slow one), logging each answer as it comes (``status`` follows
+        the log), until none may run now. The steps to call again in a later round with
+        their answers, and the step whose action failed for good (a saga), if one did: then
+        no further step is started and those in flight are waited for."""
+        later: list[tuple[str, CallOutcome]] = []
+        failed: str | None = None
+        in_flight: dict[asyncio.Task[tuple[CallResult, CallOutcome]], str] = {}
+        try:
+            while True:
+                if failed is None:
+                    busy = set(in_flight.values()) | {b for b, _ in later}
+                    for step in self._steps_to_call(txn, plan, decision, status):
+                        if step not in busy:
+                            call = self._call_phase_two(txn, decision, by_id[step])
+                            in_flight[asyncio.create_task(call)] = step
+                if not in_flight:
+                    return later, failed
+                answered, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in answered:
+                    step = in_flight.pop(task)
+                    result, outcome = task.result()
                     recorded, moved_to = await self._record_phase_call(
-                        lease, txn, decision, by_id[branch_id], result, outcome
+                        lease, txn, decision, by_id[step], result, outcome
                     )
-                    outcomes.append(recorded)
-                    status[branch_id] = moved_to or status[branch_id]
-                not_done = [
-                    (b, o)
-                    for b, o in zip(to_call, outcomes, strict=True)
-                    if o is not CallOutcome.DONE
-                ]
-                failed_forward = decision is Decision.CONFIRM and kinds.fails_forward(txn.kind)
-                if failed_forward and any(
-                    status[b] is BranchStatus.TRY_FAILED for b, _ in not_done
-                ):
-                    continue  # the saga changes course at the top of the loop
-                if not_done:
-                    limit = self._retry_limit_reached(txn, decision)
-                    if limit is not None:
-                        course_change = limit
+                    status[step] = moved_to or status[step]
+                    if recorded is CallOutcome.DONE:
                         continue
-                    return await self._end_round(
-                        lease,
-                        txn,
-                        decision,
-                        [b for b, _ in not_done],
-                        [o for _, o in not_done],
-                        budget_spent,
-                    )
+                    if status[step] is BranchStatus.TRY_FAILED and self._fails_forward(
+                        txn, decision
+                    ):
+                        failed = failed or step
+                    else:
+                        later.append((step, recorded))
+        finally:
+            for task in in_flight:  # only when cut short (shutting down)
+                task.cancel()
 
     @staticmethod
     def _steps_to_call(

@@ -574,12 +574,6 @@ async def test_dtm_concurrent_saga__orders__third_step_only_after_the_first_two(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a step round (engine/driver.py _step_round) gathers every call of its batch"
-    " before logging any answer, so a step freed by a quick step waits for the slowest call"
-    " of the batch (here its call timeout); DTM starts each action as soon as it may run",
-)
 async def test_dtm_concurrent_saga__a_step_runs_once_those_it_waits_for_are_done(
     coordinator: CoordinatorClient, busi: ScriptedBusi
 ) -> None:
