@@ -453,20 +453,14 @@ async def query(request: web.Request) -> web.Response:
     gid = request.query.get("gid", "")
     if not gid:
         raise BadRequest("no gid specified")
-    coordinator = request.app[COORDINATOR]
     try:
-        detail = await coordinator.detail(gid, caller(request))
+        # A compensated saga step's action row shows how the action had answered: read from
+        # the whole timeline (the branch keeps only "cancelled").
+        detail = await request.app[COORDINATOR].detail(gid, caller(request), whole=True)
     except NotFound:
         return web.json_response({"transaction": None, "branches": []})
     kind = detail.transaction.kind
-    actions = None
-    if kind is TransactionKind.SAGA:
-        # A compensated step's action row shows how the action had answered: the timeline.
-        events, more = list(detail.events), detail.more_events
-        while more and events:
-            page, more = await coordinator.events(gid, caller(request), events[-1].id, 1000)
-            events.extend(page)
-        actions = action_outcomes(events)
+    actions = action_outcomes(detail.events) if kind is TransactionKind.SAGA else None
     return web.json_response(
         {
             "transaction": render_transaction(detail.transaction),

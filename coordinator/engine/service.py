@@ -63,6 +63,8 @@ log = structlog.get_logger(__name__)
 
 # Transactions the overview lists under each kind of attention.
 ATTENTION_LIMIT = 10
+# Events read at once when a whole timeline is read.
+WHOLE_TIMELINE_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,10 +585,24 @@ class Coordinator:
     # --- reads -------------------------------------------------------------------------
 
     async def detail(
-        self, gid: str, caller: Principal, events_limit: int = DEFAULT_EVENTS_PAGE
+        self,
+        gid: str,
+        caller: Principal,
+        events_limit: int = DEFAULT_EVENTS_PAGE,
+        *,
+        whole: bool = False,
     ) -> TransactionDetail:
+        """The transaction with its branches and the first page of its timeline (``whole``:
+        all of it, page by page)."""
         await self._owned(gid, caller)
-        return await self.log.detail(gid, events_limit)
+        detail = await self.log.detail(gid, events_limit)
+        if not whole:
+            return detail
+        events, more = list(detail.events), detail.more_events
+        while more and events:
+            page, more = await self.log.events(gid, events[-1].id, WHOLE_TIMELINE_PAGE)
+            events.extend(page)
+        return dataclasses.replace(detail, events=events, more_events=False)
 
     async def events(
         self, gid: str, caller: Principal, after_id: int, limit: int
