@@ -3,8 +3,8 @@
 It starts its own embedded Postgres (or uses --database-url), the minimal participant
 (participants/minimal.py) in a process of its own, and `tcc serve --workers N` exactly as a
 user runs it, one per mode, each on a database of its own. Then, for each number of clients,
-it drives closed-loop load through each mode (auto, interactive, dtm; two branches each),
-and beside them, with the same clients and time:
+it drives closed-loop load through each mode (auto, interactive, dtm: two branches each;
+saga, msg: two steps each), and beside them, with the same clients and time:
 
 - the participant floor: the same participant calls made directly, no coordinator;
 - the database ceiling: pgbench writing the least a logged transaction needs.
@@ -13,6 +13,12 @@ Why a coordinator and a database per mode: Postgres publishes a busy backend's c
 counts only once it has been idle for 10 s, so a point's commits can be read only after
 that long. Separate databases let the other modes, the floor and the ceiling run in the
 meantime instead of the benchmark sleeping.
+
+A msg point counts messages accepted; their deliveries go on after the answer. Once its load
+has stopped, the harness waits (bounded) until the log holds none left to deliver, so that
+the point's statements and commits include every delivery and the next point runs on a
+quiet machine; then it reads the deliveries' lag and rate from the log (created_at and
+finished_at of each message). Its own polls are taken out of the counts.
 
 Every loop is bounded in time, everything listens on 127.0.0.1, and every child process
 and temporary folder is gone at the end, also after Ctrl-C, SIGTERM or an error.
@@ -41,6 +47,7 @@ import asyncpg
 from yarl import URL
 
 from coordinator.core.errors import CoordinatorError, UsageError
+from coordinator.core.states import ACTIVE_STATUSES, GlobalStatus, TransactionKind
 from coordinator.devtools import bench_db, bench_procs, bench_reads
 from coordinator.devtools.bench_db import CEILING_DB, SETTLE_S, Counters, Stats, with_database
 from coordinator.devtools.bench_load import (
@@ -57,10 +64,13 @@ from coordinator.devtools.bench_load import (
 from coordinator.devtools.bench_report import (
     CEILING,
     COORDINATOR,
+    DELIVERY_NOTES,
     FLOOR,
     TABLE_NOTES,
+    Deliveries,
     Point,
     add_ratios,
+    delivery_table,
     draw_chart,
     latency_summary,
     points_json,
@@ -80,6 +90,15 @@ MAX_CONCURRENCY = 256
 MAX_WORKERS = 16
 # Connections beyond the pools and pgbench: the harness, migrations, a margin.
 SPARE_CONNECTIONS = 20
+# A msg point's deliveries after its load: polled this often, for at most this long.
+DRAIN_POLL_S = 0.25
+DRAIN_LIMIT_S = 120.0
+# Marks the harness's own queries in a point's database (found again in pg_stat_statements
+# and pg_stat_activity, so that they are kept out of the point's counts).
+HARNESS_TAG = "tcc-bench-harness"
+DRAIN_QUERY = (
+    f"/* {HARNESS_TAG} */ SELECT count(*) FROM tcc_transactions WHERE status = ANY($1::text[])"
+)
 
 Say = Callable[[str], None]
 
@@ -133,10 +152,8 @@ def _modes(text: str | None) -> tuple[str, ...]:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    if args.short and any(
-        v is not None for v in (args.concurrency, args.modes, args.seconds, args.warmup_s)
-    ):
-        raise UsageError("--short sets --concurrency, --modes, --seconds and --warmup-s itself")
+    if args.short and any(v is not None for v in (args.concurrency, args.seconds, args.warmup_s)):
+        raise UsageError("--short sets --concurrency, --seconds and --warmup-s itself")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
     seconds = SHORT_SECONDS if args.short else args.seconds
@@ -160,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         database_url=url,
         workers=args.workers,
         concurrency=SHORT_CONCURRENCY if args.short else _concurrency(args.concurrency),
-        modes=MODES if args.short else _modes(args.modes),
+        modes=_modes(args.modes),
         seconds=seconds,
         warmup_s=warmup,
         out_dir=out,
@@ -172,15 +189,28 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 @dataclass
+class _MessageWindow:
+    """A msg point's times on Postgres' clock (read in the admin database), and how its
+    deliveries were waited for."""
+
+    measured_from: datetime.datetime
+    measured_to: datetime.datetime
+    load_ended: datetime.datetime
+    drained_after_s: float
+    polls: int
+
+
+@dataclass
 class _Pending:
     """A coordinator point whose database figures are read once Postgres has published
-    them (SETTLE_S after its load stopped)."""
+    them (SETTLE_S after its load stopped, or after a msg point's deliveries ended)."""
 
     point: Point
     oid: int
     before: Counters
     transactions: int
     ready_at: float
+    messages: _MessageWindow | None = None
 
 
 def _per_tx(amount: float | None, transactions: int, scale: float = 1.0) -> float | None:
@@ -425,14 +455,71 @@ class Bench:
             return seen
 
         ends = Endpoints(self.procs.urls["participant"], self.procs.urls[mode])
+        started = await self._postgres_now()
         result = await self._load(coordinator_scenario(mode, ends), clients, probe)
+        messages = None
+        if mode == TransactionKind.MSG.value:
+            messages = await self._drain(mode, started)
         ready_at = time.monotonic() + SETTLE_S
         point = self._load_point(COORDINATOR, mode, clients, result)
         rss = bench_procs.tree_rss(root)
         if rss is not None:
             point.rss_mb_largest = round(rss[0] / 2**20, 1)
             point.rss_mb_sum = round(rss[1] / 2**20, 1)
-        return _Pending(point, oid, before, result.total, ready_at)
+        return _Pending(point, oid, before, result.total, ready_at, messages)
+
+    async def _postgres_now(self) -> datetime.datetime:
+        """Postgres' clock, read in the admin database (not counted for any point)."""
+        assert self.conn is not None
+        now: datetime.datetime = await self.conn.fetchval("SELECT clock_timestamp()")
+        return now
+
+    async def _point_connection(self, mode: str) -> asyncpg.Connection:
+        """The harness's own connection to a point's database, named so it can be told apart."""
+        return await asyncpg.connect(
+            with_database(self.admin_url, _database_name(mode)),
+            timeout=10,
+            server_settings={"application_name": HARNESS_TAG},
+        )
+
+    async def _harness_gone(self, oid: int, timeout_s: float = 10.0) -> None:
+        """A backend publishes its commit counts as it exits: wait until ours has."""
+        assert self.conn is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            left = await self.conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datid = $1 AND application_name = $2",
+                oid,
+                HARNESS_TAG,
+            )
+            if not left:
+                return
+            await asyncio.sleep(0.05)
+
+    async def _drain(self, mode: str, started: datetime.datetime) -> _MessageWindow:
+        """After a msg point's load: wait (bounded) until the log holds no message left to
+        deliver. Each poll is one statement and one commit in the point's database; they are
+        counted here and taken out when the point's figures are read."""
+        load_ended = await self._postgres_now()
+        measured_from = started + datetime.timedelta(seconds=self.config.warmup_s)
+        measured_to = measured_from + datetime.timedelta(seconds=self.config.seconds)
+        began = time.monotonic()
+        active = [s.value for s in ACTIVE_STATUSES]
+        polls = 0
+        conn = await self._point_connection(mode)
+        try:
+            while True:
+                polls += 1
+                left = await conn.fetchval(DRAIN_QUERY, active)
+                if not left or time.monotonic() - began > DRAIN_LIMIT_S:
+                    break
+                await asyncio.sleep(DRAIN_POLL_S)
+        finally:
+            await conn.close()
+        drained_after = time.monotonic() - began
+        if left:
+            self.say(f"bench: {left} messages still not delivered after {DRAIN_LIMIT_S:g} s")
+        return _MessageWindow(measured_from, measured_to, load_ended, drained_after, polls)
 
     async def _floor_point(self, mode: str, clients: int) -> Point:
         ends = Endpoints(self.procs.urls["participant"])
@@ -482,14 +569,81 @@ class Bench:
         await asyncio.sleep(max(pending.ready_at - time.monotonic(), 0))
         usage = await self.stats.usage_since(pending.oid, pending.before)
         p, n = pending.point, pending.transactions
+        statements, commits, harness = usage.statements, usage.commits, 0
+        if pending.messages is not None:
+            harness = await self._harness_statements(pending.oid)
+            # Each poll is one statement in a transaction of its own.
+            statements = None if statements is None else statements - harness
+            commits -= pending.messages.polls
         p.counted_transactions = n
-        p.statements_per_tx = _per_tx(usage.statements, n)
-        p.commits_per_tx = _per_tx(usage.commits, n)
+        p.statements_per_tx = _per_tx(statements, n)
+        p.commits_per_tx = _per_tx(commits, n)
         p.rollbacks_per_tx = _per_tx(usage.rollbacks, n)
         p.top_statements = [
             {"query": query, "calls": calls, "per_tx": _per_tx(calls, n)}
             for query, calls in usage.top
+            if HARNESS_TAG not in query
         ]
+        if pending.messages is not None:
+            p.deliveries = await self._deliveries(pending, harness or pending.messages.polls)
+
+    async def _harness_statements(self, oid: int) -> int:
+        assert self.stats is not None
+        if not self.stats.counts_statements:
+            return 0
+        calls = await self.stats.conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+            " WHERE dbid = $1 AND query LIKE '%' || $2 || '%'",
+            oid,
+            HARNESS_TAG,
+        )
+        return int(calls)
+
+    async def _deliveries(self, pending: _Pending, harness: int) -> Deliveries:
+        """A msg point's deliveries, from the log. Read after the point's counts (and
+        before the next point's counts start), so these reads are counted nowhere."""
+        w = pending.messages
+        assert w is not None
+        conn = await self._point_connection(pending.point.mode)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE status = $4 AND finished_at >= $1"
+                "   AND finished_at < $2) AS delivered,"
+                " count(*) FILTER (WHERE created_at < $3"
+                "   AND (finished_at IS NULL OR finished_at > $3)) AS backlog,"
+                " count(*) FILTER (WHERE status = ANY($5::text[])) AS undelivered"
+                " FROM tcc_transactions WHERE kind = $6",
+                w.measured_from,
+                w.measured_to,
+                w.load_ended,
+                GlobalStatus.CONFIRMED.value,
+                [s.value for s in ACTIVE_STATUSES],
+                TransactionKind.MSG.value,
+            )
+            lags = await conn.fetch(
+                "SELECT extract(epoch FROM finished_at - created_at)::float8 * 1000 AS ms"
+                " FROM tcc_transactions WHERE kind = $4 AND status = $3"
+                " AND created_at >= $1 AND created_at < $2 ORDER BY ms",
+                w.measured_from,
+                w.measured_to,
+                GlobalStatus.CONFIRMED.value,
+                TransactionKind.MSG.value,
+            )
+        finally:
+            await conn.close()
+        assert row is not None  # an aggregate answers one row
+        await self._harness_gone(pending.oid)
+        lag_ms = [float(r["ms"]) for r in lags]
+        return Deliveries(
+            delivered_per_s=round(int(row["delivered"]) / self.config.seconds, 2),
+            lag_ms=latency_summary(lag_ms),
+            lag_max_ms=round(lag_ms[-1], 3) if lag_ms else None,
+            lag_samples=len(lag_ms),
+            backlog_at_end=int(row["backlog"]),
+            drained_after_s=round(w.drained_after_s, 2),
+            undelivered=int(row["undelivered"]),
+            harness_statements=harness,
+        )
 
     async def _level(self, clients: int) -> None:
         """Every point at one number of clients, in the order that lets each mode's
@@ -590,6 +744,18 @@ class Bench:
                 " divided by counted_transactions (all completed in that window)",
                 "cpu": "utime+stime from /proc over the measured window, whole process tree",
                 "rss": "VmRSS after the point: largest process and sum of the tree",
+                "saga": "POST /v1/sagas with two steps in order, wait true: one transaction is"
+                " a saga answered 201 confirmed (both actions done)",
+                "msg": "POST /v1/messages with two steps, not prepared: one transaction is a"
+                " message accepted (201, logged and submitted); its deliveries run after the"
+                " answer. The counts are read once the log holds none left to deliver, so"
+                " stmts/tx and commits/tx include the deliveries; the harness's own polls"
+                " (deliveries.harness_statements) are taken out",
+                "msg_deliveries": "from the log after the point: delivered_per_s counts messages"
+                " whose finished_at falls in the measured window; lag_ms is finished_at -"
+                " created_at (Postgres now() of the begin and of the write marking it"
+                " delivered) of every message accepted in the window; backlog_at_end those"
+                " accepted and not delivered when the load stopped (Postgres' clock)",
             },
             "statements_counted": self.stats.counts_statements,
             "points": points_json(self.points),
@@ -619,6 +785,9 @@ def render_text(bench: Bench, report: dict[str, Any], json_path: Path, chart: Pa
         "",
         TABLE_NOTES,
     ]
+    deliveries = delivery_table(bench.points)
+    if deliveries:
+        lines += ["", deliveries, "", DELIVERY_NOTES]
     if not report["statements_counted"]:
         lines.append(f"statements: {report['measurement']['statements']}")
     lines += ["", f"JSON:  {json_path}"]

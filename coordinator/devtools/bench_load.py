@@ -6,8 +6,12 @@ fresh loop (uvloop when it is installed), so that the harness's own bookkeeping 
 /proc, talking to Postgres) never shares a loop with the clients it times.
 
 A transaction is one of the coordinator's modes (auto, interactive, dtm: two branches
-each), or the same participant calls made directly (the floor: what the coordinator
-could never beat).
+each; saga, msg: two steps each), or the same participant calls made directly (the floor:
+what the coordinator could never beat).
+
+A msg transaction is a message accepted: the client's POST /v1/messages answers once the
+message is logged and submitted, and its two deliveries run in the background after. Its
+deliveries are measured from the log afterwards (bench.py), not by the client.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import aiohttp
 from coordinator.core.states import Phase
 from coordinator.dialects.base import protocol_headers
 
-MODES = ("auto", "interactive", "dtm")
+MODES = ("auto", "interactive", "dtm", "saga", "msg")
 BRANCHES = ("b1", "b2")
 PAYLOAD = {"amount": 1}
 DTM_DATA = json.dumps(PAYLOAD)
@@ -187,6 +191,59 @@ def dtm_mode(ends: Endpoints) -> Scenario:
     return run
 
 
+def _step_url(base: str, kind: str, branch_id: str, phase: Phase) -> str:
+    # Distinct paths per step and phase, as two services would have.
+    return f"{base}/{kind}/{branch_id}/{phase.value}"
+
+
+def saga_mode(ends: Endpoints) -> Scenario:
+    """A saga of two steps in order, its client waiting until both actions are done."""
+    steps = [
+        {
+            "branch_id": b,
+            "action_url": _step_url(ends.participant, "saga", b, Phase.ACTION),
+            "compensate_url": _step_url(ends.participant, "saga", b, Phase.COMPENSATE),
+            "payload": PAYLOAD,
+        }
+        for b in BRANCHES
+    ]
+    body = {"steps": steps, "wait": True}
+    url = f"{ends.coordinator}/v1/sagas"
+
+    async def run(session: aiohttp.ClientSession) -> None:
+        data = await _call(session, "POST", url, 201, json=body)
+        _expect_field(data, "status", "confirmed", "saga")
+
+    return run
+
+
+# A message's answer comes once it is logged and submitted: its deliveries may be done already.
+MESSAGE_ACCEPTED = ("confirming", "confirmed")
+
+
+def msg_mode(ends: Endpoints) -> Scenario:
+    """A message of two steps (delivered in order), not prepared: the client waits only
+    until it is accepted."""
+    steps = [
+        {
+            "branch_id": b,
+            "url": _step_url(ends.participant, "msg", b, Phase.ACTION),
+            "payload": PAYLOAD,
+        }
+        for b in BRANCHES
+    ]
+    body = {"steps": steps}
+    url = f"{ends.coordinator}/v1/messages"
+
+    async def run(session: aiohttp.ClientSession) -> None:
+        data = await _call(session, "POST", url, 201, json=body)
+        status = data.get("status") if isinstance(data, dict) else None
+        if status not in MESSAGE_ACCEPTED:
+            raise UnexpectedAnswer(f"message: status is {status!r}, not one of {MESSAGE_ACCEPTED}")
+
+    return run
+
+
 # --- the floor: the same participant calls, no coordinator ---------------------------
 
 
@@ -225,10 +282,41 @@ async def _dtm_participant_call(
     )
 
 
+async def _step_call(
+    session: aiohttp.ClientSession, base: str, kind: str, gid: str, branch_id: str
+) -> None:
+    """A saga's action or a message's delivery, as the coordinator sends it."""
+    phase = Phase.ACTION
+    body = {"gid": gid, "branch_id": branch_id, "phase": phase.value, "payload": PAYLOAD}
+    await _call(
+        session,
+        "POST",
+        _step_url(base, kind, branch_id, phase),
+        200,
+        data=json.dumps(body),
+        headers=protocol_headers(gid, branch_id, phase),
+    )
+
+
+def _steps_floor(kind: str, ends: Endpoints) -> Scenario:
+    """A saga's two actions, or a message's two deliveries: one after the other, as the
+    coordinator runs steps in order."""
+
+    async def run(session: aiohttp.ClientSession) -> None:
+        gid = _floor_gid()
+        for b in BRANCHES:
+            await _step_call(session, ends.participant, kind, gid, b)
+
+    return run
+
+
 def floor_scenario(mode: str, ends: Endpoints) -> Scenario:
     """Two tries and two confirms: the tries in parallel for auto (as the coordinator runs
     them), one after the other for interactive and dtm (as their clients do); confirms in
-    parallel, as a phase-two round sends them."""
+    parallel, as a phase-two round sends them. Saga and msg: their two steps' calls in
+    order (a saga's actions, a message's deliveries)."""
+    if mode in ("saga", "msg"):
+        return _steps_floor(mode, ends)
     call = _dtm_participant_call if mode == "dtm" else _v1_participant_call
     base = ends.participant
 
@@ -245,7 +333,13 @@ def floor_scenario(mode: str, ends: Endpoints) -> Scenario:
 
 
 def coordinator_scenario(mode: str, ends: Endpoints) -> Scenario:
-    factories = {"auto": auto_mode, "interactive": interactive_mode, "dtm": dtm_mode}
+    factories = {
+        "auto": auto_mode,
+        "interactive": interactive_mode,
+        "dtm": dtm_mode,
+        "saga": saga_mode,
+        "msg": msg_mode,
+    }
     return factories[mode](ends)
 
 

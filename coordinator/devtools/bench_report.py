@@ -12,13 +12,35 @@ from typing import Any
 from coordinator.report import columns
 
 COORDINATOR, FLOOR, CEILING = "coordinator", "floor", "ceiling"
-MODE_COLOURS = {"auto": "tab:blue", "interactive": "tab:orange", "dtm": "tab:green"}
+MODE_COLOURS = {
+    "auto": "tab:blue",
+    "interactive": "tab:orange",
+    "dtm": "tab:green",
+    "saga": "tab:red",
+    "msg": "tab:purple",
+}
+
+
+@dataclass
+class Deliveries:
+    """What became of a msg point's messages, from the coordinator's own log: each message's
+    created_at (its begin) and finished_at (the write that marks it delivered), both
+    Postgres' now() of their database transactions."""
+
+    delivered_per_s: float  # messages whose deliveries ended inside the measured window
+    lag_ms: dict[str, float | None]  # finished_at - created_at of those accepted in the window
+    lag_max_ms: float | None
+    lag_samples: int  # messages accepted in the window and delivered
+    backlog_at_end: int  # accepted but not delivered yet when the load stopped
+    drained_after_s: float  # from the load's end until none was left to deliver
+    undelivered: int  # still not delivered when the figures were read (0 in a healthy run)
+    harness_statements: int  # the drain's own polls, taken out of stmts/tx and commits/tx
 
 
 @dataclass
 class Point:
     kind: str  # COORDINATOR, FLOOR or CEILING
-    mode: str  # auto, interactive, dtm; "" for the ceiling
+    mode: str  # auto, interactive, dtm, saga, msg; "" for the ceiling
     concurrency: int
     seconds: float
     transactions: int  # completed inside the measured window
@@ -40,6 +62,9 @@ class Point:
     ratio_to_ceiling: float | None = None
     ratio_to_floor: float | None = None
     top_statements: list[dict[str, Any]] = field(default_factory=list)
+    # msg only (a coordinator point): tx/s counts messages accepted; their deliveries are
+    # read from the log once they are all done (see Deliveries).
+    deliveries: Deliveries | None = None
 
     @property
     def label(self) -> str:
@@ -148,7 +173,61 @@ db cpu ms/tx: every process of our embedded Postgres over the same window (n/a w
 stmts/tx, commits/tx: counted by Postgres (pg_stat_statements calls, pg_stat_database
   xact_commit) for the point's database, warm-up included, divided by its transactions.
 of ceiling / of floor: tx/s against pgbench writing the minimal log, and against the
-  same participant calls made without a coordinator, at the same number of clients."""
+  same participant calls made without a coordinator, at the same number of clients.
+saga: POST /v1/sagas, two steps in order, answered once both actions are done (201).
+msg: tx/s is messages accepted (POST /v1/messages, two steps, answered 201 once logged and
+  submitted); their deliveries run after the answer and are in the table below it. Its
+  stmts/tx and commits/tx include the deliveries (the counts are read once all are done).
+floor saga / floor msg: the two steps' calls in order, made directly."""
+
+
+def delivery_table(points: list[Point]) -> str:
+    """msg points: how fast their messages were delivered; "" when there are none."""
+    rows = [
+        [
+            "msg deliveries",
+            "clients",
+            "accepted/s",
+            "delivered/s",
+            "lag p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "lag samples",
+            "backlog at end",
+            "drained after s",
+            "undelivered",
+        ]
+    ]
+    for p in sorted(points, key=lambda p: p.concurrency):
+        d = p.deliveries
+        if p.kind != COORDINATOR or d is None:
+            continue
+        rows.append(
+            [
+                p.label,
+                str(p.concurrency),
+                _num(p.tps),
+                _num(d.delivered_per_s),
+                _num(d.lag_ms.get("p50"), 2),
+                _num(d.lag_ms.get("p95"), 2),
+                _num(d.lag_ms.get("p99"), 2),
+                _num(d.lag_max_ms, 2),
+                str(d.lag_samples),
+                str(d.backlog_at_end),
+                _num(d.drained_after_s, 2),
+                str(d.undelivered),
+            ]
+        )
+    return columns(rows) if len(rows) > 1 else ""
+
+
+DELIVERY_NOTES = """\
+msg deliveries, read from the coordinator's log after the point (not timed by the client):
+  delivered/s: messages whose last delivery was logged inside the measured window;
+  lag: each message's begin (created_at) to the write marking it delivered (finished_at),
+  for every message accepted inside the window; backlog at end: accepted and not yet
+  delivered when the load stopped; drained after: until none was left."""
 
 
 # --- JSON -----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ async def test_bench_short__measures_every_mode_and_level_and_writes_json_and_ch
     points = report["points"]
     coordinator = {(p["mode"], p["concurrency"]): p for p in points if p["kind"] == "coordinator"}
     assert set(coordinator) == {
-        (mode, c) for mode in ("auto", "interactive", "dtm") for c in (1, 4)
+        (mode, c) for mode in ("auto", "interactive", "dtm", "saga", "msg") for c in (1, 4)
     }, coordinator.keys()
     for point in coordinator.values():
         assert point["transactions"] > 0, point
@@ -74,6 +74,78 @@ async def test_bench_short__measures_every_mode_and_level_and_writes_json_and_ch
     assert "ceiling (pgbench)" in stdout
     assert "floor auto" in stdout
     assert str(out / "bench.json") in stdout
+
+
+def _table_rows(stdout: str, label: str) -> list[str]:
+    """The main table's lines for one label (the table ends at its first blank line)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "stmts/tx" in line)
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        if line.startswith(label + " ") and line[len(label) :].lstrip()[:1].isdigit():
+            rows.append(line)
+    return rows
+
+
+def _cell(header: str, row: str, name: str) -> str:
+    """A row's cell under a column's name (the table's columns are aligned)."""
+    return row[header.index(name) :].split()[0]
+
+
+async def test_bench_short_saga_and_msg__rows_with_counted_statements_and_deliveries(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    code, stdout, stderr = await run_tcc_async(
+        "bench",
+        "--short",
+        "--modes",
+        "saga,msg",
+        "--out",
+        str(out),
+        env=clean_env(),
+        timeout_s=240,
+    )
+    assert code == 0, stdout + stderr
+
+    # The table: a row per mode and level, each with its statements per transaction, and
+    # the floors beside them.
+    header = next(line for line in stdout.splitlines() if "stmts/tx" in line)
+    for label in ("saga", "msg"):
+        rows = _table_rows(stdout, label)
+        assert [_cell(header, row, "clients") for row in rows] == ["1", "4"], (label, stdout)
+        for row in rows:
+            assert float(_cell(header, row, "stmts/tx").replace(",", "")) > 0, (label, row)
+        assert len(_table_rows(stdout, f"floor {label}")) == 2, (label, stdout)
+    assert "msg deliveries" in stdout
+    for mode in ("auto", "interactive", "dtm"):
+        assert not _table_rows(stdout, mode), mode
+
+    report = json.loads((out / "bench.json").read_text())
+    assert report["settings"]["modes"] == ["saga", "msg"]
+    coordinator = {
+        (p["mode"], p["concurrency"]): p for p in report["points"] if p["kind"] == "coordinator"
+    }
+    assert set(coordinator) == {(m, c) for m in ("saga", "msg") for c in (1, 4)}
+    for point in coordinator.values():
+        assert point["transactions"] > 0, point
+        assert point["errors"] == 0, point
+        for name in ("tps", "statements_per_tx", "commits_per_tx", "ratio_to_floor"):
+            assert _numeric(point[name]), (name, point)
+        # The harness's own queries are not among the point's statements.
+        assert not any("tcc-bench-harness" in s["query"] for s in point["top_statements"])
+    for c in (1, 4):
+        assert coordinator[("saga", c)]["deliveries"] is None
+        deliveries = coordinator[("msg", c)]["deliveries"]
+        # Every message accepted was delivered before the counts were read.
+        assert deliveries["undelivered"] == 0, deliveries
+        assert deliveries["lag_samples"] > 0, deliveries
+        assert _numeric(deliveries["lag_ms"]["p50"]), deliveries
+        assert _numeric(deliveries["delivered_per_s"]), deliveries
+    floors = {(p["mode"], p["concurrency"]) for p in report["points"] if p["kind"] == "floor"}
+    assert floors == {(m, c) for m in ("saga", "msg") for c in (1, 4)}
 
 
 async def test_bench__refuses_bad_input_in_one_line() -> None:
