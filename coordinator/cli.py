@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--no-participant-kills", action="store_true")
     chaos.add_argument("--no-outages", action="store_true")
     chaos.add_argument("--fail-rate", type=float, default=0.05)
+    chaos.add_argument(
+        "--kinds", default="tcc,saga,msg", help="the kinds of transaction to mix (all three)"
+    )
     chaos.add_argument("--time-limit-s", type=float, default=600.0)
     chaos.add_argument("--seed", type=int)
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -172,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--workers", type=int, default=1, help="tcc serve --workers N")
     bench.add_argument("--concurrency", help="clients per point, comma-separated (1,16,64)")
-    bench.add_argument("--modes", help="comma-separated: auto,interactive,dtm (all)")
+    bench.add_argument("--modes", help="comma-separated: auto,interactive,dtm,saga,msg (all)")
     bench.add_argument("--seconds", type=int, help="measured seconds per point (10)")
     bench.add_argument("--warmup-s", type=float, help="unmeasured seconds before each point (2)")
     bench.add_argument("--out", help="folder for bench.json and bench.png (a new temp folder)")

@@ -20,6 +20,10 @@ from aiohttp import web
 POOL = web.AppKey("pool", asyncpg.Pool)
 OPTIONS = web.AppKey("options", argparse.Namespace)
 
+# Several flaky participants start at once on one database: CREATE ... IF NOT EXISTS is not
+# safe against a concurrent create (a unique violation in the catalog), so they take turns.
+SCHEMA_LOCK = 0x666C616B79  # "flaky"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flaky_calls (
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -64,7 +68,9 @@ def create_app(options: argparse.Namespace) -> web.Application:
 
     async def database(app: web.Application) -> Any:
         pool = await asyncpg.create_pool(options.database_url, min_size=1, max_size=10)
-        await pool.execute(SCHEMA)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute(SCHEMA)
         app[POOL] = pool
         yield
         await pool.close()

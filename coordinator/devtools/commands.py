@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from coordinator.core.errors import UsageError
-from coordinator.devtools.chaos import ChaosConfig, ChaosRun, report_json
+from coordinator.devtools.chaos import ChaosConfig, ChaosRun, parse_kinds, report_json
 from coordinator.devtools.demo import run_demo
 from coordinator.devtools.stack import Ports, Stack
 from coordinator.settings import Settings
@@ -253,6 +253,7 @@ async def chaos_command(args: argparse.Namespace) -> int:
         fail_rate=args.fail_rate,
         time_limit_s=args.time_limit_s,
         seed=args.seed,
+        kinds=parse_kinds(args.kinds),
     )
     report = await ChaosRun(config).run()
     print(report_json(report) if args.json else report.table())
