@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from coordinator import tracing
-from coordinator.core import states
+from coordinator.core import kinds, states
 from coordinator.core.apikeys import Principal
 from coordinator.core.errors import (
     Conflict,
@@ -214,6 +214,12 @@ class Coordinator:
         service = self._service_for_begin(caller, request.service)
         for i, branch in enumerate(request.branches):
             self._check_branch(branch, f"branches.{i}.")
+        query_url = (request.options or {}).get(kinds.QUERY_URL_OPTION)
+        if isinstance(query_url, str):  # a prepared message's service, asked like a participant
+            try:
+                self.policy.check_url(query_url)
+            except PolicyError as exc:
+                raise InvalidInput(f"query_url: {exc}") from exc
         trace = tracing.current()  # the begin's span: the transaction's trace from now on
         new = NewTransaction(
             gid=self._gid_for_begin(caller, request.gid),

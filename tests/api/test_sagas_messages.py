@@ -239,6 +239,23 @@ def _step(step_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+async def test_message__a_query_url_the_participant_policy_refuses__is_422_and_nothing_logged(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    body = {
+        "gid": "m-metadata",
+        "prepared": True,
+        "query_url": "http://169.254.169.254/latest/meta-data",
+        "steps": [message_step(participant, "a")],
+    }
+    status, out = await problem(coordinator, "/v1/messages", body)
+    assert status == 422
+    assert "query_url" in out["detail"]
+    assert "169.254.169.254" in out["detail"]
+    status, _ = await problem(coordinator, "/v1/messages/m-metadata/submit", {})
+    assert status == 404
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
@@ -342,6 +359,23 @@ async def test_message__prepared_without_a_query_url__is_422(
     status, out = await problem(coordinator, "/v1/messages", body)
     assert status == 422
     assert "query_url" in out["detail"]
+
+
+async def test_message__a_query_url_the_participant_policy_refuses__is_422_and_nothing_logged(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    body = {
+        "gid": "m-metadata",
+        "prepared": True,
+        "query_url": "http://169.254.169.254/latest/meta-data",
+        "steps": [message_step(participant, "a")],
+    }
+    status, out = await problem(coordinator, "/v1/messages", body)
+    assert status == 422
+    assert "query_url" in out["detail"]
+    assert "169.254.169.254" in out["detail"]
+    status, _ = await problem(coordinator, "/v1/messages/m-metadata/submit", {})
+    assert status == 404
 
 
 @pytest.mark.parametrize(
