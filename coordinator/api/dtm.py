@@ -239,7 +239,10 @@ class DtmStepsIn(DtmGlobalIn):
         elif timeout_s is None:
             timeout_s = kinds.DEFAULT_PREPARED_TIMEOUT_S
         if self.query_prepared:
-            check_url_form(self.query_prepared)
+            try:
+                check_url_form(self.query_prepared)
+            except ValueError as exc:
+                raise BadRequest(f"query_prepared: {exc}") from exc
             options[kinds.QUERY_URL_OPTION] = self.query_prepared
         return BeginRequest(
             gid=self.gid,

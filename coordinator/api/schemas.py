@@ -57,6 +57,9 @@ ParticipantUrl = Annotated[
     str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_participant_url)
 ]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# Steps a saga or message may have in one request, before TCC_MAX_BRANCHES is applied (a bound
+# the body's validation needs for itself).
+MAX_STEPS = 1000
 CallTimeout = Annotated[float | None, Field(gt=0, description="Timeout of each participant call")]
 
 
@@ -173,14 +176,15 @@ class SagaIn(Strict):
     gid: Gid | None = Field(default=None, description="Generated when omitted")
     service: ShortText | None = Field(default=None, description="Name of the calling service")
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
-    steps: list[SagaStepIn] = Field(min_length=1)
+    steps: list[SagaStepIn] = Field(min_length=1, max_length=MAX_STEPS)
     concurrent: bool = Field(
         default=False, description="Steps without `after` run at once rather than in order"
     )
     timeout_s: float | None = Field(
         default=None,
         gt=0,
-        description="The actions must be done within this many seconds, or the saga compensates",
+        description="No round of actions starts after this many seconds: the saga compensates"
+        " instead",
     )
     call_timeout_s: CallTimeout = None
     retry_limit: int | None = Field(
@@ -254,7 +258,7 @@ class MessageIn(Strict):
     gid: Gid | None = Field(default=None, description="Generated when omitted")
     service: ShortText | None = Field(default=None, description="Name of the calling service")
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
-    steps: list[MessageStepIn] = Field(min_length=1)
+    steps: list[MessageStepIn] = Field(min_length=1, max_length=MAX_STEPS)
     concurrent: bool = Field(default=False, description="Deliver the steps at once")
     prepared: bool = Field(default=False, description="Hold it until submitted")
     query_url: ParticipantUrl | None = Field(

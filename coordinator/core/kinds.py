@@ -36,6 +36,7 @@ AFTER_OPTION = "after"  # branch id -> the branch ids it waits for (a graph of s
 QUERY_URL_OPTION = "query_url"  # msg: asked whether a prepared message should go out
 RETRY_LIMIT_OPTION = "retry_limit"  # saga: forward rounds before it compensates instead
 FORWARD_TIMEOUT_OPTION = "forward_timeout"  # saga: its deadline bounds the forward phase
+PREPARED_OPTION = "prepared"  # msg: held for its submit (else it was to go out at once)
 
 # Why a prepared message was aborted when its service, asked, said no.
 QUERY_REFUSED_REASON = CancelReason.QUERY_REFUSED.text("its service answered FAILURE when asked")
@@ -122,24 +123,32 @@ class StepPlan:
 
 def check_graph(order: Sequence[str], after: Mapping[str, Iterable[str]]) -> str | None:
     """Why a graph of steps cannot run (an unknown step, a step waiting for itself, a
-    cycle), or None."""
+    cycle), or None. Linear in the steps and their edges (Kahn's order)."""
     known = set(order)
+    waiting_for: dict[str, int] = dict.fromkeys(order, 0)
+    freed_by: dict[str, list[str]] = {step: [] for step in order}
     for step, waits_for in after.items():
         if step not in known:
             return f"after: no step {step!r}"
-        for other in waits_for:
+        for other in set(waits_for):
             if other not in known:
                 return f"after.{step}: no step {other!r}"
             if other == step:
                 return f"after.{step}: a step cannot wait for itself"
-    done: set[str] = set()
-    plan = StepPlan(tuple(order), True, {k: frozenset(v) for k, v in after.items()})
-    while len(done) < len(known):
-        ready = plan.runnable(done)
-        if not ready:
-            stuck = sorted(known - done)
-            return f"after: the steps {', '.join(stuck)} wait for each other in a cycle"
-        done.update(ready)
+            waiting_for[step] += 1
+            freed_by[other].append(step)
+    ready = [step for step, n in waiting_for.items() if n == 0]
+    ran = 0
+    while ready:
+        step = ready.pop()
+        ran += 1
+        for freed in freed_by[step]:
+            waiting_for[freed] -= 1
+            if waiting_for[freed] == 0:
+                ready.append(freed)
+    if ran < len(known):
+        stuck = sorted(step for step, n in waiting_for.items() if n > 0)
+        return f"after: the steps {', '.join(stuck)} wait for each other in a cycle"
     return None
 
 

@@ -357,15 +357,17 @@ CONFIRM_GUARD = Guard(
 )
 
 
-# A prepared message may be submitted after its deadline too: the deadline only says when
-# its service is asked about it, and until an answer comes it is still prepared.
-MESSAGE_SUBMIT_GUARD = Guard()
+# A saga or a message has no tries: its decision to go forward needs nothing. A prepared
+# message may be submitted after its deadline too (the deadline only says when its service is
+# asked about it), and a saga found undecided by recovery (its request died between logging
+# it and deciding it) is sent forward, as its client asked.
+FORWARD_GUARD = Guard()
 
 
 def guard_of(decision: Decision, kind: TransactionKind = TransactionKind.TCC) -> Guard:
     if decision is Decision.CANCEL:
         return NO_GUARD
-    return MESSAGE_SUBMIT_GUARD if kind is TransactionKind.MSG else CONFIRM_GUARD
+    return CONFIRM_GUARD if kind is TransactionKind.TCC else FORWARD_GUARD
 
 
 def confirm_refusal_of(

@@ -309,52 +309,93 @@ class PhaseDriver:
         return len(self._drives)
 
     async def resume(self, lease: Lease, status: GlobalStatus) -> asyncio.Task[RoundEnd] | None:
-        """Continue a transaction claimed by recovery: time it out (a prepared message: ask
-        its service), or run its next round."""
-        if status is GlobalStatus.TRYING:
-            txn = await self.log.get(lease.gid)
-            if txn.kind is TransactionKind.MSG:
-                return await self._query_prepared(lease, txn)
-            reason = states.CancelReason.TIMEOUT.text()
-            result = await self.decide(lease.gid, Decision.CANCEL, reason=reason)
-            if result.lease is None:
-                # Someone decided it first; our claim is moot.
-                await self.log.release_lease(lease)
-                return None
+        """Continue a transaction claimed by recovery: one still undecided at its deadline
+        is timed out (TCC), asked about (a prepared message) or sent forward (a saga or a
+        message whose request died before deciding it); one in phase two gets its next
+        round."""
+        if status is not GlobalStatus.TRYING:
+            return self.spawn_drive(lease)
+        txn = await self.log.get(lease.gid)
+        if txn.kind is TransactionKind.MSG and txn.options.get(kinds.PREPARED_OPTION):
+            task = asyncio.create_task(self._ask(lease, txn), name=f"query:{lease.gid}")
+            self._track(lease.gid, task)
+            return task
+        if txn.kind is TransactionKind.TCC:
+            decision, reason = Decision.CANCEL, states.CancelReason.TIMEOUT.text()
+        else:
+            decision, reason = Decision.CONFIRM, None
+        result = await self.decide(lease.gid, decision, reason=reason, kind=txn.kind)
+        if result.lease is None:
+            # Someone decided it first; our claim is moot.
+            await self.log.release_lease(lease)
+            return None
+        if txn.kind is TransactionKind.TCC:
             self.metrics.timed_out()
-            # The decision replaced our claim with a fresh lease and started the drive.
-            return self._drives.get(lease.gid)
-        return self.spawn_drive(lease)
+        # The decision replaced our claim with a fresh lease and started the drive.
+        return self._drives.get(lease.gid)
 
-    async def _query_prepared(
-        self, lease: Lease, txn: Transaction
-    ) -> asyncio.Task[RoundEnd] | None:
+    def _track(self, gid: str, task: asyncio.Task[RoundEnd]) -> None:
+        """Work on ``gid`` that requests and shutdown wait for, like a drive."""
+        self._drives[gid] = task
+
+        def forget(done: asyncio.Task[RoundEnd]) -> None:
+            if self._drives.get(gid) is done:
+                del self._drives[gid]
+
+        task.add_done_callback(forget)
+
+    async def _ask(self, lease: Lease, txn: Transaction) -> RoundEnd:
+        """_query_prepared; a failure lets the lease go (or lapse) so that the next scan
+        asks again."""
+        with structlog.contextvars.bound_contextvars(gid=lease.gid):
+            try:
+                return await self._query_prepared(lease, txn)
+            except DatabaseUnavailable as exc:
+                log.warning("query_prepared_interrupted", error=str(exc))
+            except asyncio.CancelledError:
+                with contextlib.suppress(DatabaseUnavailable):
+                    await asyncio.shield(self.log.release_lease(lease))
+                raise
+            except Exception:
+                log.exception("query_prepared_crashed")
+                with contextlib.suppress(Exception):
+                    await self.log.release_lease(lease)
+            return None
+
+    async def _query_prepared(self, lease: Lease, txn: Transaction) -> RoundEnd:
         """A prepared message not submitted in time: ask its service whether it should go
-        out. Yes submits it, no aborts it, anything else asks again later (ONGOING at the
-        normal interval, errors with backoff, counted in the log)."""
+        out. Yes submits it (and its first round runs before this returns), no aborts it,
+        anything else asks again later (ONGOING at the normal interval, errors with backoff,
+        counted in the log). Without a URL to ask, it is aborted as timed out."""
         url = txn.options.get(kinds.QUERY_URL_OPTION)
         speaks = dialect(txn.dialect)
+        result: CallResult | None = None
         if isinstance(url, str) and url:
             with tracing.span("tcc.query_prepared", stored=trace_of(txn), gid=txn.gid):
-                result = await self.caller.send(speaks.query_call(txn, url), self.call_timeout(txn))
+                async with self._renewing(lease):  # the call may outlast the lease
+                    call = speaks.query_call(txn, url)
+                    result = await self.caller.send(call, self.call_timeout(txn))
             answer = speaks.judge_query(result)
-        else:  # nobody to ask: it can only be aborted
-            result, answer = None, CallOutcome.FAILURE
+            reason = None if answer is CallOutcome.DONE else kinds.QUERY_REFUSED_REASON
+        else:
+            answer = CallOutcome.FAILURE
+            reason = states.CancelReason.TIMEOUT.text("prepared, not submitted, nobody to ask")
         log.info(
             "query_prepared_answered",
-            gid=txn.gid,
             answer=answer.value,
             http_status=result.http_status if result else None,
             error=result.error if result else None,
         )
         if answer in (CallOutcome.DONE, CallOutcome.FAILURE):
             decision = Decision.CONFIRM if answer is CallOutcome.DONE else Decision.CANCEL
-            reason = None if answer is CallOutcome.DONE else kinds.QUERY_REFUSED_REASON
             decided = await self.decide(lease.gid, decision, reason=reason, kind=txn.kind)
             if decided.lease is None:
                 await self.log.release_lease(lease)
                 return None
-            return self._drives.get(lease.gid)
+            drive = self._drives.get(lease.gid)
+            return (
+                await drive if drive is not None and drive is not asyncio.current_task() else None
+            )
         policy = self._policy_for(txn)
         delay = (
             policy.initial_interval
@@ -362,8 +403,7 @@ class PhaseDriver:
             else policy.delay(txn.phase_attempts + 1, self._rng)
         )
         write = writes.postpone_query(answer.value, delay, owner=self.owner)
-        await self.log.postpone(lease, write, result.record if result else None)
-        return None
+        return await self.log.postpone(lease, write, result.record if result else None)
 
     async def _drive(self, lease: Lease, context: RoundContext | None) -> RoundEnd:
         with structlog.contextvars.bound_contextvars(gid=lease.gid):
@@ -645,6 +685,8 @@ class PhaseDriver:
         status = {b.branch_id: b.status for b in ordered}
         budget_spent = ctx.budget_spent
         course_change = self._forward_stop(txn, ctx.deadline_passed)
+        if course_change is not None and not self._steps_to_call(txn, plan, decision, status):
+            course_change = None  # every action is done: the deadline came too late to matter
         async with self._renewing(lease):
             while True:
                 failed = [b for b, s in status.items() if s is BranchStatus.TRY_FAILED]

@@ -312,8 +312,17 @@ class Coordinator:
         """Register a branch whose try the client runs itself (/v1 branches, DTM)."""
         self._require_writer(caller)
         self._check_branch(branch)
-        await self._check_owner(gid, caller)
+        self._only_tcc(await self._known(gid, caller))
         return await self._register(gid, branch)
+
+    @staticmethod
+    def _only_tcc(txn: Transaction) -> None:
+        """A saga's or message's steps are all given when it begins."""
+        if txn.kind is not TransactionKind.TCC:
+            raise Conflict(
+                f"transaction {txn.gid!r} is a {txn.kind.value}: its steps are given when it"
+                " begins, no branch can be added"
+            )
 
     async def _register(self, gid: str, branch: NewBranch) -> tuple[Branch, bool]:
         registered, created = await self.log.register_branch(
@@ -333,6 +342,7 @@ class Coordinator:
         self._require_writer(caller)
         self._check_branch(branch)
         txn = await self._known(gid, caller)  # its status may be old: dialect, timeouts hold
+        self._only_tcc(txn)
         registered, created = await self._register(gid, branch)
         if created:
             outcome: TryOutcome | None = await self.driver.run_try(txn, registered)
@@ -459,6 +469,10 @@ class Coordinator:
     ) -> Begun:
         """Log a message with its steps: held until submitted when ``prepared``, else
         submitted at once (delivered in the background). Idempotent by gid."""
+        if prepared:  # recovery asks about a prepared one, and sends an unprepared one
+            request = dataclasses.replace(
+                request, options={**(request.options or {}), kinds.PREPARED_OPTION: True}
+            )
         with tracing.span("tcc.begin", dialect=request.dialect, type=request.kind.value) as span:
             detail, created = await self._begin(request, caller)
             gid = detail.transaction.gid

@@ -1248,7 +1248,7 @@ class InMemoryLog:
             coordinators = self._coordinators_seen(now, COORDINATORS_SHOWN_FOR_S)
             done = dict(states.done_while_parked())
             parked_branches = {
-                t.gid: _out_branch(waiting[0].record)
+                t.gid: _out_branch(min(waiting, key=_failing_first).record)
                 for t in listed["parked"]
                 if (
                     waiting := [
@@ -1305,6 +1305,11 @@ def _attention(txns: list[Transaction], now: datetime, limit: int) -> dict[str, 
             lambda t: t.next_attempt_at,
         ),
     }
+
+
+def _failing_first(branch: _BranchRow) -> tuple[bool, int]:
+    """The order parked_branches picks in: a branch whose last call failed, then position."""
+    return branch.record.last_error is None, branch.record.position
 
 
 def _updated(txn: Transaction) -> datetime:

@@ -239,23 +239,6 @@ def _step(step_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def test_message__a_query_url_the_participant_policy_refuses__is_422_and_nothing_logged(
-    coordinator: CoordinatorClient, participant: FakeParticipant
-) -> None:
-    body = {
-        "gid": "m-metadata",
-        "prepared": True,
-        "query_url": "http://169.254.169.254/latest/meta-data",
-        "steps": [message_step(participant, "a")],
-    }
-    status, out = await problem(coordinator, "/v1/messages", body)
-    assert status == 422
-    assert "query_url" in out["detail"]
-    assert "169.254.169.254" in out["detail"]
-    status, _ = await problem(coordinator, "/v1/messages/m-metadata/submit", {})
-    assert status == 404
-
-
 @pytest.mark.parametrize(
     ("body", "words"),
     [
@@ -510,3 +493,37 @@ async def test_list__by_kind__lists_only_that_kind(
     assert status == 422
     assert resp.content_type == "application/problem+json"
     assert "kind" in out["detail"]
+
+
+async def test_saga__more_steps_than_a_body_may_carry__is_422_at_once(
+    coordinator: CoordinatorClient,
+) -> None:
+    steps = [
+        {
+            "branch_id": f"s{i}",
+            "action_url": "http://127.0.0.1:9/a",
+            "compensate_url": "http://127.0.0.1:9/c",
+            "after": [f"s{i - 1}"] if i else [],
+        }
+        for i in range(1001)
+    ]
+    status, out = await problem(coordinator, "/v1/sagas", {"gid": "long", "steps": steps})
+    assert status == 422
+    assert "steps" in out["detail"]
+    assert "1000" in out["detail"]
+
+
+async def test_dtm_prepare__a_query_prepared_url_of_another_scheme__is_400_saying_so(
+    coordinator: CoordinatorClient,
+) -> None:
+    body = {
+        "gid": "dtm-bad-query",
+        "trans_type": "msg",
+        "steps": [{"action": "http://127.0.0.1:9/a"}],
+        "payloads": ["{}"],
+        "query_prepared": "ftp://127.0.0.1/query",
+    }
+    status, out, _ = await coordinator.request("POST", "/api/dtmsvr/prepare", json=body)
+    assert status == 400
+    assert out["dtm_result"] == "FAILURE"
+    assert "query_prepared" in out["message"]

@@ -401,10 +401,10 @@ async def test_decide__a_message_past_its_deadline__may_be_aborted(
     assert decided.transaction.cancel_reason == "query_refused: no"
 
 
-@pytest.mark.parametrize("kind", [TransactionKind.TCC, SAGA])
-async def test_decide__a_tcc_or_saga_past_its_deadline__may_not_be_confirmed(
-    store: TransactionLog, log_time: LogTime, kind: TransactionKind
+async def test_decide__a_tcc_transaction_past_its_deadline__may_not_be_confirmed(
+    store: TransactionLog, log_time: LogTime
 ) -> None:
+    kind = TransactionKind.TCC
     await store.begin(of_kind("g", kind, timeout_s=5))
     await log_time.jump(6)
     refused = await store.decide(
@@ -414,6 +414,19 @@ async def test_decide__a_tcc_or_saga_past_its_deadline__may_not_be_confirmed(
     assert refused.judgement.refusal is Refusal.DEADLINE_PASSED
     assert refused.lease is None
     assert (await store.get("g")).status is GlobalStatus.TRYING
+
+
+async def test_decide__a_saga_past_its_deadline__goes_forward(
+    store: TransactionLog, log_time: LogTime
+) -> None:
+    await store.begin(of_kind("s", SAGA, timeout_s=5))
+    await log_time.jump(6)
+    decided = await store.decide(
+        "s", Decision.CONFIRM, reason=None, owner="a", lease_ttl_s=TTL, kind=SAGA
+    )
+    assert decided.judgement.verdict is Verdict.DECIDE
+    assert decided.lease is not None
+    assert (await store.get("s")).status is GlobalStatus.CONFIRMING
 
 
 async def test_decide__a_message_in_time__is_submitted_under_its_guard(

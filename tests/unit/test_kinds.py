@@ -430,17 +430,20 @@ def test_query_refused_reason__is_of_the_kind_query_refused() -> None:
 
 def test_guard_of__a_message_submit__has_no_deadline_and_no_try_to_wait_for() -> None:
     guard = states.guard_of(Decision.CONFIRM, K.MSG)
-    assert guard == states.MESSAGE_SUBMIT_GUARD
+    assert guard == states.FORWARD_GUARD
     assert not guard.deadline_ahead
     assert guard.holds(deadline_passed=True, branches=[], tries_recorded=False)
     assert states.guard_of(Decision.CANCEL, K.MSG) == states.NO_GUARD
 
 
-def test_guard_of__tcc_and_saga__keep_the_confirm_guard_with_its_deadline() -> None:
-    for kind in (K.TCC, K.SAGA):
-        guard = states.guard_of(Decision.CONFIRM, kind)
-        assert guard == states.CONFIRM_GUARD
-        assert not guard.holds(deadline_passed=True, branches=[])
+def test_guard_of__tcc_keeps_the_confirm_guard_with_its_deadline__a_saga_goes_forward_anyway() -> (
+    None
+):
+    guard = states.guard_of(Decision.CONFIRM, K.TCC)
+    assert guard == states.CONFIRM_GUARD
+    assert not guard.holds(deadline_passed=True, branches=[])
+    # A saga found undecided by recovery past its deadline is sent forward, as asked.
+    assert states.guard_of(Decision.CONFIRM, K.SAGA) == states.FORWARD_GUARD
 
 
 def test_judge_decision__a_message_past_its_deadline__may_still_be_submitted() -> None:
@@ -452,7 +455,7 @@ def test_judge_decision__a_message_past_its_deadline__may_still_be_submitted() -
 
 def test_decision_write__of_a_message__carries_its_guard() -> None:
     msg = writes.decision(Decision.CONFIRM, reason=None, owner="o", kind=K.MSG)
-    assert msg.guard == states.MESSAGE_SUBMIT_GUARD
+    assert msg.guard == states.FORWARD_GUARD
     assert msg.move.allows(G.TRYING)
     tcc = writes.decision(Decision.CONFIRM, reason=None, owner="o")
     assert tcc.guard == states.CONFIRM_GUARD

@@ -790,14 +790,16 @@ DELETE FROM tcc_alerts WHERE id IN (
 );
 
 -- name: parked_branches
--- Why each of the parked transactions :gids waits: its first branch not yet done, done being
--- :done_statuses[i] for a transaction in :parked_statuses[i] (core.states.done_while_parked).
+-- Why each of the parked transactions :gids waits: its first branch not yet done whose last
+-- call failed (else its first not yet done), done being :done_statuses[i] for a transaction in
+-- :parked_statuses[i] (core.states.done_while_parked). (A saga compensates its steps last
+-- first: the step that keeps failing need not be the first.)
 SELECT DISTINCT ON (b.gid) b.* FROM tcc_branches b
 JOIN tcc_transactions t ON t.gid = b.gid
 JOIN unnest(:parked_statuses::text[], :done_statuses::text[]) AS d(parked, done)
   ON d.parked = t.status
 WHERE b.gid = ANY(:gids::text[]) AND b.status <> d.done
-ORDER BY b.gid, b.position;
+ORDER BY b.gid, b.last_error IS NULL, b.position;
 
 -- --- coordinators (the console's view of who runs) ---------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from coordinator.core.apikeys import INSECURE
-from coordinator.core.errors import Conflict
+from coordinator.core.errors import Conflict, DatabaseUnavailable
 from coordinator.core.records import NewBranch, OutboundCall, Transaction, TransactionDetail
 from coordinator.core.states import (
     BranchStatus,
@@ -789,7 +789,7 @@ async def test_prepared_past_its_deadline__query_answering_409__aborts_it_callin
     assert len(queries(caller)) == 1
 
 
-async def test_prepared_past_its_deadline__without_a_query_url__is_aborted(
+async def test_prepared_past_its_deadline__without_a_query_url__is_aborted_as_timed_out(
     runtime: Runtime, caller: ScriptedCaller, clock: ManualClock
 ) -> None:
     await prepared(runtime, clock, "a", query_url=None)
@@ -798,7 +798,7 @@ async def test_prepared_past_its_deadline__without_a_query_url__is_aborted(
     txn = await runtime.log.get(GID)
     assert txn.status is CANCELLED
     assert txn.cancel_reason is not None
-    assert txn.cancel_reason.startswith("query_refused")
+    assert txn.cancel_reason.startswith("timeout: ")  # nobody said no: it was not submitted
     assert caller.calls == []
 
 
@@ -960,3 +960,85 @@ async def test_lease_lapsed_mid_compensation__the_second_coordinator_goes_on_com
     assert steps_called(second_caller, COMPENSATE) == ["b", "a"]
     assert set(statuses(detail).values()) == {BranchStatus.CANCELLED}
     assert len(course_changes(detail)) == 1
+
+
+# --- a request that died between its writes, and other edges -------------------------------
+
+
+def fail_first_call(target: Any, name: str) -> None:
+    """The log's ``name`` fails once as if the database were away, then works again."""
+    real = getattr(target, name)
+    failed = False
+
+    async def once_unavailable(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise DatabaseUnavailable("the database went away")
+        return await real(*args, **kwargs)
+
+    setattr(target, name, once_unavailable)
+
+
+async def test_every_action_done__the_round_end_lost__the_deadline_then_compensates_nothing(
+    runtime: Runtime, caller: ScriptedCaller, clock: ManualClock
+) -> None:
+    fail_first_call(runtime.log, "finish_round")
+    await runtime.coordinator.begin_saga(saga("a", "b", timeout_s=10), INSECURE, wait=False)
+    await runtime.driver.settle(GID)
+    assert (await runtime.log.get(GID)).status is CONFIRMING  # both actions logged, no end
+
+    detail = await later_round(runtime, clock, 60)  # past its deadline
+    assert detail.transaction.status is CONFIRMED
+    assert steps_called(caller, COMPENSATE) == []
+    assert steps_called(caller, ACTION) == ["a", "b"]
+
+
+async def test_unprepared_message__its_decision_lost__recovery_delivers_it(
+    runtime: Runtime, caller: ScriptedCaller, clock: ManualClock
+) -> None:
+    fail_first_call(runtime.log, "decide")
+    request = message("a", query_url=None)
+    with pytest.raises(DatabaseUnavailable):
+        await runtime.coordinator.post_message(request, INSECURE, prepared=False)
+    assert (await runtime.log.get(GID)).status is GlobalStatus.TRYING
+
+    detail = await later_round(runtime, clock, 120)
+    assert detail.transaction.status is CONFIRMED
+    assert steps_called(caller, ACTION) == ["a"]
+    assert queries(caller) == []  # nobody to ask, and no need: it was never held
+
+
+async def test_saga__its_decision_lost__recovery_runs_its_actions(
+    runtime: Runtime, caller: ScriptedCaller, clock: ManualClock
+) -> None:
+    fail_first_call(runtime.log, "decide")
+    with pytest.raises(DatabaseUnavailable):
+        await runtime.coordinator.begin_saga(saga("a", "b"), INSECURE, wait=False)
+
+    detail = await later_round(runtime, clock, 120)
+    assert detail.transaction.status is CONFIRMED
+    assert steps_called(caller, ACTION) == ["a", "b"]
+    assert steps_called(caller, COMPENSATE) == []
+
+
+async def test_parked_compensating__the_overview_names_the_step_whose_compensation_fails(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, clock: ManualClock
+) -> None:
+    runtime = make_runtime(caller, give_up_after_s=60)
+    caller.script(act("b"), ACTION, REFUSED)
+    caller.script(undo("b"), COMPENSATE, DOWN)
+    await run_saga(runtime, saga("a", "b", "c"))
+    await later_round(runtime, clock, 30)
+    detail = await later_round(runtime, clock, 31)
+    assert detail.transaction.status is GlobalStatus.FAILED_TO_CANCEL
+
+    overview = await runtime.log.overview(3600, 10)
+    assert overview.parked_branches[GID].branch_id == "b"
+
+
+async def test_a_branch_added_to_a_prepared_message__is_refused(runtime: Runtime) -> None:
+    await runtime.coordinator.post_message(message("a"), INSECURE, prepared=True)
+    with pytest.raises(Conflict, match="no branch can be added"):
+        await runtime.coordinator.register_branch(GID, step("x"), INSECURE)
+    assert [b.branch_id for b in (await runtime.log.detail(GID)).branches] == ["a"]
