@@ -11,7 +11,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -25,6 +25,9 @@ from coordinator.settings import Settings
 from coordinator.txlog import migrator
 from coordinator.txlog.postgres import PostgresLog
 from tests.participant_server import FakeParticipant
+
+if TYPE_CHECKING:
+    from tests.dtm.busi import ScriptedBusi
 
 TEMPLATE_DB = f"tcc_template_{os.getpid()}"
 
@@ -234,3 +237,18 @@ async def participant() -> AsyncIterator[FakeParticipant]:
         yield fake
     finally:
         await fake.stop()
+
+
+@pytest.fixture
+async def busi() -> AsyncIterator[ScriptedBusi]:
+    """A DTM-style participant serving on 127.0.0.1 (tests/dtm/busi.py); held calls are let
+    go before it stops."""
+    from tests.dtm.busi import ScriptedBusi, serve_busi
+
+    participant = ScriptedBusi()
+    server = await serve_busi(participant)
+    try:
+        yield participant
+    finally:
+        participant.release_all()
+        await server.close()

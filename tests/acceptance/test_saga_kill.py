@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from dtmcli import saga, utils
 
-from tests.dtm.test_dtmcli_sagas import FAILURE_409, SERVICES, ScriptedBusi, serve_busi
+from tests.dtm.busi import FAILURE_409, SERVICES, ScriptedBusi
 from tests.helpers import eventually
 from tests.processes import CoordinatorProcess
 
@@ -45,17 +45,6 @@ async def pair(
     finally:
         a.stop()
         b.stop()
-
-
-@pytest.fixture
-async def busi() -> AsyncIterator[ScriptedBusi]:
-    participant = ScriptedBusi()
-    server = await serve_busi(participant)
-    try:
-        yield participant
-    finally:
-        participant.release_all()
-        await server.close()
 
 
 async def submit_saga(coordinator: CoordinatorProcess, busi: ScriptedBusi) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from dtmcli import msg, utils
 
 from tests.conftest import CoordinatorClient
 from tests.conftest import transaction_detail as v1
-from tests.dtm.test_dtmcli_sagas import (
+from tests.dtm.busi import (
     ERROR_500,
     FAILURE_409,
     FAILURE_WORD,
@@ -31,23 +31,11 @@ from tests.dtm.test_dtmcli_sagas import (
     dtm_url,
     ended,
     rows,
-    serve_busi,
 )
 from tests.dtm_participant import DtmReply
 from tests.helpers import event_count, event_kinds, eventually
 
 SERVICES = ("Notify", "Points", "Audit")
-
-
-@pytest.fixture
-async def busi() -> AsyncIterator[ScriptedBusi]:
-    participant = ScriptedBusi()
-    server = await serve_busi(participant)
-    try:
-        yield participant
-    finally:
-        participant.release_all()
-        await server.close()
 
 
 def three_deliveries(
