@@ -7,7 +7,11 @@ it drives closed-loop load through each mode (auto, interactive, dtm: two branch
 saga, msg: two steps each), and beside them, with the same clients and time:
 
 - the participant floor: the same participant calls made directly, no coordinator;
-- the database ceiling: pgbench writing the least a logged transaction needs.
+- the database ceiling: pgbench writing the least a logged transaction needs;
+- the null coordinators (null_coordinator.py), each a process of its own taking auto mode's
+  begin: `null http` makes the participant calls only, `null log` also writes the least a
+  durable coordinator must (one INSERT before the tries, one UPDATE before the confirms,
+  each its own synchronous commit) in a database of its own, counted as the modes' are.
 
 Why a coordinator and a database per mode: Postgres publishes a busy backend's commit
 counts only once it has been idle for 10 s, so a point's commits can be read only after
@@ -66,6 +70,8 @@ from coordinator.devtools.bench_report import (
     COORDINATOR,
     DELIVERY_NOTES,
     FLOOR,
+    NULL,
+    NULL_MODES,
     TABLE_NOTES,
     Deliveries,
     Point,
@@ -78,6 +84,7 @@ from coordinator.devtools.bench_report import (
     table,
 )
 from coordinator.devtools.children import Managed, clean_env, free_port
+from coordinator.devtools.null_coordinator import DATABASE_ENV as NULL_DATABASE_ENV
 from coordinator.embedded import EmbeddedServer, redact
 
 DEFAULT_CONCURRENCY = (1, 16, 64)
@@ -223,18 +230,26 @@ def _database_name(mode: str) -> str:
     return f"tcc_bench_{mode}"
 
 
+# The database of the null coordinator that writes (null log).
+NULL_LOG_DB = _database_name("null_log")
+
+
 @dataclass
 class _Processes:
     participant: Managed | None = None
     coordinators: dict[str, Managed] = field(default_factory=dict)
+    nulls: dict[str, Managed] = field(default_factory=dict)  # by NULL_MODES
     urls: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> list[Managed]:
-        found = list(self.coordinators.values())
+        found = [*self.coordinators.values(), *self.nulls.values()]
         return found + ([self.participant] if self.participant is not None else [])
 
 
 class Bench:
+    # The null coordinators this run starts (a subclass measuring something else starts none).
+    null_coordinators: tuple[str, ...] = NULL_MODES
+
     def __init__(self, config: BenchConfig, say: Say) -> None:
         self.config = config
         self.say = say
@@ -259,7 +274,7 @@ class Bench:
     def _connections_needed(self) -> int:
         # Each coordinator holds its pool and a half-size one for writes that need no flush.
         per_worker = self.pool_size + max(2, self.pool_size // 2)
-        pools = len(self.config.modes) * self.config.workers * per_worker
+        pools = len(self.config.modes) * self.config.workers * per_worker + self.pool_size
         return pools + max(self.config.concurrency) + SPARE_CONNECTIONS
 
     async def _start_embedded(self) -> None:
@@ -283,7 +298,7 @@ class Bench:
         free = allowed - used
         if free >= self._connections_needed():
             return
-        share = len(self.config.modes) * self.config.workers
+        share = len(self.config.modes) * self.config.workers + 1  # and null log's pool
         pool = (free - max(self.config.concurrency) - SPARE_CONNECTIONS) // share
         if pool < 2:
             raise UsageError(
@@ -319,7 +334,7 @@ class Bench:
     async def _prepare_databases(self, conn: asyncpg.Connection) -> None:
         note, self.created_extension = await bench_db.statements_setup(conn)
         self.stats = Stats(conn, note)
-        names = [*(_database_name(m) for m in self.config.modes), CEILING_DB]
+        names = [*(_database_name(m) for m in self.config.modes), NULL_LOG_DB, CEILING_DB]
         for name in names:
             try:
                 await bench_db.recreate_database(conn, name)
@@ -374,15 +389,38 @@ class Bench:
                 log_dir,
             )
             self.procs.urls[mode] = f"http://127.0.0.1:{port}"
+        for variant in self.null_coordinators:
+            port = free_port()
+            env = clean_env()
+            if variant == "log":  # in the environment: a password is not for ps to show
+                env[NULL_DATABASE_ENV] = with_database(self.admin_url, NULL_LOG_DB)
+            self.procs.nulls[variant] = Managed(
+                f"null-{variant}",
+                [
+                    python,
+                    "-m",
+                    "coordinator.devtools.null_coordinator",
+                    "--port",
+                    str(port),
+                    "--pool-size",
+                    str(self.pool_size),
+                ],
+                env,
+                log_dir,
+            )
+            self.procs.urls[f"null {variant}"] = f"http://127.0.0.1:{port}"
+        nulls = " and the null coordinators" if self.null_coordinators else ""
         self.say(
-            f"bench: starting the participant and {len(self.config.modes)} x"
-            f" `tcc serve --workers {self.config.workers}` ..."
+            f"bench: starting the participant, {len(self.config.modes)} x"
+            f" `tcc serve --workers {self.config.workers}`{nulls} ..."
         )
         for proc in self.procs.all():
             proc.start()
         await bench_procs.wait_ready(participant, self.procs.urls["participant"] + "/")
         for mode, proc in self.procs.coordinators.items():
             await bench_procs.wait_ready(proc, self.procs.urls[mode] + "/readyz")
+        for variant, proc in self.procs.nulls.items():
+            await bench_procs.wait_ready(proc, self.procs.urls[f"null {variant}"] + "/readyz")
 
     # --- the points -------------------------------------------------------------------
 
@@ -440,11 +478,29 @@ class Bench:
         )
 
     async def _coordinator_point(self, mode: str, clients: int) -> _Pending:
-        assert self.stats is not None
-        oid = self.oids[_database_name(mode)]
-        before = await self.stats.start(oid)
-        root = bench_procs.pid_of(self.procs.coordinators[mode])
+        proc, database = self.procs.coordinators[mode], _database_name(mode)
+        return await self._logged_point(COORDINATOR, mode, proc, database, clients)
 
+    async def _null_log_point(self, clients: int) -> _Pending:
+        proc = self.procs.nulls["log"]
+        return await self._logged_point(NULL, "log", proc, NULL_LOG_DB, clients)
+
+    async def _null_http_point(self, clients: int) -> Point:
+        root = bench_procs.pid_of(self.procs.nulls["http"])
+        ends = Endpoints(self.procs.urls["participant"], self.procs.urls["null http"])
+        result = await self._load(coordinator_scenario("auto", ends), clients, self._probe(root))
+        point = self._load_point(NULL, "http", clients, result)
+        self._add_rss(point, root)
+        return point
+
+    @staticmethod
+    def _add_rss(point: Point, root: int | None) -> None:
+        rss = bench_procs.tree_rss(root)
+        if rss is not None:
+            point.rss_mb_largest = round(rss[0] / 2**20, 1)
+            point.rss_mb_sum = round(rss[1] / 2**20, 1)
+
+    def _probe(self, root: int | None) -> Probe:
         def probe() -> dict[str, float]:
             seen = {
                 "coordinator": bench_procs.tree_cpu_seconds(root),
@@ -454,18 +510,29 @@ class Bench:
                 seen["database"] = self._database_cpu()
             return seen
 
-        ends = Endpoints(self.procs.urls["participant"], self.procs.urls[mode])
+        return probe
+
+    async def _logged_point(
+        self, kind: str, mode: str, proc: Managed, database: str, clients: int
+    ) -> _Pending:
+        """A point of a coordinator that writes to a database of its own (a mode, or null
+        log: it takes auto mode's begin), read once Postgres has published its counts."""
+        assert self.stats is not None
+        oid = self.oids[database]
+        before = await self.stats.start(oid)
+        root = bench_procs.pid_of(proc)
+
+        url = self.procs.urls[mode if kind == COORDINATOR else f"null {mode}"]
+        ends = Endpoints(self.procs.urls["participant"], url)
+        scenario = coordinator_scenario(mode if kind == COORDINATOR else "auto", ends)
         started = await self._postgres_now()
-        result = await self._load(coordinator_scenario(mode, ends), clients, probe)
+        result = await self._load(scenario, clients, self._probe(root))
         messages = None
-        if mode == TransactionKind.MSG.value:
+        if kind == COORDINATOR and mode == TransactionKind.MSG.value:
             messages = await self._drain(mode, started)
         ready_at = time.monotonic() + SETTLE_S
-        point = self._load_point(COORDINATOR, mode, clients, result)
-        rss = bench_procs.tree_rss(root)
-        if rss is not None:
-            point.rss_mb_largest = round(rss[0] / 2**20, 1)
-            point.rss_mb_sum = round(rss[1] / 2**20, 1)
+        point = self._load_point(kind, mode, clients, result)
+        self._add_rss(point, root)
         return _Pending(point, oid, before, result.total, ready_at, messages)
 
     async def _postgres_now(self) -> datetime.datetime:
@@ -649,7 +716,9 @@ class Bench:
         """Every point at one number of clients, in the order that lets each mode's
         database settle while the others run."""
         pending = [await self._coordinator_point(m, clients) for m in self.config.modes]
+        pending.append(await self._null_log_point(clients))
         self.points += [p.point for p in pending]
+        self.points.append(await self._null_http_point(clients))
         for mode in self.config.modes:
             self.points.append(await self._floor_point(mode, clients))
         self.points.append(await self._ceiling_point(clients))
@@ -743,6 +812,13 @@ class Bench:
                 "database_window": "from before the warm-up until the counters settled;"
                 " divided by counted_transactions (all completed in that window)",
                 "cpu": "utime+stime from /proc over the measured window, whole process tree",
+                "null": "null http / null log (kind null, mode http / log): the null"
+                " coordinator (coordinator/devtools/null_coordinator.py), one process on the"
+                " same stack, taking auto mode's begin: both tries at once, then both"
+                " confirms at once, answered 201. null log also writes one INSERT (the"
+                " transaction with its branches, jsonb) before the tries and one UPDATE (the"
+                " decision) before the confirms, each its own synchronous commit, in a"
+                " database of its own; ratio_to_null_log is a mode's tx/s over null log's",
                 "rss": "VmRSS after the point: largest process and sum of the tree",
                 "saga": "POST /v1/sagas with two steps in order, wait true: one transaction is"
                 " a saga answered 201 confirmed (both actions done)",

@@ -329,6 +329,8 @@ async def _by_status(conn: asyncpg.Connection, above: int) -> dict[str, int]:
 class PruneBench(Bench):
     """`tcc bench`'s Postgres, participant and coordinator (one, auto mode), one database."""
 
+    null_coordinators = ()
+
     def __init__(self, config: BenchConfig, rows: int, say: Say) -> None:
         super().__init__(config, say)
         self.rows = rows

@@ -12,6 +12,10 @@ from typing import Any
 from coordinator.report import columns
 
 COORDINATOR, FLOOR, CEILING = "coordinator", "floor", "ceiling"
+# The null coordinators (coordinator/devtools/null_coordinator.py): kind NULL, mode one of
+# NULL_MODES ("http": the calls only; "log": the calls and two plain synchronous commits).
+NULL = "null"
+NULL_MODES = ("http", "log")
 MODE_COLOURS = {
     "auto": "tab:blue",
     "interactive": "tab:orange",
@@ -39,8 +43,8 @@ class Deliveries:
 
 @dataclass
 class Point:
-    kind: str  # COORDINATOR, FLOOR or CEILING
-    mode: str  # auto, interactive, dtm, saga, msg; "" for the ceiling
+    kind: str  # COORDINATOR, NULL, FLOOR or CEILING
+    mode: str  # auto, interactive, dtm, saga, msg; http or log (NULL); "" for the ceiling
     concurrency: int
     seconds: float
     transactions: int  # completed inside the measured window
@@ -61,6 +65,7 @@ class Point:
     rss_mb_sum: float | None = None
     ratio_to_ceiling: float | None = None
     ratio_to_floor: float | None = None
+    ratio_to_null_log: float | None = None
     top_statements: list[dict[str, Any]] = field(default_factory=list)
     # msg only (a coordinator point): tx/s counts messages accepted; their deliveries are
     # read from the log once they are all done (see Deliveries).
@@ -70,6 +75,8 @@ class Point:
     def label(self) -> str:
         if self.kind == CEILING:
             return "ceiling (pgbench)"
+        if self.kind == NULL:
+            return f"null {self.mode}"
         return f"floor {self.mode}" if self.kind == FLOOR else self.mode
 
 
@@ -85,8 +92,8 @@ def latency_summary(sorted_ms: list[float]) -> dict[str, float | None]:
 
 
 def add_ratios(points: list[Point]) -> None:
-    """Each coordinator point against the ceiling and the floor of its mode at its
-    concurrency (transactions per second)."""
+    """Each coordinator point against the ceiling, the floor of its mode and the null
+    coordinator with its log, at its concurrency (transactions per second)."""
     refs = {(p.kind, p.mode, p.concurrency): p.tps for p in points if p.kind != COORDINATOR}
     for p in points:
         if p.kind != COORDINATOR:
@@ -95,6 +102,8 @@ def add_ratios(points: list[Point]) -> None:
         floor = refs.get((FLOOR, p.mode, p.concurrency))
         p.ratio_to_ceiling = round(p.tps / ceiling, 4) if ceiling else None
         p.ratio_to_floor = round(p.tps / floor, 4) if floor else None
+        null_log = refs.get((NULL, "log", p.concurrency))
+        p.ratio_to_null_log = round(p.tps / null_log, 4) if null_log else None
 
 
 # --- the table ------------------------------------------------------------------------
@@ -114,8 +123,13 @@ def _rss(p: Point) -> str:
     return f"{p.rss_mb_largest:.0f}/{p.rss_mb_sum:.0f}"
 
 
+def _no_database(p: Point) -> bool:
+    """Rows that write nothing: the floors and null http."""
+    return p.kind == FLOOR or (p.kind == NULL and p.mode == "http")
+
+
 def _statements(p: Point, counted: bool) -> str:
-    if p.kind == FLOOR:
+    if _no_database(p):
         return "-"
     return _num(p.statements_per_tx, 2) if counted else "n/a"
 
@@ -136,10 +150,11 @@ def table(points: list[Point], statements_counted: bool) -> str:
         "rss MB max/sum",
         "of ceiling",
         "of floor",
+        "of null log",
     ]
     rows = [header]
-    order = {COORDINATOR: 0, FLOOR: 1, CEILING: 2}
-    modes = list(MODE_COLOURS)
+    order = {COORDINATOR: 0, NULL: 1, FLOOR: 2, CEILING: 3}
+    modes = [*MODE_COLOURS, *NULL_MODES]
     for p in sorted(
         points,
         key=lambda p: (p.concurrency, order[p.kind], modes.index(p.mode) if p.mode else 0),
@@ -157,10 +172,11 @@ def table(points: list[Point], statements_counted: bool) -> str:
                 _num(cpu, 2),
                 _num(p.database_cpu_ms_per_tx, 2),
                 _statements(p, statements_counted),
-                "-" if p.kind == FLOOR else _num(p.commits_per_tx, 2),
+                "-" if _no_database(p) else _num(p.commits_per_tx, 2),
                 _rss(p),
                 _pct(p.ratio_to_ceiling),
                 _pct(p.ratio_to_floor),
+                _pct(p.ratio_to_null_log),
             ]
         )
     return columns(rows)
@@ -172,8 +188,13 @@ db cpu ms/tx: every process of our embedded Postgres over the same window (n/a w
   --database-url): with the load, the participant and the coordinator it shares the cores.
 stmts/tx, commits/tx: counted by Postgres (pg_stat_statements calls, pg_stat_database
   xact_commit) for the point's database, warm-up included, divided by its transactions.
-of ceiling / of floor: tx/s against pgbench writing the minimal log, and against the
-  same participant calls made without a coordinator, at the same number of clients.
+of ceiling / of floor / of null log: tx/s against pgbench writing the minimal log, against
+  the same participant calls made without a coordinator, and against null log, at the same
+  number of clients.
+null http / null log: the null coordinator (one process, same stack, same auto begin, same
+  participant): both tries at once, then both confirms at once, answered 201; null log also
+  writes one INSERT (the transaction and its branches) before the tries and one UPDATE (the
+  decision) before the confirms, each its own synchronous commit.
 saga: POST /v1/sagas, two steps in order, answered once both actions are done (201).
 msg: tx/s is messages accepted (POST /v1/messages, two steps, answered 201 once logged and
   submitted); their deliveries run after the answer and are in the table below it. Its
@@ -271,12 +292,14 @@ def draw_chart(points: list[Point], modes: list[str], title: str, path: Path) ->
         for mode in modes
     ]
     lines.append((CEILING, "", "ceiling (pgbench, minimal log)", "black", "--"))
+    lines.append((NULL, "http", "null http (calls only)", "tab:gray", "-."))
+    lines.append((NULL, "log", "null log (calls + 2 commits)", "tab:brown", "-."))
     for kind, mode, label, colour, style in lines:
         series = _series(points, kind, mode, levels)
         if not series:
             continue
         xs = [p.concurrency for p in series]
-        marker = "o" if kind == COORDINATOR else "s" if kind == CEILING else "^"
+        marker = {COORDINATOR: "o", CEILING: "s", NULL: "D"}.get(kind, "^")
         width = 2.2 if kind == COORDINATOR else 1.4
         common = {"color": colour, "linestyle": style, "marker": marker, "linewidth": width}
         tps = [p.tps for p in series]
@@ -299,9 +322,9 @@ def draw_chart(points: list[Point], modes: list[str], title: str, path: Path) ->
     tps_ax.set_title("Throughput: higher is better")
     lat_ax.set_title("Median latency: lower is better")
     # Three columns (matplotlib fills them one after the other): the modes, their floors,
-    # and the ceiling padded with blank entries to the same height.
+    # and the ceiling and the null coordinators padded with blank entries to the same height.
     handles, labels = tps_ax.get_legend_handles_labels()
-    blanks = max(len(modes) - 1, 0)
+    blanks = max(len(modes) - 3, 0)
     handles += [Line2D([], [], linestyle="none")] * blanks
     labels += [""] * blanks
     fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=9)

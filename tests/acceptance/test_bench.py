@@ -1,7 +1,8 @@
 """`tcc bench --short` as the test suite runs it: so the benchmark keeps working.
 
 Only its shape is checked (every point measured, no errors, counts present, the files
-written); its figures depend on the machine and are never asserted.
+written); its figures depend on the machine and are never asserted, but for null log's
+statements and commits per transaction, which are what it is built to write.
 """
 
 from __future__ import annotations
@@ -58,11 +59,25 @@ async def test_bench_short__measures_every_mode_and_level_and_writes_json_and_ch
             "coordinator_cpu_ms_per_tx",
             "ratio_to_ceiling",
             "ratio_to_floor",
+            "ratio_to_null_log",
         ):
             assert _numeric(point[name]), (name, point)
         for name in ("p50", "p95", "p99"):
             assert _numeric(point["latency_ms"][name]), (name, point)
         assert point["top_statements"], point
+    # The null coordinators: a row each per level; null log's writes counted by Postgres,
+    # two plain statements and two commits per transaction.
+    nulls = {(p["mode"], p["concurrency"]): p for p in points if p["kind"] == "null"}
+    assert set(nulls) == {(m, c) for m in ("http", "log") for c in (1, 4)}, nulls.keys()
+    for point in nulls.values():
+        assert point["tps"] > 0, point
+        assert point["errors"] == 0, point
+        assert _numeric(point["coordinator_cpu_ms_per_tx"]), point
+    for c in (1, 4):
+        log = nulls[("log", c)]
+        assert 1.9 <= log["statements_per_tx"] <= 2.2, log
+        assert 1.9 <= log["commits_per_tx"] <= 2.2, log
+        assert nulls[("http", c)]["statements_per_tx"] is None
     kinds = {(p["kind"], p["concurrency"]) for p in points}
     assert {("ceiling", 1), ("ceiling", 4), ("floor", 1), ("floor", 4)} <= kinds
     assert report["machine"]["cpu_count"]
@@ -73,6 +88,13 @@ async def test_bench_short__measures_every_mode_and_level_and_writes_json_and_ch
 
     assert "ceiling (pgbench)" in stdout
     assert "floor auto" in stdout
+    assert "of null log" in stdout
+    header = next(line for line in stdout.splitlines() if "stmts/tx" in line)
+    for label in ("null http", "null log"):
+        rows = _table_rows(stdout, label)
+        assert [_cell(header, row, "clients") for row in rows] == ["1", "4"], (label, stdout)
+        for row in rows:
+            assert float(_cell(header, row, "tx/s").replace(",", "")) > 0, (label, row)
     assert str(out / "bench.json") in stdout
 
 
