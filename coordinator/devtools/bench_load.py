@@ -414,8 +414,11 @@ async def closed_loop(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         window = asyncio.create_task(_window_probe(tally, probe))
         await asyncio.gather(*(_client(scenario, session, tally, stop) for _ in range(concurrency)))
-        # The clients end after the window, unless told to stop: then the probe is moot.
-        window.cancel()
+        # The clients end after the window, unless told to stop: then the probe is moot. Else
+        # the probe's last sample is waited for: on a busy machine the clients' last answers
+        # may come before the probe has woken at the window's end.
+        if stop.is_set():
+            window.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await window
     tally.result.latencies_ms.sort()
