@@ -208,18 +208,17 @@ async def post_message(request: web.Request) -> web.Response:
 async def submit_message(request: web.Request) -> web.Response:
     gid = path_gid(request)
     await read_body(request, EmptyIn)
-    coordinator = request.app[COORDINATOR]
-    await coordinator.decide_message(gid, Decision.CONFIRM, caller(request))
-    return detail_response(await coordinator.detail(gid, caller(request)))
+    detail = await request.app[COORDINATOR].decide_message(gid, Decision.CONFIRM, caller(request))
+    return detail_response(detail)
 
 
 async def abort_message(request: web.Request) -> web.Response:
     gid = path_gid(request)
     body = await read_body(request, ReasonIn)
-    coordinator = request.app[COORDINATOR]
-    await coordinator.decide_message(gid, Decision.CANCEL, caller(request), reason=body.reason)
-    await coordinator.driver.settle(gid)
-    return detail_response(await coordinator.detail(gid, caller(request)))
+    detail = await request.app[COORDINATOR].decide_message(
+        gid, Decision.CANCEL, caller(request), reason=body.reason
+    )
+    return detail_response(detail)
 
 
 async def overview(request: web.Request) -> web.Response:

@@ -637,11 +637,7 @@ class PhaseDriver:
         phase = kinds.phase_of(txn.kind, decision)
         done = outcome is CallOutcome.DONE
         # A saga's action answering FAILURE fails its step for good (the saga compensates).
-        failed = (
-            outcome is CallOutcome.FAILURE
-            and decision is Decision.CONFIRM
-            and kinds.fails_forward(txn.kind)
-        )
+        failed = outcome is CallOutcome.FAILURE and self._fails_forward(txn, decision)
         answer = writes.phase_call(
             decision, branch.branch_id, done, result.record, txn.kind, failed=failed
         )

@@ -195,9 +195,6 @@ class Coordinator:
             raise NotFound(f"no transaction {gid!r}")
         return known
 
-    async def _check_owner(self, gid: str, caller: Principal) -> None:
-        await self._known(gid, caller)
-
     def _check_branch(self, branch: NewBranch, prefix: str = "") -> None:
         """The participant URL policy and the size limits, on every way in."""
         for field, url in branch.urls.items():
@@ -493,25 +490,22 @@ class Coordinator:
         return Decided(result.judgement, result.transaction, None)
 
     async def decide_message(
-        self,
-        gid: str,
-        decision: Decision,
-        caller: Principal,
-        *,
-        reason: str | None = None,
-        options: OptionsUpdate | None = None,
-    ) -> Decided:
+        self, gid: str, decision: Decision, caller: Principal, *, reason: str | None = None
+    ) -> TransactionDetail:
         """Submit (deliver) or abort (never deliver) a prepared message; a repeat of what
-        was decided is no error. Conflict when the gid is not a message."""
+        was decided is no error. Conflict when refused, or when the gid is not a message.
+        The message as it is then (an abort, which calls nobody, has ended)."""
         self._require_writer(caller)
         txn = await self._owned(gid, caller)
         if txn.kind is not TransactionKind.MSG:
             raise Conflict(f"transaction {gid!r} is a {txn.kind.value} transaction, not a message")
         why = CancelReason.CLIENT.text(reason) if decision is Decision.CANCEL else None
-        result = await self.driver.decide(gid, decision, reason=why, options=options, kind=txn.kind)
+        result = await self.driver.decide(gid, decision, reason=why, kind=txn.kind)
         if result.judgement.verdict is Verdict.REFUSE:
             raise Conflict(result.judgement.reason or "refused")
-        return Decided(result.judgement, result.transaction, None)
+        if decision is Decision.CANCEL:
+            await self.driver.settle(gid)
+        return await self.log.detail(gid)
 
     async def submit_dtm(
         self,
@@ -524,10 +518,10 @@ class Coordinator:
         """DTM's submit of a saga or a message: a message prepared before is submitted, any
         other is logged with its steps and submitted at once. With ``wait`` (wait_result),
         until it has ended (bounded). The decision, and the transaction as it is then."""
-        detail, created = await self._begin_or_find(request, caller)
-        gid = detail.transaction.gid
-        if detail.transaction.kind is not request.kind:
-            kind = detail.transaction.kind.value
+        txn, created = await self._begin_or_find(request, caller)
+        gid = txn.gid
+        if txn.kind is not request.kind:
+            kind = txn.kind.value
             raise Conflict(f"transaction {gid!r} is a {kind} transaction, not a {request.kind}")
         if options is not None:
             self.limits.check_options(options.call_timeout_s, options.options)
@@ -539,17 +533,16 @@ class Coordinator:
 
     async def _begin_or_find(
         self, request: BeginRequest, caller: Principal
-    ) -> tuple[TransactionDetail, bool]:
-        """The transaction a DTM submit names: logged now, or (a prepared message, or a
-        repeat) as the log holds it."""
+    ) -> tuple[Transaction, bool]:
+        """The transaction a DTM submit names, and whether it was logged now (else: a
+        prepared message, or a repeat, as the log holds it)."""
         if request.gid is not None:
             try:
-                txn = await self._owned(request.gid, caller)
+                return await self._owned(request.gid, caller), False
             except NotFound:
                 pass
-            else:
-                return TransactionDetail(txn, [], []), False
-        return await self._begin(request, caller)
+        detail, created = await self._begin(request, caller)
+        return detail.transaction, created
 
     # --- operator actions ----------------------------------------------------------------
 

@@ -719,38 +719,43 @@ class PostgresLog:
         return True
 
     async def change_course(self, lease: Lease, write: writes.CourseChange) -> Transaction | None:
-        async with self._transaction_block() as conn:
-            row = await conn.fetchrow(
-                *statement(
-                    "change_course",
-                    gid=lease.gid,
-                    token=lease.token,
-                    target=write.move.target,
-                    sources=write.move.sources,
-                    cancel_reason=write.cancel_reason,
-                )
-            )
-            if row is None:
-                return None
-            await self._event(conn, lease.gid, write.entry)
-            return _transaction(row)
+        change = statement(
+            "change_course",
+            gid=lease.gid,
+            token=lease.token,
+            target=write.move.target,
+            sources=write.move.sources,
+            cancel_reason=write.cancel_reason,
+        )
+        return await self._leased_write(lease, change, write.entry)
 
     async def postpone(
         self, lease: Lease, write: writes.Postpone, call: CallRecord | None = None
     ) -> Transaction | None:
+        change = statement(
+            "postpone",
+            gid=lease.gid,
+            token=lease.token,
+            sources=write.move.sources,
+            retry_in_s=write.retry_in_s,
+        )
+        return await self._leased_write(lease, change, write.entry, call)
+
+    async def _leased_write(
+        self,
+        lease: Lease,
+        change: tuple[Any, ...],
+        entry: Entry,
+        call: CallRecord | None = None,
+    ) -> Transaction | None:
+        """``change`` (a statement fenced by the lease, returning the transaction) and its
+        timeline entry, in one database transaction; None (nothing written) if the lease was
+        lost or the statement's guard refused."""
         async with self._transaction_block() as conn:
-            row = await conn.fetchrow(
-                *statement(
-                    "postpone",
-                    gid=lease.gid,
-                    token=lease.token,
-                    sources=write.move.sources,
-                    retry_in_s=write.retry_in_s,
-                )
-            )
+            row = await conn.fetchrow(*change)
             if row is None:
                 return None
-            await self._event(conn, lease.gid, write.entry, call=call)
+            await self._event(conn, lease.gid, entry, call=call)
             return _transaction(row)
 
     async def finish_round(

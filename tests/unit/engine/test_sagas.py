@@ -23,7 +23,6 @@ from coordinator.core.states import (
     GlobalStatus,
     Phase,
     TransactionKind,
-    Verdict,
 )
 from coordinator.engine.runtime import Runtime
 from coordinator.engine.service import BeginRequest
@@ -699,7 +698,8 @@ async def test_message__prepared_then_submitted__delivers_only_once_submitted(
     assert caller.calls == []
 
     decided = await runtime.coordinator.decide_message(GID, Decision.CONFIRM, INSECURE)
-    assert decided.judgement.verdict is Verdict.DECIDE
+    assert decided.transaction.status in (CONFIRMING, CONFIRMED)  # the decision was taken
+    assert decided.transaction.decided_at is not None
     await runtime.driver.settle(GID)
 
     detail = await runtime.log.detail(GID)
@@ -707,7 +707,8 @@ async def test_message__prepared_then_submitted__delivers_only_once_submitted(
     assert steps_called(caller, ACTION) == ["a", "b"]
     # A repeat is no error and sends nothing again; an abort now is refused.
     again = await runtime.coordinator.decide_message(GID, Decision.CONFIRM, INSECURE)
-    assert again.judgement.verdict is Verdict.ALREADY
+    assert again.transaction.status is CONFIRMED
+    assert again.transaction.decided_at == detail.transaction.decided_at  # not decided again
     with pytest.raises(Conflict):
         await runtime.coordinator.decide_message(GID, Decision.CANCEL, INSECURE)
     assert len(caller.made(ACTION)) == 2
@@ -862,7 +863,8 @@ async def test_prepared_past_its_deadline__may_still_be_submitted_while_asked_ab
     assert (await runtime.log.get(GID)).phase_attempts == 1
 
     decided = await runtime.coordinator.decide_message(GID, Decision.CONFIRM, INSECURE)
-    assert decided.judgement.verdict is Verdict.DECIDE
+    assert decided.transaction.status in (CONFIRMING, CONFIRMED)  # the decision was taken
+    assert decided.transaction.decided_at is not None
     await runtime.driver.settle(GID)
     assert (await runtime.log.get(GID)).status is CONFIRMED
     assert steps_called(caller, ACTION) == ["a"]
