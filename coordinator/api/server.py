@@ -53,6 +53,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from coordinator import gctuning
 from coordinator.api.appkeys import COORDINATOR
 from coordinator.core.errors import StartRefused
 from coordinator.metrics import ConnectionState, Metrics, ShedReason
@@ -836,6 +837,7 @@ async def serve_app(
                 metrics=None if coordinator is None else coordinator.metrics,
             )
             await _start(site, settings.host, settings.port)
+            gctuning.tune_for_serving()
             plan = SlotPlan.for_cap(max_connections)
             log.info(
                 "http_listening",
