@@ -213,7 +213,7 @@ WITH latest AS (
     UPDATE tcc_events e
     SET repeats = e.repeats + 1, last_at = clock_timestamp(), latency_ms = :latency_ms
     FROM latest
-    WHERE e.id = latest.id AND latest.kind = :kind AND latest.phase IS NOT DISTINCT FROM :phase
+    WHERE e.gid = :gid AND e.id = latest.id AND latest.kind = :kind AND latest.phase IS NOT DISTINCT FROM :phase
       AND latest.http_status IS NOT DISTINCT FROM :http_status
       AND latest.error IS NOT DISTINCT FROM :error AND latest.detail = :detail::jsonb
     RETURNING e.id
