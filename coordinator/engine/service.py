@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from coordinator import tracing
-from coordinator.core import kinds, states
+from coordinator.core import gids, kinds, states
 from coordinator.core.apikeys import Principal
 from coordinator.core.errors import (
     Conflict,
@@ -132,7 +131,7 @@ class Coordinator:
 
     def new_gid(self, caller: Principal) -> str:
         """A fresh gid, inside the caller's namespace when it has one."""
-        return f"{self._namespace(caller) or ''}{uuid.uuid4().hex}"
+        return f"{self._namespace(caller) or ''}{gids.time_ordered_hex()}"
 
     def _gid_for_begin(self, caller: Principal, asked: str | None) -> str:
         """The gid asked for if it lies in the caller's namespace (so that no service can
