@@ -201,6 +201,15 @@ WHERE id = :id AND status = 'confirming';
 """
 
 
+async def analyze(dsn: str) -> None:
+    """ANALYZE a database: fresh statistics, and plans made on old ones invalidated."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 async def create_ceiling_schema(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
