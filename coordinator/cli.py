@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample each coordinator with py-spy over its points: CPU per transaction by part",
+    )
+    bench.add_argument(
         "--reads",
         type=int,
         metavar="N",

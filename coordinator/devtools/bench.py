@@ -52,7 +52,7 @@ from yarl import URL
 
 from coordinator.core.errors import CoordinatorError, UsageError
 from coordinator.core.states import ACTIVE_STATUSES, GlobalStatus, TransactionKind
-from coordinator.devtools import bench_db, bench_procs, bench_reads
+from coordinator.devtools import bench_db, bench_procs, bench_profile, bench_reads
 from coordinator.devtools.bench_db import CEILING_DB, SETTLE_S, Counters, Stats, with_database
 from coordinator.devtools.bench_load import (
     MODES,
@@ -72,6 +72,7 @@ from coordinator.devtools.bench_report import (
     FLOOR,
     NULL,
     NULL_MODES,
+    PROFILE_NOTES,
     TABLE_NOTES,
     Deliveries,
     Point,
@@ -80,6 +81,7 @@ from coordinator.devtools.bench_report import (
     draw_chart,
     latency_summary,
     points_json,
+    profile_table,
     report_json,
     table,
 )
@@ -129,6 +131,7 @@ class BenchConfig:
     warmup_s: float = DEFAULT_WARMUP_S
     out_dir: Path | None = None
     short: bool = False
+    profile: bool = False  # py-spy on each coordinator and null log point (bench_profile.py)
 
 
 # --- the command line -------------------------------------------------------------------
@@ -185,6 +188,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    if args.profile:
+        bench_profile.py_spy()  # missing: one clear line before anything starts
     return BenchConfig(
         database_url=url,
         workers=args.workers,
@@ -194,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         warmup_s=warmup,
         out_dir=out,
         short=args.short,
+        profile=args.profile,
     )
 
 
@@ -568,6 +574,7 @@ class Bench:
         ends = Endpoints(self.procs.urls["participant"], url)
         scenario = coordinator_scenario(mode if kind == COORDINATOR else "auto", ends)
         started = await self._postgres_now()
+        profile = self._start_profile(root, f"{kind}-{mode}-{clients}")
         result = await self._load(scenario, clients, self._probe(root))
         messages = None
         if kind == COORDINATOR and mode == TransactionKind.MSG.value:
@@ -575,7 +582,36 @@ class Bench:
         ready_at = time.monotonic() + SETTLE_S
         point = self._load_point(kind, mode, clients, result)
         self._add_rss(point, root)
+        if profile is not None:
+            await self._add_profile(point, profile)
         return _Pending(point, oid, before, result.total, ready_at, messages)
+
+    def _start_profile(
+        self, root: int | None, point_name: str
+    ) -> asyncio.Task[dict[bench_profile.Part, float] | str] | None:
+        """--profile: py-spy on the point's coordinator over its measured window."""
+        if not self.config.profile or root is None:
+            return None
+        folder = self.out / "profiles"
+        folder.mkdir(exist_ok=True)
+        return asyncio.create_task(
+            bench_profile.record(
+                root,
+                self.config.warmup_s,
+                float(self.config.seconds),
+                folder / f"{point_name.replace(' ', '-')}.raw",
+            )
+        )
+
+    @staticmethod
+    async def _add_profile(
+        point: Point, profile: asyncio.Task[dict[bench_profile.Part, float] | str]
+    ) -> None:
+        shares = await profile
+        if isinstance(shares, str):
+            point.profile_error = shares
+        else:
+            point.cpu_parts_ms = bench_profile.ms_per_tx(shares, point.coordinator_cpu_ms_per_tx)
 
     async def _postgres_now(self) -> datetime.datetime:
         """Postgres' clock, read in the admin database (not counted for any point)."""
@@ -904,6 +940,9 @@ def render_text(bench: Bench, report: dict[str, Any], json_path: Path, chart: Pa
         "",
         TABLE_NOTES,
     ]
+    profiles = profile_table(bench.points)
+    if profiles:
+        lines += ["", profiles, "", PROFILE_NOTES]
     deliveries = delivery_table(bench.points)
     if deliveries:
         lines += ["", deliveries, "", DELIVERY_NOTES]

@@ -70,6 +70,10 @@ class Point:
     # msg only (a coordinator point): tx/s counts messages accepted; their deliveries are
     # read from the log once they are all done (see Deliveries).
     deliveries: Deliveries | None = None
+    # --profile (coordinator and null log points): CPU ms per transaction by part of the
+    # code, or why the profile failed.
+    cpu_parts_ms: dict[str, float] = field(default_factory=dict)
+    profile_error: str | None = None
 
     @property
     def label(self) -> str:
@@ -200,6 +204,34 @@ msg: tx/s is messages accepted (POST /v1/messages, two steps, answered 201 once 
   submitted); their deliveries run after the answer and are in the table below it. Its
   stmts/tx and commits/tx include the deliveries (the counts are read once all are done).
 floor saga / floor msg: the two steps' calls in order, made directly."""
+
+
+def profile_table(points: list[Point]) -> str:
+    """--profile: each profiled point's CPU per transaction by part; "" without a profile."""
+    profiled = [p for p in points if p.cpu_parts_ms or p.profile_error]
+    if not profiled:
+        return ""
+    parts = list(dict.fromkeys(name for p in profiled for name in p.cpu_parts_ms))
+    rows = [["cpu ms/tx by part", "clients", "total", *parts]]
+    for p in sorted(profiled, key=lambda p: (p.concurrency, p.kind != COORDINATOR)):
+        if p.profile_error is not None:
+            rows.append([p.label, str(p.concurrency), f"no profile: {p.profile_error}"])
+            continue
+        rows.append(
+            [
+                p.label,
+                str(p.concurrency),
+                _num(p.coordinator_cpu_ms_per_tx, 2),
+                *(_num(p.cpu_parts_ms.get(name), 3) for name in parts),
+            ]
+        )
+    return columns(rows)
+
+
+PROFILE_NOTES = """\
+cpu ms/tx by part: py-spy's samples of the coordinator's processes over the measured window,
+  each given to the part of the code that was running (coordinator/devtools/bench_profile.py),
+  times the point's cpu ms/tx. The sampling slows a point a little: compare shares, not tx/s."""
 
 
 def delivery_table(points: list[Point]) -> str:
