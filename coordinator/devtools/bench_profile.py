@@ -63,13 +63,15 @@ _MARKERS: tuple[tuple[str, Part], ...] = (
     ("aiohttp/connector", Part.HTTP_OUT),
     ("aiohttp/resolver", Part.HTTP_OUT),
     ("coordinator/outbound.py", Part.HTTP_OUT),
-    ("aiohttp/web", Part.HTTP_IN),
+    ("aiohttp/web_", Part.HTTP_IN),  # not aiohttp/web.py: run_app holds the loop itself
     ("aiohttp/http_parser", Part.HTTP_IN),
     ("coordinator/api/", Part.HTTP_IN),  # middlewares and handlers: the request's own path
     ("coordinator/engine/", Part.DRIVER),
     ("coordinator/core/", Part.DRIVER),
     ("coordinator/dialects/", Part.DRIVER),
-    ("coordinator/devtools/null_coordinator.py", Part.DRIVER),
+    # The null coordinator's own work (its main() holds the loop: not a marker).
+    ("begin (coordinator/devtools/null_coordinator.py", Part.DRIVER),
+    ("_call (coordinator/devtools/null_coordinator.py", Part.DRIVER),
 )
 
 

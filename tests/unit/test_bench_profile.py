@@ -51,6 +51,16 @@ LOOP_ROOT = "serve (coordinator/cli.py:343);run (asyncio/runners.py:118)"
             Part.DRIVER,
         ),
         (LOOP_ROOT, Part.LOOP),
+        # aiohttp's run_app holds the loop of a process it serves: that is the loop's time.
+        (
+            "main (coordinator/devtools/null_coordinator.py:134);run_app (aiohttp/web.py:502)",
+            Part.LOOP,
+        ),
+        (
+            "main (coordinator/devtools/null_coordinator.py:134);run_app (aiohttp/web.py:502);"
+            "begin (coordinator/devtools/null_coordinator.py:77)",
+            Part.DRIVER,
+        ),
     ],
 )
 def test_a_stack_belongs_to_the_part_of_its_innermost_marked_frame(stack: str, part: Part) -> None:
