@@ -3,7 +3,7 @@
 -- id-only key and the separate (gid, id) index go: each event costs one index entry, not
 -- two (docs/performance.md, "What each index and timeline row costs"). The new index is
 -- built before the old ones are dropped; on a large log this step holds a lock on the
--- timeline while it builds (docs/operations.md, upgrading).
+-- timeline while it builds (docs/deploy.md).
 CREATE UNIQUE INDEX tcc_events_gid_id ON tcc_events (gid, id);
 ALTER TABLE tcc_events DROP CONSTRAINT tcc_events_pkey;
 ALTER TABLE tcc_events ADD CONSTRAINT tcc_events_pkey PRIMARY KEY USING INDEX tcc_events_gid_id;
