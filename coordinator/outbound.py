@@ -7,9 +7,8 @@ without a network.
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import functools
-import math
 import socket
 import time
 from typing import Protocol
@@ -48,17 +47,17 @@ class HttpCaller:
             except PolicyError as exc:
                 return CallResult(None, None, f"refused by policy: {exc}", _ms_since(started))
         try:
-            async with self.session.request(
-                call.method,
-                call.url,
-                data=call.body,
-                params=call.params,
-                headers=call.headers,
-                allow_redirects=False,
-                timeout=_timeout(timeout_s),  # the whole call: connect, send, read the reply
-            ) as response:
-                raw = await _read_capped(response, self.max_response_bytes)
-                status = response.status
+            async with asyncio.timeout(timeout_s):
+                async with self.session.request(
+                    call.method,
+                    call.url,
+                    data=call.body,
+                    params=call.params,
+                    headers=call.headers,
+                    allow_redirects=False,
+                ) as response:
+                    raw = await _read_capped(response, self.max_response_bytes)
+                    status = response.status
         except TimeoutError:
             return CallResult(None, None, f"timed out after {timeout_s:g}s", _ms_since(started))
         except Exception as exc:  # a call must never break a round: it just did not succeed
@@ -81,16 +80,8 @@ def http_session(policy: ParticipantPolicy, max_connections: int) -> aiohttp.Cli
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    # Not rounded up to whole seconds (aiohttp does so from 5 s on): a call timeout is exact.
-    return aiohttp.ClientTimeout(total=seconds, ceil_threshold=math.inf)
-
-
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     """The whole reply up to ``cap`` bytes (one read() returns only what has arrived)."""
-    if response.content_length is not None and response.content_length <= cap:
-        return await response.read()  # a known, allowed size: read at once
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(16_384):

@@ -820,36 +820,26 @@ class PhaseDriver:
 
     @contextlib.asynccontextmanager
     async def _renewing(self, lease: Lease) -> AsyncIterator[None]:
-        """Keep the lease alive while calls are in flight. Most rounds end long before the
-        first renewal is due, so the renewing task is only started when it is (a timer
-        costs less than a task started and cancelled in every round)."""
+        """Keep the lease alive while calls are in flight."""
         ttl = self.settings.lease_ttl_s
 
         async def renew() -> None:
             while True:
+                await asyncio.sleep(ttl / 3)
                 try:
                     if not await self.log.renew_lease(lease, ttl):
                         log.warning("lease_taken_over", gid=lease.gid)
                         return
                 except DatabaseUnavailable:
-                    pass
-                await asyncio.sleep(ttl / 3)
+                    continue
 
-        renewer: asyncio.Task[None] | None = None
-
-        def start_renewing() -> None:
-            nonlocal renewer
-            renewer = asyncio.create_task(renew(), name=f"renew:{lease.gid}")
-
-        due = asyncio.get_running_loop().call_later(ttl / 3, start_renewing)
+        renewer = asyncio.create_task(renew(), name=f"renew:{lease.gid}")
         try:
             yield
         finally:
-            due.cancel()
-            if renewer is not None:
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
 
     async def shutdown(self, grace_s: float) -> None:
         """Let in-flight rounds finish within the grace period, then stop them.
