@@ -5,6 +5,8 @@ that read DTM's query."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +144,27 @@ async def submit_saga(
         return gid
 
     return await asyncio.to_thread(run)
+
+
+def assert_actions_posted_in_order(
+    busi: ScriptedBusi, gid: str, trans_type: str, services: tuple[str, ...] = SERVICES
+) -> None:
+    """Each step's action (one per service, in order) was called only once the one before it
+    had answered, every call a POST with DTM's query parameters and the step's payload
+    ({"step": n}) as its body."""
+    for before, after in itertools.pairwise(services):
+        assert busi.position("answered", before, "action", gid) < busi.position(
+            "arrived", after, "action", gid
+        )
+    for n, call in enumerate(busi.calls, start=1):
+        assert call.method == "POST"
+        assert call.query == {
+            "gid": gid,
+            "trans_type": trans_type,
+            "branch_id": f"{n:02d}",
+            "op": "action",
+        }
+        assert json.loads(call.body) == {"step": n}
 
 
 def ended(detail: dict[str, Any]) -> bool:

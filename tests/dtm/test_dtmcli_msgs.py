@@ -10,8 +10,6 @@ services here are plain handlers answering DTM's envelope, as a service would.""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +25,7 @@ from tests.dtm.busi import (
     FAILURE_WORD,
     ONGOING_425,
     ScriptedBusi,
+    assert_actions_posted_in_order,
     dtm_query,
     dtm_url,
     ended,
@@ -83,19 +82,7 @@ async def test_dtmcli_msg__prepare_then_submit__every_step_delivered_once_in_ord
         ("03", "confirmed"),
     ]
     assert deliveries(busi, gid) == list(SERVICES)
-    for before, after in itertools.pairwise(SERVICES):
-        assert busi.position("answered", before, "action", gid) < busi.position(
-            "arrived", after, "action", gid
-        )
-    for n, call in enumerate(busi.calls, start=1):
-        assert call.method == "POST"
-        assert call.query == {
-            "gid": gid,
-            "trans_type": "msg",
-            "branch_id": f"{n:02d}",
-            "op": "action",
-        }
-        assert json.loads(call.body) == {"step": n}
+    assert_actions_posted_in_order(busi, gid, "msg", SERVICES)
     assert busi.count(gid, "Busi", "query_prepared") == 0  # submitted in time: never asked
 
     shown = await dtm_query(dtm, gid)

@@ -6,7 +6,6 @@ worker thread while the coordinator and the participants serve on the test's loo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from tests.dtm.busi import (
     ONGOING_WORD,
     SERVICES,
     ScriptedBusi,
+    assert_actions_posted_in_order,
     dtm_query,
     dtm_url,
     ended,
@@ -57,20 +57,8 @@ async def test_dtmcli_saga__success__every_action_once_in_order(
         ("03", "confirmed"),
     ]
     assert busi.ops(gid) == [(s, "action") for s in SERVICES]
-    # Each action is called only once the one before it has answered.
-    for before, after in itertools.pairwise(SERVICES):
-        assert busi.position("answered", before, "action", gid) < busi.position(
-            "arrived", after, "action", gid
-        )
-    for n, call in enumerate(busi.calls, start=1):
-        assert call.method == "POST"
-        assert call.query == {
-            "gid": gid,
-            "trans_type": "saga",
-            "branch_id": f"{n:02d}",
-            "op": "action",
-        }
-        assert json.loads(call.body) == {"step": n}  # the step's payload, as the body
+    # Each action is called only once the one before it has answered, with its payload.
+    assert_actions_posted_in_order(busi, gid, "saga")
 
     shown = await dtm_query(dtm, gid)
     assert shown["transaction"]["trans_type"] == "saga"
@@ -407,20 +395,27 @@ async def test_dtmcli_saga__barrier__compensation_before_its_action__empty_then_
 # --- a concurrent saga (raw HTTP: dtmcli's add_branch_order / set_concurrent are broken) -----
 
 
+async def submit_concurrent(dtm: str, busi: ScriptedBusi, orders: dict[str, list[int]]) -> str:
+    """The three-step saga, submitted concurrent with DTM's custom_data orders (step index ->
+    the indexes it waits for)."""
+
+    def run() -> str:
+        gid, s = three_steps(dtm, busi)
+        body = dict(s.trans_base.__dict__)
+        body["custom_data"] = json.dumps({"concurrent": True, "orders": orders})
+        utils.check_result(requests.post(f"{dtm}/submit", json=body, timeout=10))
+        return str(gid)
+
+    return await asyncio.to_thread(run)
+
+
 async def test_dtm_concurrent_saga__orders__third_step_only_after_the_first_two(
     coordinator: CoordinatorClient, busi: ScriptedBusi
 ) -> None:
     dtm = dtm_url(coordinator)
     order_gate = busi.hold("Order", "action")  # step 1 answers only when the test says so
 
-    def run() -> str:
-        gid, s = three_steps(dtm, busi)
-        body = dict(s.trans_base.__dict__)
-        body["custom_data"] = json.dumps({"concurrent": True, "orders": {"2": [0, 1]}})
-        utils.check_result(requests.post(f"{dtm}/submit", json=body, timeout=10))
-        return str(gid)
-
-    gid = await asyncio.to_thread(run)
+    gid = await submit_concurrent(dtm, busi, {"2": [0, 1]})
     # Steps 1 and 2 wait for nothing: both are called at once. Step 2 answers; step 1 is
     # still held, so step 3 waits.
     await eventually(
@@ -451,15 +446,8 @@ async def test_dtm_concurrent_saga__a_step_runs_once_those_it_waits_for_are_done
     dtm = dtm_url(coordinator)
     order_gate = busi.hold("Order", "action")
 
-    def run() -> str:
-        gid, s = three_steps(dtm, busi)
-        body = dict(s.trans_base.__dict__)
-        # Step 3 waits for step 2 only; step 1 is slow (held until step 3 has run).
-        body["custom_data"] = json.dumps({"concurrent": True, "orders": {"2": [1]}})
-        utils.check_result(requests.post(f"{dtm}/submit", json=body, timeout=10))
-        return str(gid)
-
-    gid = await asyncio.to_thread(run)
+    # Step 3 waits for step 2 only; step 1 is slow (held until step 3 has run).
+    gid = await submit_concurrent(dtm, busi, {"2": [1]})
     try:
         # Well before the held call's timeout (request_timeout, 8 s here).
         await eventually(
@@ -480,14 +468,7 @@ async def test_dtm_concurrent_saga__third_step_fails__compensates_it_then_the_fi
     dtm = dtm_url(coordinator)
     busi.script("Pay", "action", FAILURE_409)
 
-    def run() -> str:
-        gid, s = three_steps(dtm, busi)
-        body = dict(s.trans_base.__dict__)
-        body["custom_data"] = json.dumps({"concurrent": True, "orders": {"2": [0, 1]}})
-        utils.check_result(requests.post(f"{dtm}/submit", json=body, timeout=10))
-        return str(gid)
-
-    gid = await asyncio.to_thread(run)
+    gid = await submit_concurrent(dtm, busi, {"2": [0, 1]})
     final = await eventually(lambda: v1(coordinator, gid), ended)
     assert final["status"] == "cancelled"
     pay_undone = busi.position("answered", "Pay", "compensate", gid)
