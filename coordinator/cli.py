@@ -166,6 +166,49 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(chaos, ["log_level", "log_format"])
 
+    conformance = sub.add_parser(
+        "conformance",
+        help="check a live participant against the protocol's anomalies; says what to fix",
+        usage="tcc conformance (--try URL --confirm URL --cancel URL | --action URL"
+        " --compensate URL | --participant NAME) [options]",
+    )
+    # Values are checked by the command itself, so that each mistake is one line.
+    conformance.add_argument("--try", dest="try_url", metavar="URL", help="the try URL (TCC)")
+    conformance.add_argument("--confirm", dest="confirm_url", metavar="URL")
+    conformance.add_argument("--cancel", dest="cancel_url", metavar="URL")
+    conformance.add_argument(
+        "--action", dest="action_url", metavar="URL", help="a saga step's action URL (saga mode)"
+    )
+    conformance.add_argument("--compensate", dest="compensate_url", metavar="URL")
+    conformance.add_argument(
+        "--participant", metavar="NAME", help="take the URLs from the coordinator's registry"
+    )
+    conformance.add_argument(
+        "--url",
+        dest="coordinator_url",
+        metavar="URL",
+        help="the coordinator, for --participant (env TCC_URL; default http://127.0.0.1:36789)",
+    )
+    conformance.add_argument(
+        "--api-key", metavar="KEY", help="its API key, for --participant (env TCC_API_KEY)"
+    )
+    conformance.add_argument("--payload", metavar="JSON", help="the payload every call carries")
+    conformance.add_argument(
+        "--dialect", choices=["v1", "dtm"], help="how calls are made and read (default v1)"
+    )
+    conformance.add_argument(
+        "--check-url",
+        metavar="URL",
+        help="GET ?gid=&branch_id= answers what the branch holds (docs/participants.md)",
+    )
+    conformance.add_argument(
+        "--timeout", metavar="S", help="seconds each call may take (default: the registry's, or 10)"
+    )
+    conformance.add_argument(
+        "--only", metavar="NAMES", help="only these scenarios (comma-separated)"
+    )
+    conformance.add_argument("--json", action="store_true", help="print the report as JSON")
+
     bench = sub.add_parser(
         "bench",
         help="benchmark each mode beside the database ceiling and the participant floor",
@@ -296,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "key-hash": lambda a, s: key_hash_command(a),
             "demo": lambda a, s: run(_devtools().demo_command()),
             "bench": lambda a, s: run(_devtools().bench_command(a)),
+            "conformance": lambda a, s: run(_conformance().conformance_command(a)),
         }
         code = commands[args.command](args, settings)
         sys.stdout.flush()  # here, so that a reader gone early is caught below
@@ -320,6 +364,13 @@ def _devtools() -> ModuleType:
     from coordinator.devtools import commands
 
     return commands
+
+
+def _conformance() -> ModuleType:
+    """`tcc conformance`, imported only when it runs, like the other developer tooling."""
+    from coordinator.devtools import conformance
+
+    return conformance
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:
