@@ -169,8 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     conformance = sub.add_parser(
         "conformance",
         help="check a live participant against the protocol's anomalies; says what to fix",
-        usage="tcc conformance (--try URL --confirm URL --cancel URL | --action URL"
-        " --compensate URL | --participant NAME) [options]",
+        # No usage block: a mistake is then one line (the forms are in the description).
+        usage=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+  tcc conformance --try URL --confirm URL --cancel URL [options]    a TCC participant
+  tcc conformance --action URL --compensate URL [options]           a saga step
+  tcc conformance --participant NAME [--url URL] [options]          from the registry
+
+Runs the protocol's anomalies (repeats, an empty cancel, a late try, ...) against a live
+participant, each on a fresh gid, and prints what it saw and what to fix. Exit status 0 when
+no scenario failed. See docs/participants.md, "Checking a participant".""",
     )
     # Values are checked by the command itself, so that each mistake is one line.
     conformance.add_argument("--try", dest="try_url", metavar="URL", help="the try URL (TCC)")
@@ -194,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conformance.add_argument("--payload", metavar="JSON", help="the payload every call carries")
     conformance.add_argument(
-        "--dialect", choices=["v1", "dtm"], help="how calls are made and read (default v1)"
+        "--dialect", metavar="v1|dtm", help="how calls are made and read (default v1)"
     )
     conformance.add_argument(
         "--check-url",
