@@ -83,9 +83,28 @@ async def list_items(request: web.Request) -> web.Response:
     return web.json_response([dict(r) for r in rows])
 
 
+async def check(request: web.Request) -> web.Response:
+    """What one branch holds and what became of it, for `tcc conformance --check-url`
+    (docs/participants.md): its reservation's state, as the check URL's contract words it."""
+    gid, branch_id = request.query.get("gid"), request.query.get("branch_id")
+    if gid is None or branch_id is None:
+        return web.json_response({"error": "give gid and branch_id"}, status=400)
+    state = await request.app[POOL].fetchval(
+        "SELECT state FROM reservations WHERE gid = $1 AND branch_id = $2", gid, branch_id
+    )
+    return web.json_response(
+        {
+            "held": state == "reserved",
+            "applied": int(state == "sold"),
+            "undone": int(state == "released"),
+        }
+    )
+
+
 def create_app(database_url: str, schema: str = "inventory") -> web.Application:
     app = web.Application()
     app.cleanup_ctx.append(database(database_url, schema, MIGRATIONS))
     app.add_routes(tcc_routes(POOL, "/tcc", try_=reserve, confirm=consume, cancel=release))
     app.router.add_get("/items", list_items)
+    app.router.add_get("/tcc/check", check)
     return app
