@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="""\
   tcc conformance --try URL --confirm URL --cancel URL [options]    a TCC participant
   tcc conformance --action URL --compensate URL [options]           a saga step
-  tcc conformance --participant NAME [--url URL] [options]          from the registry
+  tcc conformance --participant NAME [--try URL | --saga] [options]  from the registry
 
 Runs the protocol's anomalies (repeats, an empty cancel, a late try, ...) against a live
 participant, each on a fresh gid, and prints what it saw and what to fix. Exit status 0 when
@@ -191,6 +191,11 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
     conformance.add_argument("--compensate", dest="compensate_url", metavar="URL")
     conformance.add_argument(
         "--participant", metavar="NAME", help="take the URLs from the coordinator's registry"
+    )
+    conformance.add_argument(
+        "--saga",
+        action="store_true",
+        help="with --participant: a saga step (its confirm URL acts, its cancel URL compensates)",
     )
     conformance.add_argument(
         "--url",
