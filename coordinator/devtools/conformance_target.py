@@ -53,6 +53,8 @@ class RegistryQuery:
     name: str
     coordinator_url: str
     api_key: str | None
+    try_url: str | None  # --try: a try URL the registry does not have (or another one)
+    saga: bool  # --saga: check it as a saga step
     payload: Any
     dialect: Dialect | None
     timeout_s: float | None
@@ -60,7 +62,8 @@ class RegistryQuery:
 
 
 class RegistryEntry(pydantic.BaseModel):
-    """A participant as `GET /v1/participants/{name}` answers it (other fields ignored)."""
+    """A participant as `GET /v1/participants/{name}` answers it (other fields ignored; one
+    with no dialect is called the coordinator's own way)."""
 
     model_config = pydantic.ConfigDict(extra="ignore")
 
@@ -79,30 +82,13 @@ def read_command_line(args: argparse.Namespace) -> Target | RegistryQuery:
         for flags in URL_FLAGS.values()
         for flag in flags
     }
+    if args.participant is not None:
+        return _registry_query(args, given)
+    if args.saga:
+        raise UsageError("--saga is for --participant: give --action and --compensate instead")
     kinds = [k for k, flags in URL_FLAGS.items() if any(given[f] for f in flags)]
-    if args.participant is not None and kinds:
-        raise UsageError(f"--participant takes the URLs from the registry: {WHICH}, not both")
     if len(kinds) > 1:
         raise UsageError(f"a participant is either TCC or a saga step: {WHICH}")
-    payload = _payload(args.payload)
-    dialect = _dialect(args.dialect)
-    timeout_s = _timeout(args.timeout)
-    check_url = _url("--check-url", args.check_url) if args.check_url is not None else None
-    if args.participant is not None:
-        if not args.participant.strip():
-            raise UsageError("--participant: give the participant's name")
-        return RegistryQuery(
-            name=args.participant,
-            coordinator_url=_url(
-                "--url",
-                args.coordinator_url or os.environ.get(COORDINATOR_ENV) or DEFAULT_COORDINATOR,
-            ),
-            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-            payload=payload,
-            dialect=dialect,
-            timeout_s=timeout_s,
-            check_url=check_url,
-        )
     if args.coordinator_url is not None or args.api_key is not None:
         raise UsageError("--url and --api-key are for --participant")
     if not kinds:
@@ -111,17 +97,49 @@ def read_command_line(args: argparse.Namespace) -> Target | RegistryQuery:
     missing = [f for f in URL_FLAGS[kind] if not given[f]]
     if missing:
         raise UsageError(f"{' and '.join(missing)} missing: {WHICH}")
+    # In flag order: TCC's try, confirm, cancel; a saga step's action, compensate (kept as a
+    # branch keeps them: the action in the confirm URL, the compensation in the cancel URL).
     urls = [_url(f, given[f]) for f in URL_FLAGS[kind]]
     return Target(
         kind=kind,
         try_url=urls[0] if kind is TransactionKind.TCC else None,
         confirm_url=urls[-2],
         cancel_url=urls[-1],
-        payload=payload,
-        dialect=dialect or Dialect.V1,
-        timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
-        check_url=check_url,
+        payload=_payload(args.payload),
+        dialect=_dialect(args.dialect) or Dialect.V1,
+        timeout_s=_timeout(args.timeout) or DEFAULT_TIMEOUT_S,
+        check_url=_check_url(args.check_url),
     )
+
+
+def _registry_query(args: argparse.Namespace, given: dict[str, str | None]) -> RegistryQuery:
+    """--participant NAME, with --try or --saga when the registry leaves it open."""
+    if not args.participant.strip():
+        raise UsageError("--participant: give the participant's name")
+    others = [f for f, value in given.items() if value and f != "--try"]
+    if others:
+        raise UsageError(
+            f"--participant takes its URLs from the registry: {', '.join(others)} cannot go"
+            " with it (only --try, for a try URL the registry does not have)"
+        )
+    if args.saga and given["--try"]:
+        raise UsageError("--saga and --try: a saga step has no try")
+    coordinator = args.coordinator_url or os.environ.get(COORDINATOR_ENV) or DEFAULT_COORDINATOR
+    return RegistryQuery(
+        name=args.participant,
+        coordinator_url=_url("--url", coordinator),
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        try_url=_url("--try", given["--try"]) if given["--try"] else None,
+        saga=args.saga,
+        payload=_payload(args.payload),
+        dialect=_dialect(args.dialect),
+        timeout_s=_timeout(args.timeout),
+        check_url=_check_url(args.check_url),
+    )
+
+
+def _check_url(text: str | None) -> str | None:
+    return _url("--check-url", text) if text is not None else None
 
 
 def _url(flag: str, value: str, error: type[CoordinatorError] = UsageError) -> str:
@@ -170,13 +188,24 @@ def _timeout(text: str | None) -> float | None:
 
 
 async def from_registry(session: aiohttp.ClientSession, query: RegistryQuery) -> Target:
-    """The participant's URLs from `GET {coordinator}/v1/participants/{name}`; one without
-    a try URL is checked as a saga step (its action is the confirm URL, its compensation
-    the cancel URL, as a saga's branch keeps them)."""
+    """The participant's URLs from `GET {coordinator}/v1/participants/{name}`. Without a try
+    URL there (its callers run their tries themselves) the command line says what it is:
+    --try gives the try URL, --saga makes it a saga step, whose action is the confirm URL and
+    compensation the cancel URL, as a saga's branch keeps them."""
     entry = await _read_entry(session, query)
     where = f"the registry's {entry.name!r}"
-    kind = TransactionKind.TCC if entry.try_url else TransactionKind.SAGA
-    try_url = _url(f"{where} try_url", entry.try_url, RegistryError) if entry.try_url else None
+    try_url = query.try_url or (
+        _url(f"{where} try_url", entry.try_url, RegistryError) if entry.try_url else None
+    )
+    if query.saga:
+        kind, try_url = TransactionKind.SAGA, None
+    elif try_url is not None:
+        kind = TransactionKind.TCC
+    else:
+        raise UsageError(
+            f"participant {query.name!r} has no try URL in the registry (its callers run their"
+            " tries themselves): give --try URL to check it as TCC, or --saga for a saga step"
+        )
     dialect = query.dialect or (Dialect.DTM if entry.dialect == "dtm" else Dialect.V1)
     return Target(
         kind=kind,
