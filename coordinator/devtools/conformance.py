@@ -25,8 +25,9 @@ from coordinator.core.errors import UsageError
 from coordinator.core.gids import time_ordered_hex
 from coordinator.devtools.conformance_probe import CheckUrlError, Probe, Target, Unreachable
 from coordinator.devtools.conformance_report import as_json, as_text, ok
-from coordinator.devtools.conformance_scenarios import SCENARIOS, Scenario, run_all
+from coordinator.devtools.conformance_scenarios import SCENARIOS, run_all
 from coordinator.devtools.conformance_target import from_registry, read_command_line
+from coordinator.devtools.conformance_trial import Scenario
 
 
 async def conformance_command(args: argparse.Namespace) -> int:

@@ -94,9 +94,24 @@ class Reply:
 
     phase: Phase
     result: CallResult
-    reading: str  # a TryVerdict for a try, a CallOutcome for every other phase
+    reading: TryVerdict | CallOutcome  # judge_try's for a try, the dialect's for the rest
     ok: bool  # tried (a try) or done (any other phase)
     malformed: bool = False  # a call made unreadable on purpose
+
+    @property
+    def head(self) -> str:
+        """The status, or why there was none."""
+        result = self.result
+        if result.http_status is None:
+            return f"no answer ({result.error})"
+        return str(result.http_status)
+
+    def describe(self) -> str:
+        """One line: the call, its answer and how the coordinator reads it."""
+        result = self.result
+        what = f"{self.phase.value} (malformed)" if self.malformed else self.phase.value
+        body = f" {snippet(result.text)}" if result.http_status is not None else ""
+        return f"{what}: {self.head}{body} -> {self.reading.value}, {result.latency_ms:.0f} ms"
 
     @property
     def timed_out(self) -> bool:
@@ -209,9 +224,9 @@ class Probe:
         result = await self.caller.send(call, timeout_s or self.target.timeout_s)
         if phase is Phase.TRY:
             verdict = judge_try(result.http_status)
-            return Reply(phase, result, verdict.value, verdict is TryVerdict.TRIED)
+            return Reply(phase, result, verdict, verdict is TryVerdict.TRIED)
         outcome = self._dialect.judge_phase_two(phase, result)
-        return Reply(phase, result, outcome.value, outcome is CallOutcome.DONE)
+        return Reply(phase, result, outcome, outcome is CallOutcome.DONE)
 
     async def check(self, gid: str) -> Holding | str:
         """What the check URL says about the branch, or what is wrong with its answer."""

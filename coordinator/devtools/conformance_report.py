@@ -10,7 +10,7 @@ from typing import Any
 
 from coordinator.core.states import TransactionKind
 from coordinator.devtools.conformance_probe import BRANCH_ID, Target
-from coordinator.devtools.conformance_scenarios import Finding, Result
+from coordinator.devtools.conformance_trial import Finding, Result
 
 WIDTH = 100
 LABEL = len(Result.NOT_OBSERVABLE.value)  # the widest result word

@@ -1,320 +1,32 @@
-"""The scenarios `tcc conformance` runs, each on a gid of its own, and how each is judged.
-
-A scenario plays calls through a Trial, which keeps what it saw (the evidence) and, when
-something is wrong, what to fix (the advice). Its result is FAIL when anything it saw breaks
-the protocol, "not observable" when the point of the scenario is an effect only the check
-URL could show and it was not given (or the tool cannot bring the case about), and pass
-otherwise. A reply is always read the coordinator's way (conformance_probe.py).
-"""
+"""The scenarios `tcc conformance` runs, TCC's and a saga step's, each on a gid of its own
+(a Trial, conformance_trial.py), in order; the last one reads the replies of the others.
+Every reply is read the coordinator's way (conformance_probe.py); what to fix is worded in
+conformance_advice.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from collections.abc import Callable
 
 from coordinator.core.states import Phase, TransactionKind, TryVerdict
-from coordinator.devtools.conformance_probe import Holding, Probe, Reply, snippet
+from coordinator.devtools.conformance_advice import (
+    CONCURRENT_FIX,
+    ONCE_FIX,
+    REPEAT_FIX,
+    error_in,
+    forward_advice,
+    not_done,
+    suspension_fix,
+)
+from coordinator.devtools.conformance_probe import Probe, Reply
+from coordinator.devtools.conformance_trial import Finding, Scenario, Trial
 from coordinator.dialects.base import CallOutcome
-from coordinator.dialects.dtm import FAILURE
 
 # Identical confirms (actions) sent at once by the concurrency scenario.
 DUPLICATES = 5
 # How much longer than --timeout a try the coordinator would have given up on is waited
 # for, to see what it leaves once it ends.
 LATE_TRY_LIMIT_S = 60.0
-
-
-class Result(StrEnum):
-    PASS = "pass"
-    FAIL = "FAIL"
-    NOT_OBSERVABLE = "not observable"
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    step: str  # a phase, "check" or "note"
-    text: str  # one line, as the report prints it
-    detail: dict[str, Any]  # the same for --json
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    name: str
-    title: str
-    expectation: str
-    result: Result
-    gid: str | None  # None: it made no call of its own
-    evidence: tuple[Evidence, ...]
-    advice: tuple[str, ...]  # what to fix (a FAIL)
-    unseen: tuple[str, ...]  # what could not be seen (not observable)
-
-
-class Trial:
-    """One scenario's run: its gid and branch, the calls made and what they showed."""
-
-    def __init__(self, probe: Probe, gid: str, earlier: list[Reply]) -> None:
-        self.probe = probe
-        self.gid = gid
-        self.txn, self.branch = probe.records(gid)
-        self.earlier = earlier  # every reply of the scenarios run before this one
-        self.replies: list[Reply] = []
-        self.evidence: list[Evidence] = []
-        self.advice: list[str] = []
-        self.unseen: list[str] = []
-        self._said_unchecked = False
-
-    @property
-    def kind(self) -> TransactionKind:
-        return self.probe.target.kind
-
-    @property
-    def checking(self) -> bool:
-        return self.probe.target.check_url is not None
-
-    # --- calls -------------------------------------------------------------------
-
-    async def call(self, phase: Phase) -> Reply:
-        return self.record(await self.probe.send(self.txn, self.branch, phase))
-
-    async def at_once(self, phase: Phase, count: int) -> list[Reply]:
-        replies = await asyncio.gather(
-            *(self.probe.send(self.txn, self.branch, phase) for _ in range(count))
-        )
-        return [self.record(r) for r in replies]
-
-    def start(self, phase: Phase, limit_s: float) -> asyncio.Task[Reply]:
-        """The call in the background; record its reply once it is in."""
-        return self.probe.start(self.txn, self.branch, phase, limit_s)
-
-    async def malformed(self, phase: Phase) -> Reply:
-        return self.record(await self.probe.send_malformed(self.txn, self.branch, phase))
-
-    async def forward(self) -> bool:
-        """The try (a saga step: its action), which the rest of the scenario needs done."""
-        phase = Phase.TRY if self.kind is TransactionKind.TCC else Phase.ACTION
-        reply = await self.call(phase)
-        if not reply.ok:
-            self.fail(forward_advice(reply))
-        return reply.ok
-
-    def record(self, reply: Reply) -> Reply:
-        self.replies.append(reply)
-        result = reply.result
-        detail = {
-            "phase": reply.phase.value,
-            "malformed": reply.malformed,
-            "http_status": result.http_status,
-            "body": snippet(result.text, 500) if result.http_status is not None else None,
-            "error": result.error if result.http_status is None else None,
-            "reading": reply.reading,
-            "latency_ms": result.latency_ms,
-        }
-        self.evidence.append(Evidence(reply.phase.value, describe(reply), detail))
-        return reply
-
-    # --- what the check URL shows --------------------------------------------------
-
-    async def expect(
-        self,
-        when: str,
-        *,
-        advice: str,
-        held: bool | None = None,
-        applied: int | None = None,
-        undone: int | None = None,
-        unseen: str | None = None,
-    ) -> None:
-        """Compare what the check URL shows ``when`` with what should be. ``unseen``: the
-        scenario's point, when it is an effect: without the check URL (or its ``undone``,
-        when that is the point) the scenario is not observable rather than passed."""
-        if not self.checking:
-            if unseen is not None:
-                self.not_observable(f"{unseen}: only the check URL can show it (--check-url)")
-            elif not self._said_unchecked:
-                self._said_unchecked = True
-                self.note("effects not checked: no --check-url")
-            return
-        holding = await self._look(when)
-        if holding is None:
-            return
-        wrong = []
-        if held is not None and holding.held is not held:
-            wrong.append(f"held={str(holding.held).lower()} (expected {str(held).lower()})")
-        if applied is not None and holding.applied != applied:
-            wrong.append(f"applied={holding.applied} (expected {applied})")
-        if undone is not None and holding.undone is None and unseen is not None:
-            self.not_observable(f"{unseen}: the check URL does not report undone")
-        elif undone is not None and holding.undone is not None and holding.undone != undone:
-            wrong.append(f"undone={holding.undone} (expected {undone})")
-        if wrong:
-            self.fail(f"{when} the check URL shows {', '.join(wrong)}: {advice}")
-
-    async def _look(self, when: str) -> Holding | None:
-        got = await self.probe.check(self.gid)
-        if isinstance(got, str):
-            self.evidence.append(Evidence("check", f"check {when}: {got}", {"problem": got}))
-            self.fail(
-                f"the check URL {got}: it must answer 200 with"
-                ' {"held": true|false, "applied": N} for any gid and branch_id'
-                " (docs/participants.md)"
-            )
-            return None
-        detail = {"when": when, "held": got.held, "applied": got.applied, "undone": got.undone}
-        self.evidence.append(Evidence("check", f"check {when}: {got.describe()}", detail))
-        return got
-
-    # --- verdicts -----------------------------------------------------------------
-
-    def note(self, text: str) -> None:
-        self.evidence.append(Evidence("note", text, {"note": text}))
-
-    def fail(self, advice: str) -> None:
-        self.advice.append(advice)
-
-    def not_observable(self, why: str) -> None:
-        self.unseen.append(why)
-
-    def finding(self, scenario: Scenario) -> Finding:
-        if self.advice:
-            result = Result.FAIL
-        elif self.unseen:
-            result = Result.NOT_OBSERVABLE
-        else:
-            result = Result.PASS
-        return Finding(
-            scenario.name,
-            scenario.title,
-            scenario.expectation,
-            result,
-            self.gid if self.replies else None,
-            tuple(self.evidence),
-            tuple(self.advice),
-            tuple(self.unseen),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    name: str  # stable, for --only and --json
-    title: str
-    expectation: str
-    play: Callable[[Trial], Awaitable[None]] = field(repr=False)
-
-
-# --- how replies are described and what to fix ------------------------------------
-
-
-def head(reply: Reply) -> str:
-    """The status, or why there was none."""
-    result = reply.result
-    return (
-        str(result.http_status) if result.http_status is not None else f"no answer ({result.error})"
-    )
-
-
-def describe(reply: Reply) -> str:
-    result = reply.result
-    what = f"{reply.phase.value} (malformed)" if reply.malformed else reply.phase.value
-    body = f" {snippet(result.text)}" if result.http_status is not None else ""
-    return f"{what}: {head(reply)}{body} -> {reply.reading}, {result.latency_ms:.0f} ms"
-
-
-def forward_advice(reply: Reply) -> str:
-    """Why a try (an action) the scenario needed did not succeed, and what to do."""
-    if reply.phase is Phase.TRY:
-        if reply.reading == TryVerdict.REFUSED:
-            return (
-                f"the try was refused ({head(reply)}): this scenario needs a try that succeeds;"
-                " give a --payload the participant accepts (every scenario sends it)"
-            )
-        return (
-            f"the try failed ({head(reply)}): answer a try 2xx once it has reserved and 4xx"
-            " when the business says no; a 5xx or no answer is a failure, and the coordinator"
-            " cancels the transaction"
-        )
-    if reply.reading == CallOutcome.FAILURE:
-        return (
-            f"the action failed for good ({head(reply)}): this scenario needs an action that"
-            " succeeds; give a --payload the participant accepts (every scenario sends it)"
-        )
-    return (
-        f"the action answered {head(reply)}, which the coordinator retries: answer 2xx once the"
-        " step is done"
-    )
-
-
-_CONSEQUENCE = {
-    CallOutcome.RETRY: (
-        "it sends the {phase} again with backoff until it gets a 2xx, and parks the"
-        " transaction for an operator when TCC_GIVE_UP_AFTER_S runs out"
-    ),
-    CallOutcome.ONGOING: "it asks again later, as for a participant still at work",
-    CallOutcome.FAILURE: (
-        "a {phase} cannot fail for good, so it is retried like an error until it succeeds"
-    ),
-}
-
-
-def not_done(reply: Reply, fix: str) -> str:
-    """A phase-two call that did not end its phase: what the coordinator makes of it, and
-    ``fix``."""
-    outcome = CallOutcome(reply.reading)
-    consequence = _CONSEQUENCE.get(outcome, "").format(phase=reply.phase.value)
-    if reply.phase is Phase.ACTION and outcome is CallOutcome.FAILURE:
-        consequence = "the step failed for good, and the saga compensates"
-    return (
-        f"{reply.phase.value} answered {head(reply)}, which the coordinator reads as"
-        f" {outcome.value}: {consequence}. {fix}"
-    )
-
-
-def error_in(reply: Reply) -> str | None:
-    """Why a 2xx reply reads as a failure, if it does: an error field, a false ok or
-    success, a failing status word, or DTM's FAILURE anywhere in it."""
-    body, text = reply.result.body, reply.result.text
-    if isinstance(body, dict):
-        for key in ("error", "errors"):
-            if body.get(key):
-                return f"its body has {key!r}"
-        for key in ("ok", "success"):
-            if body.get(key) is False:
-                return f"its body says {key}: false"
-        for key in ("status", "result"):
-            word = body.get(key)
-            if isinstance(word, str) and word.lower() in {"error", "fail", "failed", "failure"}:
-                return f"its body says {key}: {word}"
-    if FAILURE in text:
-        return f"its body says {FAILURE}, DTM's word for a failure"
-    return None
-
-
-REPEAT_FIX = (
-    "Answer a repeat as the first call was answered (2xx) and change nothing: the coordinator"
-    " repeats a call whenever it did not hear the answer (a lost reply, a timeout, a restart)."
-)
-ONCE_FIX = (
-    "keep (gid, branch_id, phase) in the same database transaction as the change and do"
-    " nothing when it is there already (participants/barrier.py does this)"
-)
-CONCURRENT_FIX = (
-    "duplicates that arrive together must serialise on one key: insert (gid, branch_id,"
-    " phase) under a unique key in the transaction that makes the change, so the second waits"
-    " for the first and then finds its row (participants/barrier.py)"
-)
-
-
-def suspension_fix(forward: str, undo: str, gid: str) -> str:
-    article = "an" if forward[0] in "aeiou" else "a"
-    return (
-        f"{article} {forward} that arrives after its {undo} must change nothing, since no"
-        f" {undo} will come again to undo it: have {undo} record that it ran for (gid,"
-        f" branch_id) even when there was no {forward}, and have {forward} do nothing when it"
-        f" finds that record (participants/barrier.py: the {undo} writes the {forward}'s row)."
-        f" What this one did is left in place: undo it by hand (gid {gid})"
-    )
 
 
 # --- TCC ----------------------------------------------------------------------------
@@ -446,7 +158,7 @@ async def _late_forward(t: Trial, undo: Phase, forward: Phase) -> None:
         t.note(f"by its reply ({status}) the late {forward.value} did nothing")
     else:
         t.not_observable(
-            f"the late {forward.value} answered {head(late)}: whether it changed anything only"
+            f"the late {forward.value} answered {late.head}: whether it changed anything only"
             " the check URL can show (a 2xx may be right: DTM's barrier answers a suspended"
             f" {forward.value} so and does nothing)"
         )
@@ -459,7 +171,7 @@ async def concurrent_confirms(t: Trial) -> None:
 
 async def _concurrent(t: Trial, phase: Phase) -> None:
     replies = await t.at_once(phase, DUPLICATES)
-    failures = [r for r in replies if r.reading == CallOutcome.FAILURE]
+    failures = [r for r in replies if r.reading is CallOutcome.FAILURE]
     if failures and len(failures) == len(replies) and phase is Phase.ACTION:
         t.fail(forward_advice(failures[0]))  # every one refused: the payload, not the race
         return
@@ -553,7 +265,7 @@ async def _try_too_slow(t: Trial, pending: asyncio.Task[Reply], timeout_s: float
 
 async def malformed_try(t: Trial) -> None:
     reply = await t.malformed(Phase.TRY)
-    if reply.reading == TryVerdict.REFUSED:
+    if reply.reading is TryVerdict.REFUSED:
         return
     status = reply.result.http_status
     if status is not None and 200 <= status < 300:
@@ -564,7 +276,7 @@ async def malformed_try(t: Trial) -> None:
         )
     else:
         t.fail(
-            f"a try nobody could read was answered {head(reply)}: answer a 4xx (the caller's"
+            f"a try nobody could read was answered {reply.head}: answer a 4xx (the caller's"
             " mistake, a refusal), not a 5xx, which says the participant itself failed"
         )
 
@@ -575,7 +287,7 @@ async def error_bodies(t: Trial) -> None:
         return
     flagged = [(r, why) for r in t.earlier if _is_2xx(r) and (why := error_in(r)) is not None]
     for reply, why in flagged:
-        t.note(f"{describe(reply)} ({why})")
+        t.note(f"{reply.describe()} ({why})")
         t.fail(
             f"a {reply.result.http_status} {reply.phase.value} reply reads as a failure"
             f" ({why}). In the v1 dialect the coordinator takes any 2xx for success whatever"
@@ -643,11 +355,11 @@ async def concurrent_actions(t: Trial) -> None:
 
 async def malformed_action(t: Trial) -> None:
     reply = await t.malformed(Phase.ACTION)
-    if reply.reading == CallOutcome.FAILURE:
+    if reply.reading is CallOutcome.FAILURE:
         return
     t.fail(
-        f"an action nobody could read was answered {head(reply)}, which the coordinator reads"
-        f" as {reply.reading}: refuse it for good instead (409 is read so by both dialects;"
+        f"an action nobody could read was answered {reply.head}, which the coordinator reads"
+        f" as {reply.reading.value}: refuse it for good instead (409 is read so by both dialects;"
         " v1 takes any 4xx but 408, 425 and 429), so the saga compensates at once rather than"
         " counting the step done or retrying it in vain"
     )
