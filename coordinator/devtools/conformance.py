@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 import aiohttp
 from yarl import URL
@@ -80,6 +81,8 @@ async def reach(target: Target) -> None:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise Unreachable(f"cannot reach the participant at {text}: {reason}") from None
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def check_contract(probe: Probe) -> None:

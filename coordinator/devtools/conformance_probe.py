@@ -40,8 +40,11 @@ from coordinator.outbound import HttpCaller
 REPLY_BYTES = 65_536
 # The branch every scenario uses (DTM numbers its branches so).
 BRANCH_ID = "01"
-# What the participant's logs show as the service behind these calls.
+# The service that "began" the made-up transactions, and the branch's name (no call carries
+# either: they only make the records whole).
 SERVICE = "tcc-conformance"
+# Their timeout: the dialects never read it, nor the deadline made from it.
+RECORD_TIMEOUT_S = 60.0
 
 
 class Dialect(StrEnum):
@@ -143,7 +146,8 @@ class Probe:
         self._dialect = dialect(target.dialect.registry_name)
 
     def records(self, gid: str) -> tuple[Transaction, Branch]:
-        """A transaction and its one branch as the log would hand them to the dialect."""
+        """A transaction and its one branch as the log would hand them to the dialect, which
+        reads the gid, the kind, the options and the branch's URLs, payload and data."""
         t = self.target
         now = datetime.now(UTC)
         txn = Transaction(
@@ -152,9 +156,9 @@ class Probe:
             dialect=t.dialect.registry_name,
             service=SERVICE,
             metadata={},
-            timeout_s=60.0,
+            timeout_s=RECORD_TIMEOUT_S,
             call_timeout_s=t.timeout_s,
-            deadline=now + timedelta(seconds=60),
+            deadline=now + timedelta(seconds=RECORD_TIMEOUT_S),
             cancel_reason=None,
             created_at=now,
             updated_at=now,
