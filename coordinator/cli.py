@@ -18,7 +18,7 @@ import pydantic
 import uvloop
 
 from coordinator.api.app import create_app
-from coordinator.api.schemas import is_valid_gid, render_detail
+from coordinator.api.schemas import ParticipantListOut, is_valid_gid, render_detail
 from coordinator.api.server import (
     ensure_port_free,
     log_connection_budget,
@@ -28,12 +28,20 @@ from coordinator.api.server import (
 from coordinator.core.apikeys import INSECURE, hash_key, parse_keys
 from coordinator.core.errors import CoordinatorError, UsageError
 from coordinator.core.kinds import StepPlan, branch_word, status_word
-from coordinator.core.records import ListFilter, TransactionDetail
+from coordinator.core.records import ListFilter, NewParticipant, TransactionDetail
 from coordinator.core.states import GlobalStatus, TransactionKind
+from coordinator.core.urlpolicy import check_url_form
 from coordinator.embedded import resolve_database_url
 from coordinator.engine.runtime import Runtime, running
+from coordinator.engine.service import USAGE_WINDOW_S
 from coordinator.logs import configure_logging
-from coordinator.report import columns, format_detail, format_time
+from coordinator.report import (
+    columns,
+    format_detail,
+    format_participant,
+    format_participants,
+    format_time,
+)
 from coordinator.settings import Settings
 from coordinator.txlog import migrator
 from coordinator.workers import Supervisor
@@ -310,6 +318,39 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
     which.add_argument("--all", action="store_true", help="every session")
     add_settings_flags(revoke, DB_FLAGS)
 
+    participants = sub.add_parser(
+        "participants",
+        help="the participant registry: register, list, show, remove; close a breaker",
+    )
+    participants_sub = participants.add_subparsers(
+        dest="participants_command", required=True, metavar="WHAT"
+    )
+    register = participants_sub.add_parser(
+        "register", help="register a participant (or replace its registration)"
+    )
+    register.add_argument("name")
+    register.add_argument("--base-url", help="its phase URLs are <base>/try, /confirm, /cancel")
+    register.add_argument("--try-url", help="instead of <base>/try")
+    register.add_argument("--confirm-url", help="instead of <base>/confirm")
+    register.add_argument("--cancel-url", help="instead of <base>/cancel")
+    register.add_argument("--health-url", help="GET answers 2xx when it is up (the probe)")
+    register.add_argument("--call-timeout-s", type=float, help="timeout of each call to it")
+    register.add_argument("--owner-service", help="the service that owns it")
+    add_settings_flags(register, DB_FLAGS)
+    participants_list = participants_sub.add_parser(
+        "list", help="every participant, its breaker and its last 15 minutes"
+    )
+    participants_list.add_argument("--json", action="store_true", help="print JSON")
+    add_settings_flags(participants_list, DB_FLAGS)
+    for verb, text in (
+        ("show", "one participant"),
+        ("remove", "take one out of the registry (branches keep their URLs)"),
+        ("reset", "close its breaker: calls resume at once, ramping up"),
+    ):
+        one = participants_sub.add_parser(verb, help=text)
+        one.add_argument("name")
+        add_settings_flags(one, DB_FLAGS)
+
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     add_settings_flags(migrate, DB_FLAGS)
 
@@ -347,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "resolve": lambda a, s: run(resolve_command(a, s)),
             "prune": lambda a, s: run(prune_command(a, s)),
             "sessions": lambda a, s: run(sessions_command(a, s)),
+            "participants": lambda a, s: run(participants_command(a, s)),
             "recover": lambda a, s: run(recover_command(a, s)),
             "chaos": lambda a, s: run(_devtools().chaos_command(a)),
             "up": lambda a, s: run(_devtools().up_command(a, s, UP_DECIDES)),
@@ -511,6 +553,56 @@ async def prune_command(args: argparse.Namespace, settings: Settings) -> int:
         deleted = await runtime.upkeep.prune(older_than_s)
     print(f"deleted {deleted} finished transactions older than {args.older_than}")
     return 0
+
+
+async def participants_command(args: argparse.Namespace, settings: Settings) -> int:
+    name = _gid(args.name, "a participant's name") if hasattr(args, "name") else None
+    async with admin_runtime(settings) as runtime:
+        service = runtime.coordinator
+        if args.participants_command == "register":
+            assert name is not None
+            new = NewParticipant.of(
+                name,
+                base_url=args.base_url,
+                try_url=args.try_url,
+                confirm_url=args.confirm_url,
+                cancel_url=args.cancel_url,
+                health_url=args.health_url,
+                call_timeout_s=args.call_timeout_s,
+                owner_service=args.owner_service,
+                registered_by=None,
+            )
+            for field, url in new.urls.items():
+                _participant_url(url, field)
+            registered, created = await service.register_participant(new, INSECURE)
+            print(f"{'registered' if created else 'registered again'}: {registered.name}")
+            print(format_participant(registered))
+        elif args.participants_command == "list":
+            rows = await service.participants(INSECURE)
+            if args.json:
+                print(ParticipantListOut.of(rows, USAGE_WINDOW_S).model_dump_json(indent=2))
+            else:
+                print(format_participants(rows))
+        elif args.participants_command == "show":
+            assert name is not None
+            print(format_participant(await service.participant(name, INSECURE)))
+        elif args.participants_command == "remove":
+            assert name is not None
+            await service.remove_participant(name, INSECURE)
+            print(f"removed {name}; branches that named it keep their URLs")
+        else:
+            assert name is not None
+            reset = await service.reset_breaker(name, INSECURE, actor=_cli_actor())
+            print(f"breaker of {name} closed: calls resume, ramping up")
+            print(format_participant(reset))
+    return 0
+
+
+def _participant_url(url: str, field: str) -> None:
+    try:
+        check_url_form(url)
+    except ValueError as exc:
+        raise UsageError(f"--{field.replace('_', '-')}: {exc}") from exc
 
 
 # How much of a session's id `tcc sessions list` shows (and `revoke --session` needs).

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from coordinator.core.breaker import BreakerState
 from coordinator.core.records import Backlog
 from coordinator.core.states import FINAL_STATUSES, PARKED_STATUSES, GlobalStatus
 
@@ -43,6 +44,7 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0)
 OPEN_STATUSES = tuple(s for s in GlobalStatus if s not in FINAL_STATUSES)
+BREAKER_STATES = tuple(s.value for s in BreakerState)
 
 # A `_created` series beside every counter doubles a scrape for nothing Grafana uses.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -81,6 +83,10 @@ class LoginRefusal(StrEnum):
     BAD_FORM = "bad_form"
 
 
+# The participant label of calls to a participant nobody registered.
+UNREGISTERED = "unregistered"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -110,14 +116,32 @@ class Metrics:
             ["decision", "reason"],
             registry=r,
         )
+        # participant: the registered name (never a URL), or "unregistered".
         self._calls = Counter(
-            "tcc_participant_calls", "Calls to participants", ["phase", "outcome"], registry=r
+            "tcc_participant_calls",
+            "Calls to participants",
+            ["participant", "phase", "outcome"],
+            registry=r,
         )
         self._call_seconds = Histogram(
             "tcc_participant_call_seconds",
             "Participant call latency",
-            ["phase", "outcome"],
+            ["participant", "phase", "outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._held = Counter(
+            "tcc_participant_calls_held",
+            "Calls not sent because the participant's circuit is open or ramping up"
+            " (a held try fails its transaction at once)",
+            ["participant", "phase"],
+            registry=r,
+        )
+        self._breaker_moves = Counter(
+            "tcc_breaker_transitions",
+            "Circuit breaker moves made by this coordinator, by event (tripped, probing,"
+            " recovered, still_down, reset)",
+            ["participant", "event"],
             registry=r,
         )
         self._claims = Counter(
@@ -195,9 +219,18 @@ class Metrics:
         kind = reason.split(":", 1)[0] if reason else "requested"
         self._decisions.labels(decision, kind).inc()
 
-    def participant_call(self, phase: str, outcome: str, seconds: float) -> None:
-        self._calls.labels(phase, outcome).inc()
-        self._call_seconds.labels(phase, outcome).observe(seconds)
+    def participant_call(
+        self, participant: str | None, phase: str, outcome: str, seconds: float
+    ) -> None:
+        name = participant or UNREGISTERED
+        self._calls.labels(name, phase, outcome).inc()
+        self._call_seconds.labels(name, phase, outcome).observe(seconds)
+
+    def call_held(self, participant: str, phase: str) -> None:
+        self._held.labels(participant, phase).inc()
+
+    def breaker_moved(self, participant: str, event: str) -> None:
+        self._breaker_moves.labels(participant, event).inc()
 
     def recovery_claimed(self, status: GlobalStatus, *, took_over: bool) -> None:
         self._claims.labels(status.value).inc()
@@ -240,22 +273,26 @@ class Metrics:
 
     # --- the scrape -------------------------------------------------------------------
 
-    def exposition(self, gauges: Backlog | None) -> bytes:
+    def exposition(
+        self, gauges: Backlog | None, breakers: Mapping[str, str] | None = None
+    ) -> bytes:
         """The text format: this server's counters (every worker's, when shared), then the
-        log's gauges; ``None`` when the log could not be read (``tcc_log_up`` says so)."""
+        log's gauges; ``None`` when the log could not be read (``tcc_log_up`` says so).
+        ``breakers``: each registered participant's breaker state, as the log holds it."""
+        logged = generate_latest(_log_registry(gauges, breakers or {}))
         shared = os.environ.get(SHARED_DIR_ENV)
         if not shared:
-            return generate_latest(self.registry) + generate_latest(_log_registry(gauges))
+            return generate_latest(self.registry) + logged
         registry = CollectorRegistry()
         MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
         with _dir_lock(Path(shared), fcntl.LOCK_SH):
             ours = generate_latest(registry)
-        return ours + generate_latest(_log_registry(gauges))
+        return ours + logged
 
 
-def _log_registry(gauges: Backlog | None) -> CollectorRegistry:
+def _log_registry(gauges: Backlog | None, breakers: Mapping[str, str]) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(_BacklogCollector(gauges))
+    registry.register(_BacklogCollector(gauges, breakers))
     return registry
 
 
@@ -263,8 +300,9 @@ class _BacklogCollector(Collector):
     """The log's gauges as families made for one scrape: built directly, never as Gauge
     objects, which in shared mode would write into the workers' files."""
 
-    def __init__(self, gauges: Backlog | None) -> None:
+    def __init__(self, gauges: Backlog | None, breakers: Mapping[str, str]) -> None:
         self.gauges = gauges
+        self.breakers = breakers
 
     def collect(self) -> Iterator[Metric]:
         g = self.gauges
@@ -288,6 +326,15 @@ class _BacklogCollector(Collector):
             "Age of the oldest transaction not final (0 when there is none)",
             g.oldest_unfinished_age_s or 0.0,
         )
+        state = GaugeMetricFamily(
+            "tcc_breaker_state",
+            "1 for each registered participant's breaker state (closed, open, half_open)",
+            labels=["participant", "state"],
+        )
+        for name, current in sorted(self.breakers.items()):
+            for word in BREAKER_STATES:
+                state.add_metric([name, word], 1 if word == current else 0)
+        yield state
 
 
 # --- the shared directory under --workers ------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coordinator.core.records import TransactionDetail
+from coordinator.core.breaker import BreakerState
+from coordinator.core.records import Participant, ParticipantUsage, TransactionDetail
 from coordinator.core.states import PHASE_TWO_STATUSES
 
 
@@ -73,3 +74,48 @@ def format_detail(detail: TransactionDetail) -> str:
     if detail.more_events:
         lines.append(f"  ... the timeline goes on after {len(detail.events)} entries")
     return "\n".join(lines)
+
+
+def format_participant(p: Participant) -> str:
+    breaker = p.breaker_state.value
+    if p.breaker_state is not BreakerState.CLOSED:
+        breaker += f" since {format_time(p.breaker_since)}: {p.breaker_reason or '-'}"
+        if p.breaker_retry_at is not None and p.breaker_state is BreakerState.OPEN:
+            breaker += f" (next probe {format_time(p.breaker_retry_at)})"
+    lines = [
+        f"participant {p.name}",
+        f"  base url       {p.base_url or '-'}",
+        f"  try            {p.try_url or '- (its callers run their tries)'}",
+        f"  confirm        {p.confirm_url}",
+        f"  cancel         {p.cancel_url}",
+        f"  health         {p.health_url or '- (the probe is one real call)'}",
+        f"  call timeout   {f'{p.call_timeout_s:g} s' if p.call_timeout_s else '-'}",
+        f"  owner service  {p.owner_service or '-'}",
+        f"  breaker        {breaker}",
+        f"  registered     {format_time(p.created_at)}, last {format_time(p.updated_at)}"
+        f" by {p.registered_by or '-'}",
+    ]
+    return "\n".join(lines)
+
+
+def format_participants(rows: list[tuple[Participant, ParticipantUsage]]) -> str:
+    table = [["NAME", "BREAKER", "CALLS/MIN", "ERRORS", "WAITING", "LATENCY AVG/MAX MS (15 MIN)"]]
+    for p, usage in rows:
+        calls = sum(u.calls for u in usage.phases)
+        errors = sum(u.errors for u in usage.phases)
+        latency = ", ".join(
+            f"{u.phase.value} {u.latency_ms_avg:.1f}/{u.latency_ms_max:.1f}"
+            for u in usage.phases
+            if u.latency_ms_avg is not None and u.latency_ms_max is not None
+        )
+        table.append(
+            [
+                p.name,
+                p.breaker_state.value,
+                f"{calls / max(len(usage.calls_by_minute), 1):.1f}",
+                f"{errors / calls:.1%}" if calls else "-",
+                str(usage.waiting),
+                latency or "-",
+            ]
+        )
+    return columns(table) if rows else "no participant is registered (tcc participants register)"

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.core.apikeys import parse_keys
+from coordinator.core.breaker import BreakerPolicy
 from coordinator.core.forwarding import clean_prefix, parse_trusted
 from coordinator.core.hosts import parse_allowed_hosts
 from coordinator.core.limits import Limits
@@ -71,6 +72,51 @@ class Settings(BaseSettings):
         default=86400.0,
         gt=0,
         description="After this long in phase two a transaction is parked as failed_to_*",
+    )
+
+    breaker: bool = Field(
+        default=True,
+        description="A circuit breaker per registered participant: calls to one that keeps"
+        " failing wait, and resume at a ramped rate once it answers again",
+    )
+    breaker_failures: int = Field(
+        default=5, ge=0, description="Consecutive failed calls that open a breaker (0: never)"
+    )
+    breaker_error_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Or this share of failed calls over TCC_BREAKER_WINDOW_S opens it",
+    )
+    breaker_window_s: float = Field(
+        default=30.0, gt=0, le=3600, description="The window of TCC_BREAKER_ERROR_RATE"
+    )
+    breaker_min_calls: int = Field(
+        default=20,
+        ge=0,
+        description="Calls the window must hold before its error rate counts (0: never)",
+    )
+    breaker_open_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=86400,
+        description="How long a breaker stays open the first time (each next time twice as"
+        " long, up to TCC_BREAKER_MAX_OPEN_S) before a probe",
+    )
+    breaker_max_open_s: float = Field(
+        default=300.0, gt=0, le=86400, description="Longest a breaker stays open"
+    )
+    breaker_ramp_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="After a recovery, calls to the participant resume at a rate that doubles"
+        " five times over this long, then the limit goes",
+    )
+    breaker_ramp_start_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="The ramp's first rate, in calls a second shared by all coordinators",
     )
 
     recovery_interval_s: float = Field(
@@ -288,6 +334,20 @@ class Settings(BaseSettings):
             max_branches=self.max_branches,
             max_payload_bytes=self.max_payload_bytes,
             max_metadata_bytes=self.max_metadata_bytes,
+        )
+
+    @property
+    def breaker_policy(self) -> BreakerPolicy:
+        return BreakerPolicy(
+            failures=self.breaker_failures,
+            error_rate=self.breaker_error_rate,
+            window_s=self.breaker_window_s,
+            min_calls=self.breaker_min_calls,
+            open_s=self.breaker_open_s,
+            max_open_s=max(self.breaker_max_open_s, self.breaker_open_s),
+            ramp_s=self.breaker_ramp_s,
+            ramp_start_per_s=self.breaker_ramp_start_per_s,
+            probe_ttl_s=self.call_timeout_s * 2 + 5,
         )
 
     @property

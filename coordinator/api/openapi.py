@@ -30,6 +30,9 @@ from coordinator.api.schemas import (
     MessageStepIn,
     OverviewOut,
     OverviewQuery,
+    ParticipantIn,
+    ParticipantListOut,
+    ParticipantOut,
     ReasonIn,
     ResolveIn,
     SagaIn,
@@ -63,6 +66,7 @@ class Health(BaseModel):
 
 REQUEST_MODELS: list[type[BaseModel]] = [
     BeginIn,
+    ParticipantIn,
     SagaIn,
     SagaStepIn,
     MessageIn,
@@ -75,6 +79,8 @@ REQUEST_MODELS: list[type[BaseModel]] = [
 ]
 RESPONSE_MODELS: list[type[BaseModel]] = [
     TransactionDetailOut,
+    ParticipantOut,
+    ParticipantListOut,
     TransactionPageOut,
     EventPageOut,
     TryOut,
@@ -256,6 +262,51 @@ OPERATIONS: list[Operation] = [
         query=OverviewQuery,
     ),
     Operation(
+        "get",
+        "/v1/participants",
+        "Every registered participant, its breaker, its calls over the last 15 minutes and"
+        " the transactions waiting on it",
+        None,
+        {200: ("The registry", ParticipantListOut)},
+        (401, 503),
+    ),
+    Operation(
+        "get",
+        "/v1/participants/{name}",
+        "One registered participant and its breaker",
+        None,
+        {200: ("The participant", ParticipantOut)},
+        (400, 401, 404, 503),
+    ),
+    Operation(
+        "put",
+        "/v1/participants/{name}",
+        "Register a participant (a base URL or its phase URLs), or replace its registration"
+        " (its breaker is kept); branches may then name it instead of giving URLs",
+        ParticipantIn,
+        {
+            201: ("Registered", ParticipantOut),
+            200: ("Registered again (replaced)", ParticipantOut),
+        },
+        (400, 401, 403, 413, 422, 503),
+    ),
+    Operation(
+        "delete",
+        "/v1/participants/{name}",
+        "Take a participant out of the registry (branches that named it keep their URLs)",
+        None,
+        {200: ("Removed (as it was)", ParticipantOut)},
+        (400, 401, 403, 404, 503),
+    ),
+    Operation(
+        "post",
+        "/v1/participants/{name}/breaker/reset",
+        "Close a participant's circuit breaker: its calls resume at once, ramping up (admin)",
+        EmptyIn,
+        {200: ("Closed", ParticipantOut)},
+        (400, 401, 403, 404, 422, 503),
+    ),
+    Operation(
         "get", "/healthz", "The process is up", None, {200: ("Up", Health)}, (401,), secured=False
     ),
     Operation(
@@ -297,6 +348,15 @@ def _operation(op: Operation) -> dict[str, Any]:
         params.append(
             {
                 "name": "gid",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": GID_PATTERN},
+            }
+        )
+    if "{name}" in op.path:
+        params.append(
+            {
+                "name": "name",
                 "in": "path",
                 "required": True,
                 "schema": {"type": "string", "pattern": GID_PATTERN},

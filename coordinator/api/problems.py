@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from coordinator.api.body import BodyTooLarge, BodyTooSlow
 from coordinator.core.errors import (
+    CircuitOpen,
     Conflict,
     CoordinatorError,
     DatabaseUnavailable,
@@ -91,6 +93,7 @@ _DOMAIN_STATUS: list[tuple[type[CoordinatorError], int]] = [
     (LimitExceeded, 422),
     (InvalidInput, 422),
     (DatabaseUnavailable, 503),
+    (CircuitOpen, 503),
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -113,6 +116,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         for kind, status in _DOMAIN_STATUS:
             if isinstance(exc, kind):
                 response = problem(status, str(exc))
+                if isinstance(exc, CircuitOpen):
+                    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_in_s)))
                 if status == 408:
                     response.force_close()  # the rest of a dribbled body is not worth waiting for
                 return response

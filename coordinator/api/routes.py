@@ -28,6 +28,11 @@ V1_ROUTES = [
     web.post("/v1/transactions/{gid}/resolve", v1.resolve),
     web.post("/v1/transactions/{gid}/branches/{branch_id}/resolve", v1.resolve_branch),
     web.get("/v1/overview", v1.overview),
+    web.get("/v1/participants", v1.list_participants),
+    web.get("/v1/participants/{name}", v1.get_participant),
+    web.put("/v1/participants/{name}", v1.register_participant),
+    web.delete("/v1/participants/{name}", v1.remove_participant),
+    web.post("/v1/participants/{name}/breaker/reset", v1.reset_breaker),
 ]
 
 # DTM's protocol, on DTM's paths (TCC only); switched off with TCC_DTM_API=false.

@@ -16,10 +16,14 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    ValidationError,
     create_model,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from coordinator.core import kinds, states
 from coordinator.core.records import (
@@ -27,12 +31,15 @@ from coordinator.core.records import (
     CoordinatorSeen,
     Event,
     NewBranch,
+    NewParticipant,
     Overview,
+    Participant,
+    ParticipantUsage,
     Transaction,
     TransactionDetail,
     shown_fields,
 )
-from coordinator.core.states import GlobalStatus, TransactionKind, TryReport
+from coordinator.core.states import GlobalStatus, Phase, TransactionKind, TryReport
 from coordinator.core.urlpolicy import check_url_form
 from coordinator.dialects.registry import dialect
 from coordinator.engine.service import BeginRequest
@@ -61,6 +68,8 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # the body's validation needs for itself).
 MAX_STEPS = 1000
 CallTimeout = Annotated[float | None, Field(gt=0, description="Timeout of each participant call")]
+# A registered participant's name: the charset of a gid.
+ParticipantName = Annotated[str, StringConstraints(pattern=GID_PATTERN)]
 
 
 class Strict(BaseModel):
@@ -72,8 +81,16 @@ class BranchIn(Strict):
 
     branch_id: Gid = Field(description="Unique within the transaction; same charset as a gid")
     name: ShortText | None = Field(default=None, description="Human name; defaults to branch_id")
-    confirm_url: ParticipantUrl
-    cancel_url: ParticipantUrl
+    participant: ParticipantName | None = Field(
+        default=None,
+        description="A registered participant: its URLs are used for those not given here",
+    )
+    confirm_url: ParticipantUrl | None = Field(
+        default=None, description="Needed unless the branch names a participant"
+    )
+    cancel_url: ParticipantUrl | None = Field(
+        default=None, description="Needed unless the branch names a participant"
+    )
     payload: JsonValue = Field(default=None, description="Sent to every phase of the branch")
 
     @model_validator(mode="before")
@@ -86,22 +103,63 @@ class BranchIn(Strict):
             )
         return data
 
+    @model_validator(mode="after")
+    def _urls_or_a_participant(self) -> BranchIn:
+        """Without a registered participant's name, its URLs are required as ever (the
+        same error as any missing field: "Field required", at the field)."""
+        if self.participant is None:
+            missing = [f for f in self._own_url_fields() if getattr(self, f) is None]
+            if missing:
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [InitErrorDetails(type="missing", loc=(f,), input=None) for f in missing],
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_what_was_not_given(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """The participant (a later field) and URLs left to it are left out when not
+        given: the digest of a request made before they existed stays the same."""
+        data = handler(self)
+        for key in ("participant", "try_url", "confirm_url", "cancel_url"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+    @classmethod
+    def _own_url_fields(cls) -> tuple[str, ...]:
+        return ("confirm_url", "cancel_url")
+
+    def _try_url(self) -> str | None:
+        return None  # the client runs the try
+
     def to_new(self) -> NewBranch:
+        # "" leaves the URL to the named participant (NewBranch.with_participant).
         return NewBranch(
             branch_id=self.branch_id,
             name=self.name or self.branch_id,
-            try_url=getattr(self, "try_url", None),
-            confirm_url=self.confirm_url,
-            cancel_url=self.cancel_url,
+            try_url=self._try_url(),
+            confirm_url=self.confirm_url or "",
+            cancel_url=self.cancel_url or "",
             payload=self.payload,
             request_hash=request_hash(self.model_dump(mode="json")),
+            participant=self.participant,
         )
 
 
 class TryBranchIn(BranchIn):
     """A branch whose try the coordinator calls (POST .../try, and auto begins)."""
 
-    try_url: ParticipantUrl
+    try_url: ParticipantUrl | None = Field(
+        default=None, description="Needed unless the branch names a participant"
+    )
+
+    @classmethod
+    def _own_url_fields(cls) -> tuple[str, ...]:
+        return ("try_url", "confirm_url", "cancel_url")
+
+    def _try_url(self) -> str | None:
+        return self.try_url or ""
 
 
 class BeginIn(Strict):
@@ -300,6 +358,38 @@ class MessageIn(Strict):
         )
 
 
+class ParticipantIn(Strict):
+    """A participant's registration (PUT /v1/participants/{name})."""
+
+    base_url: ParticipantUrl | None = Field(
+        default=None, description="Its phase URLs are <base>/try, /confirm, /cancel"
+    )
+    try_url: ParticipantUrl | None = Field(default=None, description="Else <base>/try")
+    confirm_url: ParticipantUrl | None = Field(default=None, description="Else <base>/confirm")
+    cancel_url: ParticipantUrl | None = Field(default=None, description="Else <base>/cancel")
+    health_url: ParticipantUrl | None = Field(
+        default=None,
+        description="GET answers 2xx when it is up: the breaker probes it (else one real call)",
+    )
+    call_timeout_s: CallTimeout = None
+    owner_service: ShortText | None = Field(
+        default=None, description="The service that owns it (a service key: its own name)"
+    )
+
+    def to_new(self, name: str) -> NewParticipant:
+        return NewParticipant.of(
+            name,
+            base_url=self.base_url,
+            try_url=self.try_url,
+            confirm_url=self.confirm_url,
+            cancel_url=self.cancel_url,
+            health_url=self.health_url,
+            call_timeout_s=self.call_timeout_s,
+            owner_service=self.owner_service,
+            registered_by=None,
+        )
+
+
 class EmptyIn(Strict):
     """Confirm and cancel take no fields; an empty body or {} is fine."""
 
@@ -367,7 +457,7 @@ def _api_type(hint: Any) -> Any:
 
 _SHOWN_NAMES: dict[type[Any], tuple[str, ...]] = {
     kind: tuple(f.name for f in shown_fields(kind))
-    for kind in (Transaction, Branch, Event, CoordinatorSeen)
+    for kind in (Transaction, Branch, Event, CoordinatorSeen, Participant)
 }
 
 
@@ -492,6 +582,70 @@ class TransactionPageOut(BaseModel):
 
 
 CoordinatorOut = create_model("CoordinatorOut", **record_fields(CoordinatorSeen))
+
+
+class _ParticipantBase(BaseModel):
+    @classmethod
+    def of(cls, p: Participant) -> _ParticipantBase:
+        return cls.model_validate({name: getattr(p, name) for name in shown_names(Participant)})
+
+
+ParticipantOut = create_model(
+    "ParticipantOut", __base__=_ParticipantBase, **record_fields(Participant)
+)
+
+
+class PhaseUsageOut(BaseModel):
+    phase: Phase
+    calls: int
+    errors: int = Field(description="Calls that failed (no answer, 5xx, 429)")
+    latency_ms_avg: float | None
+    latency_ms_max: float | None
+
+
+class ParticipantUsageOut(BaseModel):
+    calls_per_minute: float = Field(description="Over the window")
+    error_rate: float | None = Field(description="Failed calls / calls over the window")
+    calls_by_minute: list[int] = Field(description="One per minute, oldest first")
+    phases: list[PhaseUsageOut] = Field(description="By phase, over the window")
+    waiting: int = Field(
+        description="Transactions in phase two or parked with a branch on it not yet done"
+    )
+
+    @classmethod
+    def of(cls, u: ParticipantUsage) -> ParticipantUsageOut:
+        calls = sum(p.calls for p in u.phases)
+        errors = sum(p.errors for p in u.phases)
+        return cls(
+            calls_per_minute=round(calls / max(len(u.calls_by_minute), 1), 2),
+            error_rate=round(errors / calls, 4) if calls else None,
+            calls_by_minute=u.calls_by_minute,
+            phases=[PhaseUsageOut.model_validate(p, from_attributes=True) for p in u.phases],
+            waiting=u.waiting,
+        )
+
+
+class ParticipantUsedOut(ParticipantOut):
+    usage: ParticipantUsageOut
+
+
+class ParticipantListOut(BaseModel):
+    participants: list[ParticipantUsedOut]
+    window_s: float
+
+    @classmethod
+    def of(
+        cls, rows: list[tuple[Participant, ParticipantUsage]], window_s: float
+    ) -> ParticipantListOut:
+        return cls(
+            participants=[
+                ParticipantUsedOut(
+                    **ParticipantOut.of(p).model_dump(), usage=ParticipantUsageOut.of(u)
+                )
+                for p, u in rows
+            ],
+            window_s=window_s,
+        )
 
 
 class MinuteTallyOut(BaseModel):

@@ -24,6 +24,9 @@ from coordinator.api.schemas import (
     MessageIn,
     OverviewOut,
     OverviewQuery,
+    ParticipantIn,
+    ParticipantListOut,
+    ParticipantOut,
     ParticipantReplyOut,
     ReasonIn,
     ResolveIn,
@@ -40,12 +43,13 @@ from coordinator.api.wire import (
     json_response,
     path_branch,
     path_gid,
+    path_participant,
     read_body,
 )
 from coordinator.core import jsonsafe, states
 from coordinator.core.records import ListFilter, TransactionDetail
 from coordinator.core.states import Decision, TryReport
-from coordinator.engine.service import Begun, TryResult
+from coordinator.engine.service import USAGE_WINDOW_S, Begun, TryResult
 
 
 def detail_response(detail: TransactionDetail, status: int = 200) -> web.Response:
@@ -219,6 +223,47 @@ async def abort_message(request: web.Request) -> web.Response:
         gid, Decision.CANCEL, caller(request), reason=body.reason
     )
     return detail_response(detail)
+
+
+# --- participants -----------------------------------------------------------------------
+
+
+async def register_participant(request: web.Request) -> web.Response:
+    name = path_participant(request)
+    body = await read_body(request, ParticipantIn)
+    registered, created = await request.app[COORDINATOR].register_participant(
+        body.to_new(name), caller(request)
+    )
+    response = json_response(ParticipantOut.of(registered), 201 if created else 200)
+    response.headers["Location"] = external(request, f"/v1/participants/{name}")
+    return response
+
+
+async def list_participants(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    rows = await coordinator.participants(caller(request))
+    return json_response(ParticipantListOut.of(rows, USAGE_WINDOW_S))
+
+
+async def get_participant(request: web.Request) -> web.Response:
+    name = path_participant(request)
+    registered = await request.app[COORDINATOR].participant(name, caller(request))
+    return json_response(ParticipantOut.of(registered))
+
+
+async def remove_participant(request: web.Request) -> web.Response:
+    name = path_participant(request)
+    removed = await request.app[COORDINATOR].remove_participant(name, caller(request))
+    return json_response(ParticipantOut.of(removed))
+
+
+async def reset_breaker(request: web.Request) -> web.Response:
+    name = path_participant(request)
+    await read_body(request, EmptyIn)
+    reset = await request.app[COORDINATOR].reset_breaker(
+        name, caller(request), actor=actor(request)
+    )
+    return json_response(ParticipantOut.of(reset))
 
 
 async def overview(request: web.Request) -> web.Response:

@@ -73,6 +73,13 @@ def path_branch(request: web.Request) -> str:
     return branch_id
 
 
+def path_participant(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not is_valid_gid(name):
+        raise BadRequest("a participant's name must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return name
+
+
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(
         status=status, text=model.model_dump_json(), content_type="application/json"

@@ -48,6 +48,19 @@ class LimitExceeded(CoordinatorError):
     """A configured limit (branches per transaction, ...) would be passed (422)."""
 
 
+class CircuitOpen(CoordinatorError):
+    """A participant's circuit breaker is open: a new try to it fails at once rather than
+    hold resources elsewhere (503, with when to try again)."""
+
+    def __init__(self, participant: str, reason: str, retry_in_s: float) -> None:
+        super().__init__(
+            f"participant {participant!r} is not taking new work: {reason}; its calls resume"
+            f" once a probe succeeds (in about {max(retry_in_s, 0.0):.0f} s at the earliest)"
+        )
+        self.participant = participant
+        self.retry_in_s = retry_in_s
+
+
 class DatabaseUnavailable(CoordinatorError):
     """Postgres cannot be reached right now; nothing was written (503)."""
 

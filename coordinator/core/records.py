@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from coordinator.core.apikeys import Scope
+from coordinator.core.breaker import BreakerState
+from coordinator.core.errors import InvalidInput
 from coordinator.core.states import (
     AlertKind,
     BranchStatus,
@@ -88,6 +90,9 @@ class Branch:
     created_at: datetime = doc("When it was registered")
     updated_at: datetime = doc("Last change")
     data: str | None = doc("DTM dialect: the body of confirm/cancel calls")
+    participant: str | None = doc(
+        "The registered participant it calls (named, or found by its URLs)", default=None
+    )
 
     @property
     def view(self) -> BranchView:
@@ -182,6 +187,29 @@ class NewBranch:
     payload: Any
     request_hash: str
     data: str | None = None
+    # The registered participant it calls. Named by the client, its URLs given as "" are
+    # the participant's (with_participant); else found by its URLs.
+    participant: str | None = None
+
+    def with_participant(self, registered: Participant) -> NewBranch:
+        """The branch with the URLs it left to its participant filled in ("": take the
+        registered one; a try_url of None stays None: the client runs its own try)."""
+        try_url = self.try_url
+        if try_url == "":
+            if registered.try_url is None:
+                raise InvalidInput(
+                    f"participant {registered.name!r} was registered without a try URL, so the"
+                    " coordinator cannot run its try: register it with one (or a base URL),"
+                    " or run the try yourself and register the branch"
+                )
+            try_url = registered.try_url
+        return dataclasses.replace(
+            self,
+            participant=registered.name,
+            try_url=try_url,
+            confirm_url=self.confirm_url or registered.confirm_url,
+            cancel_url=self.cancel_url or registered.cancel_url,
+        )
 
     @property
     def urls(self) -> dict[str, str]:
@@ -193,6 +221,204 @@ class NewBranch:
         }
         # A message's steps have no compensation (an empty cancel_url).
         return {field: url for field, url in named.items() if url}
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """A registered participant, with its circuit breaker as the log holds it."""
+
+    name: str = doc("Its name, which branches may give instead of URLs")
+    base_url: str | None = doc("Registered as a base URL: <base>/try, /confirm, /cancel")
+    try_url: str | None = doc("Called to try (none: its callers run their tries themselves)")
+    confirm_url: str = doc("Called to confirm")
+    cancel_url: str = doc("Called to cancel")
+    health_url: str | None = doc("GET answers 2xx when it is up: the breaker's probe")
+    call_timeout_s: float | None = doc("Timeout of each call to it (else the transaction's)")
+    owner_service: str | None = doc("The service that owns it")
+    registered_by: str | None = doc("The API key that registered it last")
+    created_at: datetime = doc("When it was first registered")
+    updated_at: datetime = doc("When it was registered last")
+    breaker_state: BreakerState = doc("closed: calls go out; open: they wait; half_open: probing")
+    breaker_since: datetime = doc("When the breaker entered that state")
+    breaker_reason: str | None = doc("Why it opened last")
+    breaker_retry_at: datetime | None = doc("Open: when a probe may go")
+    breaker_opens: int = doc("Times it opened since it last recovered")
+    probe_owner: str | None = doc("Half-open: the coordinator probing", shown=False)
+    probe_expires_at: datetime | None = doc("Until when that probe is its", shown=False)
+    ramp_started_at: datetime | None = doc("Closed after recovering: calls ramp up from then")
+
+    @property
+    def urls(self) -> dict[str, str]:
+        named = {
+            "try_url": self.try_url,
+            "confirm_url": self.confirm_url,
+            "cancel_url": self.cancel_url,
+        }
+        return {field: url for field, url in named.items() if url}
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The registered participants as read at one moment of the log's clock."""
+
+    participants: list[Participant]
+    read_at: datetime
+    live_coordinators: int  # coordinators seen running lately (at least this one, once scanned)
+
+
+@dataclass(frozen=True, slots=True)
+class NewParticipant:
+    """A participant as a service registers it, its phase URLs resolved (see of())."""
+
+    name: str
+    base_url: str | None
+    try_url: str | None
+    confirm_url: str
+    cancel_url: str
+    health_url: str | None
+    call_timeout_s: float | None
+    owner_service: str | None
+    registered_by: str | None
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        *,
+        base_url: str | None,
+        try_url: str | None,
+        confirm_url: str | None,
+        cancel_url: str | None,
+        health_url: str | None,
+        call_timeout_s: float | None,
+        owner_service: str | None,
+        registered_by: str | None,
+    ) -> NewParticipant:
+        """A base URL gives each phase URL it is not given: <base>/try, /confirm, /cancel.
+        Without one, confirm and cancel URLs are needed (a try URL only if the coordinator
+        is to run its tries)."""
+        if base_url is not None:
+            base = base_url.rstrip("/")
+            try_url = try_url or f"{base}/{Phase.TRY.value}"
+            confirm_url = confirm_url or f"{base}/{Phase.CONFIRM.value}"
+            cancel_url = cancel_url or f"{base}/{Phase.CANCEL.value}"
+        if not confirm_url or not cancel_url:
+            raise InvalidInput(
+                "a participant needs a base_url, or its confirm_url and cancel_url (and a"
+                " try_url if the coordinator runs its tries)"
+            )
+        return cls(
+            name=name,
+            base_url=base_url,
+            try_url=try_url,
+            confirm_url=confirm_url,
+            cancel_url=cancel_url,
+            health_url=health_url,
+            call_timeout_s=call_timeout_s,
+            owner_service=owner_service,
+            registered_by=registered_by,
+        )
+
+    @property
+    def urls(self) -> dict[str, str]:
+        named = {
+            "base_url": self.base_url,
+            "try_url": self.try_url,
+            "confirm_url": self.confirm_url,
+            "cancel_url": self.cancel_url,
+            "health_url": self.health_url,
+        }
+        return {field: url for field, url in named.items() if url}
+
+
+@dataclass(frozen=True, slots=True)
+class CallTally:
+    """Calls to one participant in one phase that a coordinator saw since its last flush."""
+
+    participant: str
+    phase: Phase
+    calls: int
+    errors: int
+    latency_ms_sum: float
+    latency_ms_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseUsage:
+    """Calls to a participant in one phase over a window, from every coordinator."""
+
+    phase: Phase
+    calls: int
+    errors: int
+    latency_ms_avg: float | None
+    latency_ms_max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantUsage:
+    """What the Participants page shows beside the registry: the window's calls by phase and
+    minute, and the unfinished transactions with a branch still to call on it."""
+
+    name: str
+    phases: list[PhaseUsage]
+    calls_by_minute: list[int]  # oldest first, one per minute of the window
+    waiting: int
+
+
+class MinuteOfCalls(NamedTuple):
+    """One row of the per-minute call counts, as the log holds it."""
+
+    participant: str
+    minute: datetime
+    phase: Phase
+    calls: int
+    errors: int
+    latency_ms_sum: float
+    latency_ms_max: float
+
+
+def participant_usage(
+    names: Iterable[str],
+    minutes: Iterable[MinuteOfCalls],
+    waiting: Mapping[str, int],
+    now: datetime,
+    window_s: float,
+) -> list[ParticipantUsage]:
+    """Each named participant's calls over the window (by phase, and per minute, oldest
+    first, the current minute last) and what waits on it; both logs answer with this."""
+    current = now.replace(second=0, microsecond=0)
+    count = max(1, round(window_s / 60))
+    first = current - timedelta(minutes=count - 1)
+    rows: dict[str, list[MinuteOfCalls]] = {}
+    for row in minutes:
+        if first <= row.minute <= current:
+            rows.setdefault(row.participant, []).append(row)
+    usages = []
+    for name in names:
+        mine = rows.get(name, [])
+        per_minute = [0] * count
+        by_phase: dict[Phase, list[MinuteOfCalls]] = {}
+        for row in mine:
+            per_minute[int((row.minute - first).total_seconds() // 60)] += row.calls
+            by_phase.setdefault(row.phase, []).append(row)
+        phases = []
+        for phase, of_phase in sorted(
+            by_phase.items(), key=lambda item: list(Phase).index(item[0])
+        ):
+            calls = sum(r.calls for r in of_phase)
+            phases.append(
+                PhaseUsage(
+                    phase=phase,
+                    calls=calls,
+                    errors=sum(r.errors for r in of_phase),
+                    latency_ms_avg=(
+                        round(sum(r.latency_ms_sum for r in of_phase) / calls, 3) if calls else None
+                    ),
+                    latency_ms_max=max(r.latency_ms_max for r in of_phase) if calls else None,
+                )
+            )
+        usages.append(ParticipantUsage(name, phases, per_minute, waiting.get(name, 0)))
+    return usages
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +607,8 @@ class Alert:
     """An alert waiting to be delivered to TCC_ALERT_WEBHOOK, as claimed from the log."""
 
     id: int
-    gid: str
+    gid: str | None  # the transaction it is about, or
+    participant: str | None  # the participant (its breaker opened)
     kind: AlertKind
     body: dict[str, Any]  # what the receiver gets (see alert_body)
     attempts: int  # deliveries tried so far
@@ -457,6 +684,8 @@ class CallResult:
     error: str | None
     latency_ms: float
     text: str = ""  # the reply as text (capped), for protocols that read words in it
+    # Not sent: the participant's circuit breaker held it; ask again in this many seconds.
+    held_for_s: float | None = None
 
     @property
     def record(self) -> CallRecord:

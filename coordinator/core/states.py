@@ -65,6 +65,7 @@ class EventKind(StrEnum):
     COMPENSATE_CALL = "compensate_call"
     COURSE_CHANGED = "course_changed"  # a saga's actions stopped: it compensates now
     QUERY_PREPARED = "query_prepared"  # a prepared message's service was asked about it
+    HELD_BY_BREAKER = "held_by_breaker"  # phase-two calls wait: a participant's circuit is open
     RETRY_SCHEDULED = "retry_scheduled"
     CONFIRMED = "confirmed"
     CANCELLED = "cancelled"
@@ -79,6 +80,7 @@ class AlertKind(StrEnum):
 
     PARKED = "parked"  # failed_to_confirm / failed_to_cancel: an operator must act
     RETRYING = "retrying"  # still in phase two after TCC_ALERT_AFTER_ROUNDS rounds
+    BREAKER_OPEN = "breaker_open"  # a participant's circuit opened: its calls wait
 
 
 @dataclass(frozen=True, slots=True)

@@ -473,12 +473,36 @@ class Postpone:
     move: Move[GlobalStatus]
     retry_in_s: float
     entry: Entry
+    counts_round: bool = True  # counted in phase_attempts (the backoff's count)
 
 
 def postpone_query(answer: str, retry_in_s: float, *, owner: str) -> Postpone:
     stay = Move(GlobalStatus.TRYING, states.UNDECIDED_STATUSES)
     detail = {"answer": answer, "by": owner}
     return Postpone(stay, retry_in_s, Entry(EventKind.QUERY_PREPARED, detail, repeatable=True))
+
+
+def hold_round(
+    decision: Decision, participants: Iterable[str], reason: str, retry_in_s: float, *, owner: str
+) -> Postpone:
+    """A round whose every call waits behind its participant's open circuit: nothing was
+    sent, so no round is counted (the backoff and the retry budget are for failures, and
+    nothing failed); it is looked at again in ``retry_in_s``. The timeline says so once
+    (repeats collapse)."""
+    phase_status = states.phase_status(decision)
+    stay = Move(phase_status, frozenset({phase_status}))
+    detail = {"participants": sorted(set(participants)), "reason": reason, "by": owner}
+    entry = Entry(EventKind.HELD_BY_BREAKER, detail, repeatable=True)
+    return Postpone(stay, retry_in_s, entry, counts_round=False)
+
+
+# A transaction in phase two or parked waits on each branch not yet in its decision's done
+# status: (transaction status, done status) pairs (the Participants page's "waiting").
+WAITING: tuple[tuple[GlobalStatus, BranchStatus], ...] = tuple(
+    (status, states.branch_done_status(decided))
+    for status in sorted(states.PHASE_TWO_STATUSES | states.PARKED_STATUSES)
+    if (decided := states.decision_of(status)) is not None
+)
 
 
 # --- operator actions -----------------------------------------------------------------

@@ -27,6 +27,9 @@ class CallOutcome(StrEnum):
     # end, so it is retried with backoff like RETRY, but logged as an error.
     # A saga's action answering FAILURE fails for good: the saga compensates.
     FAILURE = "failure"
+    # Not sent: the participant's circuit is open (or ramping up). The driver's, never a
+    # reply's judgement: nothing is logged for it and no retry is counted.
+    HELD = "held"
 
 
 # Headers the coordinator sets on every participant call; no option may replace them.

@@ -23,6 +23,7 @@ import structlog
 
 from coordinator import tracing
 from coordinator.core import kinds, states, writes
+from coordinator.core.breaker import Verdict
 from coordinator.core.errors import DatabaseUnavailable
 from coordinator.core.records import (
     Branch,
@@ -48,6 +49,7 @@ from coordinator.core.states import (
 )
 from coordinator.dialects.base import CallOutcome
 from coordinator.dialects.registry import dialect
+from coordinator.engine.participants import Participants
 from coordinator.metrics import Metrics
 from coordinator.outbound import ParticipantCaller
 from coordinator.settings import Settings
@@ -79,6 +81,15 @@ def new_owner_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Held:
+    """A call a breaker held: whose, when it may go, why."""
+
+    participant: str | None
+    retry_in_s: float
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TryOutcome:
     report: TryReport  # the reply's verdict, or what the log holds if the branch moved on
     verdict: TryVerdict  # how the participant's reply itself was judged
@@ -93,14 +104,15 @@ class PhaseDriver:
         caller: ParticipantCaller,
         settings: Settings,
         metrics: Metrics,
-        owner: str | None = None,
+        participants: Participants,
         rng: random.Random | None = None,
     ) -> None:
         self.log = txlog
         self.caller = caller
         self.settings = settings
         self.metrics = metrics
-        self.owner = owner or new_owner_id()
+        self.participants = participants
+        self.owner = participants.owner
         self._rng = rng or random.Random()
         # Phase-two work running in this process, by gid: requests wait on it.
         self._drives: dict[str, asyncio.Task[RoundEnd]] = {}
@@ -114,11 +126,12 @@ class PhaseDriver:
         ) as try_span:
             call = dialect(txn.dialect).participant_call(txn, branch, Phase.TRY)
             result = await self._send(txn, branch, Phase.TRY, call)
+            # A try its participant's breaker held fails at once: nothing was reserved.
             verdict = states.judge_try(result.http_status)
             tracing.annotate(try_span, verdict=verdict.value)
             if verdict is not TryVerdict.TRIED:
                 tracing.mark_failed(try_span, f"try {verdict.value}")
-        self._observe_call(Phase.TRY, verdict.value, result)
+        self._observe_call(branch, Phase.TRY, verdict.value, result)
         log.info(
             "try_answered",
             gid=txn.gid,
@@ -143,14 +156,30 @@ class PhaseDriver:
         )
         return TryOutcome(report, verdict, result, updated)
 
-    def call_timeout(self, txn: Transaction) -> float:
-        return txn.call_timeout_s or self.settings.call_timeout_s
+    def call_timeout(self, txn: Transaction, branch: Branch | None = None) -> float:
+        """The transaction's call timeout, else its participant's as registered, else the
+        server's."""
+        registered = (
+            self.participants.get(branch.participant) if branch and branch.participant else None
+        )
+        return (
+            txn.call_timeout_s
+            or (registered.call_timeout_s if registered else None)
+            or self.settings.call_timeout_s
+        )
 
     async def _send(
         self, txn: Transaction, branch: Branch, phase: Phase, call: OutboundCall
     ) -> CallResult:
         """One participant call, in a span of its own whose context the call carries
-        (W3C traceparent): the participant's work joins the transaction's trace."""
+        (W3C traceparent): the participant's work joins the transaction's trace. Unless
+        the participant's circuit breaker holds it: then nothing is sent, and the result
+        says so (``held_for_s``)."""
+        admission = await self.participants.admit(branch.participant, phase)
+        if admission.verdict is Verdict.HOLD:
+            return CallResult(
+                None, None, f"not sent: {admission.reason}", 0.0, held_for_s=admission.retry_in_s
+            )
         with tracing.span(
             f"tcc.call.{phase.value}",
             kind=tracing.SpanKind.CLIENT,
@@ -161,11 +190,12 @@ class PhaseDriver:
             traced = dataclasses.replace(
                 call, headers={**call.headers, **tracing.outgoing_headers()}
             )
-            result = await self.caller.send(traced, self.call_timeout(txn))
+            result = await self.caller.send(traced, self.call_timeout(txn, branch))
             tracing.annotate(call_span, http_status=result.http_status)
             if result.error is not None:
                 tracing.mark_failed(call_span, result.error)
-            return result
+        await self.participants.report(branch.participant, phase, result, admission)
+        return result
 
     # --- decisions -------------------------------------------------------------------
 
@@ -499,6 +529,11 @@ class PhaseDriver:
             for b, r in zip(pending, replies, strict=True)
             if r is not CallOutcome.DONE
         ]
+        held = {
+            b.branch_id: _Held(b.participant, result.held_for_s, result.error)
+            for b, (result, _) in zip(pending, (c.result() for c in calls), strict=True)
+            if result.held_for_s is not None
+        }
         return await self._end_round(
             lease,
             txn,
@@ -506,6 +541,7 @@ class PhaseDriver:
             [b for b, _ in not_done],
             [r for _, r in not_done],
             ctx.budget_spent,
+            held,
         )
 
     async def _end_round(
@@ -516,9 +552,16 @@ class PhaseDriver:
         pending: list[str],
         outcomes: list[CallOutcome],
         budget_spent: bool,
+        held: dict[str, _Held] | None = None,
     ) -> RoundEnd:
         """End a round whose ``pending`` calls answered ``outcomes`` (none: the phase is
-        over): finished, parked once the budget is spent, or the next round scheduled."""
+        over): finished, parked once the budget is spent, or the next round scheduled. A
+        round in which nothing failed but calls were held by breakers is no round at all:
+        it is looked at again when they may go (and a held call never parks it)."""
+        if pending and held and all(o is CallOutcome.HELD for o in outcomes):
+            return await self._hold(lease, txn, decision, list(held.values()))
+        if held:
+            budget_spent = False
         outcome = states.round_outcome(decision, not pending, budget_spent)
         policy = self._policy_for(txn)
         if pending and all(o is CallOutcome.ONGOING for o in outcomes):
@@ -534,6 +577,20 @@ class PhaseDriver:
             return None
         self._report_round(outcome, decision, finished, pending, delay)
         return finished
+
+    async def _hold(
+        self, lease: Lease, txn: Transaction, decision: Decision, held: list[_Held]
+    ) -> Transaction | None:
+        retry_in = min(h.retry_in_s for h in held)
+        reason = held[0].reason or "held by a circuit breaker"
+        names = [h.participant or "" for h in held]
+        write = writes.hold_round(decision, names, reason, retry_in, owner=self.owner)
+        kept = await self.log.postpone(lease, write)
+        if kept is None:
+            log.warning("lease_lost_during_round")
+            return None
+        log.info("round_held", participants=sorted(set(names)), retry_in_s=round(retry_in, 3))
+        return kept
 
     def _report_round(
         self,
@@ -563,8 +620,11 @@ class PhaseDriver:
                 round=finished.phase_attempts,
             )
 
-    def _observe_call(self, phase: Phase, outcome: str, result: CallResult) -> None:
-        self.metrics.participant_call(phase.value, outcome, result.latency_ms / 1000)
+    def _observe_call(self, branch: Branch, phase: Phase, outcome: str, result: CallResult) -> None:
+        if result.held_for_s is None:  # (held calls have their own counter)
+            self.metrics.participant_call(
+                branch.participant, phase.value, outcome, result.latency_ms / 1000
+            )
 
     async def _record_as_they_come(
         self,
@@ -619,8 +679,10 @@ class PhaseDriver:
         speaks = dialect(txn.dialect)
         call = speaks.participant_call(txn, branch, phase)
         result = await self._send(txn, branch, phase, call)
+        if result.held_for_s is not None:
+            return result, CallOutcome.HELD
         outcome = speaks.judge_phase_two(phase, result)
-        self._observe_call(phase, outcome.value, result)
+        self._observe_call(branch, phase, outcome.value, result)
         return result, outcome
 
     async def _record_phase_call(
@@ -635,6 +697,8 @@ class PhaseDriver:
         """Log one call of a round that did not end the phase, and say what to do next and
         where the write moved the branch (None: nowhere, or nothing was written)."""
         phase = kinds.phase_of(txn.kind, decision)
+        if outcome is CallOutcome.HELD:
+            return outcome, None  # nothing was sent, so nothing to log
         done = outcome is CallOutcome.DONE
         # A saga's action answering FAILURE fails its step for good (the saga compensates).
         failed = outcome is CallOutcome.FAILURE and self._fails_forward(txn, decision)
@@ -695,7 +759,10 @@ class PhaseDriver:
                         return None
                     txn, decision, budget_spent = changed, Decision.CANCEL, False
                     course_change = None
-                later, failed_now = await self._run_steps(lease, txn, plan, decision, by_id, status)
+                held: dict[str, _Held] = {}
+                later, failed_now = await self._run_steps(
+                    lease, txn, plan, decision, by_id, status, held
+                )
                 if failed_now is not None:
                     course_change = states.CancelReason.ACTION_FAILED.text(failed_now)
                     continue
@@ -709,6 +776,7 @@ class PhaseDriver:
                     [b for b, _ in later],
                     [o for _, o in later],
                     budget_spent,
+                    held,
                 )
 
     @staticmethod
@@ -723,6 +791,7 @@ class PhaseDriver:
         decision: Decision,
         by_id: dict[str, Branch],
         status: dict[str, BranchStatus],
+        held: dict[str, _Held],
     ) -> tuple[list[tuple[str, CallOutcome]], str | None]:
         """Call every step that may run, each as soon as it may (a step freed by a quick one
         does not wait for a slow one), logging each answer as it comes (``status`` follows
@@ -746,6 +815,8 @@ class PhaseDriver:
                 for task in answered:
                     step = in_flight.pop(task)
                     result, outcome = task.result()
+                    if result.held_for_s is not None:
+                        held[step] = _Held(by_id[step].participant, result.held_for_s, result.error)
                     recorded, moved_to = await self._record_phase_call(
                         lease, txn, decision, by_id[step], result, outcome
                     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -17,7 +18,8 @@ import structlog
 from coordinator import tracing
 from coordinator.core.urlpolicy import ParticipantPolicy
 from coordinator.engine.consoles import SessionBook
-from coordinator.engine.driver import PhaseDriver
+from coordinator.engine.driver import PhaseDriver, new_owner_id
+from coordinator.engine.participants import Participants
 from coordinator.engine.recovery import Recovery
 from coordinator.engine.service import Coordinator
 from coordinator.engine.upkeep import Upkeep
@@ -40,6 +42,7 @@ class Runtime:
     recovery: Recovery
     upkeep: Upkeep
     sessions: SessionBook
+    participants: Participants
 
     @classmethod
     def build(
@@ -50,15 +53,27 @@ class Runtime:
         *,
         owner: str | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Runtime:
-        """``rng`` draws the retry jitter: tests pass one to know the delays."""
+        """``rng`` draws the retry jitter: tests pass one to know the delays. ``clock``:
+        the seconds the breakers' local counts go by (tests move one with the log's)."""
         metrics = Metrics()
         policy = ParticipantPolicy.from_config(settings.participant_allow)
-        driver = PhaseDriver(txlog, caller, settings, metrics, owner=owner, rng=rng)
+        participants = Participants(
+            txlog, caller, settings, metrics, owner or new_owner_id(), clock=clock, rng=rng
+        )
+        driver = PhaseDriver(txlog, caller, settings, metrics, participants, rng=rng)
         coordinator = Coordinator(txlog, driver, settings, policy, metrics)
-        upkeep = Upkeep(txlog, caller, settings, metrics, driver.owner, rng=rng)
+        upkeep = Upkeep(txlog, caller, settings, metrics, participants, rng=rng)
         return cls(
-            settings, txlog, driver, coordinator, Recovery(driver), upkeep, SessionBook(txlog)
+            settings,
+            txlog,
+            driver,
+            coordinator,
+            Recovery(driver),
+            upkeep,
+            SessionBook(txlog),
+            participants,
         )
 
     async def stop(self) -> None:

@@ -20,7 +20,9 @@ import structlog
 from coordinator import tracing
 from coordinator.core import gids, kinds, states
 from coordinator.core.apikeys import Principal
+from coordinator.core.breaker import BreakerState
 from coordinator.core.errors import (
+    CircuitOpen,
     Conflict,
     DatabaseUnavailable,
     Forbidden,
@@ -34,9 +36,12 @@ from coordinator.core.records import (
     Event,
     ListFilter,
     NewBranch,
+    NewParticipant,
     NewTransaction,
     OptionsUpdate,
     Overview,
+    Participant,
+    ParticipantUsage,
     Transaction,
     TransactionDetail,
     TryRecord,
@@ -62,6 +67,8 @@ log = structlog.get_logger(__name__)
 
 # Transactions the overview lists under each kind of attention.
 ATTENTION_LIMIT = 10
+# The Participants page's window: calls, errors and latencies over the last 15 minutes.
+USAGE_WINDOW_S = 900.0
 # Events read at once when a whole timeline is read.
 WHOLE_TIMELINE_PAGE = 1000
 
@@ -194,6 +201,37 @@ class Coordinator:
             raise NotFound(f"no transaction {gid!r}")
         return known
 
+    def _resolved(self, branch: NewBranch, prefix: str = "") -> NewBranch:
+        """The branch with its participant: the one it names (whose URLs fill in those it
+        left out), else the one its URLs are under, if any is registered. Then the URL
+        policy and the limits, on every way in."""
+        registry = self.driver.participants
+        if branch.participant is not None:
+            registered = registry.get(branch.participant)
+            if registered is None:
+                raise InvalidInput(
+                    f"{prefix}participant: no participant {branch.participant!r} is registered"
+                    " (PUT /v1/participants/{name} registers one)"
+                )
+            branch = branch.with_participant(registered)
+        else:
+            found = registry.owner_of(branch.urls.values())
+            if found is not None:
+                branch = dataclasses.replace(branch, participant=found)
+        self._check_branch(branch, prefix)
+        return branch
+
+    def _refuse_if_open(self, branch: NewBranch) -> None:
+        """A try the client runs itself to a participant whose circuit is open fails here,
+        at its registration (the coordinator cannot hold back a call it does not make)."""
+        if branch.participant is None or not self.settings.breaker:
+            return
+        view = self.driver.participants.view(branch.participant)
+        if view is not None and view.state is not BreakerState.CLOSED:
+            raise CircuitOpen(
+                branch.participant, view.reason or "circuit open", view.retry_in_s or 0.0
+            )
+
     def _check_branch(self, branch: NewBranch, prefix: str = "") -> None:
         """The participant URL policy and the size limits, on every way in."""
         for field, url in branch.urls.items():
@@ -208,8 +246,7 @@ class Coordinator:
     def _new_transaction(self, request: BeginRequest, caller: Principal) -> NewTransaction:
         self._require_writer(caller)
         service = self._service_for_begin(caller, request.service)
-        for i, branch in enumerate(request.branches):
-            self._check_branch(branch, f"branches.{i}.")
+        branches = [self._resolved(b, f"branches.{i}.") for i, b in enumerate(request.branches)]
         query_url = (request.options or {}).get(kinds.QUERY_URL_OPTION)
         if isinstance(query_url, str):  # a prepared message's service, asked like a participant
             try:
@@ -226,7 +263,7 @@ class Coordinator:
             request_hash=_digest(request.body_hash, service or ""),
             dialect=request.dialect,
             kind=request.kind,
-            branches=list(request.branches),
+            branches=branches,
             options=dict(request.options or {}),
             traceparent=trace.traceparent if trace else None,
             tracestate=trace.tracestate if trace else None,
@@ -237,6 +274,7 @@ class Coordinator:
     async def _begin(
         self, request: BeginRequest, caller: Principal
     ) -> tuple[TransactionDetail, bool]:
+        await self.driver.participants.ensure_loaded()
         new = self._new_transaction(request, caller)
         detail, created = await self.log.begin(new)
         self._recent.remember(detail.transaction)
@@ -307,8 +345,10 @@ class Coordinator:
     ) -> tuple[Branch, bool]:
         """Register a branch whose try the client runs itself (/v1 branches, DTM)."""
         self._require_writer(caller)
-        self._check_branch(branch)
+        await self.driver.participants.ensure_loaded()
+        branch = self._resolved(branch)
         self._only_tcc(await self._known(gid, caller))
+        self._refuse_if_open(branch)
         return await self._register(gid, branch)
 
     @staticmethod
@@ -336,7 +376,8 @@ class Coordinator:
         can take: then it is run again, once.
         """
         self._require_writer(caller)
-        self._check_branch(branch)
+        await self.driver.participants.ensure_loaded()
+        branch = self._resolved(branch)
         txn = await self._known(gid, caller)  # its status may be old: dialect, timeouts hold
         self._only_tcc(txn)
         registered, created = await self._register(gid, branch)
@@ -344,7 +385,7 @@ class Coordinator:
             outcome: TryOutcome | None = await self.driver.run_try(txn, registered)
         else:
             txn = await self.log.get(gid)  # a repeat reports what the log holds now
-            stale_after_s = self.driver.call_timeout(txn) + 1.0
+            stale_after_s = self.driver.call_timeout(txn, registered) + 1.0
             claimed = await self.log.claim_stale_try(gid, branch.branch_id, stale_after_s)
             if claimed is not None:
                 log.info("try_rerun", gid=gid, branch_id=branch.branch_id)
@@ -590,6 +631,84 @@ class Coordinator:
         self._audit("resolve_branch", gid, actor, branch_id=branch_id, status=txn.status.value)
         return await self.log.detail(gid)
 
+    # --- the participant registry -----------------------------------------------------
+
+    async def register_participant(
+        self, new: NewParticipant, caller: Principal
+    ) -> tuple[Participant, bool]:
+        """Register a participant (or replace its registration; its breaker is kept). Its
+        URLs pass the participant URL policy now, and every call to them again. A service
+        key registers its own (owner_service is its name); replacing or taking another
+        service's participant needs an admin key."""
+        self._require_writer(caller)
+        owner = new.owner_service
+        if not caller.is_admin and caller.name is not None:
+            if owner is not None and owner != caller.name:
+                raise Forbidden(
+                    f"a service key registers participants for its own service ({caller.name!r})"
+                )
+            owner = caller.name
+            current = await self.log.participant(new.name)
+            if current is not None and current.owner_service not in (None, caller.name):
+                raise Forbidden(
+                    f"participant {new.name!r} belongs to service {current.owner_service!r}"
+                )
+        for field, url in new.urls.items():
+            try:
+                self.policy.check_url(url)
+            except PolicyError as exc:
+                raise InvalidInput(f"{field}: {exc}") from exc
+        if new.call_timeout_s is not None:
+            self.limits.check_options(new.call_timeout_s, {})
+        registered, created = await self.log.register_participant(
+            dataclasses.replace(new, owner_service=owner, registered_by=caller.name)
+        )
+        await self.driver.participants.refresh()
+        log.info("participant_registered", participant=new.name, created=created, by=caller.name)
+        return registered, created
+
+    async def remove_participant(self, name: str, caller: Principal) -> Participant:
+        """Take a participant out of the registry (its service's key, or an admin's).
+        Branches that named it keep their URLs and are still called."""
+        registered = await self.participant(name, caller)
+        self._require_writer(caller)
+        if not caller.is_admin and registered.owner_service not in (None, caller.name):
+            raise Forbidden(f"participant {name!r} belongs to service {registered.owner_service!r}")
+        if not await self.log.remove_participant(name):
+            raise NotFound(f"no participant {name!r} is registered")
+        self.driver.participants.forget(name)
+        log.info("participant_removed", participant=name, by=caller.name)
+        return registered
+
+    async def participant(self, name: str, caller: Principal) -> Participant:
+        """One registered participant (any key may read the registry)."""
+        registered = await self.log.participant(name)
+        if registered is None:
+            raise NotFound(f"no participant {name!r} is registered")
+        return registered
+
+    async def participants(
+        self, caller: Principal, window_s: float = USAGE_WINDOW_S
+    ) -> list[tuple[Participant, ParticipantUsage]]:
+        """Every registered participant with its calls over the window (all coordinators)
+        and the transactions waiting on it."""
+        registry = await self.log.participants()
+        names = [p.name for p in registry.participants]
+        usage = await self.log.participant_usage(names, window_s)
+        return list(zip(registry.participants, usage, strict=True))
+
+    async def reset_breaker(self, name: str, caller: Principal, *, actor: str) -> Participant:
+        """An operator closes a participant's breaker: its calls resume at once, ramping
+        up (audited)."""
+        self._require_admin(caller, "closing a breaker")
+        await self.participant(name, caller)
+        reset = await self.driver.participants.reset(name)
+        if reset is None:
+            raise NotFound(f"no participant {name!r} is registered")
+        log.warning("operator_action", action="breaker_reset", participant=name, actor=actor)
+        self.metrics.admin_action("breaker_reset")
+        return reset
+
     def _audit(self, action: str, gid: str, actor: str, **details: str) -> None:
         log.warning("operator_action", action=action, gid=gid, actor=actor, **details)
         self.metrics.admin_action(action)
@@ -640,9 +759,11 @@ class Coordinator:
         the log cannot be read: the counters are still worth a scrape)."""
         try:
             backlog: Backlog | None = await self.log.backlog()
+            registry = await self.log.participants()
+            breakers = {p.name: p.breaker_state.value for p in registry.participants}
         except DatabaseUnavailable:
-            backlog = None
-        return self.metrics.exposition(backlog)
+            backlog, breakers = None, {}
+        return self.metrics.exposition(backlog, breakers)
 
     async def ready(self) -> list[str]:
         """What keeps this coordinator from serving; empty when it is ready."""

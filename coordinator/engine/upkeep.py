@@ -9,8 +9,12 @@ before marking it delivered leaves it to be sent again once its lease lapses, wi
 jittered backoff and given up (logged, counted) after TCC_ALERT_GIVE_UP_AFTER_S. Delivery never
 holds up a request or a round: it runs here, on its own.
 
-Housekeeping. Console sessions that ended and coordinators gone for a day are deleted,
-whatever the retention setting.
+Participants. Every second the registry and the breakers are read again (and the health URL
+of a participant whose breaker is due a probe is asked); every few seconds the calls this
+process made are added to the log's per-minute counts.
+
+Housekeeping. Console sessions that ended, coordinators gone and per-minute call counts older
+than a day are deleted, whatever the retention setting.
 
 Retention. With TCC_RETENTION_DAYS set, finished transactions (confirmed, cancelled) older
 than that are deleted with their branches and timeline, a small batch per statement so no lock
@@ -32,6 +36,8 @@ import structlog
 from coordinator.core.errors import DatabaseUnavailable
 from coordinator.core.records import Alert, OutboundCall
 from coordinator.core.retry import RetryPolicy
+from coordinator.engine import participants
+from coordinator.engine.participants import Participants
 from coordinator.metrics import AlertOutcome, Metrics
 from coordinator.outbound import ParticipantCaller
 from coordinator.settings import Settings
@@ -69,14 +75,15 @@ class Upkeep:
         caller: ParticipantCaller,
         settings: Settings,
         metrics: Metrics,
-        owner: str,
+        participants: Participants,
         rng: random.Random | None = None,
     ) -> None:
         self.log = txlog
         self.caller = caller
         self.settings = settings
         self.metrics = metrics
-        self.owner = owner
+        self.participants = participants
+        self.owner = participants.owner
         self._rng = rng or random.Random()
         self._stopping = asyncio.Event()
         self._alert_retry = RetryPolicy(
@@ -99,7 +106,14 @@ class Upkeep:
         if retention_days is not None:
             work.append(self._every(PRUNE_EVERY_S, lambda: self.prune(retention_days * 86400)))
         work.append(self._every(PRUNE_EVERY_S, self.forget_ended))
-        await asyncio.gather(*work)
+        # Registry and breakers read again, health probes; this process's call counts.
+        work.append(self._every(participants.REFRESH_S, self.participants.watch))
+        work.append(self._every(participants.FLUSH_S, self.participants.flush))
+        try:
+            await asyncio.gather(*work)
+        finally:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.participants.flush()  # the last counts, at shutdown
 
     async def _every(self, interval_s: float, job: Callable[[], Awaitable[int]]) -> None:
         while not self._stopping.is_set():
@@ -168,7 +182,8 @@ class Upkeep:
         for ever). How many rows went."""
         sessions = await self.log.prune_sessions(FORGET_AFTER_S)
         coordinators = await self.log.prune_coordinators(FORGET_AFTER_S)
-        return sessions + coordinators
+        tallies = await self.log.prune_call_tallies(participants.TALLIES_KEPT_S)
+        return sessions + coordinators + tallies
 
     async def prune(self, older_than_s: float) -> int:
         """Delete finished transactions older than that, batch by batch; how many."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from coordinator.core.apikeys import Scope
+from coordinator.core.breaker import BreakerMove
 from coordinator.core.records import (
     Alert,
     Backlog,
     Branch,
     CallRecord,
+    CallTally,
     Claim,
     ConsoleSession,
     DecideResult,
@@ -23,10 +25,14 @@ from coordinator.core.records import (
     Lease,
     ListFilter,
     NewBranch,
+    NewParticipant,
     NewSession,
     NewTransaction,
     OptionsUpdate,
     Overview,
+    Participant,
+    ParticipantUsage,
+    Registry,
     RoundContext,
     Transaction,
     TransactionDetail,
@@ -40,6 +46,9 @@ from coordinator.core.writes import CallWrite, CourseChange, Postpone
 DEFAULT_EVENTS_PAGE = 200
 # The overview lists the coordinators seen this recently (stopped ones too, for a while).
 COORDINATORS_SHOWN_FOR_S = 900.0
+# A coordinator counts as running if its last recovery scan was this recent (the breaker's
+# ramp shares its rate between them).
+LIVE_COORDINATOR_S = 30.0
 
 
 class TransactionLog(Protocol):
@@ -225,6 +234,42 @@ class TransactionLog(Protocol):
 
     async def prune_coordinators(self, unseen_for_s: float) -> int:
         """Forget coordinators not seen for that long; how many."""
+        ...
+
+    # --- participants ----------------------------------------------------------------
+
+    async def register_participant(self, new: NewParticipant) -> tuple[Participant, bool]:
+        """Register a participant, or replace its registration (its breaker is kept); the
+        participant as the log now holds it, and whether it is new."""
+        ...
+
+    async def remove_participant(self, name: str) -> bool:
+        """Take it out of the registry; False if there was none of that name."""
+        ...
+
+    async def participants(self) -> Registry:
+        """Every registered participant by name, with the log's clock when they were read
+        and how many coordinators run (seen in the last LIVE_COORDINATOR_S)."""
+        ...
+
+    async def participant(self, name: str) -> Participant | None: ...
+
+    async def move_breaker(self, move: BreakerMove) -> Participant | None:
+        """Apply one breaker move if the row is still as the move expects (with its alert,
+        when it raises one); the participant after it, or None if it did not apply."""
+        ...
+
+    async def add_call_tallies(self, tallies: list[CallTally]) -> None:
+        """Add a coordinator's counts since its last flush to the current minute's."""
+        ...
+
+    async def participant_usage(self, names: list[str], window_s: float) -> list[ParticipantUsage]:
+        """Each named participant's calls over the last ``window_s`` seconds (all
+        coordinators) and the transactions waiting on it."""
+        ...
+
+    async def prune_call_tallies(self, older_than_s: float) -> int:
+        """Forget per-minute call counts older than that; how many rows went."""
         ...
 
     # --- console sessions ----------------------------------------------------------

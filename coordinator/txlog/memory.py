@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from coordinator.core import states, writes
 from coordinator.core.apikeys import Scope
+from coordinator.core.breaker import BreakerMove, BreakerState
 from coordinator.core.errors import Conflict, InvalidInput, NotFound, TakenGid
 from coordinator.core.records import (
     Alert,
     Backlog,
     Branch,
     CallRecord,
+    CallTally,
     Claim,
     ConsoleSession,
     CoordinatorSeen,
@@ -40,11 +42,16 @@ from coordinator.core.records import (
     Event,
     Lease,
     ListFilter,
+    MinuteOfCalls,
     NewBranch,
+    NewParticipant,
     NewSession,
     NewTransaction,
     OptionsUpdate,
     Overview,
+    Participant,
+    ParticipantUsage,
+    Registry,
     RoundContext,
     Transaction,
     TransactionDetail,
@@ -52,6 +59,7 @@ from coordinator.core.records import (
     Written,
     alert_body,
     minute_tallies,
+    participant_usage,
 )
 from coordinator.core.states import (
     AlertKind,
@@ -60,6 +68,7 @@ from coordinator.core.states import (
     Decision,
     GlobalStatus,
     Judgement,
+    Phase,
     TransactionKind,
     TryVerdict,
     Verdict,
@@ -73,7 +82,11 @@ from coordinator.core.writes import (
     Postpone,
     RoundEnd,
 )
-from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
+from coordinator.txlog.interface import (
+    COORDINATORS_SHOWN_FOR_S,
+    DEFAULT_EVENTS_PAGE,
+    LIVE_COORDINATOR_S,
+)
 
 if TYPE_CHECKING:
     from coordinator.txlog.interface import TransactionLog
@@ -127,6 +140,11 @@ def _later(moment: datetime, seconds: float) -> datetime:
         raise InvalidInput(f"a value cannot be stored: {exc}") from exc
 
 
+def _later_or_none(moment: datetime, seconds: float | None) -> datetime | None:
+    """``moment + make_interval(secs => seconds)`` where NULL seconds give NULL."""
+    return None if seconds is None else _later(moment, seconds)
+
+
 def _row_limit(limit: int) -> int:
     """SQL's LIMIT: a negative one is an error, not "all but the last few"."""
     if limit < 0:
@@ -176,7 +194,8 @@ _SESSION_ID = re.compile(r"[0-9a-f]{64}")
 
 # The words each status CHECK lists: the enum's (tests/unit/test_vocabulary.py).
 _WORDS: dict[type[StrEnum], frozenset[str]] = {
-    kind: frozenset(kind) for kind in (GlobalStatus, BranchStatus, AlertKind, TransactionKind)
+    kind: frozenset(kind)
+    for kind in (GlobalStatus, BranchStatus, AlertKind, TransactionKind, BreakerState)
 }
 _CONSOLE_SCOPES = frozenset({Scope.ADMIN, Scope.VIEWER})
 
@@ -228,6 +247,37 @@ CHECKS: tuple[_Check, ...] = (
     _Check("tcc_events", "tcc_events_repeats_check", lambda e: e.repeats >= 1),
     _Check("tcc_alerts", "tcc_alerts_kind_check", lambda a: a.kind in _WORDS[AlertKind]),
     _Check(
+        "tcc_alerts",
+        "tcc_alerts_subject_check",
+        lambda a: (a.gid is None) != (a.participant is None),
+    ),
+    _Check(
+        "tcc_participants",
+        "tcc_participants_name_check",
+        lambda p: _ID.fullmatch(p.name) is not None,
+    ),
+    _Check(
+        "tcc_participants",
+        "tcc_participants_call_timeout_s_check",
+        lambda p: p.call_timeout_s is None or _above_zero(p.call_timeout_s),
+    ),
+    _Check(
+        "tcc_participants",
+        "tcc_participants_breaker_state_check",
+        lambda p: p.breaker_state in _WORDS[BreakerState],
+    ),
+    _Check(
+        "tcc_participants", "tcc_participants_breaker_opens_check", lambda p: p.breaker_opens >= 0
+    ),
+    _Check(
+        "tcc_participant_minutes", "tcc_participant_minutes_calls_check", lambda m: m.calls >= 0
+    ),
+    _Check(
+        "tcc_participant_minutes",
+        "tcc_participant_minutes_check",
+        lambda m: 0 <= m.errors <= m.calls,
+    ),
+    _Check(
         "tcc_console_sessions",
         "tcc_console_sessions_id_check",
         lambda s: _SESSION_ID.fullmatch(s.id) is not None,
@@ -277,6 +327,7 @@ def _new_branch(gid: str, position: int, write: NewBranchWrite, now: datetime) -
         created_at=now,
         updated_at=now,
         data=new.data,
+        participant=new.participant,
     )
 
 
@@ -298,11 +349,12 @@ class _TransactionRow:
 @dataclass(slots=True)
 class _AlertRow:
     id: int
-    gid: str
+    gid: str | None
     kind: AlertKind
     body: dict[str, Any]
     created_at: datetime
     next_attempt_at: datetime
+    participant: str | None = None
     attempts: int = 0
     last_error: str | None = None
     settled: bool = False  # delivered or given up
@@ -342,6 +394,8 @@ class InMemoryLog:
         # (gid, kind, stay in phase two, round): one alert each, as the unique key in SQL.
         self._alert_keys: set[tuple[str, AlertKind, datetime | None, int]] = set()
         self._coordinators: dict[str, CoordinatorSeen] = {}
+        self._participants: dict[str, Participant] = {}
+        self._call_minutes: dict[tuple[str, datetime, Phase], MinuteOfCalls] = {}
         self._sessions: dict[str, ConsoleSession] = {}
 
     async def close(self) -> None:
@@ -850,7 +904,7 @@ class InMemoryLog:
             txn = row.update(
                 next_attempt_at=next_attempt_at,
                 updated_at=now,
-                phase_attempts=row.record.phase_attempts + 1,
+                phase_attempts=row.record.phase_attempts + int(write.counts_round),
                 lease_owner=None,
                 lease_expires_at=None,
             )
@@ -960,6 +1014,7 @@ class InMemoryLog:
                 Alert(
                     id=a.id,
                     gid=a.gid,
+                    participant=a.participant,
                     kind=a.kind,
                     body=copy.deepcopy(a.body),
                     attempts=a.attempts,
@@ -1032,6 +1087,144 @@ class InMemoryLog:
     async def count_prunable(self, older_than_s: float) -> int:
         async with self._lock:
             return len(self._prunable(older_than_s))
+
+    # --- participants ----------------------------------------------------------------
+
+    async def register_participant(self, new: NewParticipant) -> tuple[Participant, bool]:
+        async with self._lock:
+            now = self.clock.now()
+            known = self._participants.get(new.name)
+            registration = {
+                f.name: getattr(new, f.name) for f in dataclasses.fields(NewParticipant)
+            }
+            if known is None:
+                row = Participant(
+                    **registration,
+                    created_at=now,
+                    updated_at=now,
+                    breaker_state=BreakerState.CLOSED,
+                    breaker_since=now,
+                    breaker_reason=None,
+                    breaker_retry_at=None,
+                    breaker_opens=0,
+                    probe_owner=None,
+                    probe_expires_at=None,
+                    ramp_started_at=None,
+                )
+            else:
+                row = dataclasses.replace(known, **registration, updated_at=now)
+            self._participants[new.name] = _checked("tcc_participants", row)
+            return row, known is None
+
+    async def remove_participant(self, name: str) -> bool:
+        async with self._lock:
+            return self._participants.pop(name, None) is not None
+
+    async def participants(self) -> Registry:
+        async with self._lock:
+            now = self.clock.now()
+            seen = _later(now, -LIVE_COORDINATOR_S)
+            live = sum(
+                1
+                for c in self._coordinators.values()
+                if c.stopped_at is None and c.last_seen_at > seen
+            )
+            return Registry([self._participants[n] for n in sorted(self._participants)], now, live)
+
+    async def participant(self, name: str) -> Participant | None:
+        async with self._lock:
+            return self._participants.get(name)
+
+    async def move_breaker(self, move: BreakerMove) -> Participant | None:
+        async with self._lock:
+            now = self.clock.now()
+            row = self._participants.get(move.name)
+            if row is None or row.breaker_state not in move.sources:
+                return None
+            if move.opens_seen is not None and row.breaker_opens != move.opens_seen:
+                return None
+            if move.holder is not None and row.probe_owner != move.holder:
+                return None
+            if move.when_due and not (
+                (row.breaker_retry_at is not None and row.breaker_retry_at <= now)
+                or (row.probe_expires_at is not None and row.probe_expires_at < now)
+            ):
+                return None
+            moved = _checked(
+                "tcc_participants",
+                dataclasses.replace(
+                    row,
+                    breaker_state=move.target,
+                    breaker_since=now,
+                    breaker_reason=move.reason or row.breaker_reason,
+                    breaker_retry_at=_later_or_none(now, move.open_for_s),
+                    breaker_opens=row.breaker_opens if move.opens is None else move.opens,
+                    probe_owner=move.probe_owner,
+                    probe_expires_at=_later_or_none(now, move.probe_ttl_s),
+                    ramp_started_at=now if move.ramps else None,
+                ),
+            )
+            self._participants[move.name] = moved
+            key = (move.name, AlertKind.BREAKER_OPEN, now, 0)
+            if move.alert and key not in self._alert_keys:
+                alert = _AlertRow(
+                    id=self._last_alert_id + 1,
+                    gid=None,
+                    participant=move.name,
+                    kind=AlertKind.BREAKER_OPEN,
+                    body=_stored(move.alert_body()),
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+                self._alerts[alert.id] = _checked("tcc_alerts", alert)
+                self._last_alert_id = alert.id
+                self._alert_keys.add(key)
+            return moved
+
+    async def add_call_tallies(self, tallies: list[CallTally]) -> None:
+        async with self._lock:
+            minute = self.clock.now().replace(second=0, microsecond=0)
+            for t in tallies:
+                key = (t.participant, minute, t.phase)
+                known = self._call_minutes.get(key)
+                row = MinuteOfCalls(
+                    t.participant,
+                    minute,
+                    t.phase,
+                    t.calls + (known.calls if known else 0),
+                    t.errors + (known.errors if known else 0),
+                    t.latency_ms_sum + (known.latency_ms_sum if known else 0.0),
+                    max(t.latency_ms_max, known.latency_ms_max if known else 0.0),
+                )
+                self._call_minutes[key] = _checked("tcc_participant_minutes", row)
+
+    async def participant_usage(self, names: list[str], window_s: float) -> list[ParticipantUsage]:
+        async with self._lock:
+            now = self.clock.now()
+            waiting: dict[str, set[str]] = {}
+            done_in = dict(writes.WAITING)
+            for gid, txn_row in self._transactions.items():
+                done = done_in.get(txn_row.record.status)
+                if done is None:
+                    continue
+                for b in self._branch_rows(gid):
+                    if b.record.participant is not None and b.record.status is not done:
+                        waiting.setdefault(b.record.participant, set()).add(gid)
+            return participant_usage(
+                names,
+                list(self._call_minutes.values()),
+                {name: len(gids) for name, gids in waiting.items()},
+                now,
+                window_s,
+            )
+
+    async def prune_call_tallies(self, older_than_s: float) -> int:
+        async with self._lock:
+            cutoff = _later(self.clock.now(), -older_than_s)
+            old = [key for key, row in self._call_minutes.items() if row.minute < cutoff]
+            for key in old:
+                del self._call_minutes[key]
+            return len(old)
 
     # --- coordinators -----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncpg
 
 from coordinator.core import jsonsafe, states, writes
 from coordinator.core.apikeys import Scope
+from coordinator.core.breaker import BreakerMove
 from coordinator.core.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -25,6 +26,7 @@ from coordinator.core.records import (
     Backlog,
     Branch,
     CallRecord,
+    CallTally,
     Claim,
     ConsoleSession,
     CoordinatorSeen,
@@ -32,11 +34,16 @@ from coordinator.core.records import (
     Event,
     Lease,
     ListFilter,
+    MinuteOfCalls,
     NewBranch,
+    NewParticipant,
     NewSession,
     NewTransaction,
     OptionsUpdate,
     Overview,
+    Participant,
+    ParticipantUsage,
+    Registry,
     RoundContext,
     Transaction,
     TransactionDetail,
@@ -45,12 +52,14 @@ from coordinator.core.records import (
     alert_body,
     from_row,
     minute_tallies,
+    participant_usage,
 )
 from coordinator.core.states import (
     AlertKind,
     Decision,
     GlobalStatus,
     Judgement,
+    Phase,
     TransactionKind,
     TryVerdict,
     Verdict,
@@ -58,7 +67,11 @@ from coordinator.core.states import (
 from coordinator.core.writes import AutoDecision, CallRule, DoneRound, Entry, RoundEnd
 from coordinator.txlog import migrator
 from coordinator.txlog.batching import Batcher
-from coordinator.txlog.interface import COORDINATORS_SHOWN_FOR_S, DEFAULT_EVENTS_PAGE
+from coordinator.txlog.interface import (
+    COORDINATORS_SHOWN_FOR_S,
+    DEFAULT_EVENTS_PAGE,
+    LIVE_COORDINATOR_S,
+)
 from coordinator.txlog.queries import query, statement
 
 # Errors that mean "the database is not there right now", not "the query is wrong".
@@ -298,6 +311,7 @@ class PostgresLog:
                 "branch_request_hashes": [b.branch.request_hash for _, _, b in branches],
                 "data": [b.branch.data for _, _, b in branches],
                 "branch_details": [b.entry.detail for _, _, b in branches],
+                "branch_participants": [b.branch.participant for _, _, b in branches],
             }
         )
         rows = await self._batch("begin_transactions", args, items, self._flush_begins)
@@ -444,6 +458,7 @@ class PostgresLog:
                             payload=new.payload,
                             request_hash=new.request_hash,
                             data=new.data,
+                            participant=new.participant,
                             status=write.branch.status,
                             kind=write.branch.entry.kind,
                             detail=write.branch.entry.detail,
@@ -738,6 +753,7 @@ class PostgresLog:
             token=lease.token,
             sources=write.move.sources,
             retry_in_s=write.retry_in_s,
+            counts_round=write.counts_round,
         )
         return await self._leased_write(lease, change, write.entry, call)
 
@@ -821,6 +837,7 @@ class PostgresLog:
             Alert(
                 id=row["id"],
                 gid=row["gid"],
+                participant=row["participant"],
                 kind=AlertKind(row["kind"]),
                 body=row["body"],
                 attempts=row["attempts"],
@@ -881,6 +898,120 @@ class PostgresLog:
     async def prune_coordinators(self, unseen_for_s: float) -> int:
         async with self.connection() as conn:
             status = await conn.execute(*statement("prune_coordinators", unseen_for_s=unseen_for_s))
+        return int(status.split()[-1])
+
+    # --- participants ----------------------------------------------------------------
+
+    async def register_participant(self, new: NewParticipant) -> tuple[Participant, bool]:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                *statement(
+                    "register_participant",
+                    name=new.name,
+                    base_url=new.base_url,
+                    try_url=new.try_url,
+                    confirm_url=new.confirm_url,
+                    cancel_url=new.cancel_url,
+                    health_url=new.health_url,
+                    call_timeout_s=new.call_timeout_s,
+                    owner_service=new.owner_service,
+                    registered_by=new.registered_by,
+                )
+            )
+        assert row is not None
+        return from_row(Participant, row), bool(row["inserted"])
+
+    async def remove_participant(self, name: str) -> bool:
+        async with self.connection() as conn:
+            return await conn.fetchval(*statement("remove_participant", name=name)) is not None
+
+    async def participants(self) -> Registry:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                *statement("list_participants", live_within_s=LIVE_COORDINATOR_S)
+            )
+        assert row is not None
+        return Registry(
+            [from_row(Participant, p) for p in row["participants"]],
+            row["read_at"],
+            row["live_coordinators"],
+        )
+
+    async def participant(self, name: str) -> Participant | None:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(*statement("get_participant", name=name))
+        return from_row(Participant, row) if row is not None else None
+
+    async def move_breaker(self, move: BreakerMove) -> Participant | None:
+        alert = move.alert
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                *statement(
+                    "move_breaker",
+                    name=move.name,
+                    sources=move.source_words,
+                    target=move.target.value,
+                    reason=move.reason,
+                    open_for_s=move.open_for_s,
+                    opens=move.opens,
+                    opens_seen=move.opens_seen,
+                    when_due=move.when_due,
+                    holder=move.holder,
+                    probe_owner=move.probe_owner,
+                    probe_ttl_s=move.probe_ttl_s,
+                    ramps=move.ramps,
+                    alert_kind=AlertKind.BREAKER_OPEN.value if alert else None,
+                    alert_body=move.alert_body() if alert else None,
+                )
+            )
+        return from_row(Participant, row) if row is not None else None
+
+    async def add_call_tallies(self, tallies: list[CallTally]) -> None:
+        if not tallies:
+            return
+        # Counts lost in a crash are only counts: no need to wait for the disk.
+        async with self.connection(lazy=True) as conn:
+            await conn.execute(
+                *statement(
+                    "add_call_tallies",
+                    participants=[t.participant for t in tallies],
+                    phases=[t.phase.value for t in tallies],
+                    calls=[t.calls for t in tallies],
+                    errors=[t.errors for t in tallies],
+                    latency_sums=[t.latency_ms_sum for t in tallies],
+                    latency_maxes=[t.latency_ms_max for t in tallies],
+                )
+            )
+
+    async def participant_usage(self, names: list[str], window_s: float) -> list[ParticipantUsage]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(*statement("call_tallies", window_s=window_s))
+            now = rows[0]["read_at"] if rows else await conn.fetchval(*statement("now"))
+            waiting = await conn.fetch(
+                *statement(
+                    "waiting_on_participants",
+                    txn_statuses=[t.value for t, _ in writes.WAITING],
+                    done_statuses=[d.value for _, d in writes.WAITING],
+                )
+            )
+        minutes = [
+            MinuteOfCalls(
+                r["participant"],
+                r["minute"],
+                Phase(r["phase"]),
+                r["calls"],
+                r["errors"],
+                r["latency_ms_sum"],
+                r["latency_ms_max"],
+            )
+            for r in rows
+        ]
+        counts = {r["participant"]: r["waiting"] for r in waiting}
+        return participant_usage(names, minutes, counts, now, window_s)
+
+    async def prune_call_tallies(self, older_than_s: float) -> int:
+        async with self.connection() as conn:
+            status = await conn.execute(*statement("prune_call_tallies", older_than_s=older_than_s))
         return int(status.split()[-1])
 
     # --- console sessions ----------------------------------------------------------

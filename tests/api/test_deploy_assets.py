@@ -488,6 +488,11 @@ async def drive_some_transactions(
 
     await coordinator.post("/v1/transactions", {"gid": "open"})
 
+    # A registered participant, so that its breaker's state is exported.
+    await coordinator.request(
+        "PUT", "/v1/participants/stock", {"base_url": "http://127.0.0.1:9/stock"}
+    )
+
     async def scrape() -> str:
         status, text, _ = await coordinator.request("GET", "/metrics")
         assert status == 200

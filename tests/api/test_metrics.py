@@ -46,10 +46,22 @@ async def test_metrics__count_begins_decisions_calls_and_endings(
     assert value(m, "tcc_transactions_begun_total", dialect="tcc", type="tcc") == 3
     assert value(m, "tcc_decisions_total", decision="confirm", reason="requested") == 1
     assert value(m, "tcc_decisions_total", decision="cancel", reason="try_failed") == 1
-    assert value(m, "tcc_participant_calls_total", phase="try", outcome="tried") == 1
-    assert value(m, "tcc_participant_calls_total", phase="try", outcome="refused") == 1
-    assert value(m, "tcc_participant_calls_total", phase="confirm", outcome="done") == 1
-    assert value(m, "tcc_participant_call_seconds_count", phase="try", outcome="tried") == 1
+    # Calls to a participant nobody registered: labelled so, never by URL.
+    unregistered = {"participant": "unregistered"}
+    assert (
+        value(m, "tcc_participant_calls_total", phase="try", outcome="tried", **unregistered) == 1
+    )
+    assert (
+        value(m, "tcc_participant_calls_total", phase="try", outcome="refused", **unregistered) == 1
+    )
+    assert (
+        value(m, "tcc_participant_calls_total", phase="confirm", outcome="done", **unregistered)
+        == 1
+    )
+    assert (
+        value(m, "tcc_participant_call_seconds_count", phase="try", outcome="tried", **unregistered)
+        == 1
+    )
     assert (
         value(m, "tcc_transactions_ended_total", status="confirmed", dialect="tcc", type="tcc") == 1
     )
@@ -79,7 +91,7 @@ async def test_metrics__never_label_by_gid_url_or_key(
     assert "127.0.0.1" not in text
     allowed = {
         *("dialect", "type", "status", "decision", "reason", "phase", "outcome", "action", "le"),
-        "state",
+        *("state", "participant", "event"),
     }
     labels = {name for name, _ in (pair for key in parse(text) for pair in key[1])}
     assert labels <= allowed

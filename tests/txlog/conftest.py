@@ -44,6 +44,15 @@ _TIMES = {
     ),
     "tcc_console_sessions": ("created_at", "last_seen_at", "expires_at", "revoked_at"),
     "tcc_coordinators": ("started_at", "last_seen_at", "stopped_at", "last_claim_at"),
+    "tcc_participants": (
+        "created_at",
+        "updated_at",
+        "breaker_since",
+        "breaker_retry_at",
+        "probe_expires_at",
+        "ramp_started_at",
+    ),
+    "tcc_participant_minutes": ("minute",),
 }
 
 

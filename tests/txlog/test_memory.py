@@ -111,7 +111,13 @@ VALID_ROWS: dict[str, dict[str, object]] = {
     },
     "tcc_branches": {"branch_id": "b", "status": "tried"},
     "tcc_events": {"repeats": 1},
-    "tcc_alerts": {"kind": "parked"},
+    "tcc_alerts": {"kind": "parked", "gid": "g", "participant": None},
+    "tcc_participants": {
+        "name": "stock",
+        "call_timeout_s": None,
+        "breaker_state": "closed",
+        "breaker_opens": 0,
+    },
 }
 
 
@@ -123,6 +129,11 @@ VALID_ROWS: dict[str, dict[str, object]] = {
         ("tcc_branches", {"status": "half_tried"}, "tcc_branches_status_check"),
         ("tcc_events", {"repeats": 0}, "tcc_events_repeats_check"),
         ("tcc_alerts", {"kind": "bored"}, "tcc_alerts_kind_check"),
+        ("tcc_alerts", {"gid": None}, "tcc_alerts_subject_check"),
+        ("tcc_alerts", {"participant": "stock"}, "tcc_alerts_subject_check"),
+        ("tcc_participants", {"breaker_state": "ajar"}, "tcc_participants_breaker_state_check"),
+        ("tcc_participants", {"name": "a b"}, "tcc_participants_name_check"),
+        ("tcc_participants", {"breaker_opens": -1}, "tcc_participants_breaker_opens_check"),
     ],
 )
 def test_in_memory_log__a_row_breaking_a_check__is_refused_as_postgres_refuses_it(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.core.breaker import BreakerState
 from coordinator.core.states import (
     ACTIVE_STATUSES,
     PARKED_STATUSES,
@@ -47,10 +48,17 @@ def test_the_branch_status_check__lists_exactly_the_branch_statuses() -> None:
 
 
 def test_the_alert_kind_check__lists_exactly_the_alert_kinds() -> None:
-    body = MIGRATIONS.split("CREATE TABLE tcc_alerts (", 1)[1].split(");", 1)[0]
-    check = re.search(r"kind text NOT NULL CHECK \(kind IN \(([^)]*)\)\)", body)
+    # The latest definition: migration 0011 replaced the one of CREATE TABLE.
+    checks = re.findall(r"tcc_alerts_kind_check CHECK \(kind IN \(([^)]*)\)\)", MIGRATIONS)
+    assert checks, "no tcc_alerts_kind_check found"
+    assert set(re.findall(r"'([a-z_]+)'", checks[-1])) == {k.value for k in AlertKind}
+
+
+def test_the_breaker_state_check__lists_exactly_the_breaker_states() -> None:
+    body = MIGRATIONS.split("CREATE TABLE tcc_participants (", 1)[1].split(");", 1)[0]
+    check = re.search(r"CHECK \(breaker_state IN \(([^)]*)\)\)", body)
     assert check is not None
-    assert set(re.findall(r"'([a-z_]+)'", check[1])) == {k.value for k in AlertKind}
+    assert set(re.findall(r"'([a-z_]+)'", check[1])) == {s.value for s in BreakerState}
 
 
 # Every word a write could decide: none of them is written in the SQL, which takes them all

@@ -167,12 +167,13 @@ WHERE gid = :gid AND lease_token = :token AND status = ANY(:sources::text[])
 RETURNING *;
 
 -- name: postpone
--- A prepared message is asked about again in :retry_in_s seconds (core.writes.postpone_query),
--- fenced by the lease (:token), which it lets go; only while it is in one of :sources. The
--- questions are counted (phase_attempts: a decision starts it again from 0) for the backoff.
+-- A prepared message asked about again, or a round held by an open circuit, in :retry_in_s
+-- seconds (core.writes.postpone_query, hold_round), fenced by the lease (:token), which it
+-- lets go; only while it is in one of :sources. A message's questions are counted
+-- (:counts_round; phase_attempts: a decision starts it again from 0) for the backoff.
 UPDATE tcc_transactions
 SET next_attempt_at = now() + make_interval(secs => :retry_in_s::float8), updated_at = now(),
-    phase_attempts = phase_attempts + 1,
+    phase_attempts = phase_attempts + CASE WHEN :counts_round::bool THEN 1 ELSE 0 END,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE gid = :gid AND lease_token = :token AND status = ANY(:sources::text[])
 RETURNING *;
@@ -326,16 +327,16 @@ WITH input AS (
                          :names::text[], :try_urls::text[], :confirm_urls::text[],
                          :cancel_urls::text[], :payloads::jsonb[],
                          :branch_request_hashes::text[], :data::text[],
-                         :branch_details::jsonb[])
+                         :branch_details::jsonb[], :branch_participants::text[])
         WITH ORDINALITY AS b(n, position, branch_id, name, try_url, confirm_url, cancel_url,
-                             payload, request_hash, data, detail, ord)
+                             payload, request_hash, data, detail, participant, ord)
 ), branches AS (
     INSERT INTO tcc_branches (
         gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
-        request_hash, status, data
+        request_hash, status, data, participant
     )
     SELECT txn.gid, b.branch_id, b.position, b.name, b.try_url, b.confirm_url, b.cancel_url,
-           b.payload, b.request_hash, :branch_status, b.data
+           b.payload, b.request_hash, :branch_status, b.data, b.participant
     FROM new_branches b
          JOIN input ON input.n = b.n
          JOIN txn ON txn.gid = input.gid
@@ -598,10 +599,10 @@ WITH txn AS (
 ), inserted AS (
     INSERT INTO tcc_branches (
         gid, branch_id, position, name, try_url, confirm_url, cancel_url, payload,
-        request_hash, status, data
+        request_hash, status, data, participant
     )
     SELECT txn.gid, :branch_id, txn.branch_count, :name, :try_url, :confirm_url, :cancel_url,
-           :payload, :request_hash, :status, :data
+           :payload, :request_hash, :status, :data, :participant
     FROM txn
     WHERE txn.status = ANY(:open_in::text[]) AND NOT txn.deadline_passed
       AND txn.branch_count < :max_branches
@@ -732,7 +733,7 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) due
 WHERE a.id = due.id
-RETURNING a.id, a.gid, a.kind, a.body, a.attempts,
+RETURNING a.id, a.gid, a.participant, a.kind, a.body, a.attempts,
           extract(epoch FROM now() - a.created_at)::float8 AS age_s;
 
 -- name: alert_delivered
@@ -887,3 +888,109 @@ LIMIT :limit;
 -- Sessions that ended (expired or revoked) more than :ended_for_s seconds ago.
 DELETE FROM tcc_console_sessions
 WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - make_interval(secs => :ended_for_s);
+
+-- --- participants: the registry, their breakers, their calls -----------------------------
+
+-- name: register_participant
+-- A participant registered (or registered again: its URLs, health URL, timeout and owner are
+-- replaced, its breaker is kept). inserted says whether it is new.
+INSERT INTO tcc_participants AS p (
+    name, base_url, try_url, confirm_url, cancel_url, health_url, call_timeout_s,
+    owner_service, registered_by
+)
+VALUES (:name, :base_url, :try_url, :confirm_url, :cancel_url, :health_url,
+        :call_timeout_s::float8, :owner_service, :registered_by)
+ON CONFLICT (name) DO UPDATE
+SET base_url = excluded.base_url, try_url = excluded.try_url,
+    confirm_url = excluded.confirm_url, cancel_url = excluded.cancel_url,
+    health_url = excluded.health_url, call_timeout_s = excluded.call_timeout_s,
+    owner_service = excluded.owner_service, registered_by = excluded.registered_by,
+    updated_at = now()
+RETURNING *, (xmax = 0) AS inserted;
+
+-- name: remove_participant
+-- A participant taken out of the registry (branches that named it keep their URLs).
+DELETE FROM tcc_participants WHERE name = :name RETURNING name;
+
+-- name: list_participants
+-- Every registered participant with its breaker, the database clock they were read at, and
+-- how many coordinators were seen running in the last :live_within_s seconds.
+SELECT now() AS read_at,
+       (SELECT count(*) FROM tcc_coordinators
+        WHERE stopped_at IS NULL
+          AND last_seen_at > now() - make_interval(secs => :live_within_s))::int
+           AS live_coordinators,
+       ARRAY(SELECT p::tcc_participants FROM tcc_participants p ORDER BY p.name) AS participants;
+
+-- name: get_participant
+-- One registered participant.
+SELECT * FROM tcc_participants WHERE name = :name;
+
+-- name: move_breaker
+-- One compare-and-set on a participant's breaker (core.breaker.BreakerMove): from one of
+-- :sources to :target, only if it opened :opens_seen times (when given), only once its open
+-- time is over or its probe lapsed (:when_due), only for the probe's holder (:holder, when
+-- given). An opening raises its alert (:alert_kind, :alert_body) in the same statement, once
+-- however many coordinators try.
+WITH moved AS (
+    UPDATE tcc_participants
+    SET breaker_state = :target, breaker_since = now(),
+        breaker_reason = coalesce(:reason, breaker_reason),
+        breaker_retry_at = now() + make_interval(secs => :open_for_s::float8),
+        breaker_opens = coalesce(:opens::int, breaker_opens),
+        probe_owner = :probe_owner,
+        probe_expires_at = now() + make_interval(secs => :probe_ttl_s::float8),
+        ramp_started_at = CASE WHEN :ramps::bool THEN now() END
+    WHERE name = :name AND breaker_state = ANY(:sources::text[])
+      AND (:opens_seen::int IS NULL OR breaker_opens = :opens_seen::int)
+      AND (NOT :when_due::bool OR breaker_retry_at <= now() OR probe_expires_at < now())
+      AND (:holder::text IS NULL OR probe_owner = :holder::text)
+    RETURNING *
+), alert AS (
+    INSERT INTO tcc_alerts (participant, kind, phase_started_at, round, body)
+    SELECT name, :alert_kind::text, breaker_since, breaker_opens, :alert_body::jsonb
+    FROM moved WHERE :alert_kind::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT * FROM moved;
+
+-- name: add_call_tallies
+-- What one coordinator counted since its last flush, added to the current minute's rows
+-- (one per participant and phase).
+INSERT INTO tcc_participant_minutes AS m (
+    participant, minute, phase, calls, errors, latency_ms_sum, latency_ms_max
+)
+SELECT participant, date_trunc('minute', now()), phase, calls, errors, latency_sum, latency_max
+FROM unnest(:participants::text[], :phases::text[], :calls::int[], :errors::int[],
+            :latency_sums::float8[], :latency_maxes::float8[])
+    AS t(participant, phase, calls, errors, latency_sum, latency_max)
+ON CONFLICT (participant, minute, phase) DO UPDATE
+SET calls = m.calls + excluded.calls, errors = m.errors + excluded.errors,
+    latency_ms_sum = m.latency_ms_sum + excluded.latency_ms_sum,
+    latency_ms_max = greatest(m.latency_ms_max, excluded.latency_ms_max);
+
+-- name: call_tallies
+-- The calls counted in the last :window_s seconds, per participant, minute and phase, and the
+-- database clock.
+SELECT participant, minute, phase, calls, errors, latency_ms_sum, latency_ms_max,
+       now() AS read_at
+FROM tcc_participant_minutes
+WHERE minute > date_trunc('minute', now() - make_interval(secs => :window_s))
+ORDER BY participant, minute;
+
+-- name: waiting_on_participants
+-- Per registered participant, the transactions in phase two or parked with a branch on it
+-- not yet done: a transaction in one of :txn_statuses waits on its branches that are not in
+-- the matching :done_statuses (core.writes.WAITING).
+SELECT b.participant, count(DISTINCT b.gid) AS waiting
+FROM tcc_transactions t
+     JOIN unnest(:txn_statuses::text[], :done_statuses::text[]) AS w(status, done)
+         ON w.status = t.status
+     JOIN tcc_branches b ON b.gid = t.gid AND b.status <> w.done
+WHERE t.status IN {unfinished_statuses} AND b.participant IS NOT NULL
+GROUP BY b.participant;
+
+-- name: prune_call_tallies
+-- Per-minute call counts older than :older_than_s seconds.
+DELETE FROM tcc_participant_minutes
+WHERE minute < now() - make_interval(secs => :older_than_s);

@@ -33,9 +33,10 @@ def caller() -> ScriptedCaller:
 
 
 @pytest.fixture
-async def make_runtime(txlog: InMemoryLog) -> AsyncIterator[MakeRuntime]:
+async def make_runtime(txlog: InMemoryLog, clock: ManualClock) -> AsyncIterator[MakeRuntime]:
     """Coordinators sharing the one log, each with its caller and settings
-    (fast_settings with overrides); all are stopped afterwards."""
+    (fast_settings with overrides); all are stopped afterwards. Their breakers count time
+    by the log's clock too."""
     built: list[Runtime] = []
 
     def make(
@@ -43,7 +44,14 @@ async def make_runtime(txlog: InMemoryLog) -> AsyncIterator[MakeRuntime]:
     ) -> Runtime:
         owner = f"coordinator-{len(built) + 1}"
         settings = fast_settings(**overrides)
-        runtime = Runtime.build(settings, txlog, caller, owner=owner, rng=rng)
+        runtime = Runtime.build(
+            settings,
+            txlog,
+            caller,
+            owner=owner,
+            rng=rng,
+            clock=lambda: clock.now().timestamp(),
+        )
         built.append(runtime)
         return runtime
 
