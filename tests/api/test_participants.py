@@ -213,3 +213,29 @@ async def test_breaker__a_failing_participant__is_cut_off_then_probed_back(
     _, text, _ = await c.request("GET", "/metrics")
     assert 'tcc_breaker_transitions_total{event="tripped",participant="stock"}' in text
     assert 'tcc_breaker_state{participant="stock",state="closed"} 1.0' in text
+
+
+async def test_dtm_branch__under_a_registered_base_url__belongs_to_it(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    """DTM's SDKs send URLs, never a name: the registry finds the participant by them, so
+    its breaker and its counts cover DTM transactions unchanged."""
+    await register(coordinator, participant)
+    urls = participant.urls("stock")
+    status, _ = await coordinator.post("/api/dtmsvr/prepare", {"gid": "dtm-1", "trans_type": "tcc"})
+    assert status == 200
+    status, out = await coordinator.post(
+        "/api/dtmsvr/registerBranch",
+        {
+            "gid": "dtm-1",
+            "branch_id": "01",
+            "trans_type": "tcc",
+            "status": "prepared",
+            "data": "{}",
+            "confirm": urls["confirm_url"],
+            "cancel": urls["cancel_url"],
+        },
+    )
+    assert status == 200, out
+    _, txn = await coordinator.get("/v1/transactions/dtm-1")
+    assert [b["participant"] for b in txn["branches"]] == ["stock"]
