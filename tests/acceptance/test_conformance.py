@@ -13,8 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from coordinator.core.apikeys import hash_key
 from participants.inventory.app import create_app as inventory_app
 from participants.wallet.app import create_app as wallet_app
+from tests.conftest import MakeCoordinator
 from tests.participants.broken import Mode
 from tests.participants.broken import create_app as broken_app
 from tests.processes import free_port, run_tcc_async
@@ -295,82 +297,62 @@ async def test_slow_try__cancelled_when_it_outlasts_the_timeout__must_then_reser
 
 # --- the registry ---------------------------------------------------------------------
 
-
-def registry_app(entries: dict[str, dict[str, Any]], key: str) -> web.Application:
-    """What `GET /v1/participants/{name}` answers, for a coordinator with one API key."""
-
-    def problem(status: int, detail: str) -> web.Response:
-        body = {"type": "about:blank", "status": status, "detail": detail}
-        return web.json_response(body, status=status, content_type="application/problem+json")
-
-    async def get(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {key}":
-            return problem(401, "missing or unknown API key")
-        name = request.match_info["name"]
-        entry = entries.get(name)
-        if entry is None:
-            return problem(404, f"no participant named {name!r}")
-        return web.json_response({"name": name, "health_url": None, **entry})
-
-    app = web.Application()
-    app.router.add_get("/v1/participants/{name}", get)
-    return app
+KEYS = {"shop": "shop-key-0123456789", "ops": "ops-key-0123456789"}
+API_KEYS = f"shop:service:{hash_key(KEYS['shop'])},ops:admin:{hash_key(KEYS['ops'])}"
 
 
-async def test_participant_from_the_registry__its_urls_dialect_and_timeout(broken: str) -> None:
+async def test_participant_from_the_registry__its_urls_and_timeout(
+    make_coordinator: MakeCoordinator, broken: str
+) -> None:
+    """A real coordinator's registry (GET /v1/participants/{name}); any key may read it."""
+    coordinator = await make_coordinator(insecure=False, api_keys=API_KEYS)
     prefix = f"{broken}/{Mode.CORRECT.value}"
-    entries: dict[str, dict[str, Any]] = {
-        "stock": {
-            "try_url": f"{prefix}/try",
-            "confirm_url": f"{prefix}/confirm",
-            "cancel_url": f"{prefix}/cancel",
-            "call_timeout_s": 5.0,
-            "dialect": "dtm",
-        },
-        # No try URL (its callers run their tries themselves, or a saga step), no dialect.
-        "courier": {
-            "try_url": None,
-            "confirm_url": f"{prefix}/action",
-            "cancel_url": f"{prefix}/compensate",
-            "call_timeout_s": None,
-        },
+    admin = {"Authorization": f"Bearer {KEYS['ops']}"}
+    registrations = {
+        "stock": {"base_url": prefix, "call_timeout_s": 5},
+        # No try URL: its callers run their tries, or it is a saga step.
+        "courier": {"confirm_url": f"{prefix}/action", "cancel_url": f"{prefix}/compensate"},
     }
-    registry = await serve(registry_app(entries, key="k1"))
-    try:
-        env = clean_env(TCC_URL=base_of(registry), TCC_API_KEY="k1")
-        check = ["--check-url", f"{prefix}/check"]
-        code, out = await report("--participant", "stock", *check, env=env)
-        assert code == 0, out
-        assert out["participant"]["kind"] == "tcc"
-        assert out["participant"]["dialect"] == "dtm"
-        assert out["participant"]["timeout_s"] == 5.0
-        assert out["participant"]["urls"]["try"] == f"{prefix}/try"
-        assert "registry" in out["participant"]["source"]
-
-        code, out = await report("--participant", "courier", "--saga", *check, env=env)
-        assert code == 0, out
-        assert out["participant"]["kind"] == "saga"
-        assert out["participant"]["dialect"] == "v1"
-        assert out["participant"]["urls"] == {
-            "action": f"{prefix}/action",
-            "compensate": f"{prefix}/compensate",
-        }
-
-        code, _, err = await conformance("--participant", "courier", env=env)
-        assert code == 2
-        assert "give --try URL to check it as TCC, or --saga" in one_line(err)
-
-        code, _, err = await conformance("--participant", "nope", env=env)
-        assert code == 1
-        assert "no participant named 'nope'" in one_line(err)
-
-        code, _, err = await conformance(
-            "--participant", "stock", "--url", base_of(registry), "--api-key", "wrong"
+    for name, body in registrations.items():
+        status, out, _ = await coordinator.request(
+            "PUT", f"/v1/participants/{name}", body, headers=admin
         )
-        assert code == 1
-        assert "refused the request (401" in one_line(err)
-    finally:
-        await registry.close()
+        assert status == 201, out
+    env = clean_env(TCC_URL=coordinator.base, TCC_API_KEY=KEYS["shop"])
+    check = ["--check-url", f"{prefix}/check"]
+
+    code, out = await report("--participant", "stock", *check, env=env)
+    assert code == 0, out
+    assert out["participant"]["kind"] == "tcc"
+    assert out["participant"]["dialect"] == "v1"  # the registry names no dialect
+    assert out["participant"]["timeout_s"] == 5.0
+    assert out["participant"]["urls"] == {
+        phase: f"{prefix}/{phase}" for phase in ("try", "confirm", "cancel")
+    }
+    assert "registry" in out["participant"]["source"]
+    code, out = await report("--participant", "stock", "--dialect", "dtm", *check, env=env)
+    assert (code, out["participant"]["dialect"]) == (0, "dtm")
+
+    code, out = await report("--participant", "courier", "--saga", *check, env=env)
+    assert code == 0, out
+    assert out["participant"]["kind"] == "saga"
+    assert out["participant"]["urls"] == {
+        "action": f"{prefix}/action",
+        "compensate": f"{prefix}/compensate",
+    }
+    code, _, err = await conformance("--participant", "courier", env=env)
+    assert code == 2
+    assert "give --try URL to check it as TCC, or --saga" in one_line(err)
+
+    code, _, err = await conformance("--participant", "nope", env=env)
+    assert code == 1
+    assert "no participant named 'nope'" in one_line(err)
+
+    code, _, err = await conformance(
+        "--participant", "stock", "--url", coordinator.base, "--api-key", "wrong-key-0123456789"
+    )
+    assert code == 1
+    assert "refused the request (401" in one_line(err)
 
 
 # --- mistakes: one line, never a traceback --------------------------------------------
