@@ -211,6 +211,9 @@ async def up_banner(stack: Stack) -> str:
     return f"""
   console      {c}/ui/   open it in a browser (no login here: authentication is off)
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
+  participants wallet and inventory are registered: GET {c}/v1/participants, the
+               console's Participants page; check one with
+               {_tcc()} conformance --participant wallet --url {c}
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
   order        {o}    POST /checkout, GET /orders, GET /catalog

@@ -57,6 +57,11 @@ _READY_PATHS = {
 }
 
 
+# The samples that are TCC participants (the order service begins transactions; notify is a
+# message's step).
+_REGISTERED = ("wallet", "inventory")
+
+
 class Stack:
     def __init__(self, data_dir: Path, ports: Ports, *, temporary: bool = False) -> None:
         self.data_dir = data_dir
@@ -107,6 +112,9 @@ class Stack:
             "TCC_RECOVERY_INTERVAL_S": "0.5",
             "TCC_LEASE_TTL_S": "5",
             "TCC_RETRY_MAX_S": "2",
+            # ... and let a participant the demo restarts back in soon (a probe after 2 s).
+            "TCC_BREAKER_OPEN_S": "2",
+            "TCC_BREAKER_RAMP_S": "5",
             **(coordinator_env or {}),
         }
         commands: dict[str, tuple[list[str], dict[str, str]]] = {
@@ -192,6 +200,24 @@ class Stack:
             self.services[name] = Managed(name, command, env, self.log_dir)
             self.services[name].start()
         await self.wait_ready()
+        await self.register_participants()
+
+    async def register_participants(self) -> None:
+        """The TCC samples in the coordinator's registry, as a service would register its
+        own: the console's Participants page shows them, their breakers guard them, and
+        `tcc conformance --participant wallet` finds them."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for name in _REGISTERED:
+                body = {
+                    "base_url": f"{self.url(name)}/tcc",
+                    "health_url": self.url(name) + _READY_PATHS[name],
+                    "owner_service": name,
+                }
+                url = f"{self.url('coordinator')}/v1/participants/{name}"
+                async with http.put(url, json=body) as resp:
+                    if resp.status not in (200, 201):
+                        detail = await resp.text()
+                        raise ServiceStartError(f"registering {name} failed: {detail[:300]}")
 
     async def wait_ready(self, *names: str, timeout_s: float = 60) -> None:
         pending = set(names or self.services)
