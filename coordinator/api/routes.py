@@ -57,6 +57,7 @@ CONSOLE_ROUTES = [
     web.get("/ui/transactions", pages.transactions),
     web.get("/ui/transactions/{gid}", pages.transaction),
     web.get("/ui/transactions/{gid}/timeline", pages.timeline),
+    web.get("/ui/participants", pages.participants),
     web.get("/ui/login", login.login_form),
     web.post("/ui/login", login.login),
     web.post("/ui/logout", login.logout),

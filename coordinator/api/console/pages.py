@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from coordinator.api.appkeys import COORDINATOR, SETTINGS
-from coordinator.api.console import views, words
+from coordinator.api.console import health, views, words
 from coordinator.api.console.filters import PAGE_SIZES, read_list_form
 from coordinator.api.console.render import PAGE_HEADERS, render, static_files
 from coordinator.api.gateway import external
@@ -27,6 +27,7 @@ from coordinator.core.records import Transaction
 from coordinator.core.states import FINAL_STATUSES, GlobalStatus, TransactionKind, decision_of
 from coordinator.dialects.registry import dialect as dialect_named
 from coordinator.dialects.registry import names as dialect_names
+from coordinator.engine.service import USAGE_WINDOW_S
 
 log = structlog.get_logger(__name__)
 
@@ -158,6 +159,23 @@ async def transaction(request: web.Request) -> web.StreamResponse:
         ),
         trace_id=trace,
         trace_url=views.trace_url(request.app[SETTINGS].trace_url_template, trace),
+    )
+
+
+@html_errors
+async def participants(request: web.Request) -> web.StreamResponse:
+    found = await request.app[COORDINATOR].participants(caller(request))
+    settings = request.app[SETTINGS]
+    return _live(
+        request,
+        "participants.html",
+        "participants_live.html",
+        rows=health.participant_rows(found, settings.breaker_policy.ramp_s, datetime.now(UTC)),
+        breakers_on=settings.breaker,
+        window_s=USAGE_WINDOW_S,
+        health_words=health.HEALTH_WORDS,
+        health_means=health.HEALTH_MEANS,
+        health_tones=health.HEALTH_TONES,
     )
 
 

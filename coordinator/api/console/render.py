@@ -133,6 +133,20 @@ def latency(value: float | None) -> str:
     return NOTHING if value is None else f"{value:.1f} ms"
 
 
+def amount(value: float) -> str:
+    """A count that may be fractional (calls a minute): one decimal, none when whole."""
+    return f"{value:.1f}".removesuffix(".0")
+
+
+def percent(value: float | None) -> str:
+    """A share: 2.5 %; a share too small for a decimal is not rounded down to none."""
+    if value is None:
+        return NOTHING
+    if 0 < value < 0.001:
+        return "<0.1\u00a0%"
+    return f"{amount(value * 100)}\u00a0%"
+
+
 def status_class(status: Any) -> str:
     """A CSS class per kind of status: done, open, parked."""
     text = getattr(status, "value", status)
@@ -201,6 +215,8 @@ def environment() -> jinja2.Environment:
         since=since,
         relative=relative,
         latency=latency,
+        amount=amount,
+        percent=percent,
         status_class=status_class,
         as_json=as_json,
         words=words,

@@ -62,12 +62,13 @@ def api_url(gid: str, *rest: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One operator action on the page: a form posting one field to a /v1 endpoint."""
+    """One operator action on the page: a form posting one field to a /v1 endpoint (or
+    none, for an endpoint that takes no words: closing a participant's breaker)."""
 
     label: str
     url: str
-    field: str  # the body field that carries the operator's words: reason or note
-    prompt: str  # the text field's label
+    field: str | None  # the body field that carries the operator's words: reason or note
+    prompt: str | None  # the text field's label
     explanation: str
     confirm: str | None = None  # asked before posting, for what cannot be undone
 

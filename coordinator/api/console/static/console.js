@@ -107,16 +107,18 @@ document.documentElement.classList.add("js");
   }
 
   async function submitAction(form) {
+    // The body field for the operator's words; none for an endpoint that takes no words
+    // (closing a participant's breaker: its confirmation is all it asks).
     const field = form.dataset.field;
-    const input = form.elements[field];
-    const words = input.value.trim();
+    const input = field ? form.elements[field] : null;
+    const words = input ? input.value.trim() : "";
     const result = form.querySelector("[data-action-result]");
     const button = form.querySelector('button[type="submit"]');
     const show = (text, failed) => {
       result.textContent = text;
       result.classList.toggle("failed", Boolean(failed));
     };
-    if (!words) {
+    if (input && !words) {
       show("Say why: the reason is kept in the timeline.", true);
       input.focus();
       return;
@@ -136,7 +138,7 @@ document.documentElement.classList.add("js");
           "X-CSRF-Token": csrfToken(),
           "X-TCC-Client": "console",
         },
-        body: JSON.stringify({ [field]: words }),
+        body: JSON.stringify(field ? { [field]: words } : {}),
       });
     } catch (err) {
       show("Could not reach the coordinator: " + err.message, true);
@@ -147,8 +149,12 @@ document.documentElement.classList.add("js");
     try { body = await response.json(); } catch (err) { body = null; }
     let message;
     if (response.ok) {
-      const now = body && body.status
-        ? " The transaction is now " + body.status.replace(/_/g, " ") + "." : "";
+      let now = "";
+      if (body && body.status) {
+        now = " The transaction is now " + body.status.replace(/_/g, " ") + ".";
+      } else if (body && body.breaker_state) {
+        now = " Its breaker is now " + body.breaker_state.replace(/_/g, " ") + ".";
+      }
       message = label + ": done." + now;
     } else {
       const why = body && body.detail ? body.detail : "HTTP " + response.status;
