@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _devtools() -> ModuleType:
-    """Developer tooling (tcc up, demo, chaos), imported only when one of them runs: the
+    """Developer tooling (tcc up, demo, chaos, bench), imported only when one of them runs: the
     service itself never loads it."""
     from coordinator.devtools import commands
 

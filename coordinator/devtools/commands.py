@@ -213,7 +213,8 @@ async def up_banner(stack: Stack) -> str:
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
   participants wallet and inventory are registered: GET {c}/v1/participants, the
                console's Participants page; check one with
-               {_tcc()} conformance --participant wallet --url {c}
+               {_tcc()} conformance --participant wallet --url {c} \
+                 --payload '{{"account": "alice", "amount": 1}}' --check-url {w}/tcc/check
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
   order        {o}    POST /checkout, GET /orders, GET /catalog
