@@ -213,7 +213,7 @@ async def up_banner(stack: Stack) -> str:
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
   participants wallet and inventory are registered: GET {c}/v1/participants, the
                console's Participants page; check one with
-               {_tcc()} conformance --participant wallet --url {c} \
+               {_tcc()} conformance --participant wallet --url {c} \\
                  --payload '{{"account": "alice", "amount": 1}}' --check-url {w}/tcc/check
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
@@ -266,6 +266,12 @@ async def chaos_command(args: argparse.Namespace) -> int:
 
 async def bench_command(args: argparse.Namespace) -> int:
     # Imported only here: the other commands need none of the benchmark's modules.
+    if args.storm:
+        from coordinator.devtools.storm import storm_main
+
+        return await storm_main(args)
+    if args.outage_s is not None:
+        raise UsageError("--outage-s goes with --storm")
     if args.prune is not None:
         from coordinator.devtools.bench_prune import prune_main
 
