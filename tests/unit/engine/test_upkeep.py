@@ -6,8 +6,9 @@ import hashlib
 import hmac
 import json
 
+from coordinator.core import breaker
 from coordinator.core.apikeys import INSECURE
-from coordinator.core.records import CallRecord, ListFilter
+from coordinator.core.records import CallRecord, ListFilter, NewParticipant
 from coordinator.core.states import Decision, GlobalStatus, Phase
 from coordinator.core.writes import phase_call
 from coordinator.engine.runtime import Runtime
@@ -177,3 +178,32 @@ async def test_prune__retention__old_finished_deleted_and_counted(
     assert {t.gid for t in await txlog.list(ListFilter(limit=100))} == {"parked"}
     pruned = runtime.upkeep.metrics.registry.get_sample_value("tcc_pruned_transactions_total")
     assert pruned == 3
+
+
+async def test_breaker_open_alert__delivered_like_any_other__about_the_participant(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog
+) -> None:
+    runtime = alerting(make_runtime, caller)
+    new = NewParticipant.of(
+        "stock",
+        base_url="http://127.0.0.1:9001/stock",
+        try_url=None,
+        confirm_url=None,
+        cancel_url=None,
+        health_url=None,
+        call_timeout_s=None,
+        owner_service=None,
+        registered_by=None,
+    )
+    await runtime.coordinator.register_participant(new, INSECURE)
+    policy = runtime.settings.breaker_policy
+    await txlog.move_breaker(breaker.trip("stock", "5 calls failed in a row", 0, policy))
+    assert await runtime.upkeep.deliver_due() == 1
+    [sent] = caller.made(None, HOOK)
+    assert sent.body is not None
+    body = json.loads(sent.body)
+    assert body["kind"] == "breaker_open"
+    assert body["participant"] == "stock"
+    assert body["reason"] == "5 calls failed in a row"
+    assert "gid" not in body
+    assert await runtime.upkeep.deliver_due() == 0  # once
