@@ -158,6 +158,11 @@ def from_row(kind: type[RECORD], row: Row) -> RECORD:
     return kind(**values)
 
 
+def urls_given(**named: str | None) -> dict[str, str]:
+    """The URLs that are set, by field name."""
+    return {field: url for field, url in named.items() if url}
+
+
 def shown_fields(kind: type[Any]) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(kind) if f.metadata.get("shown", True)]
 
@@ -213,14 +218,11 @@ class NewBranch:
 
     @property
     def urls(self) -> dict[str, str]:
-        """The participant URLs by field name (no try_url when the client runs the try)."""
-        named = {
-            "try_url": self.try_url,
-            "confirm_url": self.confirm_url,
-            "cancel_url": self.cancel_url,
-        }
-        # A message's steps have no compensation (an empty cancel_url).
-        return {field: url for field, url in named.items() if url}
+        """The participant URLs by field name (no try_url when the client runs the try; a
+        message's steps have no compensation: an empty cancel_url)."""
+        return urls_given(
+            try_url=self.try_url, confirm_url=self.confirm_url, cancel_url=self.cancel_url
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +251,9 @@ class Participant:
 
     @property
     def urls(self) -> dict[str, str]:
-        named = {
-            "try_url": self.try_url,
-            "confirm_url": self.confirm_url,
-            "cancel_url": self.cancel_url,
-        }
-        return {field: url for field, url in named.items() if url}
+        return urls_given(
+            try_url=self.try_url, confirm_url=self.confirm_url, cancel_url=self.cancel_url
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,14 +284,14 @@ class NewParticipant:
         cls,
         name: str,
         *,
-        base_url: str | None,
-        try_url: str | None,
-        confirm_url: str | None,
-        cancel_url: str | None,
-        health_url: str | None,
-        call_timeout_s: float | None,
-        owner_service: str | None,
-        registered_by: str | None,
+        base_url: str | None = None,
+        try_url: str | None = None,
+        confirm_url: str | None = None,
+        cancel_url: str | None = None,
+        health_url: str | None = None,
+        call_timeout_s: float | None = None,
+        owner_service: str | None = None,
+        registered_by: str | None = None,
     ) -> NewParticipant:
         """A base URL gives each phase URL it is not given: <base>/try, /confirm, /cancel.
         Without one, confirm and cancel URLs are needed (a try URL only if the coordinator
@@ -321,14 +320,13 @@ class NewParticipant:
 
     @property
     def urls(self) -> dict[str, str]:
-        named = {
-            "base_url": self.base_url,
-            "try_url": self.try_url,
-            "confirm_url": self.confirm_url,
-            "cancel_url": self.cancel_url,
-            "health_url": self.health_url,
-        }
-        return {field: url for field, url in named.items() if url}
+        return urls_given(
+            base_url=self.base_url,
+            try_url=self.try_url,
+            confirm_url=self.confirm_url,
+            cancel_url=self.cancel_url,
+            health_url=self.health_url,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,23 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.core.apikeys import hash_key
 from tests.conftest import CoordinatorClient, MakeCoordinator
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant, Reply
-
-KEYS = {"shop": "shop-key-0123456789", "bank": "bank-key-0123456789", "ops": "ops-key-0123456789"}
-CONFIG = ",".join(
-    [
-        f"shop:service:{hash_key(KEYS['shop'])}",
-        f"bank:service:{hash_key(KEYS['bank'])}",
-        f"ops:admin:{hash_key(KEYS['ops'])}",
-    ]
-)
-
-
-def auth(who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[who]}"}
+from tests.security.test_auth import CONFIG, auth
 
 
 async def register(

@@ -23,9 +23,6 @@ def stock(**changes: object) -> NewParticipant:
     new = NewParticipant.of(
         "stock",
         base_url="http://127.0.0.1:9/stock",
-        try_url=None,
-        confirm_url=None,
-        cancel_url=None,
         health_url="http://127.0.0.1:9/stock/health",
         call_timeout_s=2.0,
         owner_service="svc",

@@ -60,17 +60,7 @@ def breaking(make_runtime: MakeRuntime, caller: ScriptedCaller) -> Runtime:
 
 
 async def register(runtime: Runtime, health_url: str | None = None) -> None:
-    new = NewParticipant.of(
-        "stock",
-        base_url=BASE,
-        try_url=None,
-        confirm_url=None,
-        cancel_url=None,
-        health_url=health_url,
-        call_timeout_s=None,
-        owner_service=None,
-        registered_by=None,
-    )
+    new = NewParticipant.of("stock", base_url=BASE, health_url=health_url)
     await runtime.coordinator.register_participant(new, INSECURE)
 
 

@@ -184,17 +184,7 @@ async def test_breaker_open_alert__delivered_like_any_other__about_the_participa
     make_runtime: MakeRuntime, caller: ScriptedCaller, txlog: InMemoryLog
 ) -> None:
     runtime = alerting(make_runtime, caller)
-    new = NewParticipant.of(
-        "stock",
-        base_url="http://127.0.0.1:9001/stock",
-        try_url=None,
-        confirm_url=None,
-        cancel_url=None,
-        health_url=None,
-        call_timeout_s=None,
-        owner_service=None,
-        registered_by=None,
-    )
+    new = NewParticipant.of("stock", base_url="http://127.0.0.1:9001/stock")
     await runtime.coordinator.register_participant(new, INSECURE)
     policy = runtime.settings.breaker_policy
     await txlog.move_breaker(breaker.trip("stock", "5 calls failed in a row", 0, policy))
