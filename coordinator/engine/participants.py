@@ -13,6 +13,7 @@ to the log's at each read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -181,6 +182,9 @@ class Participants:
         """Whether a call of ``phase`` to participant ``name`` may go out now."""
         if name is None or not self.settings.breaker:
             return _SEND
+        if not self._loaded:  # a process without the background refresh (tcc recover --once)
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.refresh()
         view = self.view(name)
         if view is None:
             return _SEND
