@@ -272,6 +272,18 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
         metavar="N",
         help="instead: time `tcc prune` deleting N old transactions, and the load meanwhile",
     )
+    bench.add_argument(
+        "--storm",
+        action="store_true",
+        help="instead: kill a participant under load, bring it back, and count the calls it"
+        " gets, with its circuit breaker and without",
+    )
+    bench.add_argument(
+        "--outage-s",
+        type=float,
+        metavar="S",
+        help="--storm: how long the participant stays down (60)",
+    )
 
     resolve = sub.add_parser(
         "resolve", help="mark a failed_to_* transaction done after finishing it by hand"
