@@ -148,3 +148,38 @@ def ramp_seconds(
         )
         out.append(RampSecond(k, n, None if allowed is None else round(allowed, 1)))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class RampSoFar:
+    """The phase-two calls received from the participant's return until ``until_s`` seconds
+    into the ramp, and the most the ramp allowed in all that time."""
+
+    until_s: int
+    received: int
+    allowed: float
+
+    @property
+    def within(self) -> bool:
+        return self.received <= self.allowed
+
+
+def ramp_so_far(
+    phase_two: list[float],
+    ramp_started_at: float,
+    policy: BreakerPolicy,
+    coordinators: int,
+) -> list[RampSoFar]:
+    """Each whole second of the ramp, everything received up to its end against the ramp's
+    rate integrated from its start, the buckets counted once. Tighter than second by second,
+    where every second gets the buckets' allowance again: coordinators that each took the
+    whole rate rather than their share stay within each second's bound (a full bucket is as
+    much as a second's rate) but not within this one. Nothing is allowed before the breaker
+    closed, and a call arrives after it was let through, so no slack is needed."""
+    out = []
+    for k in range(1, math.floor(policy.ramp_s) + 1):
+        allowed = ramp_allows(policy, coordinators, 0.0, float(k))
+        assert allowed is not None  # within the ramp
+        received = sum(1 for at in phase_two if at < ramp_started_at + k)
+        out.append(RampSoFar(k, received, round(allowed, 1)))
+    return out
