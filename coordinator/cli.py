@@ -346,7 +346,12 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
     register.add_argument("--confirm-url", help="instead of <base>/confirm")
     register.add_argument("--cancel-url", help="instead of <base>/cancel")
     register.add_argument("--health-url", help="GET answers 2xx when it is up (the probe)")
-    register.add_argument("--call-timeout-s", type=float, help="timeout of each call to it")
+    register.add_argument(
+        # (its own dest: call_timeout_s is the server's setting, which settings_from reads)
+        "--call-timeout-s",
+        dest="participant_timeout_s",
+        help="timeout of each call to it, in seconds",
+    )
     register.add_argument("--owner-service", help="the service that owns it")
     add_settings_flags(register, DB_FLAGS)
     participants_list = participants_sub.add_parser(
@@ -580,7 +585,7 @@ async def participants_command(args: argparse.Namespace, settings: Settings) -> 
                 confirm_url=args.confirm_url,
                 cancel_url=args.cancel_url,
                 health_url=args.health_url,
-                call_timeout_s=args.call_timeout_s,
+                call_timeout_s=_seconds(args.participant_timeout_s, "--call-timeout-s"),
                 owner_service=args.owner_service,
                 registered_by=None,
             )
@@ -608,6 +613,15 @@ async def participants_command(args: argparse.Namespace, settings: Settings) -> 
             print(f"breaker of {name} closed: calls resume, ramping up")
             print(format_participant(reset))
     return 0
+
+
+def _seconds(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"{flag}: a number of seconds, not {value!r}") from None
 
 
 def _participant_url(url: str, field: str) -> None:

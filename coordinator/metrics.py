@@ -36,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from coordinator.core.breaker import BreakerState
-from coordinator.core.records import Backlog
+from coordinator.core.records import UNREGISTERED, Backlog
 from coordinator.core.states import FINAL_STATUSES, PARKED_STATUSES, GlobalStatus
 
 SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -81,10 +81,6 @@ class LoginRefusal(StrEnum):
     SERVICE_KEY = "service_key"
     RATE_LIMITED = "rate_limited"
     BAD_FORM = "bad_form"
-
-
-# The participant label of calls to a participant nobody registered.
-UNREGISTERED = "unregistered"
 
 
 class Metrics:

@@ -347,7 +347,8 @@ class Settings(BaseSettings):
             max_open_s=max(self.breaker_max_open_s, self.breaker_open_s),
             ramp_s=self.breaker_ramp_s,
             ramp_start_per_s=self.breaker_ramp_start_per_s,
-            probe_ttl_s=self.call_timeout_s * 2 + 5,
+            # Any call, the probe included, ends within max_call_timeout_s.
+            probe_ttl_s=self.max_call_timeout_s + 5,
         )
 
     @property

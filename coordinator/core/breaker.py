@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from coordinator.core.states import Phase
@@ -132,11 +133,23 @@ class BreakerView:
     state: BreakerState
     reason: str | None
     retry_in_s: float | None  # open: until a probe may go
-    opens: int
     probe_owner: str | None
     probe_expired: bool
     since_recovery_s: float | None  # closed after a recovery: how long ago
     has_health_url: bool
+
+    @property
+    def probe_due(self) -> bool:
+        """Whether a probe may be taken now: the open time is over, or the probe out has
+        lapsed (its holder vanished)."""
+        if self.state is BreakerState.OPEN:
+            return (self.retry_in_s or 0.0) <= 0
+        return self.state is BreakerState.HALF_OPEN and self.probe_expired
+
+    def ramping(self, policy: BreakerPolicy) -> bool:
+        """Closed after a recovery, within the ramp."""
+        since = self.since_recovery_s
+        return self.state is BreakerState.CLOSED and since is not None and since < policy.ramp_s
 
 
 class Verdict(StrEnum):
@@ -151,6 +164,9 @@ class Admission:
     verdict: Verdict
     reason: str | None = None  # why it is held (shown in the timeline and a try's error)
     retry_in_s: float = 0.0  # when to ask again
+    # Which stay of the breaker in its state admitted it (its breaker_since): the answer of a
+    # call sent before the breaker last moved says nothing about the participant now.
+    stay: datetime | None = None
 
 
 def admit(view: BreakerView, phase: Phase, *, owner: str, probe_in_flight: bool) -> Admission:
@@ -162,17 +178,14 @@ def admit(view: BreakerView, phase: Phase, *, owner: str, probe_in_flight: bool)
     why = f"circuit open: {view.reason}" if view.reason else "circuit open"
     if phase is Phase.TRY:
         return Admission(Verdict.HOLD, why, view.retry_in_s or 0.0)
+    if view.probe_due and not view.has_health_url:
+        return Admission(Verdict.TAKE_PROBE, why, 0.0)
     if view.state is BreakerState.OPEN:
-        wait = view.retry_in_s or 0.0
-        if wait <= 0 and not view.has_health_url:
-            return Admission(Verdict.TAKE_PROBE, why, 0.0)
-        return Admission(Verdict.HOLD, why, max(wait, 0.0))
+        return Admission(Verdict.HOLD, why, max(view.retry_in_s or 0.0, 0.0))
     # Half-open: its one probe is out (or being taken).
     mine = view.probe_owner == owner
     if mine and not probe_in_flight and not view.has_health_url:
         return Admission(Verdict.PROBE, why)
-    if view.probe_expired and not view.has_health_url:
-        return Admission(Verdict.TAKE_PROBE, why)
     return Admission(Verdict.HOLD, f"{why}; a probe is out", 1.0)
 
 
@@ -224,7 +237,14 @@ class BreakerMove:
         }
 
 
-def trip(name: str, reason: str, opens_before: int, policy: BreakerPolicy) -> BreakerMove:
+def trip(
+    name: str, reason: str, opens_seen: int, policy: BreakerPolicy, *, ramping: bool = False
+) -> BreakerMove:
+    """Open a closed breaker (only if it opened ``opens_seen`` times, as its tripper saw).
+    One that trips again while its calls are still ramping up after a recovery stays open
+    twice as long as last time (a participant whose health URL answers while its real calls
+    fail does not flap every few seconds); a settled one starts again from the first time."""
+    opens_before = opens_seen if ramping else 0
     return BreakerMove(
         BreakerEvent.TRIPPED,
         name,
@@ -233,7 +253,7 @@ def trip(name: str, reason: str, opens_before: int, policy: BreakerPolicy) -> Br
         reason=reason,
         open_for_s=policy.open_for(opens_before),
         opens=opens_before + 1,
-        opens_seen=opens_before,
+        opens_seen=opens_seen,
         alert=True,
     )
 
@@ -251,12 +271,13 @@ def take_probe(name: str, owner: str, policy: BreakerPolicy) -> BreakerMove:
 
 
 def recovered(name: str, owner: str) -> BreakerMove:
+    """The probe answered: closed, ramping up (the count of openings is kept until the ramp
+    is over, see trip)."""
     return BreakerMove(
         BreakerEvent.RECOVERED,
         name,
         (BreakerState.HALF_OPEN,),
         BreakerState.CLOSED,
-        opens=0,
         holder=owner,
         ramps=True,
     )

@@ -54,7 +54,7 @@ class CircuitOpen(CoordinatorError):
 
     def __init__(self, participant: str, reason: str, retry_in_s: float) -> None:
         super().__init__(
-            f"participant {participant!r} is not taking new work: {reason}; its calls resume"
+            f"participant {participant!r} is not taking new work ({reason}); its calls resume"
             f" once a probe succeeds (in about {max(retry_in_s, 0.0):.0f} s at the earliest)"
         )
         self.participant = participant

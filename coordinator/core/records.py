@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -158,6 +159,16 @@ def from_row(kind: type[RECORD], row: Row) -> RECORD:
     return kind(**values)
 
 
+# What metrics call the participant of a branch nobody registered (so no participant has it).
+UNREGISTERED = "unregistered"
+
+
+def url_under(url: str, base: str) -> bool:
+    """Whether ``url`` is ``base`` or below it (a path or a query further on)."""
+    base = base.rstrip("/")
+    return url == base or url.startswith((base + "/", base + "?"))
+
+
 def urls_given(**named: str | None) -> dict[str, str]:
     """The URLs that are set, by field name."""
     return {field: url for field, url in named.items() if url}
@@ -208,13 +219,23 @@ class NewBranch:
                     " or run the try yourself and register the branch"
                 )
             try_url = registered.try_url
-        return dataclasses.replace(
+        filled = dataclasses.replace(
             self,
             participant=registered.name,
             try_url=try_url,
             confirm_url=self.confirm_url or registered.confirm_url,
             cancel_url=self.cancel_url or registered.cancel_url,
         )
+        # A URL given beside the name must be the participant's own: its breaker and its
+        # counts may only answer for calls made to it.
+        own = set(registered.urls.values())
+        for field, url in filled.urls.items():
+            if url not in own and not (registered.base_url and url_under(url, registered.base_url)):
+                raise InvalidInput(
+                    f"{field}: {url} is not a URL of participant {registered.name!r} (leave it"
+                    " out to use the registered one, or name no participant)"
+                )
+        return filled
 
     @property
     def urls(self) -> dict[str, str]:
@@ -296,6 +317,15 @@ class NewParticipant:
         """A base URL gives each phase URL it is not given: <base>/try, /confirm, /cancel.
         Without one, confirm and cancel URLs are needed (a try URL only if the coordinator
         is to run its tries)."""
+        if name == UNREGISTERED:
+            raise InvalidInput(
+                f"{UNREGISTERED!r} is what metrics call participants nobody registered:"
+                " choose another name"
+            )
+        if call_timeout_s is not None and not (
+            math.isfinite(call_timeout_s) and call_timeout_s > 0
+        ):
+            raise InvalidInput("call_timeout_s must be a positive number of seconds")
         if base_url is not None:
             base = base_url.rstrip("/")
             try_url = try_url or f"{base}/{Phase.TRY.value}"

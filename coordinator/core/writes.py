@@ -483,7 +483,7 @@ def postpone_query(answer: str, retry_in_s: float, *, owner: str) -> Postpone:
 
 
 def hold_round(
-    decision: Decision, participants: Iterable[str], reason: str, retry_in_s: float, *, owner: str
+    decision: Decision, participants: Iterable[str], reason: str, retry_in_s: float
 ) -> Postpone:
     """A round whose every call waits behind its participant's open circuit: nothing was
     sent, so no round is counted (the backoff and the retry budget are for failures, and
@@ -491,7 +491,8 @@ def hold_round(
     (repeats collapse)."""
     phase_status = states.phase_status(decision)
     stay = Move(phase_status, frozenset({phase_status}))
-    detail = {"participants": sorted(set(participants)), "reason": reason, "by": owner}
+    # (no coordinator in it: the same hold seen by any of them is one entry, repeated)
+    detail = {"participants": sorted(set(participants)), "reason": reason}
     entry = Entry(EventKind.HELD_BY_BREAKER, detail, repeatable=True)
     return Postpone(stay, retry_in_s, entry, counts_round=False)
 

@@ -557,11 +557,10 @@ class PhaseDriver:
         """End a round whose ``pending`` calls answered ``outcomes`` (none: the phase is
         over): finished, parked once the budget is spent, or the next round scheduled. A
         round in which nothing failed but calls were held by breakers is no round at all:
-        it is looked at again when they may go (and a held call never parks it)."""
+        it is looked at again when they may go. (One in which a call failed as well is a
+        round: it may park the transaction once its budget is spent, for an operator.)"""
         if pending and held and all(o is CallOutcome.HELD for o in outcomes):
             return await self._hold(lease, txn, decision, list(held.values()))
-        if held:
-            budget_spent = False
         outcome = states.round_outcome(decision, not pending, budget_spent)
         policy = self._policy_for(txn)
         if pending and all(o is CallOutcome.ONGOING for o in outcomes):
@@ -584,7 +583,7 @@ class PhaseDriver:
         retry_in = min(h.retry_in_s for h in held)
         reason = held[0].reason or "held by a circuit breaker"
         names = [h.participant or "" for h in held]
-        write = writes.hold_round(decision, names, reason, retry_in, owner=self.owner)
+        write = writes.hold_round(decision, names, reason, retry_in)
         kept = await self.log.postpone(lease, write)
         if kept is None:
             log.warning("lease_lost_during_round")
@@ -766,7 +765,9 @@ class PhaseDriver:
                 if failed_now is not None:
                     course_change = states.CancelReason.ACTION_FAILED.text(failed_now)
                     continue
-                if later and (limit := self._retry_limit_reached(txn, decision)) is not None:
+                # (a round whose only unfinished steps were held sent nothing: no round spent)
+                sent = any(o is not CallOutcome.HELD for _, o in later)
+                if sent and (limit := self._retry_limit_reached(txn, decision)) is not None:
                     course_change = limit
                     continue
                 return await self._end_round(

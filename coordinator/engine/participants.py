@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +34,13 @@ from coordinator.core.breaker import (
     Verdict,
 )
 from coordinator.core.errors import DatabaseUnavailable
-from coordinator.core.records import CallResult, CallTally, OutboundCall, Participant
+from coordinator.core.records import (
+    CallResult,
+    CallTally,
+    OutboundCall,
+    Participant,
+    url_under,
+)
 from coordinator.core.states import Phase
 from coordinator.metrics import Metrics
 from coordinator.outbound import ParticipantCaller
@@ -98,31 +105,45 @@ class Participants:
         self._coordinators = 1
         self._tallies: dict[tuple[str, Phase], _Tally] = {}
         self._loaded = False
+        # One read at a time, so that an older snapshot never lands after a newer one.
+        self._reading = asyncio.Lock()
+        # Participants this process is asking the log for the probe of (one ask at a time),
+        # and its health probes in flight.
+        self._taking: set[str] = set()
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     # --- the registry ----------------------------------------------------------------
 
     async def refresh(self) -> None:
         """Read the registry and the breakers again."""
-        registry = await self.log.participants()
-        now = self._clock()
-        known = {}
-        for row in registry.participants:
-            before = self._known.get(row.name)
-            known[row.name] = _Known(
-                row=row,
-                read_at=now,
-                retry_in_s=_until(registry.read_at, row.breaker_retry_at),
-                probe_expires_in_s=_until(registry.read_at, row.probe_expires_at),
-                since_recovery_s=_ago(registry.read_at, row.ramp_started_at),
-                window=before.window if before else FailureWindow(self.policy),
-                bucket=before.bucket if before else TokenBucket(),
-                probe_in_flight=bool(
-                    before and before.probe_in_flight and row.probe_owner == self.owner
-                ),
-            )
-        self._known = known
-        self._coordinators = max(1, registry.live_coordinators)
-        self._loaded = True
+        async with self._reading:
+            registry = await self.log.participants()
+            now = self._clock()
+            known = {}
+            for row in registry.participants:
+                before = self._known.get(row.name)
+                # Failures counted before the breaker last moved (here or in another
+                # coordinator) say nothing about the participant now.
+                same_stay = before is not None and before.row.breaker_since == row.breaker_since
+                known[row.name] = _Known(
+                    row=row,
+                    read_at=now,
+                    retry_in_s=_until(registry.read_at, row.breaker_retry_at),
+                    probe_expires_in_s=_until(registry.read_at, row.probe_expires_at),
+                    since_recovery_s=_ago(registry.read_at, row.ramp_started_at),
+                    window=(
+                        before.window
+                        if before is not None and same_stay
+                        else FailureWindow(self.policy)
+                    ),
+                    bucket=before.bucket if before else TokenBucket(),
+                    probe_in_flight=bool(
+                        before and before.probe_in_flight and row.probe_owner == self.owner
+                    ),
+                )
+            self._known = known
+            self._coordinators = max(1, registry.live_coordinators)
+            self._loaded = True
 
     async def ensure_loaded(self) -> None:
         if not self._loaded:
@@ -131,6 +152,9 @@ class Participants:
     def get(self, name: str) -> Participant | None:
         known = self._known.get(name)
         return known.row if known else None
+
+    def all(self) -> list[Participant]:
+        return [known.row for known in self._known.values()]
 
     def owner_of(self, urls: Iterable[str]) -> str | None:
         """The registered participant a branch given by URLs calls: the one whose base URL
@@ -142,7 +166,7 @@ class Participants:
         best: tuple[int, str] | None = None
         for name, known in self._known.items():
             base = known.row.base_url
-            under = bool(base) and all(_under(url, base or "") for url in urls)
+            under = bool(base) and all(url_under(url, base or "") for url in urls)
             if under and base and (best is None or len(base) > best[0]):
                 best = (len(base), name)
         if best is not None:
@@ -167,7 +191,6 @@ class Participants:
             state=row.breaker_state,
             reason=row.breaker_reason,
             retry_in_s=None if known.retry_in_s is None else known.retry_in_s - elapsed,
-            opens=row.breaker_opens,
             probe_owner=row.probe_owner,
             probe_expired=(
                 known.probe_expires_in_s is not None and known.probe_expires_in_s - elapsed < 0
@@ -195,28 +218,42 @@ class Participants:
         if decided.verdict is Verdict.SEND:
             return self._within_ramp(name, known, view, phase)
         if decided.verdict is Verdict.TAKE_PROBE:
-            if await self._move(breaker.take_probe(name, self.owner, self.policy)):
-                self._known[name].probe_in_flight = True
-                log.info("breaker_probe", participant=name, probe="call")
-                return Admission(Verdict.PROBE, decided.reason)
-            decided = Admission(Verdict.HOLD, decided.reason, 1.0)
+            return await self._take_probe(name, phase, decided)
         if decided.verdict is Verdict.PROBE:
             known.probe_in_flight = True
             return decided
         return self._held(name, phase, decided)
 
+    async def _take_probe(self, name: str, phase: Phase, due: Admission) -> Admission:
+        """Ask the log for the probe (one ask at a time in this process: the calls held
+        behind it wait for the next look); the call is the probe if it is granted."""
+        if name in self._taking:
+            return self._held(name, phase, Admission(Verdict.HOLD, due.reason, 1.0))
+        self._taking.add(name)
+        try:
+            taken = await self._move(breaker.take_probe(name, self.owner, self.policy))
+        finally:
+            self._taking.discard(name)
+        known = self._known.get(name)
+        if not taken or known is None:
+            return self._held(name, phase, Admission(Verdict.HOLD, due.reason, 1.0))
+        known.probe_in_flight = True
+        log.info("breaker_probe", participant=name, probe="call")
+        return Admission(Verdict.PROBE, due.reason, stay=known.row.breaker_since)
+
     def _within_ramp(self, name: str, known: _Known, view: BreakerView, phase: Phase) -> Admission:
         """Closed: send it, unless it recovered lately and this process has used its share
         of the ramp's rate (a try is new work, not backlog: it is never held by the ramp)."""
-        rate = (
-            None if view.since_recovery_s is None else self.policy.ramp_rate(view.since_recovery_s)
-        )
+        sent = Admission(Verdict.SEND, stay=known.row.breaker_since)
+        since = view.since_recovery_s
+        rate = None if since is None else self.policy.ramp_rate(since)
         if rate is None or phase is Phase.TRY:
-            return _SEND
+            return sent
         wait = known.bucket.take(self._clock(), rate / self._coordinators)
         if wait <= 0:
-            return _SEND
-        reason = f"ramping up after recovery: {rate:.3g} calls/s for now"
+            return sent
+        # (no rate in the words: the timeline's entry for held rounds collapses repeats)
+        reason = "ramping up after a recovery"
         return self._held(name, phase, Admission(Verdict.HOLD, reason, wait))
 
     def _held(self, name: str, phase: Phase, held: Admission) -> Admission:
@@ -247,13 +284,18 @@ class Participants:
             known.probe_in_flight = False
             await self._probe_answered(name, known, failed, result)
             return
+        if admission.stay != known.row.breaker_since:
+            return  # sent before the breaker last moved: its answer is old news
         known.window.record(failed, now)
         if known.row.breaker_state is not BreakerState.CLOSED or not failed:
             return
         why = known.window.trips(now)
-        if why is not None and await self._move(
-            breaker.trip(name, why, known.row.breaker_opens, self.policy)
-        ):
+        if why is None:
+            return
+        view = self.view(name)
+        ramping = view is not None and view.ramping(self.policy)
+        trip = breaker.trip(name, why, known.row.breaker_opens, self.policy, ramping=ramping)
+        if await self._move(trip):
             known.window.clear()
 
     async def _probe_answered(
@@ -264,8 +306,7 @@ class Participants:
             move = breaker.still_down(name, self.owner, why, known.row.breaker_opens, self.policy)
         else:
             move = breaker.recovered(name, self.owner)
-        if await self._move(move) and not failed:
-            known.window.clear()
+        await self._move(move)
 
     async def reset(self, name: str) -> Participant | None:
         """An operator closes the breaker (calls resume, ramping up)."""
@@ -298,22 +339,38 @@ class Participants:
     # --- background: health probes, counts -------------------------------------------
 
     async def watch(self) -> int:
-        """One pass: read the breakers again, and probe the health URL of each participant
-        whose open time is over; how many were probed."""
+        """One pass: read the breakers again, and start a probe of the health URL of each
+        participant whose breaker is due one (in the background: a slow health URL does not
+        hold up the next pass); how many were started."""
         await self.refresh()
         if not self.settings.breaker:
             return 0
-        probes = []
+        started = 0
         for name, known in list(self._known.items()):
             view = self.view(name)
             health = known.row.health_url
-            if view is None or health is None or view.state is BreakerState.CLOSED:
+            if view is None or health is None or not view.probe_due or name in self._probes:
                 continue
-            due = view.state is BreakerState.OPEN and (view.retry_in_s or 0.0) <= 0
-            if due or (view.state is BreakerState.HALF_OPEN and view.probe_expired):
-                probes.append(self._probe_health(name, health))
-        await asyncio.gather(*probes)
-        return len(probes)
+            task = asyncio.create_task(self._probe_health(name, health), name=f"probe:{name}")
+            self._probes[name] = task
+            task.add_done_callback(functools.partial(self._probe_ended, name))
+            started += 1
+        return started
+
+    def _probe_ended(self, name: str, _: asyncio.Task[None]) -> None:
+        self._probes.pop(name, None)
+
+    async def probes_done(self) -> None:
+        """Wait for the health probes in flight."""
+        if self._probes:
+            await asyncio.wait(list(self._probes.values()))
+
+    async def stop_probes(self) -> None:
+        """Shutting down: the health probes in flight are cut short (the probe lapses and
+        another coordinator takes it)."""
+        for task in self._probes.values():
+            task.cancel()
+        await self.probes_done()
 
     async def _probe_health(self, name: str, url: str) -> None:
         if not await self._move(breaker.take_probe(name, self.owner, self.policy)):
@@ -358,8 +415,3 @@ def _until(now: datetime, moment: datetime | None) -> float | None:
 
 def _ago(now: datetime, moment: datetime | None) -> float | None:
     return None if moment is None else (now - moment).total_seconds()
-
-
-def _under(url: str, base: str) -> bool:
-    base = base.rstrip("/")
-    return url == base or url.startswith((base + "/", base + "?"))

@@ -18,9 +18,8 @@ from typing import Any
 import structlog
 
 from coordinator import tracing
-from coordinator.core import gids, kinds, states
+from coordinator.core import breaker, gids, kinds, states
 from coordinator.core.apikeys import Principal
-from coordinator.core.breaker import BreakerState
 from coordinator.core.errors import (
     CircuitOpen,
     Conflict,
@@ -45,12 +44,14 @@ from coordinator.core.records import (
     Transaction,
     TransactionDetail,
     TryRecord,
+    url_under,
 )
 from coordinator.core.states import (
     CancelReason,
     Decision,
     GlobalStatus,
     Judgement,
+    Phase,
     Refusal,
     TransactionKind,
     TryReport,
@@ -221,15 +222,15 @@ class Coordinator:
         self._check_branch(branch, prefix)
         return branch
 
-    def _refuse_if_open(self, branch: NewBranch) -> None:
+    async def _refuse_if_open(self, branch: NewBranch) -> None:
         """A try the client runs itself to a participant whose circuit is open fails here,
         at its registration (the coordinator cannot hold back a call it does not make)."""
-        if branch.participant is None or not self.settings.breaker:
+        if branch.participant is None:
             return
-        view = self.driver.participants.view(branch.participant)
-        if view is not None and view.state is not BreakerState.CLOSED:
+        admission = await self.driver.participants.admit(branch.participant, Phase.TRY)
+        if admission.verdict is breaker.Verdict.HOLD:
             raise CircuitOpen(
-                branch.participant, view.reason or "circuit open", view.retry_in_s or 0.0
+                branch.participant, admission.reason or "circuit open", admission.retry_in_s
             )
 
     def _check_branch(self, branch: NewBranch, prefix: str = "") -> None:
@@ -348,7 +349,7 @@ class Coordinator:
         await self.driver.participants.ensure_loaded()
         branch = self._resolved(branch)
         self._only_tcc(await self._known(gid, caller))
-        self._refuse_if_open(branch)
+        await self._refuse_if_open(branch)
         return await self._register(gid, branch)
 
     @staticmethod
@@ -642,17 +643,13 @@ class Coordinator:
         service's participant needs an admin key."""
         self._require_writer(caller)
         owner = new.owner_service
-        if not caller.is_admin and caller.name is not None:
+        as_service = not caller.is_admin and caller.name is not None
+        if as_service:
             if owner is not None and owner != caller.name:
                 raise Forbidden(
                     f"a service key registers participants for its own service ({caller.name!r})"
                 )
             owner = caller.name
-            current = await self.log.participant(new.name)
-            if current is not None and current.owner_service not in (None, caller.name):
-                raise Forbidden(
-                    f"participant {new.name!r} belongs to service {current.owner_service!r}"
-                )
         for field, url in new.urls.items():
             try:
                 self.policy.check_url(url)
@@ -660,22 +657,64 @@ class Coordinator:
                 raise InvalidInput(f"{field}: {exc}") from exc
         if new.call_timeout_s is not None:
             self.limits.check_options(new.call_timeout_s, {})
-        registered, created = await self.log.register_participant(
-            dataclasses.replace(new, owner_service=owner, registered_by=caller.name)
+        if as_service:
+            await self.driver.participants.refresh()
+            self._refuse_overlap(new, owner)
+        # An admin's registration without an owner keeps the one it has; a service key's
+        # replaces only its own (the log checks it in the same statement).
+        written = await self.log.register_participant(
+            dataclasses.replace(new, owner_service=owner, registered_by=caller.name),
+            replace_any=not as_service,
         )
+        if written is None:
+            current = await self.log.participant(new.name)
+            whose = current.owner_service if current else None
+            raise Forbidden(
+                f"participant {new.name!r} is {_whose(whose)}: only an admin key may replace it"
+            )
+        registered, created = written
         await self.driver.participants.refresh()
         log.info("participant_registered", participant=new.name, created=created, by=caller.name)
         return registered, created
+
+    def _refuse_overlap(self, new: NewParticipant, owner: str | None) -> None:
+        """A service key may not register URLs another service's participant answers at,
+        nor a base URL that would take in another's: the breaker and the counts of calls
+        to them would become its to steer."""
+        registry = self.driver.participants
+        for field, url in new.urls.items():
+            if field == "health_url":
+                continue
+            found = registry.owner_of([url])
+            other = registry.get(found) if found is not None else None
+            if other is not None and other.name != new.name and other.owner_service != owner:
+                raise Forbidden(
+                    f"{field}: {url} belongs to participant {other.name!r},"
+                    f" {_whose(other.owner_service)}"
+                )
+        if new.base_url is not None:
+            for other in registry.all():
+                if other.name == new.name or other.owner_service == owner:
+                    continue
+                if any(url_under(url, new.base_url) for url in other.urls.values()):
+                    raise Forbidden(
+                        f"base_url: {new.base_url} would take in the URLs of participant"
+                        f" {other.name!r}, {_whose(other.owner_service)}"
+                    )
 
     async def remove_participant(self, name: str, caller: Principal) -> Participant:
         """Take a participant out of the registry (its service's key, or an admin's).
         Branches that named it keep their URLs and are still called."""
         registered = await self.participant(name, caller)
         self._require_writer(caller)
-        if not caller.is_admin and registered.owner_service not in (None, caller.name):
-            raise Forbidden(f"participant {name!r} belongs to service {registered.owner_service!r}")
-        if not await self.log.remove_participant(name):
-            raise NotFound(f"no participant {name!r} is registered")
+        owner = None if caller.is_admin or caller.name is None else caller.name
+        if not await self.log.remove_participant(name, owner=owner):
+            if await self.log.participant(name) is None:
+                raise NotFound(f"no participant {name!r} is registered")
+            raise Forbidden(
+                f"participant {name!r} is {_whose(registered.owner_service)}: only an admin"
+                " key may remove it"
+            )
         self.driver.participants.forget(name)
         log.info("participant_removed", participant=name, by=caller.name)
         return registered
@@ -768,6 +807,10 @@ class Coordinator:
     async def ready(self) -> list[str]:
         """What keeps this coordinator from serving; empty when it is ready."""
         return await self.log.readiness()
+
+
+def _whose(owner: str | None) -> str:
+    return f"owned by service {owner!r}" if owner else "registered by an admin for no service"
 
 
 def _digest(*parts: str) -> str:

@@ -112,6 +112,7 @@ class Upkeep:
         try:
             await asyncio.gather(*work)
         finally:
+            await self.participants.stop_probes()
             with contextlib.suppress(DatabaseUnavailable):
                 await self.participants.flush()  # the last counts, at shutdown
 

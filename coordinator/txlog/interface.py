@@ -238,13 +238,18 @@ class TransactionLog(Protocol):
 
     # --- participants ----------------------------------------------------------------
 
-    async def register_participant(self, new: NewParticipant) -> tuple[Participant, bool]:
-        """Register a participant, or replace its registration (its breaker is kept); the
-        participant as the log now holds it, and whether it is new."""
+    async def register_participant(
+        self, new: NewParticipant, *, replace_any: bool = True
+    ) -> tuple[Participant, bool] | None:
+        """Register a participant, or replace its registration (its breaker is kept; its
+        owner too when ``new`` names none); the participant as the log now holds it, and
+        whether it is new. None (nothing written) when it belongs to another service than
+        ``new.owner_service`` and ``replace_any`` is false."""
         ...
 
-    async def remove_participant(self, name: str) -> bool:
-        """Take it out of the registry; False if there was none of that name."""
+    async def remove_participant(self, name: str, *, owner: str | None = None) -> bool:
+        """Take it out of the registry (only if ``owner``'s, when given); False if nothing
+        was removed."""
         ...
 
     async def participants(self) -> Registry:

@@ -1090,7 +1090,9 @@ class InMemoryLog:
 
     # --- participants ----------------------------------------------------------------
 
-    async def register_participant(self, new: NewParticipant) -> tuple[Participant, bool]:
+    async def register_participant(
+        self, new: NewParticipant, *, replace_any: bool = True
+    ) -> tuple[Participant, bool] | None:
         async with self._lock:
             now = self.clock.now()
             known = self._participants.get(new.name)
@@ -1112,13 +1114,20 @@ class InMemoryLog:
                     ramp_started_at=None,
                 )
             else:
+                if not replace_any and known.owner_service != new.owner_service:
+                    return None
+                registration["owner_service"] = new.owner_service or known.owner_service
                 row = dataclasses.replace(known, **registration, updated_at=now)
             self._participants[new.name] = _checked("tcc_participants", row)
             return row, known is None
 
-    async def remove_participant(self, name: str) -> bool:
+    async def remove_participant(self, name: str, *, owner: str | None = None) -> bool:
         async with self._lock:
-            return self._participants.pop(name, None) is not None
+            known = self._participants.get(name)
+            if known is None or (owner is not None and known.owner_service != owner):
+                return False
+            del self._participants[name]
+            return True
 
     async def participants(self) -> Registry:
         async with self._lock:

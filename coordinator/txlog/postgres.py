@@ -902,7 +902,9 @@ class PostgresLog:
 
     # --- participants ----------------------------------------------------------------
 
-    async def register_participant(self, new: NewParticipant) -> tuple[Participant, bool]:
+    async def register_participant(
+        self, new: NewParticipant, *, replace_any: bool = True
+    ) -> tuple[Participant, bool] | None:
         async with self.connection() as conn:
             row = await conn.fetchrow(
                 *statement(
@@ -916,14 +918,17 @@ class PostgresLog:
                     call_timeout_s=new.call_timeout_s,
                     owner_service=new.owner_service,
                     registered_by=new.registered_by,
+                    replace_any=replace_any,
                 )
             )
-        assert row is not None
+        if row is None:
+            return None
         return from_row(Participant, row), bool(row["inserted"])
 
-    async def remove_participant(self, name: str) -> bool:
+    async def remove_participant(self, name: str, *, owner: str | None = None) -> bool:
         async with self.connection() as conn:
-            return await conn.fetchval(*statement("remove_participant", name=name)) is not None
+            removed = await conn.fetchval(*statement("remove_participant", name=name, owner=owner))
+        return removed is not None
 
     async def participants(self) -> Registry:
         async with self.connection() as conn:

@@ -13,6 +13,9 @@ from tests.processes import run_tcc, tcc_env
 
 pytestmark = pytest.mark.slow
 
+URL = "http://127.0.0.1:1/x"
+TIMEOUT = ["--call-timeout-s"]
+
 
 async def test_participants__register_list_show_reset_remove(
     store: PostgresLog, database_url: str
@@ -69,6 +72,17 @@ async def test_participants__register_list_show_reset_remove(
         (["participants", "register", "a b", "--base-url", "http://127.0.0.1:1"], 2, "name"),
         (["participants", "register", "x", "--base-url", "ftp://127.0.0.1/x"], 2, "--base-url"),
         (["participants", "register", "x", "--base-url", "http://10.0.0.1/x"], 1, "base_url"),
+        (
+            ["participants", "register", "x", "--base-url", URL, "--call-timeout-s", "abc"],
+            2,
+            "--call",
+        ),
+        (
+            ["participants", "register", "x", "--base-url", URL, "--call-timeout-s", "nan"],
+            1,
+            "posit",
+        ),
+        (["participants", "register", "unregistered", "--base-url", URL], 1, "choose another"),
         (["participants", "show", "nobody"], 1, "no participant 'nobody' is registered"),
         (["participants", "reset", "nobody"], 1, "no participant 'nobody' is registered"),
         (["participants", "remove", "nobody"], 1, "no participant 'nobody' is registered"),

@@ -226,3 +226,66 @@ async def test_dtm_branch__under_a_registered_base_url__belongs_to_it(
     assert status == 200, out
     _, txn = await coordinator.get("/v1/transactions/dtm-1")
     assert [b["participant"] for b in txn["branches"]] == ["stock"]
+
+
+async def test_ownership__no_takeover_of_an_admins_participant_or_of_anothers_urls(
+    make_coordinator: MakeCoordinator, participant: FakeParticipant
+) -> None:
+    c = await make_coordinator(insecure=False, api_keys=CONFIG)
+    base = f"{participant.base_url()}/stock"
+    status, out, _ = await c.request(
+        "PUT", "/v1/participants/stock", {"base_url": base}, headers=auth("ops")
+    )
+    assert (status, out["owner_service"]) == (201, None)
+    status, problem, _ = await c.request(
+        "PUT", "/v1/participants/stock", {"base_url": base}, headers=auth("shop")
+    )
+    assert status == 403
+    assert "only an admin key may replace it" in problem["detail"]
+    # Another service's participant's URLs, or a base URL that takes them in: refused.
+    wallet = f"{participant.base_url()}/wallet"
+    status, _, _ = await c.request(
+        "PUT", "/v1/participants/wallet", {"base_url": wallet}, headers=auth("bank")
+    )
+    assert status == 201
+    status, problem, _ = await c.request(
+        "PUT",
+        "/v1/participants/mine",
+        {"confirm_url": f"{wallet}/confirm", "cancel_url": f"{participant.base_url()}/x"},
+        headers=auth("shop"),
+    )
+    assert status == 403
+    assert "belongs to participant 'wallet', owned by service 'bank'" in problem["detail"]
+    status, problem, _ = await c.request(
+        "PUT", "/v1/participants/all", {"base_url": participant.base_url()}, headers=auth("shop")
+    )
+    assert status == 403
+    assert "would take in the URLs of participant" in problem["detail"]
+    # An admin's registration without an owner keeps the one it has.
+    status, out, _ = await c.request(
+        "PUT", "/v1/participants/wallet", {"base_url": f"{wallet}/v2"}, headers=auth("ops")
+    )
+    assert (status, out["owner_service"]) == (200, "bank")
+
+
+async def test_branch__naming_a_participant_with_someone_elses_url__is_refused(
+    coordinator: CoordinatorClient, participant: FakeParticipant
+) -> None:
+    await register(coordinator, participant)
+    branch = {
+        "branch_id": "b1",
+        "participant": "stock",
+        "confirm_url": "http://127.0.0.1:1/elsewhere/confirm",
+    }
+    status, problem, _ = await coordinator.request(
+        "POST", "/v1/transactions", {"auto": True, "branches": [branch]}
+    )
+    assert status == 422
+    detail = problem["detail"]
+    assert "confirm_url: http://127.0.0.1:1/elsewhere/confirm is not a URL of participant" in detail
+    # Its own URL (under its base) is fine.
+    branch["confirm_url"] = f"{participant.base_url()}/stock/confirm"
+    status, out, _ = await coordinator.request(
+        "POST", "/v1/transactions", {"auto": True, "branches": [branch]}
+    )
+    assert status == 201, out

@@ -32,15 +32,19 @@ def stock(**changes: object) -> NewParticipant:
 
 
 async def test_register__new_then_replaced__keeps_the_breaker(store: TransactionLog) -> None:
-    first, created = await store.register_participant(stock())
+    written = await store.register_participant(stock())
+    assert written is not None
+    first, created = written
     assert created
     assert first.confirm_url == "http://127.0.0.1:9/stock/confirm"
     assert first.breaker_state is BreakerState.CLOSED
     assert await store.move_breaker(breaker.trip("stock", "down", 0, POLICY)) is not None
 
-    again, created = await store.register_participant(
+    rewritten = await store.register_participant(
         stock(confirm_url="http://127.0.0.1:9/v2/confirm", call_timeout_s=None)
     )
+    assert rewritten is not None
+    again, created = rewritten
     assert not created
     assert again.confirm_url == "http://127.0.0.1:9/v2/confirm"
     assert again.call_timeout_s is None
@@ -126,7 +130,8 @@ async def test_probe__answered__recovers_and_ramps__or_reopens_for_longer(
     closed = await store.move_breaker(breaker.recovered("stock", "a"))
     assert closed is not None
     assert closed.breaker_state is BreakerState.CLOSED
-    assert (closed.breaker_opens, closed.probe_owner) == (0, None)
+    # (the count of openings is kept through the ramp: a trip then doubles the open time)
+    assert (closed.breaker_opens, closed.probe_owner) == (2, None)
     assert closed.ramp_started_at == closed.breaker_since
     # Only one alert: probes failing again do not raise more.
     assert len(await store.claim_alerts("me", 10, 30)) == 1
@@ -184,7 +189,7 @@ async def test_usage__counts_the_transactions_waiting_on_each_participant(
 
 async def test_hold_round__lets_the_lease_go__and_counts_no_round(store: TransactionLog) -> None:
     lease = await confirming(store, "g")
-    write = writes.hold_round(Decision.CONFIRM, ["stock"], "circuit open: down", 7.0, owner="a")
+    write = writes.hold_round(Decision.CONFIRM, ["stock"], "circuit open: down", 7.0)
     held = await store.postpone(lease, write)
     assert held is not None
     assert held.status is GlobalStatus.CONFIRMING
@@ -197,3 +202,23 @@ async def test_hold_round__lets_the_lease_go__and_counts_no_round(store: Transac
     events = (await store.detail("g")).events
     assert events[-1].kind is EventKind.HELD_BY_BREAKER
     assert events[-1].detail["participants"] == ["stock"]
+
+
+async def test_register__another_services_participant__only_with_replace_any(
+    store: TransactionLog,
+) -> None:
+    await store.register_participant(stock(owner_service="shop"))
+    bank = stock(owner_service="bank", confirm_url="http://127.0.0.1:9/steal")
+    assert await store.register_participant(bank, replace_any=False) is None
+    kept = await store.participant("stock")
+    assert kept is not None
+    assert (kept.owner_service, kept.confirm_url) == ("shop", "http://127.0.0.1:9/stock/confirm")
+    # An admin's registration that names no owner keeps the one it has.
+    written = await store.register_participant(stock(owner_service=None), replace_any=True)
+    assert written is not None
+    assert written[0].owner_service == "shop"
+    # Ownerless, it is nobody's to replace but an admin's.
+    await store.register_participant(stock(name="free", owner_service=None))
+    assert await store.register_participant(stock(name="free"), replace_any=False) is None
+    assert not await store.remove_participant("stock", owner="bank")
+    assert await store.remove_participant("stock", owner="shop")

@@ -892,8 +892,10 @@ WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - make_interva
 -- --- participants: the registry, their breakers, their calls -----------------------------
 
 -- name: register_participant
--- A participant registered (or registered again: its URLs, health URL, timeout and owner are
--- replaced, its breaker is kept). inserted says whether it is new.
+-- A participant registered (or registered again: its URLs, health URL and timeout are
+-- replaced, its owner too when one is given, its breaker is kept), unless it exists and
+-- belongs to another service than :owner_service while :replace_any is false (then no row).
+-- inserted says whether it is new.
 INSERT INTO tcc_participants AS p (
     name, base_url, try_url, confirm_url, cancel_url, health_url, call_timeout_s,
     owner_service, registered_by
@@ -904,13 +906,17 @@ ON CONFLICT (name) DO UPDATE
 SET base_url = excluded.base_url, try_url = excluded.try_url,
     confirm_url = excluded.confirm_url, cancel_url = excluded.cancel_url,
     health_url = excluded.health_url, call_timeout_s = excluded.call_timeout_s,
-    owner_service = excluded.owner_service, registered_by = excluded.registered_by,
-    updated_at = now()
+    owner_service = coalesce(excluded.owner_service, p.owner_service),
+    registered_by = excluded.registered_by, updated_at = now()
+WHERE :replace_any::bool OR p.owner_service = excluded.owner_service
 RETURNING *, (xmax = 0) AS inserted;
 
 -- name: remove_participant
--- A participant taken out of the registry (branches that named it keep their URLs).
-DELETE FROM tcc_participants WHERE name = :name RETURNING name;
+-- A participant taken out of the registry (branches that named it keep their URLs): only one
+-- of :owner's when given.
+DELETE FROM tcc_participants
+WHERE name = :name AND (:owner::text IS NULL OR owner_service = :owner::text)
+RETURNING name;
 
 -- name: list_participants
 -- Every registered participant with its breaker, the database clock they were read at, and

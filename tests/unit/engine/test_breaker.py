@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from coordinator.core import breaker
 from coordinator.core.apikeys import INSECURE
 from coordinator.core.breaker import BreakerState
 from coordinator.core.errors import CircuitOpen
@@ -186,10 +187,12 @@ async def test_probe__by_the_health_url__sends_no_real_call(
     caller.script(HEALTH, None, reply(503))
     clock.advance(11)
     assert await breaking.participants.watch() == 1
+    await breaking.participants.probes_done()
     assert await state(txlog) is BreakerState.OPEN  # still down: reopened
     caller.script(HEALTH, None, OK)
     clock.advance(21)
     assert await breaking.participants.watch() == 1
+    await breaking.participants.probes_done()
     assert await state(txlog) is BreakerState.CLOSED
     assert len(caller.made(Phase.CONFIRM)) == sent
     assert [c.method for c in caller.made(None, HEALTH)] == ["GET", "GET"]
@@ -209,6 +212,7 @@ async def test_recovered__the_backlog_returns_within_the_ramp(
     caller.script(url("a", Phase.CONFIRM), Phase.CONFIRM, OK)
     clock.advance(11)
     await breaking.participants.watch()  # healthy: closed, ramping from 1 call/s
+    await breaking.participants.probes_done()
     assert await state(txlog) is BreakerState.CLOSED
     sent = len(caller.made(Phase.CONFIRM))
     per_second = []
@@ -254,3 +258,53 @@ async def test_breaker_off__calls_go_out_whatever_fails(
     await rounds(runtime, clock, 6)
     assert await state(txlog) is BreakerState.CLOSED
     assert len(caller.made(Phase.CONFIRM)) >= 5
+
+
+async def test_failures_counted_before_the_breaker_moved__are_forgotten(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, clock: ManualClock, txlog: InMemoryLog
+) -> None:
+    """Two coordinators each saw failures; one opened and then closed the breaker. The other
+    neither counts its old failures nor the late answers of calls it sent before."""
+    first = make_runtime(caller, rng=NoSpread(), **BREAKER)
+    second = make_runtime(ScriptedCaller(), rng=NoSpread(), **BREAKER)
+    await register(first)
+    await second.participants.refresh()
+    book = second.participants
+    in_flight = await book.admit("stock", Phase.CONFIRM)  # sent before the breaker moves
+    for _ in range(2):
+        await book.report("stock", Phase.CONFIRM, DOWN, await book.admit("stock", Phase.CONFIRM))
+    clock.advance(1)  # (each move is stamped with the log's clock: its stay's identity)
+    await txlog.move_breaker(breaker.trip("stock", "elsewhere", 0, first.settings.breaker_policy))
+    clock.advance(1)
+    await txlog.move_breaker(breaker.reset("stock"))
+    await book.refresh()
+    await book.report("stock", Phase.CONFIRM, DOWN, in_flight)  # old news
+    await book.report("stock", Phase.CONFIRM, DOWN, await book.admit("stock", Phase.CONFIRM))
+    assert await state(txlog) is BreakerState.CLOSED  # 1 fresh failure, not 3 or 4
+
+
+async def test_tripping_again_while_ramping_up__stays_open_twice_as_long(
+    breaking: Runtime, caller: ScriptedCaller, clock: ManualClock, txlog: InMemoryLog
+) -> None:
+    """A participant whose health URL answers while its real calls fail does not flap."""
+    await register(breaking, health_url=HEALTH)
+    book = breaking.participants
+    for _ in range(3):
+        await book.report("stock", Phase.CONFIRM, DOWN, await book.admit("stock", Phase.CONFIRM))
+    first = await txlog.participant("stock")
+    assert first is not None
+    assert first.breaker_retry_at is not None
+    assert (first.breaker_retry_at - first.breaker_since).total_seconds() == 10
+    clock.advance(11)
+    await book.watch()
+    await book.probes_done()  # the health URL answers (unscripted: 200)
+    assert await state(txlog) is BreakerState.CLOSED
+    clock.advance(1)  # within the 10 s ramp
+    for _ in range(3):
+        admitted = await book.admit("stock", Phase.TRY)  # (tries are not held by the ramp)
+        await book.report("stock", Phase.TRY, DOWN, admitted)
+    again = await txlog.participant("stock")
+    assert again is not None
+    assert again.breaker_state is BreakerState.OPEN
+    assert again.breaker_retry_at is not None
+    assert (again.breaker_retry_at - again.breaker_since).total_seconds() == 20
