@@ -6,6 +6,7 @@ holds the same calls back."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -15,11 +16,12 @@ from coordinator.core.apikeys import INSECURE
 from coordinator.core.breaker import BreakerState
 from coordinator.core.errors import CircuitOpen
 from coordinator.core.records import NewParticipant
-from coordinator.core.states import BranchStatus, EventKind, GlobalStatus, Phase
+from coordinator.core.states import BranchStatus, EventKind, GlobalStatus, Phase, TransactionKind
 from coordinator.engine.runtime import Runtime
 from coordinator.txlog.memory import InMemoryLog, ManualClock
 from tests.unit.engine.conftest import MakeRuntime
 from tests.unit.engine.scripted import (
+    GID,
     OK,
     ScriptedCaller,
     begin_request,
@@ -308,3 +310,29 @@ async def test_tripping_again_while_ramping_up__stays_open_twice_as_long(
     assert again.breaker_state is BreakerState.OPEN
     assert again.breaker_retry_at is not None
     assert (again.breaker_retry_at - again.breaker_since).total_seconds() == 20
+
+
+async def test_saga__a_round_whose_step_was_held__spends_none_of_its_retry_limit(
+    make_runtime: MakeRuntime, caller: ScriptedCaller, clock: ManualClock, txlog: InMemoryLog
+) -> None:
+    runtime = make_runtime(caller, rng=NoSpread(), **{**BREAKER, "breaker_failures": 2})
+    await register(runtime)
+    caller.script(url("a", Phase.CONFIRM), Phase.ACTION, DOWN)
+    request = dataclasses.replace(
+        begin_request(
+            dataclasses.replace(branch("a", with_try=False), cancel_url=url("a", Phase.CANCEL))
+        ),
+        kind=TransactionKind.SAGA,
+        options={"concurrent": False, "retry_limit": 3},
+    )
+    await runtime.coordinator.begin_saga(request, INSECURE, wait=False)
+    await runtime.driver.settle(GID)
+    await rounds(runtime, clock, 1)  # the second failure: the breaker opens
+    assert await state(txlog) is BreakerState.OPEN
+    await rounds(runtime, clock, 3)  # held rounds: no limit spent, no compensation
+    assert (await txlog.get(GID)).status is GlobalStatus.CONFIRMING
+    caller.script(url("a", Phase.CONFIRM), Phase.ACTION, OK)
+    await rounds(runtime, clock, 10)  # the probe (a real action) answers
+    txn = await txlog.get(GID)
+    assert txn.status is GlobalStatus.CONFIRMED
+    assert caller.made(Phase.COMPENSATE) == []
