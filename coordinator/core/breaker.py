@@ -310,7 +310,7 @@ def reset(name: str) -> BreakerMove:
     )
 
 
-def spread(retry_in_s: float, ramp_s: float, unit: float) -> float:
-    """When a held call should be tried again: after ``retry_in_s``, spread over the ramp by
-    ``unit`` (0..1, random), so that the backlog does not come back in one instant."""
-    return max(retry_in_s, 0.0) + unit * ramp_s + 0.05
+def spread(retry_in_s: float, over_s: float, unit: float) -> float:
+    """When a held call should be tried again: after ``retry_in_s``, spread over ``over_s``
+    by ``unit`` (0..1, random), so that the backlog does not come back in one instant."""
+    return max(retry_in_s, 0.0) + unit * over_s + 0.05

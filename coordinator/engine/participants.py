@@ -254,14 +254,21 @@ class Participants:
             return sent
         # (no rate in the words: the timeline's entry for held rounds collapses repeats)
         reason = "ramping up after a recovery"
-        return self._held(name, phase, Admission(Verdict.HOLD, reason, wait))
+        # Back within what is left of the ramp: its rate is made for the backlog to fit.
+        left = max(self.policy.ramp_s - (since or 0.0), 0.0)
+        return self._held(name, phase, Admission(Verdict.HOLD, reason, wait), spread_s=left)
 
-    def _held(self, name: str, phase: Phase, held: Admission) -> Admission:
+    def _held(
+        self, name: str, phase: Phase, held: Admission, spread_s: float | None = None
+    ) -> Admission:
+        """A held call: a try fails now; a phase-two call comes back after ``held``'s
+        wait, spread over ``spread_s`` (by default the whole ramp: the backlog does not all
+        come back at the end of the open time)."""
         self.metrics.call_held(name, phase.value)
         if phase is Phase.TRY:
             return held
-        # Spread the backlog's return over the ramp, not all at the end of the open time.
-        later = breaker.spread(held.retry_in_s, self.policy.ramp_s, self._rng.random())
+        over = self.policy.ramp_s if spread_s is None else spread_s
+        later = breaker.spread(held.retry_in_s, over, self._rng.random())
         return Admission(Verdict.HOLD, held.reason, later)
 
     async def report(
