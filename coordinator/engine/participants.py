@@ -166,8 +166,9 @@ class Participants:
         best: tuple[int, str] | None = None
         for name, known in self._known.items():
             base = known.row.base_url
-            under = bool(base) and all(url_under(url, base or "") for url in urls)
-            if under and base and (best is None or len(base) > best[0]):
+            if not base or (best is not None and len(base) <= best[0]):
+                continue
+            if all(url_under(url, base) for url in urls):
                 best = (len(base), name)
         if best is not None:
             return best[1]
