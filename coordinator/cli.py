@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=8101,
         help="wallet on this port; inventory, order, notify and the SMTP sink on the next four",
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="the samples serve HTTPS and require the coordinator's client certificate, all"
+        " issued by a CA made locally in --data-dir (docs/security.md#tls)",
+    )
     # Every coordinator setting but those tcc up decides itself goes on to its coordinator.
     # (--log-format too: it shapes tcc up's own lines; its coordinator logs JSON to a file.)
     up_flags = [n for n in Settings.model_fields if n not in UP_DECIDES or n == "log_format"]

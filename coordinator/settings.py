@@ -15,6 +15,7 @@ from coordinator.core.forwarding import clean_prefix, parse_trusted
 from coordinator.core.hosts import parse_allowed_hosts
 from coordinator.core.limits import Limits
 from coordinator.core.retry import RetryPolicy
+from coordinator.core.tls import parse_host_rules
 from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, parse_rules
 
 
@@ -28,6 +29,25 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         description="Postgres URL; when unset an embedded Postgres is started in data_dir",
+    )
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(
+        default=None,
+        description="TLS to the log database, as libpq's sslmode (production: verify-full);"
+        " also accepted in the URL",
+    )
+    database_sslrootcert: Path | None = Field(
+        default=None, description="CA certificate(s) that sign the database server's certificate"
+    )
+    database_sslcert: Path | None = Field(
+        default=None, description="Client certificate presented to the database"
+    )
+    database_sslkey: Path | None = Field(
+        default=None, description="The database client certificate's private key"
+    )
+    database_sslpassword: SecretStr | None = Field(
+        default=None, description="Password of an encrypted database client key"
     )
     data_dir: Path = Field(
         default_factory=default_data_dir,
@@ -231,6 +251,49 @@ class Settings(BaseSettings):
         default=None,
         description="Participant URL allowlist: hosts, .suffixes, CIDRs, each with :port",
     )
+    participant_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CAs whose certificates participants may present over"
+        " https (besides the system's trust store, unless TCC_PARTICIPANT_TLS_SYSTEM_CA is"
+        " false); re-read when it changes",
+    )
+    participant_tls_system_ca: bool = Field(
+        default=True,
+        description="Also trust the system's CA store for participants (false: only the"
+        " configured bundles)",
+    )
+    participant_tls_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM, with its chain) presented to participants that"
+        " ask for one; re-read when it changes, so a rotated certificate needs no restart",
+    )
+    participant_tls_key: Path | None = Field(
+        default=None,
+        description="The client certificate's private key (PEM; default: read from"
+        " TCC_PARTICIPANT_TLS_CERT); never logged or shown",
+    )
+    participant_tls_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted client key"
+    )
+    participant_tls_profiles_dir: Path | None = Field(
+        default=None,
+        description="A directory of TLS profiles, a subdirectory each holding tls.crt,"
+        " tls.key and ca.crt (as a Kubernetes TLS secret is mounted): a registered"
+        " participant's tls_profile or a TCC_PARTICIPANT_TLS_HOSTS rule names one",
+    )
+    participant_tls_hosts: str | None = Field(
+        default=None,
+        description="Which TLS profile calls to a host use when their participant names none:"
+        " rule=profile entries, comma-separated (rules as in TCC_PARTICIPANT_ALLOW)",
+    )
+    participant_tls_min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="Oldest TLS version accepted from participants"
+    )
+    participant_tls_insecure_skip_verify: bool = Field(
+        default=False,
+        description="DEVELOPMENT ONLY: accept any participant certificate and host name"
+        " (logged as a warning at start and counted on every call)",
+    )
     max_payload_bytes: int = Field(
         default=65_536, ge=16, description="Largest branch payload (JSON) or DTM data"
     )
@@ -294,6 +357,23 @@ class Settings(BaseSettings):
             raise ValueError("pool_min_size must not exceed pool_max_size")
         parse_keys(self.api_keys or "")  # a bad entry fails at start-up, not at first use
         parse_rules(self.participant_allow)
+        parse_host_rules(self.participant_tls_hosts)
+        if self.participant_tls_hosts and self.participant_tls_profiles_dir is None:
+            raise ValueError(
+                "participant_tls_hosts names profiles: set participant_tls_profiles_dir too"
+            )
+        if self.participant_tls_key is not None and self.participant_tls_cert is None:
+            raise ValueError("participant_tls_key needs participant_tls_cert, its certificate")
+        if not self.participant_tls_system_ca and self.participant_tls_ca is None:
+            raise ValueError(
+                "participant_tls_system_ca is false and participant_tls_ca is unset: no"
+                " participant certificate could be trusted"
+            )
+        if self.database_url is None and self.database_tls_given:
+            raise ValueError(
+                "database_ssl* settings need database_url: the embedded Postgres is reached"
+                " over a local socket, without TLS"
+            )
         parse_allowed_hosts(self.allowed_hosts)
         parse_trusted(self.trusted_proxies)
         clean_prefix(self.path_prefix)
@@ -324,6 +404,19 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"TCC_{name.upper()}"] = str(value)
         return env
+
+    @property
+    def database_tls_given(self) -> bool:
+        return any(
+            value is not None
+            for value in (
+                self.database_sslmode,
+                self.database_sslrootcert,
+                self.database_sslcert,
+                self.database_sslkey,
+                self.database_sslpassword,
+            )
+        )
 
     @property
     def limits(self) -> Limits:

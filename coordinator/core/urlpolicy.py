@@ -107,11 +107,12 @@ def parse_rules(config: str | None) -> list[Rule]:
     for raw in (config or "").split(","):
         entry = raw.strip().lower()
         if entry:
-            rules.append(_parse_rule(entry))
+            rules.append(parse_rule(entry))
     return rules
 
 
-def _parse_rule(entry: str) -> Rule:
+def parse_rule(entry: str) -> Rule:
+    """One lower-case rule: a host, a .suffix or a range, with an optional :port."""
     try:
         target, port = _split_port(entry)
     except ValueError as exc:
