@@ -358,6 +358,11 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
         dest="participant_timeout_s",
         help="timeout of each call to it, in seconds",
     )
+    register.add_argument(
+        "--tls-profile",
+        help="the TLS profile its https calls use (a directory under"
+        " TCC_PARTICIPANT_TLS_PROFILES_DIR: its CA bundle and client certificate)",
+    )
     register.add_argument("--owner-service", help="the service that owns it")
     add_settings_flags(register, DB_FLAGS)
     participants_list = participants_sub.add_parser(
@@ -592,6 +597,7 @@ async def participants_command(args: argparse.Namespace, settings: Settings) -> 
                 cancel_url=args.cancel_url,
                 health_url=args.health_url,
                 call_timeout_s=_seconds(args.participant_timeout_s, "--call-timeout-s"),
+                tls_profile=args.tls_profile,
                 owner_service=args.owner_service,
                 registered_by=None,
             )

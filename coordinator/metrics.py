@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from coordinator.core.breaker import BreakerState
 from coordinator.core.records import UNREGISTERED, Backlog
 from coordinator.core.states import FINAL_STATUSES, PARKED_STATUSES, GlobalStatus
+from coordinator.core.tls import TlsFailure
 
 SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -133,6 +134,14 @@ class Metrics:
             ["participant", "phase"],
             registry=r,
         )
+        self._tls_failures = Counter(
+            "tcc_participant_tls_failures",
+            "Participant calls that failed at TLS, by kind (untrusted_certificate,"
+            " expired_certificate, hostname_mismatch, client_certificate_missing,"
+            " client_certificate_rejected, protocol, configuration, other)",
+            ["participant", "kind"],
+            registry=r,
+        )
         self._breaker_moves = Counter(
             "tcc_breaker_transitions",
             "Circuit breaker moves made by this coordinator, by event (tripped, probing,"
@@ -221,6 +230,9 @@ class Metrics:
         name = participant or UNREGISTERED
         self._calls.labels(name, phase, outcome).inc()
         self._call_seconds.labels(name, phase, outcome).observe(seconds)
+
+    def tls_failed(self, participant: str | None, kind: TlsFailure) -> None:
+        self._tls_failures.labels(participant or UNREGISTERED, kind.value).inc()
 
     def call_held(self, participant: str, phase: str) -> None:
         self._held.labels(participant, phase).inc()

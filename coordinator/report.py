@@ -90,6 +90,7 @@ def format_participant(p: Participant) -> str:
         f"  cancel         {p.cancel_url}",
         f"  health         {p.health_url or '- (the probe is one real call)'}",
         f"  call timeout   {f'{p.call_timeout_s:g} s' if p.call_timeout_s else '-'}",
+        f"  tls profile    {p.tls_profile or '- (by host rule, else the default)'}",
         f"  owner service  {p.owner_service or '-'}",
         f"  breaker        {breaker}",
         f"  registered     {format_time(p.created_at)}, last {format_time(p.updated_at)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ class Call:
     phase: str
     body: Any
     headers: dict[str, str]
+    client_certificate: str | None = None  # over TLS: the common name the caller presented
 
     @property
     def gid(self) -> str:
@@ -35,7 +37,10 @@ class Call:
 
 
 class FakeParticipant:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+        """``ssl_context``: serve https with it (the tests' own CA and certificates)."""
+        self.ssl_context = ssl_context
+        self.host = host
         self.calls: list[Call] = []
         self._scripts: dict[tuple[str, str], deque[Reply]] = defaultdict(deque)
         self._defaults: dict[tuple[str, str], Reply] = {}
@@ -52,7 +57,8 @@ class FakeParticipant:
         self._defaults[(service, phase)] = reply
 
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def urls(self, service: str = "svc") -> dict[str, str]:
         base = f"{self.base_url()}/{service}"
@@ -86,7 +92,9 @@ class FakeParticipant:
     async def _handle(self, request: web.Request) -> web.Response:
         service, phase = request.match_info["service"], request.match_info["phase"]
         body = await request.json()
-        self.calls.append(Call(service, phase, body, dict(request.headers)))
+        self.calls.append(
+            Call(service, phase, body, dict(request.headers), _client_certificate(request))
+        )
         queue = self._scripts[(service, phase)]
         reply = queue.popleft() if queue else self._defaults.get((service, phase), Reply())
         if reply.delay_s:
@@ -100,7 +108,13 @@ class FakeParticipant:
         app.router.add_post("/{service}/{phase}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            "127.0.0.1",
+            port or self.port,
+            reuse_address=True,
+            ssl_context=self.ssl_context,
+        )
         await site.start()
         server = site._server
         assert server is not None
@@ -110,3 +124,15 @@ class FakeParticipant:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _client_certificate(request: web.Request) -> str | None:
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    if not peer:
+        return None
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

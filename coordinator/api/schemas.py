@@ -372,6 +372,12 @@ class ParticipantIn(Strict):
         description="GET answers 2xx when it is up: the breaker probes it (else one real call)",
     )
     call_timeout_s: CallTimeout = None
+    tls_profile: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The TLS profile its https calls use: a directory under each coordinator's"
+        " TCC_PARTICIPANT_TLS_PROFILES_DIR (its CA bundle and client certificate)",
+    )
     owner_service: ShortText | None = Field(
         default=None, description="The service that owns it (a service key: its own name)"
     )
@@ -385,6 +391,7 @@ class ParticipantIn(Strict):
             cancel_url=self.cancel_url,
             health_url=self.health_url,
             call_timeout_s=self.call_timeout_s,
+            tls_profile=self.tls_profile,
             owner_service=self.owner_service,
             registered_by=None,
         )

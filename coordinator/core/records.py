@@ -32,6 +32,7 @@ from coordinator.core.states import (
     TransactionKind,
     TryVerdict,
 )
+from coordinator.core.tls import TlsFailure, check_profile_name
 
 
 def doc(text: str, *, shown: bool = True, default: Any = dataclasses.MISSING) -> Any:
@@ -257,6 +258,9 @@ class Participant:
     cancel_url: str = doc("Called to cancel")
     health_url: str | None = doc("GET answers 2xx when it is up: the breaker's probe")
     call_timeout_s: float | None = doc("Timeout of each call to it (else the transaction's)")
+    tls_profile: str | None = doc(
+        "The coordinators' TLS profile its https calls use (else by host rule, or the default)"
+    )
     owner_service: str | None = doc("The service that owns it")
     registered_by: str | None = doc("The API key that registered it last")
     created_at: datetime = doc("When it was first registered")
@@ -297,6 +301,7 @@ class NewParticipant:
     cancel_url: str
     health_url: str | None
     call_timeout_s: float | None
+    tls_profile: str | None
     owner_service: str | None
     registered_by: str | None
 
@@ -311,6 +316,7 @@ class NewParticipant:
         cancel_url: str | None = None,
         health_url: str | None = None,
         call_timeout_s: float | None = None,
+        tls_profile: str | None = None,
         owner_service: str | None = None,
         registered_by: str | None = None,
     ) -> NewParticipant:
@@ -326,6 +332,11 @@ class NewParticipant:
             math.isfinite(call_timeout_s) and call_timeout_s > 0
         ):
             raise InvalidInput("call_timeout_s must be a positive number of seconds")
+        if tls_profile is not None:
+            try:
+                check_profile_name(tls_profile)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
         if base_url is not None:
             base = base_url.rstrip("/")
             try_url = try_url or f"{base}/{Phase.TRY.value}"
@@ -344,6 +355,7 @@ class NewParticipant:
             cancel_url=cancel_url,
             health_url=health_url,
             call_timeout_s=call_timeout_s,
+            tls_profile=tls_profile,
             owner_service=owner_service,
             registered_by=registered_by,
         )
@@ -714,6 +726,8 @@ class CallResult:
     text: str = ""  # the reply as text (capped), for protocols that read words in it
     # Not sent: the participant's circuit breaker held it; ask again in this many seconds.
     held_for_s: float | None = None
+    # No answer because TLS failed: why, by kind (the error says it in words).
+    tls_failure: TlsFailure | None = None
 
     @property
     def record(self) -> CallRecord:
@@ -729,3 +743,6 @@ class OutboundCall:
     headers: dict[str, str]
     body: bytes | None = None
     params: dict[str, str] | None = None
+    # Over https: the TLS profile its registered participant names (None: by host rule,
+    # else the default one; see core.tls).
+    tls_profile: str | None = None

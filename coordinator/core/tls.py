@@ -187,5 +187,23 @@ def alert_failure(reason: str | None, text: str) -> TlsProblem:
     return TlsProblem(TlsFailure.OTHER, f"TLS: {text}")
 
 
+def closed_after_handshake(presented_certificate: bool, error: str) -> TlsProblem:
+    """The participant closes every connection as soon as our handshake ends, without
+    saying why (no alert): it refuses our client certificate, or our lack of one."""
+    if presented_certificate:
+        return TlsProblem(
+            TlsFailure.CLIENT_CERTIFICATE_REJECTED,
+            "TLS: the participant refused our client certificate: it closes the connection as"
+            " soon as the handshake ends (not signed by a CA it trusts, expired or revoked?)"
+            f" [{error}]",
+        )
+    return TlsProblem(
+        TlsFailure.CLIENT_CERTIFICATE_MISSING,
+        "TLS: peer did not return a certificate: the participant requires a client"
+        " certificate and none was presented; it closes the connection as soon as the"
+        f" handshake ends (set TCC_PARTICIPANT_TLS_CERT, or a tls_profile) [{error}]",
+    )
+
+
 def configuration_failure(message: str) -> TlsProblem:
     return TlsProblem(TlsFailure.CONFIGURATION, f"TLS configuration: {message}")

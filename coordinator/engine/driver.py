@@ -187,11 +187,16 @@ class PhaseDriver:
             branch=branch.branch_id,
             phase=phase.value,
         ) as call_span:
+            registered = self.participants.get(branch.participant) if branch.participant else None
             traced = dataclasses.replace(
-                call, headers={**call.headers, **tracing.outgoing_headers()}
+                call,
+                headers={**call.headers, **tracing.outgoing_headers()},
+                tls_profile=registered.tls_profile if registered else None,
             )
             result = await self.caller.send(traced, self.call_timeout(txn, branch))
             tracing.annotate(call_span, http_status=result.http_status)
+            if result.tls_failure is not None:
+                self.metrics.tls_failed(branch.participant, result.tls_failure)
             if result.error is not None:
                 tracing.mark_failed(call_span, result.error)
         await self.participants.report(branch.participant, phase, result, admission)

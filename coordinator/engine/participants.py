@@ -388,7 +388,10 @@ class Participants:
             return
         log.info("breaker_probe", participant=name, probe="health")
         timeout = known.row.call_timeout_s or HEALTH_TIMEOUT_S
-        result = await self.caller.send(OutboundCall("GET", url, {}), timeout)
+        probe = OutboundCall("GET", url, {}, tls_profile=known.row.tls_profile)
+        result = await self.caller.send(probe, timeout)
+        if result.tls_failure is not None:
+            self.metrics.tls_failed(name, result.tls_failure)
         failed = result.http_status is None or not 200 <= result.http_status < 300
         await self._probe_answered(name, known, failed, result)
 

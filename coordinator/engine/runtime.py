@@ -26,6 +26,7 @@ from coordinator.engine.upkeep import Upkeep
 from coordinator.metrics import Metrics
 from coordinator.outbound import HttpCaller, ParticipantCaller, http_session
 from coordinator.settings import Settings
+from coordinator.tlsfiles import ParticipantTls
 from coordinator.txlog import migrator
 from coordinator.txlog.interface import TransactionLog
 from coordinator.txlog.postgres import PostgresLog
@@ -90,13 +91,18 @@ async def running(
 ) -> AsyncIterator[Runtime]:
     """A coordinator on Postgres with real participant calls; recovery and upkeep (alerts,
     retention) run in the background unless ``recovery`` is False (admin commands)."""
+    # Before the database: TLS files that cannot be used stop a serving coordinator's start
+    # in one line (an admin command calls no participant: it need not read them).
+    tls = ParticipantTls.from_settings(settings)
+    if recovery:
+        tls.load_all()
     if settings.migrate:
         await migrator.migrate(database_url)
     txlog = await PostgresLog.connect(database_url, settings.pool_min_size, settings.pool_max_size)
     policy = ParticipantPolicy.from_config(settings.participant_allow)
     session = http_session(policy, settings.max_participant_connections)
     try:
-        caller = HttpCaller(session, settings.max_response_bytes, policy)
+        caller = HttpCaller(session, settings.max_response_bytes, policy, tls)
         runtime = Runtime.build(settings, txlog, caller)
         tracing.configure_export(settings.otlp_endpoint, runtime.driver.owner)
         # Recovery, alert delivery and retention: the background work of a serving

@@ -62,6 +62,7 @@ from coordinator.engine.driver import PhaseDriver, TryOutcome
 from coordinator.engine.recent import RecentTransactions
 from coordinator.metrics import Metrics
 from coordinator.settings import Settings
+from coordinator.tlsfiles import profile_directory
 from coordinator.txlog.interface import DEFAULT_EVENTS_PAGE, TransactionLog
 
 log = structlog.get_logger(__name__)
@@ -657,6 +658,13 @@ class Coordinator:
                 raise InvalidInput(f"{field}: {exc}") from exc
         if new.call_timeout_s is not None:
             self.limits.check_options(new.call_timeout_s, {})
+        profiles = self.settings.participant_tls_profiles_dir
+        if new.tls_profile is not None and profile_directory(profiles, new.tls_profile) is None:
+            raise InvalidInput(
+                f"tls_profile {new.tls_profile!r} is not configured on this coordinator:"
+                f" {profiles or 'TCC_PARTICIPANT_TLS_PROFILES_DIR'} has no directory of that"
+                " name (its tls.crt, tls.key and ca.crt)"
+            )
         if as_service:
             await self.driver.participants.refresh()
             self._refuse_overlap(new, owner)

@@ -916,6 +916,7 @@ class PostgresLog:
                     cancel_url=new.cancel_url,
                     health_url=new.health_url,
                     call_timeout_s=new.call_timeout_s,
+                    tls_profile=new.tls_profile,
                     owner_service=new.owner_service,
                     registered_by=new.registered_by,
                     replace_any=replace_any,

@@ -115,6 +115,7 @@ VALID_ROWS: dict[str, dict[str, object]] = {
     "tcc_participants": {
         "name": "stock",
         "call_timeout_s": None,
+        "tls_profile": None,
         "breaker_state": "closed",
         "breaker_opens": 0,
     },
@@ -134,6 +135,8 @@ VALID_ROWS: dict[str, dict[str, object]] = {
         ("tcc_participants", {"breaker_state": "ajar"}, "tcc_participants_breaker_state_check"),
         ("tcc_participants", {"name": "a b"}, "tcc_participants_name_check"),
         ("tcc_participants", {"breaker_opens": -1}, "tcc_participants_breaker_opens_check"),
+        ("tcc_participants", {"tls_profile": "../x"}, "tcc_participants_tls_profile_check"),
+        ("tcc_participants", {"tls_profile": "default"}, "tcc_participants_tls_profile_check"),
     ],
 )
 def test_in_memory_log__a_row_breaking_a_check__is_refused_as_postgres_refuses_it(

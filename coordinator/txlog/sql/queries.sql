@@ -892,21 +892,21 @@ WHERE least(expires_at, coalesce(revoked_at, expires_at)) < now() - make_interva
 -- --- participants: the registry, their breakers, their calls -----------------------------
 
 -- name: register_participant
--- A participant registered (or registered again: its URLs, health URL and timeout are
--- replaced, its owner too when one is given, its breaker is kept), unless it exists and
+-- A participant registered (or registered again: its URLs, health URL, timeout and TLS
+-- profile are replaced, its owner too when one is given, its breaker is kept), unless it exists and
 -- belongs to another service than :owner_service while :replace_any is false (then no row).
 -- inserted says whether it is new.
 INSERT INTO tcc_participants AS p (
     name, base_url, try_url, confirm_url, cancel_url, health_url, call_timeout_s,
-    owner_service, registered_by
+    tls_profile, owner_service, registered_by
 )
 VALUES (:name, :base_url, :try_url, :confirm_url, :cancel_url, :health_url,
-        :call_timeout_s::float8, :owner_service, :registered_by)
+        :call_timeout_s::float8, :tls_profile, :owner_service, :registered_by)
 ON CONFLICT (name) DO UPDATE
 SET base_url = excluded.base_url, try_url = excluded.try_url,
     confirm_url = excluded.confirm_url, cancel_url = excluded.cancel_url,
     health_url = excluded.health_url, call_timeout_s = excluded.call_timeout_s,
-    owner_service = coalesce(excluded.owner_service, p.owner_service),
+    tls_profile = excluded.tls_profile, owner_service = coalesce(excluded.owner_service, p.owner_service),
     registered_by = excluded.registered_by, updated_at = now()
 WHERE :replace_any::bool OR p.owner_service = excluded.owner_service
 RETURNING *, (xmax = 0) AS inserted;

@@ -1,0 +1,360 @@
+"""Participant calls over real TLS: a participant that requires a client certificate, served
+with certificates of a CA made for the test, called by the coordinator's own caller.
+
+Each case is a real handshake on 127.0.0.1: the right client certificate is accepted; none,
+one from another CA, an expired server certificate, a certificate for another host and plain
+HTTP on an https URL each fail with a clear error of their kind; a client certificate
+rotated on disk is presented on the next connection, without a restart, and a rotation caught
+half-way keeps the last good one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from coordinator.core.records import OutboundCall
+from coordinator.core.tls import TlsFailure, parse_host_rules
+from coordinator.devtools.localca import LocalCA
+from coordinator.outbound import HttpCaller
+from coordinator.tlsfiles import ParticipantTls, TlsConfigError
+from tests.helpers import eventually
+from tests.participant_server import FakeParticipant
+
+_NOW = dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Pki:
+    """A CA and everything it issued for one test, as files."""
+
+    root: Path
+    ca: LocalCA
+    other_ca: LocalCA
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def issue_server(
+        self,
+        name: str,
+        hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> tuple[Path, Path]:
+        cert, key = self.path(f"{name}.crt"), self.path(f"{name}.key")
+        issued = self.ca.issue(name, hosts=hosts, not_before=not_before, not_after=not_after)
+        issued.write(cert, key)
+        return cert, key
+
+    def issue_client(self, name: str, *, ca: LocalCA | None = None) -> tuple[Path, Path]:
+        cert, key = self.path(f"{name}.crt"), self.path(f"{name}.key")
+        (ca or self.ca).issue(name, client=True).write(cert, key)
+        return cert, key
+
+    def server_context(
+        self, cert: Path, key: Path, *, require_client: bool = True
+    ) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        if require_client:
+            context.load_verify_locations(cafile=self.path("ca.crt"))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca, other = LocalCA.create("test CA"), LocalCA.create("another CA")
+    ca.write(tmp_path / "ca.crt", tmp_path / "ca.key")
+    other.write(tmp_path / "other-ca.crt", tmp_path / "other-ca.key")
+    return Pki(tmp_path, ca, other)
+
+
+@pytest.fixture
+async def mtls_participant(pki: Pki) -> AsyncIterator[FakeParticipant]:
+    """A participant serving https, requiring a client certificate from the test CA."""
+    fake = FakeParticipant(pki.server_context(*pki.issue_server("participant")))
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def openssl_server(pki: Pki) -> AsyncIterator[str]:
+    """OpenSSL's test server on 127.0.0.1, requiring a client certificate of the test CA:
+    unlike an asyncio server, it sends its alert when it refuses one."""
+    cert, key = pki.issue_server("openssl")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        "openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
+        "-key", str(key), "-CAfile", str(pki.path("ca.crt")), "-Verify", "1",
+        "-verify_return_error", "-www",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: port_open(port), bool, timeout_s=20)
+        yield f"https://127.0.0.1:{port}/"
+    finally:
+        process.kill()
+        await process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def port_open(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def call(
+    tls: ParticipantTls, url: str, profile: str | None = None
+) -> tuple[int | None, str, TlsFailure | None]:
+    async with aiohttp.ClientSession() as session:
+        caller = HttpCaller(session, 65_536, None, tls)
+        result = await caller.send(
+            OutboundCall("POST", url, {}, b'{"gid": "g", "branch_id": "b"}', tls_profile=profile),
+            timeout_s=10,
+        )
+    return result.http_status, result.error or "", result.tls_failure
+
+
+def trusting(pki: Pki, client: tuple[Path, Path] | None, **extra: object) -> ParticipantTls:
+    cert, key = client if client else (None, None)
+    tls = ParticipantTls(ca=pki.path("ca.crt"), cert=cert, key=key, **extra)  # type: ignore[arg-type]
+    tls.load_all()
+    return tls
+
+
+async def test_the_right_client_certificate__is_accepted(
+    pki: Pki, mtls_participant: FakeParticipant
+) -> None:
+    tls = trusting(pki, pki.issue_client("coordinator"))
+    status, error, failure = await call(tls, f"{mtls_participant.base_url()}/svc/confirm")
+    assert (status, error, failure) == (200, "", None)
+    assert mtls_participant.calls[-1].client_certificate == "coordinator"
+
+
+async def test_no_client_certificate__fails_saying_the_participant_wanted_one(
+    pki: Pki, mtls_participant: FakeParticipant
+) -> None:
+    tls = trusting(pki, None)
+    # An asyncio server drops the connection without its alert: a second handshake, and
+    # its being dropped unasked, tells why.
+    status, error, failure = await call(tls, f"{mtls_participant.base_url()}/svc/confirm")
+    assert status is None
+    assert failure is TlsFailure.CLIENT_CERTIFICATE_MISSING
+    assert error.startswith("TLS: peer did not return a certificate")
+    assert "closes the connection as soon as the handshake ends" in error
+    assert mtls_participant.calls == []
+    # OpenSSL's own server sends its alert, and the error names it.
+    async with openssl_server(pki) as url:
+        status, error, failure = await call(tls, url)
+    assert (status, failure) == (None, TlsFailure.CLIENT_CERTIFICATE_MISSING)
+    assert error.startswith("TLS: peer did not return a certificate")
+
+
+async def test_a_client_certificate_from_another_ca__is_refused_by_the_participant(
+    pki: Pki, mtls_participant: FakeParticipant
+) -> None:
+    tls = trusting(pki, pki.issue_client("stranger", ca=pki.other_ca))
+    status, error, failure = await call(tls, f"{mtls_participant.base_url()}/svc/confirm")
+    assert (status, failure) == (None, TlsFailure.CLIENT_CERTIFICATE_REJECTED)
+    assert error.startswith("TLS: the participant refused our client")
+    assert mtls_participant.calls == []
+    async with openssl_server(pki) as url:
+        status, error, failure = await call(tls, url)
+    assert status is None
+    assert failure is TlsFailure.CLIENT_CERTIFICATE_REJECTED
+    assert "does not trust the CA" in error
+
+
+async def test_an_expired_server_certificate__fails_verification_as_expired(pki: Pki) -> None:
+    expired = pki.issue_server(
+        "expired", not_before=_NOW - dt.timedelta(days=30), not_after=_NOW - dt.timedelta(days=1)
+    )
+    fake = FakeParticipant(pki.server_context(*expired))
+    await fake.start()
+    try:
+        tls = trusting(pki, pki.issue_client("coordinator"))
+        status, error, failure = await call(tls, f"{fake.base_url()}/svc/confirm")
+    finally:
+        await fake.stop()
+    assert status is None
+    assert failure is TlsFailure.EXPIRED_CERTIFICATE
+    assert error.startswith("TLS: certificate verify failed: certificate has expired")
+
+
+async def test_an_untrusted_server__and_one_for_another_host__fail_verification(
+    pki: Pki, mtls_participant: FakeParticipant
+) -> None:
+    client = pki.issue_client("coordinator")
+    # Trusting only the other CA (and not the system's store, which never has the test CA).
+    untrusting = ParticipantTls(ca=pki.path("other-ca.crt"), cert=client[0], key=client[1])
+    status, error, failure = await call(untrusting, f"{mtls_participant.base_url()}/svc/confirm")
+    assert (status, failure) == (None, TlsFailure.UNTRUSTED_CERTIFICATE)
+    assert "certificate verify failed" in error
+    # A certificate issued for another name than the URL's host.
+    fake = FakeParticipant(
+        pki.server_context(*pki.issue_server("elsewhere", hosts=("elsewhere.test",)))
+    )
+    await fake.start()
+    try:
+        status, error, failure = await call(trusting(pki, client), f"{fake.base_url()}/svc/confirm")
+    finally:
+        await fake.stop()
+    assert (status, failure) == (None, TlsFailure.HOSTNAME_MISMATCH)
+    assert "127.0.0.1" in error
+
+
+async def test_a_participant_dropping_a_request_over_tls__is_not_called_a_tls_failure(
+    pki: Pki,
+) -> None:
+    """A participant that accepted the handshake and then failed (it crashed, it closed the
+    connection) is not blamed on certificates: the second handshake is kept waiting."""
+
+    async def drop(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", drop)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    context = pki.server_context(*pki.issue_server("dropper"), require_client=False)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        status, error, failure = await call(trusting(pki, None), f"https://127.0.0.1:{port}/x")
+    finally:
+        await runner.cleanup()
+    assert (status, failure) == (None, None)
+    assert "TLS" not in error
+
+
+async def test_plain_http_on_an_https_url__is_a_protocol_failure(pki: Pki) -> None:
+    plain = FakeParticipant()
+    await plain.start()
+    try:
+        url = f"https://127.0.0.1:{plain.port}/svc/confirm"
+        status, error, failure = await call(trusting(pki, None), url)
+    finally:
+        await plain.stop()
+    assert (status, failure) == (None, TlsFailure.PROTOCOL)
+    assert "does not speak TLS" in error
+
+
+async def test_a_rotated_client_certificate__is_presented_without_a_restart(
+    pki: Pki, mtls_participant: FakeParticipant, clock: Clock
+) -> None:
+    cert, key = pki.path("client.crt"), pki.path("client.key")
+    pki.ca.issue("first", client=True).write(cert, key)
+    tls = ParticipantTls(ca=pki.path("ca.crt"), cert=cert, key=key, clock=clock)
+    tls.load_all()
+    url = f"{mtls_participant.base_url()}/svc/confirm"
+    assert (await call(tls, url))[0] == 200
+    assert mtls_participant.calls[-1].client_certificate == "first"
+
+    # Rotated on disk (each file replaced in one rename, as a secret mount does).
+    pki.ca.issue("second", client=True).write(cert, key)
+    assert (await call(tls, url))[0] == 200  # within the second: not looked at yet
+    assert mtls_participant.calls[-1].client_certificate == "first"
+    clock.now += 1.5
+    assert (await call(tls, url))[0] == 200
+    assert mtls_participant.calls[-1].client_certificate == "second"
+    certificate = tls.certificate()
+    assert certificate is not None
+    assert certificate.subject == "CN=second"
+
+    # Caught half-way: a new certificate beside the old key. The last good pair stays.
+    pki.ca.issue("third", client=True).write(cert, pki.path("unused.key"))
+    clock.now += 1.5
+    assert (await call(tls, url))[0] == 200
+    assert mtls_participant.calls[-1].client_certificate == "second"
+    # ... until its key arrives too.
+    pki.ca.issue("third", client=True).write(cert, key)
+    clock.now += 1.5
+    assert (await call(tls, url))[0] == 200
+    assert mtls_participant.calls[-1].client_certificate == "third"
+
+
+async def test_profiles__by_registration_and_by_host_rule(
+    pki: Pki, mtls_participant: FakeParticipant, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    for name in ("payments", "mesh"):
+        directory = profiles / name
+        directory.mkdir(parents=True)
+        pki.ca.issue(f"as-{name}", client=True).write(directory / "tls.crt", directory / "tls.key")
+        (directory / "ca.crt").write_bytes(pki.ca.cert_pem)
+    tls = ParticipantTls(
+        profiles_dir=profiles,
+        host_rules=parse_host_rules("127.0.0.0/8=mesh"),
+        system_ca=False,
+        ca=pki.path("other-ca.crt"),  # the default profile trusts another CA only
+    )
+    tls.load_all()
+    url = f"{mtls_participant.base_url()}/svc/confirm"
+    assert (await call(tls, url, profile="payments"))[0] == 200
+    assert mtls_participant.calls[-1].client_certificate == "as-payments"
+    assert (await call(tls, url))[0] == 200  # no profile registered: the host rule's
+    assert mtls_participant.calls[-1].client_certificate == "as-mesh"
+    status, error, failure = await call(tls, url, profile="missing")
+    assert (status, failure) == (None, TlsFailure.CONFIGURATION)
+    assert "TLS profile 'missing' is not configured" in error
+    localhost = url.replace("127.0.0.1", "localhost")  # no rule: the default profile
+    assert (await call(tls, localhost))[2] is TlsFailure.UNTRUSTED_CERTIFICATE
+
+
+def test_unusable_files__refuse_to_load_with_one_clear_line(pki: Pki) -> None:
+    cert, key = pki.issue_client("coordinator")
+    _, other_key = pki.issue_client("other")
+    cases = {
+        "cannot read": ParticipantTls(cert=pki.path("nowhere.crt")),
+        "is not the key of": ParticipantTls(cert=cert, key=other_key),
+        "no PEM certificate": ParticipantTls(ca=key.parent / "empty.pem"),
+    }
+    (key.parent / "empty.pem").write_text("not a certificate\n")
+    for expected, tls in cases.items():
+        with pytest.raises(TlsConfigError) as refused:
+            tls.load_all()
+        message = str(refused.value)
+        assert expected in message, message
+        assert "\n" not in message
+        assert "PRIVATE KEY" not in message
