@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from importlib.resources.abc import Traversable
@@ -12,7 +13,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from participants import barrier_purge, schema
+from participants import barrier_purge, schema, tls
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,27 @@ def base_parser(description: str, default_port: int) -> argparse.ArgumentParser:
     parser.add_argument("--database-url", required=True, help="Postgres URL")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port)
+    tls.add_options(parser)  # HTTPS, and client certificates (participants/tls.py)
     return parser
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The HTTPS the parsed --tls-* options ask for (None: plain HTTP). A bad option ends the
+    program before it serves anything: one line on stderr, exit status 2."""
+    try:
+        return tls.server_context(args)
+    except tls.TlsOptionError as exc:
+        print(f"{_program()}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _program() -> str:
+    """How this program was started, for its error line (`python -m participants.wallet`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name:
+        return f"python -m {name.removesuffix('.__main__')}"
+    return sys.argv[0] or "participant"
 
 
 def configure_logging() -> None:
@@ -69,6 +90,24 @@ def configure_logging() -> None:
     )
 
 
-def serve(app: web.Application, host: str, port: int) -> None:
+def serve(
+    app: web.Application, host: str, port: int, tls_context: ssl.SSLContext | None = None
+) -> None:
+    """Run the app until SIGINT/SIGTERM; over HTTPS with ``tls_context`` (see server_tls)."""
     configure_logging()
-    web.run_app(app, host=host, port=port, print=lambda *_: None, access_log=None)
+    if tls_context is not None:
+        log.info(
+            "serving_https",
+            port=port,
+            client_certificate=(
+                "required" if tls_context.verify_mode == ssl.CERT_REQUIRED else "not asked for"
+            ),
+        )
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        ssl_context=tls_context,
+        print=lambda *_: None,
+        access_log=None,
+    )

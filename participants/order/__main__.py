@@ -1,7 +1,7 @@
 import os
 
 from participants.order.app import Peers, create_app
-from participants.service import base_parser, serve
+from participants.service import base_parser, serve, server_tls
 
 if __name__ == "__main__":
     parser = base_parser("the order sample service", 8103)
@@ -20,12 +20,14 @@ if __name__ == "__main__":
         help="API key for the coordinator (env ORDER_COORDINATOR_KEY)",
     )
     args = parser.parse_args()
+    tls = server_tls(args)  # a bad --tls-* option: one line, exit 2
     peers = Peers(
         coordinator=args.coordinator_url,
         wallet=args.wallet_url,
         inventory=args.inventory_url,
-        public=f"http://{args.host}:{args.port}",
+        # Its own branch's URLs: the coordinator calls them over HTTPS when it serves HTTPS.
+        public=f"{'https' if tls else 'http'}://{args.host}:{args.port}",
         coordinator_key=args.coordinator_key,
         notify=args.notify_url,
     )
-    serve(create_app(args.database_url, peers), args.host, args.port)
+    serve(create_app(args.database_url, peers), args.host, args.port, tls)
