@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shlex
 import shutil
 import signal
 import sys
@@ -20,7 +21,7 @@ import aiohttp
 from coordinator.core.errors import UsageError
 from coordinator.devtools.chaos import ChaosConfig, ChaosRun, parse_kinds, report_json
 from coordinator.devtools.demo import run_demo
-from coordinator.devtools.stack import Ports, Stack
+from coordinator.devtools.stack import HTTPS_SERVICES, Ports, Stack
 from coordinator.settings import Settings
 from participants.mailsink import RECEIVED
 
@@ -42,15 +43,30 @@ def coordinator_settings(
     return passed, ignored
 
 
+def refuse_participant_tls(settings: Settings) -> None:
+    """`tcc up --tls` decides the coordinator's participant TLS settings itself: one given
+    too (as a flag or in the environment) is refused before anything starts, not ignored."""
+    given = sorted(n for n in settings.model_fields_set if n.startswith("participant_tls_"))
+    if given:
+        names = ", ".join(f"TCC_{n.upper()}" for n in given)
+        raise UsageError(
+            f"--tls makes the participants' CA and the coordinator's client certificate"
+            f" itself: drop {names}, or run without --tls to use your own"
+        )
+
+
 async def up_command(
     args: argparse.Namespace, settings: Settings, decided: Mapping[str, str]
 ) -> int:
     # Wallet, inventory, order, notify and the SMTP sink, on this port and the four after it.
     if not 1024 <= args.samples_port <= 65531:
         raise UsageError("--samples-port must be between 1024 and 65531")
+    tls = bool(getattr(args, "tls", False))
+    if tls:
+        refuse_participant_tls(settings)
     base = args.samples_port
     ports = Ports(settings.port, base, base + 1, base + 2, notify=base + 3, mailsink=base + 4)
-    stack = Stack(settings.data_dir, ports)
+    stack = Stack(settings.data_dir, ports, tls=tls)
     stack.check_ports()  # before Postgres or any child starts
     passed, ignored = coordinator_settings(settings, decided)
     stop = asyncio.Event()
@@ -58,6 +74,11 @@ async def up_command(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print("tcc up: starting the embedded Postgres, the coordinator and the samples ...")
+    if tls:
+        print(
+            f"tcc up: --tls: the samples serve HTTPS and require a client certificate (mutual"
+            f" TLS), issued by a local CA in {stack.tls_dir}"
+        )
     print(
         "tcc up: WARNING: local development mode, no authentication (--insecure): keep it"
         " on 127.0.0.1"
@@ -175,10 +196,10 @@ def _tcc() -> str:
     return str(beside) if beside.exists() else "tcc"
 
 
-async def _fetch_json(url: str, attempts: int = 3) -> Any:
+async def _fetch_json(stack: Stack, url: str, attempts: int = 3) -> Any:
     """A sample's answer for the banner, or None if it gives none (asked a few times: on a
     busy machine a sample that just started may be slow to answer its first request)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+    async with stack.session(10) as http:
         for _ in range(attempts):
             try:
                 async with http.get(url) as resp:
@@ -195,8 +216,8 @@ async def up_banner(stack: Stack) -> str:
         stack.url(name) for name in ("coordinator", "wallet", "inventory", "order", "notify")
     )
     # What alice has and what a book costs now (the data outlive restarts).
-    alice = await _fetch_json(f"{w}/accounts/alice")
-    catalog = await _fetch_json(f"{o}/catalog")
+    alice = await _fetch_json(stack, f"{w}/accounts/alice")
+    catalog = await _fetch_json(stack, f"{o}/catalog")
     balance = alice.get("balance") if isinstance(alice, dict) else None
     book = next((x for x in catalog or [] if isinstance(x, dict) and x.get("sku") == "book"), None)
     price = book.get("price") if book else None
@@ -208,13 +229,32 @@ async def up_banner(stack: Stack) -> str:
         )
         if part
     )
+    # With --tls, a sample answers only a client with a certificate from the local CA.
+    curl = "curl -s"
+    tls = ""
+    check = f"""; check one with
+               {_tcc()} conformance --participant wallet --url {c} \\
+                 --payload '{{"account": "alice", "amount": 1}}' --check-url {w}/tcc/check"""
+    if stack.certs is not None:
+        certs = stack.certs
+        curl += (
+            f" --cacert {shlex.quote(str(certs.ca))}"
+            f" --cert {shlex.quote(str(certs.cert('developer')))}"
+            f" --key {shlex.quote(str(certs.key('developer')))}"
+        )
+        kept = "made by this run" if certs.made else "kept from an earlier run"
+        tls = f"""
+  mutual TLS   {", ".join(HTTPS_SERVICES)} serve HTTPS and answer only clients that
+               present a certificate issued by the local CA {certs.ca}
+               (the coordinator presents coordinator.crt, the curl lines below
+               developer.crt; all in {certs.folder}, {kept})"""
+        check = """ (tcc conformance
+               presents no client certificate: check them on a tcc up without --tls)"""
     return f"""
   console      {c}/ui/   open it in a browser (no login here: authentication is off)
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID
   participants wallet and inventory are registered: GET {c}/v1/participants, the
-               console's Participants page; check one with
-               {_tcc()} conformance --participant wallet --url {c} \\
-                 --payload '{{"account": "alice", "amount": 1}}' --check-url {w}/tcc/check
+               console's Participants page{check}{tls}
   wallet       {w}    GET /accounts
   inventory    {i}    GET /items
   order        {o}    POST /checkout, GET /orders, GET /catalog
@@ -225,11 +265,11 @@ async def up_banner(stack: Stack) -> str:
   logs         {stack.log_dir}
 
 Place an order{f" ({facts})" if facts else ""}:
-  curl -s -X POST {o}/checkout -d '{{"customer": "alice", "sku": "book", "qty": 2}}'
+  {curl} -X POST {o}/checkout -d '{{"customer": "alice", "sku": "book", "qty": 2}}'
 Its answer names the transaction ("order_id"); look at it in the console ({c}/ui/), or:
   {_tcc()} status ORDER_ID
   curl -s {c}/v1/transactions/ORDER_ID
-  curl -s {w}/accounts
+  {curl} {w}/accounts
 
 Parked transactions (a participant that keeps failing past TCC_GIVE_UP_AFTER_S) are
 announced here. Ctrl-C stops everything."""
