@@ -12,6 +12,7 @@ import asyncpg
 import structlog
 
 from coordinator.core.errors import MigrationError
+from coordinator.txlog.connecting import connect_at_start
 from coordinator.txlog.queries import DbConnection, statement
 
 log = structlog.get_logger(__name__)
@@ -66,8 +67,9 @@ async def pending_migrations(conn: DbConnection) -> list[Migration]:
 
 
 async def migrate(dsn_or_conn: str | asyncpg.Connection) -> list[Migration]:
-    """Apply what is missing; returns the migrations applied by this call."""
-    conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
+    """Apply what is missing; returns the migrations applied by this call. A database that
+    cannot be reached is DatabaseUnavailable, in one line that says why."""
+    conn = await connect_at_start(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     try:
         # Two coordinators starting together: the second waits here, then finds nothing to do.
         await conn.execute(*statement("migrations_lock"))

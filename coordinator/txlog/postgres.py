@@ -67,27 +67,18 @@ from coordinator.core.states import (
 from coordinator.core.writes import AutoDecision, CallRule, DoneRound, Entry, RoundEnd
 from coordinator.txlog import migrator
 from coordinator.txlog.batching import Batcher
+from coordinator.txlog.connecting import (
+    CONNECT_TIMEOUT_S,
+    CONNECTION_ERRORS,
+    START_ERRORS,
+    start_failure,
+)
 from coordinator.txlog.interface import (
     COORDINATORS_SHOWN_FOR_S,
     DEFAULT_EVENTS_PAGE,
     LIVE_COORDINATOR_S,
 )
 from coordinator.txlog.queries import query, statement
-
-# Errors that mean "the database is not there right now", not "the query is wrong".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    # Seen when the server goes away in the middle of a statement ("cannot switch to state").
-    asyncpg.InternalClientError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    TimeoutError,
-)
-
 
 # jsonb in binary form is a version byte (1) before the JSON text. Binary, so that jsonb
 # inside composite rows (RETURNING rows handed back whole) decodes too.
@@ -124,6 +115,8 @@ async def connect_pool(
     max_size: int = 20,
     server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
+    """The pool a log starts with (its first connections made now): a database that cannot
+    be reached is DatabaseUnavailable, in one line that says why (connecting.start_failure)."""
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(
             dsn,
@@ -132,11 +125,12 @@ async def connect_pool(
             server_settings=server_settings,
             init=_init_connection,
             reset=_keep_session,
-            timeout=10,  # connecting; an unreachable database must not hang a request
+            # Connecting; an unreachable database must not hang a request.
+            timeout=CONNECT_TIMEOUT_S,
             command_timeout=60,
         )
-    except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    except START_ERRORS as exc:
+        raise start_failure(dsn, exc) from exc
     return pool
 
 
