@@ -236,6 +236,17 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
         "--only", metavar="NAMES", help="only these scenarios (comma-separated)"
     )
     conformance.add_argument("--json", action="store_true", help="print the report as JSON")
+    # https participants: called with the coordinator's own CA bundle and client certificate.
+    add_settings_flags(
+        conformance,
+        [
+            "participant_tls_ca",
+            "participant_tls_system_ca",
+            "participant_tls_cert",
+            "participant_tls_key",
+            "participant_tls_key_password",
+        ],
+    )
 
     bench = sub.add_parser(
         "bench",
@@ -423,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "key-hash": lambda a, s: key_hash_command(a),
             "demo": lambda a, s: run(_devtools().demo_command()),
             "bench": lambda a, s: run(_devtools().bench_command(a)),
-            "conformance": lambda a, s: run(_conformance().conformance_command(a)),
+            "conformance": lambda a, s: run(_conformance().conformance_command(a, s)),
         }
         code = commands[args.command](args, settings)
         sys.stdout.flush()  # here, so that a reader gone early is caught below
@@ -471,7 +482,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     ensure_port_free(settings.host, settings.port, reuse_port=args.reuse_port)
     budget = plan_connections(settings)
     log_connection_budget(budget)
-    url = resolve_database_url(settings.database_url, settings.data_dir, share=False)
+    url = resolve_database_url(settings, share=False)
     if settings.workers > 1:
         if settings.migrate:
             run(_migrate_quietly(url))
@@ -490,7 +501,7 @@ async def _migrate_quietly(url: str) -> int:
 
 
 async def migrate_command(settings: Settings) -> int:
-    url = resolve_database_url(settings.database_url, settings.data_dir)
+    url = resolve_database_url(settings)
     applied = await migrator.migrate(url)
     if applied:
         for m in applied:
@@ -503,7 +514,7 @@ async def migrate_command(settings: Settings) -> int:
 @contextlib.asynccontextmanager
 async def admin_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """A coordinator for one admin command: no recovery, no migrations, a small pool."""
-    url = resolve_database_url(settings.database_url, settings.data_dir)
+    url = resolve_database_url(settings)
     quiet = settings.model_copy(update={"migrate": False, "pool_min_size": 1, "pool_max_size": 2})
     async with running(quiet, url, recovery=False) as runtime:
         yield runtime
@@ -698,7 +709,7 @@ def _words(text: str, flag: str) -> str:
 
 
 async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database_url(settings.database_url, settings.data_dir)
+    url = resolve_database_url(settings)
     async with running(settings, url, recovery=not args.once) as runtime:
         if not args.once:
             await _until_signalled(runtime)

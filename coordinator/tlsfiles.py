@@ -198,6 +198,15 @@ class ParticipantTls:
             return loaded.problem
         return Chosen(loaded.context, loaded.certificate is not None)
 
+    def context(self, profile: str = DEFAULT_PROFILE) -> ssl.SSLContext:
+        """A profile's context now, for tools that call with one profile (TlsConfigError
+        when its files cannot be used)."""
+        loaded = self._refresh(profile)
+        if loaded.context is None:
+            assert loaded.problem is not None
+            raise TlsConfigError(loaded.problem.message)
+        return loaded.context
+
     def certificate(self, profile: str = DEFAULT_PROFILE) -> LoadedCertificate | None:
         """The client certificate a profile presents, as last loaded."""
         loaded = self._loaded.get(profile)

@@ -29,11 +29,16 @@ from coordinator.devtools.conformance_report import as_json, as_text, ok
 from coordinator.devtools.conformance_scenarios import SCENARIOS, run_all
 from coordinator.devtools.conformance_target import from_registry, read_command_line
 from coordinator.devtools.conformance_trial import Scenario
+from coordinator.settings import Settings
+from coordinator.tlsfiles import ParticipantTls
 
 
-async def conformance_command(args: argparse.Namespace) -> int:
+async def conformance_command(args: argparse.Namespace, settings: Settings) -> int:
     asked = read_command_line(args)
-    async with aiohttp.ClientSession() as session:
+    # https participants are called as the coordinator calls them: the same CA bundle and
+    # client certificate (TCC_PARTICIPANT_TLS_*, the default profile).
+    tls = ParticipantTls.from_settings(settings).context()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session:
         target = asked if isinstance(asked, Target) else await from_registry(session, asked)
         scenarios = chosen(target, args.only)
         await reach(target)
