@@ -292,7 +292,7 @@ class Settings(BaseSettings):
     participant_tls_insecure_skip_verify: bool = Field(
         default=False,
         description="DEVELOPMENT ONLY: accept any participant certificate and host name"
-        " (logged as a warning at start and counted on every call)",
+        " (a warning in the log at every start)",
     )
     max_payload_bytes: int = Field(
         default=65_536, ge=16, description="Largest branch payload (JSON) or DTM data"
