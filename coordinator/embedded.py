@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 import structlog
+from pydantic import SecretStr
 
-from coordinator.core.errors import EmbeddedDatabaseError
+from coordinator.core.errors import EmbeddedDatabaseError, UsageError
+
+if TYPE_CHECKING:
+    from coordinator.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -89,32 +96,121 @@ def start_embedded(data_dir: Path, *, share: bool = True) -> str:
     return uri
 
 
-def resolve_database_url(database_url: str | None, data_dir: Path, *, share: bool = True) -> str:
-    """The configured database, or the embedded one in ``data_dir`` (joined if another
-    process runs it and ``share``; admin commands do, `tcc serve` does not)."""
-    if database_url:
-        log.info("database_selected", kind="external", url=redact(database_url))
-        return database_url
-    uri = start_embedded(data_dir, share=share)
+def resolve_database_url(settings: Settings, *, share: bool = True) -> str:
+    """The configured database (with the database_ssl* settings in its query), or the
+    embedded one in ``data_dir`` (joined if another process runs it and ``share``; admin
+    commands do, `tcc serve` does not)."""
+    if settings.database_url:
+        url = with_tls_parameters(settings.database_url, tls_parameters(settings))
+        query = _query(url)
+        mode = query.get("sslmode") or os.environ.get("PGSSLMODE")  # as asyncpg reads it
+        if mode in (None, "allow", "prefer") and "sslrootcert" in query:
+            log.warning(
+                "database_tls_unverified",
+                message=f"sslrootcert is given but sslmode is {mode or 'prefer'}: the database"
+                " server's certificate is not checked; set sslmode=verify-full",
+            )
+        log.info("database_selected", kind="external", url=redact(url))
+        return url
+    uri = start_embedded(settings.data_dir, share=share)
     log.info(
         "database_selected",
         kind="embedded",
-        data_dir=str(data_dir),
+        data_dir=str(settings.data_dir),
         url=uri,
-        message=f"using the embedded Postgres in {data_dir} (set TCC_DATABASE_URL for another)",
+        message=f"using the embedded Postgres in {settings.data_dir} (set TCC_DATABASE_URL for"
+        " another)",
     )
     return uri
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    from yarl import URL
+# The libpq parameters of TLS that asyncpg reads from a URL's query, each given by a setting.
+TLS_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
+_PATH_PARAMETERS = ("sslrootcert", "sslcert", "sslkey")
+# Query parameters whose values no log line shows.
+_SECRET_PARAMETERS = ("password", "sslpassword")
 
+
+def tls_parameters(settings: Settings) -> dict[str, str]:
+    """The database_ssl* settings that are set, by their URL parameter's name."""
+    values = {
+        "sslmode": settings.database_sslmode,
+        "sslrootcert": settings.database_sslrootcert,
+        "sslcert": settings.database_sslcert,
+        "sslkey": settings.database_sslkey,
+        "sslpassword": settings.database_sslpassword,
+    }
+    return {
+        name: value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for name, value in values.items()
+        if value is not None
+    }
+
+
+def with_tls_parameters(url: str, given: Mapping[str, str]) -> str:
+    """``url`` with the ``given`` TLS parameters added to its query. A parameter the URL
+    already has keeps its place when both say the same; if they differ, UsageError: which
+    one was meant is not ours to guess."""
+    present = _query(url)
+    extra: list[tuple[str, str]] = []
+    for name, value in given.items():
+        if name not in TLS_PARAMETERS:
+            raise ValueError(f"{name} is not a TLS parameter of the database URL")
+        if name not in present:
+            extra.append((name, value))
+        elif not _same(name, present[name], value):
+            setting = f"TCC_DATABASE_{name.upper()} (--database-{name})"
+            if name in _SECRET_PARAMETERS:
+                where = f"in TCC_DATABASE_URL and in {setting}"
+            else:
+                where = f"{present[name]} in TCC_DATABASE_URL, {value} in {setting}"
+            raise UsageError(f"{name} is given twice, differently: {where}; give it in one place")
+    if not extra:
+        return url
+    base, hash_, fragment = url.partition("#")
+    added = urlencode(extra, quote_via=quote, safe="/")
+    if "?" not in base:
+        base += "?"
+    elif not base.endswith(("?", "&")):
+        base += "&"
+    return base + added + hash_ + fragment
+
+
+def _same(name: str, in_url: str, in_setting: str) -> bool:
+    if name in _PATH_PARAMETERS:
+        return Path(in_url) == Path(in_setting)
+    return in_url == in_setting
+
+
+def _query(url: str) -> dict[str, str]:
+    """The URL's query as asyncpg reads it (percent-decoded; the last of a repeated name)."""
     try:
-        parsed = URL(url)
+        return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    except ValueError:
+        return {}
+
+
+def redact(url: str) -> str:
+    """The URL without its password or its client key's password, for logs."""
+    try:
+        parts = urlsplit(url)
     except ValueError:
         return "(unparseable database URL)"
-    return str(parsed.with_password("***")) if parsed.password else url
+    redacted = url
+    userinfo, at, _hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.partition(":")[0]
+        redacted = redacted.replace(f"{userinfo}@", f"{user}:***@", 1)
+    if parts.query:
+        hidden = "&".join(_hide_secret(pair) for pair in parts.query.split("&"))
+        if hidden != parts.query:
+            redacted = redacted.replace(f"?{parts.query}", f"?{hidden}", 1)
+    return redacted
+
+
+def _hide_secret(pair: str) -> str:
+    name, equals, _value = pair.partition("=")
+    return f"{name}=***" if equals and unquote_plus(name) in _SECRET_PARAMETERS else pair
 
 
 class EmbeddedServer:
