@@ -248,8 +248,12 @@ async def up_banner(stack: Stack) -> str:
                present a certificate issued by the local CA {certs.ca}
                (the coordinator presents coordinator.crt, the curl lines below
                developer.crt; all in {certs.folder}, {kept})"""
-        check = """ (tcc conformance
-               presents no client certificate: check them on a tcc up without --tls)"""
+        check = f"""; check one with
+               {_tcc()} conformance --participant wallet --url {c} \\
+                 --payload '{{"account": "alice", "amount": 1}}' --check-url {w}/tcc/check \\
+                 --participant-tls-ca {shlex.quote(str(certs.ca))} \\
+                 --participant-tls-cert {shlex.quote(str(certs.cert("developer")))} \\
+                 --participant-tls-key {shlex.quote(str(certs.key("developer")))}"""
     return f"""
   console      {c}/ui/   open it in a browser (no login here: authentication is off)
   coordinator  {c}   GET /v1/transactions, GET /v1/transactions/GID

@@ -24,7 +24,7 @@ from participants.notify.app import message_id
 from participants.order.app import mail_gid
 from tests.acceptance.test_up_and_demo import _answers, _sample_ports, _start_up
 from tests.helpers import eventually
-from tests.processes import TCC
+from tests.processes import TCC, run_tcc_async
 
 pytestmark = pytest.mark.slow
 
@@ -182,6 +182,20 @@ async def test_up_tls__says_so_takes_an_order_over_mutual_tls_and_stops(tmp_path
             status, placed = await _json(http, "POST", f"{order}/checkout", json=body)
             assert status == 200, placed
             assert placed["transaction"] == "confirmed"
+        # The banner's conformance line: the wallet checked over mutual TLS, as the
+        # coordinator calls it.
+        code, report, err = await run_tcc_async(
+            "conformance",
+            "--participant", "wallet",
+            "--url", f"http://127.0.0.1:{coordinator_port}",
+            "--payload", '{"account": "alice", "amount": 1}',
+            "--check-url", f"https://127.0.0.1:{samples}/tcc/check",
+            "--participant-tls-ca", str(tls / "ca.crt"),
+            "--participant-tls-cert", str(tls / "developer.crt"),
+            "--participant-tls-key", str(tls / "developer.key"),
+            env=clean_env(),
+        )  # fmt: skip
+        assert code == 0, report + err
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
@@ -191,6 +205,7 @@ async def test_up_tls__says_so_takes_an_order_over_mutual_tls_and_stops(tmp_path
     assert f"wallet       https://127.0.0.1:{samples}" in out
     assert f"--cacert {tls / 'ca.crt'} --cert {tls / 'developer.crt'}" in out
     assert "made by this run" in out
+    assert f"--participant-tls-cert {tls / 'developer.crt'}" in out
     assert "tcc up: stopped" in out
 
 
