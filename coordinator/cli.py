@@ -99,7 +99,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ) from exc
 
 
-DB_FLAGS = ["database_url", "data_dir", "log_level", "log_format"]
+# What every command that reads the log takes: where it is, and how to reach it over TLS.
+DB_FLAGS = [
+    "database_url",
+    "database_sslmode",
+    "database_sslrootcert",
+    "database_sslcert",
+    "database_sslkey",
+    "database_sslpassword",
+    "data_dir",
+    "log_level",
+    "log_format",
+]
 
 # Settings `tcc up` decides itself, and why; every other coordinator setting given to it
 # (a flag or a TCC_* variable) goes on to the coordinator it starts.
