@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -182,6 +183,14 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self._certificate_expiry = Gauge(
+            "tcc_participant_tls_certificate_expiry_timestamp_seconds",
+            "When the client certificate a TLS profile presents to participants expires (Unix"
+            " time, as last loaded: a rotated certificate moves it)",
+            ["profile"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self._connection_limit = Gauge(
             "tcc_inbound_connections_limit",
             "Most inbound HTTP connections at once (the cap; 0 when not served by tcc serve)",
@@ -233,6 +242,9 @@ class Metrics:
 
     def tls_failed(self, participant: str | None, kind: TlsFailure) -> None:
         self._tls_failures.labels(participant or UNREGISTERED, kind.value).inc()
+
+    def client_certificate_loaded(self, profile: str, not_after: datetime) -> None:
+        self._certificate_expiry.labels(profile).set(not_after.timestamp())
 
     def call_held(self, participant: str, phase: str) -> None:
         self._held.labels(participant, phase).inc()

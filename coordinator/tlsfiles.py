@@ -123,6 +123,8 @@ class ParticipantTls:
         self.skip_verify = skip_verify
         self._clock = clock
         self._loaded: dict[str, _Loaded] = {}
+        # Told of each client certificate as it is loaded (a metric of when it expires).
+        self._on_certificate: Callable[[str, dt.datetime], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParticipantTls:
@@ -206,6 +208,14 @@ class ParticipantTls:
             assert loaded.problem is not None
             raise TlsConfigError(loaded.problem.message)
         return loaded.context
+
+    def report_certificates(self, report: Callable[[str, dt.datetime], None]) -> None:
+        """``report(profile, not_after)`` for each client certificate loaded so far, and
+        for every one loaded from now on."""
+        self._on_certificate = report
+        for name, loaded in self._loaded.items():
+            if loaded.certificate is not None:
+                report(name, loaded.certificate.not_after)
 
     def certificate(self, profile: str = DEFAULT_PROFILE) -> LoadedCertificate | None:
         """The client certificate a profile presents, as last loaded."""
@@ -326,6 +336,8 @@ class ParticipantTls:
         if files.paths() or reloaded:  # (nothing configured: nothing to say)
             event = "participant_tls_reloaded" if reloaded else "participant_tls_loaded"
             log.info(event, **fields)
+        if certificate is not None and self._on_certificate is not None:
+            self._on_certificate(name, certificate.not_after)
         if certificate is not None:
             left = certificate.not_after - dt.datetime.now(dt.UTC)
             if left < EXPIRY_WARNING:

@@ -104,6 +104,7 @@ async def running(
     try:
         caller = HttpCaller(session, settings.max_response_bytes, policy, tls)
         runtime = Runtime.build(settings, txlog, caller)
+        tls.report_certificates(runtime.driver.metrics.client_certificate_loaded)
         tracing.configure_export(settings.otlp_endpoint, runtime.driver.owner)
         # Recovery, alert delivery and retention: the background work of a serving
         # coordinator (an admin command's does none of it).

@@ -6,6 +6,7 @@ coordinator reads is fixed on disk (no restart); TLS files that cannot be used s
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ async def test_a_registered_tls_profile__presents_its_certificate(
         ("try", "tcc-payments"),
         ("confirm", "tcc-payments"),
     ]
+    # When the profile's certificate expires (LocalCA issues for 90 days), for alerting.
+    _, metrics, _ = await c.request("GET", "/metrics")
+    [line] = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(
+            'tcc_participant_tls_certificate_expiry_timestamp_seconds{profile="payments"}'
+        )
+    ]
+    expires = dt.datetime.fromtimestamp(float(line.split()[-1]), dt.UTC)
+    assert dt.timedelta(days=89) < expires - dt.datetime.now(dt.UTC) < dt.timedelta(days=91)
 
 
 async def test_a_refused_handshake__is_retried_with_its_reason_until_the_certificate_is_fixed(
