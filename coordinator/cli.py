@@ -43,7 +43,9 @@ from coordinator.report import (
     format_time,
 )
 from coordinator.settings import Settings
+from coordinator.tlsfiles import ParticipantTls
 from coordinator.txlog import migrator
+from coordinator.txlog.connecting import connect_at_start
 from coordinator.workers import Supervisor
 
 
@@ -493,10 +495,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     ensure_port_free(settings.host, settings.port, reuse_port=args.reuse_port)
     budget = plan_connections(settings)
     log_connection_budget(budget)
+    if settings.workers > 1:
+        # The supervisor checks what each worker would refuse to start on, so that a
+        # refusal is one line here rather than workers restarted every second.
+        ParticipantTls.from_settings(settings).load_all()
     url = resolve_database_url(settings, share=False)
     if settings.workers > 1:
-        if settings.migrate:
-            run(_migrate_quietly(url))
+        run(_migrate_quietly(url) if settings.migrate else _reach_database(url))
         env = settings.as_environment()
         env["TCC_DATABASE_URL"] = url
         return Supervisor(settings.workers, env).run()
@@ -508,6 +513,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _migrate_quietly(url: str) -> int:
     await migrator.migrate(url)
+    return 0
+
+
+async def _reach_database(url: str) -> int:
+    connection = await connect_at_start(url)
+    await connection.close()
     return 0
 
 

@@ -243,7 +243,12 @@ class Metrics:
     def tls_failed(self, participant: str | None, kind: TlsFailure) -> None:
         self._tls_failures.labels(participant or UNREGISTERED, kind.value).inc()
 
-    def client_certificate_loaded(self, profile: str, not_after: datetime) -> None:
+    def client_certificate_loaded(self, profile: str, not_after: datetime | None) -> None:
+        """``None``: the profile presents no certificate any more (its series goes)."""
+        if not_after is None:
+            with contextlib.suppress(KeyError):
+                self._certificate_expiry.remove(profile)
+            return
         self._certificate_expiry.labels(profile).set(not_after.timestamp())
 
     def call_held(self, participant: str, phase: str) -> None:

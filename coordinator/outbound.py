@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 import ssl
 import time
@@ -23,14 +24,17 @@ from coordinator.core.records import CallResult, OutboundCall
 from coordinator.core.tls import (
     TlsProblem,
     alert_failure,
-    closed_after_handshake,
+    closed_in_handshake,
     verify_failure,
 )
-from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, parse_target
+from coordinator.core.urlpolicy import ParticipantPolicy, PolicyError, Target, parse_target
 from coordinator.tlsfiles import ParticipantTls
 
-# How long the diagnosis of a dropped https connection may take, in each of its two steps.
+# How long the diagnosis of a dropped https connection may take, in each of its two steps,
+# and the least time left of the call for which it is tried at all.
 DROP_DIAGNOSIS_S = 1.0
+MIN_DIAGNOSIS_S = 0.2
+_CONTEXT_REPR = re.compile(r"ssl:<ssl\.SSLContext object at 0x[0-9a-f]+>")
 
 
 class ParticipantCaller(Protocol):
@@ -52,43 +56,7 @@ class HttpCaller:
         self.policy = policy
         # None: https calls use aiohttp's defaults (tools that call one participant).
         self.tls = tls
-
-    async def _diagnose_drop(
-        self, url: str, context: ssl.SSLContext, presents_certificate: bool, exc: BaseException
-    ) -> TlsProblem | None:
-        """An https call whose connection was dropped: was it our certificate? A TLS 1.3
-        server judges the client's certificate after the client has finished its side of
-        the handshake; one that then drops the connection without its alert (asyncio-based
-        servers do) leaves only a reset. So: one more handshake, then listen without
-        sending. A server that accepted us waits for a request; one that closes at once
-        refused our certificate (or our lack of one)."""
-        try:
-            target = parse_target(url)
-            async with asyncio.timeout(DROP_DIAGNOSIS_S):
-                address = target.host
-                if self.policy is not None:  # the same DNS rules as the call itself
-                    found = await PolicyResolver(self.policy).resolve(target.host, target.port)
-                    address = found[0]["host"]
-                reader, writer = await asyncio.open_connection(
-                    address, target.port, ssl=context, server_hostname=target.host
-                )
-        except Exception:  # no diagnosis: the call's own error stands
-            return None
-        try:
-            async with asyncio.timeout(DROP_DIAGNOSIS_S):
-                closed = await reader.read(1) == b""
-        except TimeoutError:
-            closed = False  # it waits for a request: the handshake was accepted
-        except (OSError, ssl.SSLError) as read_error:
-            problem = tls_problem(read_error)
-            if problem is not None:
-                return problem
-            closed = True
-        finally:
-            writer.close()
-        if not closed:
-            return None
-        return closed_after_handshake(presents_certificate, _describe(exc))
+        self.diagnosis = DropDiagnosis(policy)
 
     async def send(self, call: OutboundCall, timeout_s: float) -> CallResult:
         started = time.perf_counter()
@@ -120,9 +88,15 @@ class HttpCaller:
         except TimeoutError:
             return CallResult(None, None, f"timed out after {timeout_s:g}s", _ms_since(started))
         except Exception as exc:  # a call must never break a round: it just did not succeed
-            problem = tls_problem(exc)
+            problem = tls_problem(exc, presents_certificate)
             if problem is None and isinstance(context, ssl.SSLContext) and _was_dropped(exc):
-                problem = await self._diagnose_drop(call.url, context, presents_certificate, exc)
+                problem = await self.diagnosis.problem(
+                    call.url,
+                    context,
+                    presents_certificate,
+                    _describe(exc),
+                    budget_s=timeout_s - (time.perf_counter() - started),
+                )
             if problem is not None:
                 return _tls_failed(problem, started)
             return CallResult(None, None, _describe(exc), _ms_since(started))
@@ -166,7 +140,132 @@ def _tls_failed(problem: TlsProblem, started: float) -> CallResult:
     )
 
 
-def tls_problem(exc: BaseException) -> TlsProblem | None:
+class DropDiagnosis:
+    """Why an https connection was dropped: was it our certificate?
+
+    A TLS 1.3 server judges the client's certificate after the client has finished its side
+    of the handshake, and a TLS 1.2 one during it; a server that then drops the connection
+    without its alert (asyncio-based servers do) leaves only a reset. So: a TCP connection
+    (is anyone there at all?), one more handshake, then listen without sending. A server
+    that accepted us waits for a request; one that closes during the handshake or at once
+    after it refused our certificate (or our lack of one).
+
+    It spends at most what is left of the call's time (and two seconds), looks at most
+    ``most_at_once`` times at once (beyond: no diagnosis), and remembers its verdict for a
+    participant and context for ``remember_s``, so that a storm of resets costs a few
+    looks, not one each."""
+
+    def __init__(
+        self,
+        policy: ParticipantPolicy | None,
+        *,
+        most_at_once: int = 4,
+        remember_s: float = 10.0,
+    ) -> None:
+        self.policy = policy
+        self.most_at_once = most_at_once
+        self.remember_s = remember_s
+        self._running = 0
+        self._verdicts: dict[tuple[str, int, int, bool], tuple[float, TlsProblem | None]] = {}
+
+    async def problem(
+        self,
+        url: str,
+        context: ssl.SSLContext,
+        presents_certificate: bool,
+        error: str,
+        *,
+        budget_s: float,
+    ) -> TlsProblem | None:
+        budget_s = min(budget_s, 2 * DROP_DIAGNOSIS_S)
+        try:
+            target = parse_target(url)
+        except PolicyError:
+            return None
+        key = (target.host, target.port, id(context), presents_certificate)
+        now = time.monotonic()
+        remembered = self._verdicts.get(key)
+        if remembered is not None and now - remembered[0] < self.remember_s:
+            return _about(remembered[1], error)
+        if budget_s < MIN_DIAGNOSIS_S or self._running >= self.most_at_once:
+            return None
+        self._running += 1
+        try:
+            verdict = await self._look(target, context, presents_certificate, budget_s)
+        finally:
+            self._running -= 1
+        if len(self._verdicts) > 1000:  # (bounded: participants come and go)
+            self._verdicts.clear()
+        self._verdicts[key] = (time.monotonic(), verdict)
+        return _about(verdict, error)
+
+    async def _look(
+        self,
+        target: Target,
+        context: ssl.SSLContext,
+        presents_certificate: bool,
+        budget_s: float,
+    ) -> TlsProblem | None:
+        """The verdict, with a slot for the call's own error (it is remembered)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                address = target.host
+                if self.policy is not None:  # the same DNS rules as the call itself
+                    found = await PolicyResolver(self.policy).resolve(
+                        target.host, target.port, socket.AF_UNSPEC
+                    )
+                    address = found[0]["host"]
+                _, plain = await asyncio.open_connection(address, target.port)
+                plain.close()
+        except Exception:  # nobody there, or no time: the call's own error stands
+            return None
+        try:
+            async with asyncio.timeout_at(deadline):
+                reader, writer = await asyncio.open_connection(
+                    address, target.port, ssl=context, server_hostname=target.host
+                )
+        except TimeoutError:
+            return None
+        except Exception as handshake_error:
+            problem = tls_problem(handshake_error, presents_certificate)
+            if problem is None and _was_dropped(handshake_error):
+                problem = closed_in_handshake(
+                    presents_certificate,
+                    during=True,
+                    error=_SLOT,
+                    only_tls13=context.minimum_version is ssl.TLSVersion.TLSv1_3,
+                )
+            return problem
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + DROP_DIAGNOSIS_S)):
+                closed = await reader.read(1) == b""
+        except TimeoutError:
+            closed = False  # it waits for a request: the handshake was accepted
+        except Exception as read_error:
+            problem = tls_problem(read_error, presents_certificate)
+            if problem is not None:
+                return problem
+            closed = True
+        finally:
+            writer.close()
+        if not closed:
+            return None
+        return closed_in_handshake(presents_certificate, during=False, error=_SLOT)
+
+
+_SLOT = "\x00"  # where a verdict names the call's error (control characters never do)
+
+
+def _about(verdict: TlsProblem | None, error: str) -> TlsProblem | None:
+    """A verdict about this call: its own error in the slot."""
+    if verdict is None or _SLOT not in verdict.message:
+        return verdict
+    return TlsProblem(verdict.kind, verdict.message.replace(_SLOT, error))
+
+
+def tls_problem(exc: BaseException, presents_certificate: bool = False) -> TlsProblem | None:
     """What TLS error, if any, lies under a failed call (aiohttp wraps OpenSSL's: at the
     handshake, or at the first read when a TLS 1.3 server refuses our certificate)."""
     for current in _chain(exc):
@@ -175,13 +274,20 @@ def tls_problem(exc: BaseException) -> TlsProblem | None:
         if isinstance(current, ssl.SSLCertVerificationError) and hasattr(current, "verify_code"):
             return verify_failure(current.verify_code, current.verify_message)
         if isinstance(current, ssl.SSLError) and hasattr(current, "reason"):
-            return alert_failure(current.reason, str(current))
+            return alert_failure(current.reason, str(current), presents_certificate)
     return None
 
 
 def _was_dropped(exc: BaseException) -> bool:
     return any(
-        isinstance(e, ConnectionResetError | aiohttp.ServerDisconnectedError) for e in _chain(exc)
+        isinstance(
+            e,
+            ConnectionResetError
+            | aiohttp.ServerDisconnectedError
+            | ssl.SSLEOFError
+            | asyncio.IncompleteReadError,
+        )
+        for e in _chain(exc)
     )
 
 
@@ -203,7 +309,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    # (aiohttp names the SSL context it used by its address in memory: of no use to anyone.)
+    text = _CONTEXT_REPR.sub("ssl:tls", str(exc)) or type(exc).__name__
     return printable(f"{type(exc).__name__}: {text}"[:500])
 
 

@@ -16,16 +16,17 @@ the console or the API shows can contain one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from cryptography import x509
 
 from coordinator.core.errors import CoordinatorError
 from coordinator.core.tls import (
@@ -47,6 +48,8 @@ log = structlog.get_logger()
 
 # How often a profile's files are looked at again (a stat each) while calls use it.
 RECHECK_S = 1.0
+# How often every profile is looked at, used or not (the expiry metric follows rotations).
+KEEP_FRESH_S = 60.0
 # A client certificate expiring sooner than this is logged as a warning at each load.
 EXPIRY_WARNING = dt.timedelta(days=14)
 
@@ -90,11 +93,11 @@ class Chosen:
 @dataclass(slots=True)
 class _Loaded:
     context: ssl.SSLContext | None  # None: never loaded successfully
-    fingerprint: tuple[tuple[int, int, int, int] | None, ...]
+    fingerprint: Fingerprint | None  # None: read the files again at the next look
     certificate: LoadedCertificate | None = None
     problem: TlsProblem | None = None
     checked_at: float = 0.0
-    reported: tuple[tuple[int, int, int, int] | None, ...] | None = field(default=None)
+    reported: Fingerprint | None = None  # the files last warned about
 
 
 class ParticipantTls:
@@ -123,8 +126,9 @@ class ParticipantTls:
         self.skip_verify = skip_verify
         self._clock = clock
         self._loaded: dict[str, _Loaded] = {}
-        # Told of each client certificate as it is loaded (a metric of when it expires).
-        self._on_certificate: Callable[[str, dt.datetime], None] | None = None
+        # Told of each profile's client certificate as it is loaded (None: it presents
+        # none now): a metric of when it expires.
+        self._on_certificate: Callable[[str, dt.datetime | None], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParticipantTls:
@@ -145,7 +149,8 @@ class ParticipantTls:
 
     def load_all(self) -> None:
         """Load the default profile and every profile directory now: a coordinator whose TLS
-        files cannot be used refuses to start (TlsConfigError, one line)."""
+        files cannot be used, or whose host rules name a profile it does not have, refuses
+        to start (TlsConfigError, one line)."""
         if self.skip_verify:
             log.warning(
                 "participant_tls_verification_off",
@@ -153,7 +158,16 @@ class ParticipantTls:
                 " and host names are NOT verified; anyone on the path can impersonate a"
                 " participant. Development only.",
             )
-        for name in [DEFAULT_PROFILE, *self.profile_names()]:
+        names = self.profile_names()
+        for rule in self._host_rules:
+            if rule.profile not in names:
+                raise TlsConfigError(
+                    f"TLS configuration: TCC_PARTICIPANT_TLS_HOSTS names the profile"
+                    f" {rule.profile!r}, which {self._profiles_dir} has no directory for"
+                )
+        # (Nothing configured for the default profile: it is made at its first use.)
+        default = [DEFAULT_PROFILE] if self._default.paths() else []
+        for name in [*default, *names]:
             loaded = self._load(name)
             if loaded.problem is not None:
                 raise TlsConfigError(loaded.problem.message)
@@ -164,29 +178,31 @@ class ParticipantTls:
             return []
         try:
             entries = sorted(self._profiles_dir.iterdir())
+            # Kubernetes mounts add hidden ..data links; only visible directories count.
+            found = [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
         except OSError as exc:
             raise TlsConfigError(
                 f"TLS configuration: cannot read TCC_PARTICIPANT_TLS_PROFILES_DIR"
                 f" {self._profiles_dir}: {exc.strerror or exc}"
             ) from None
-        names = []
-        for entry in entries:
-            # Kubernetes mounts add hidden ..data links; only visible directories count.
-            if entry.is_dir() and not entry.name.startswith("."):
-                try:
-                    names.append(check_profile_name(entry.name))
-                except ValueError:
-                    continue
-        return names
+        return [name for name in found if _is_profile_name(name)]
 
-    def has_profile(self, name: str) -> bool:
-        return self._profile_dir(name) is not None
+    async def keep_fresh(self, every_s: float = KEEP_FRESH_S) -> None:
+        """Look at every profile's files now and then, used or not, so that what is said of
+        their certificates (the expiry metric, the warnings) follows a rotation on disk."""
+        while True:
+            await asyncio.sleep(every_s)
+            names = set(self._loaded)
+            with contextlib.suppress(TlsConfigError):
+                names |= set(self.profile_names())
+            for name in sorted(names):
+                self._refresh(name)
 
     # --- per call ----------------------------------------------------------------------
 
     def context_for(self, url: str, registered_profile: str | None) -> Chosen | TlsProblem:
         """The context for an https call to ``url`` by a participant registered with
-        ``registered_profile`` (or none), or the problem that stops the call."""
+        ``registered_profile`` (or none), or the problem that stops the call. Never raises."""
         try:
             target = parse_target(url)
         except PolicyError as exc:  # (the URL policy refuses it first; kept for safety)
@@ -209,9 +225,9 @@ class ParticipantTls:
             raise TlsConfigError(loaded.problem.message)
         return loaded.context
 
-    def report_certificates(self, report: Callable[[str, dt.datetime], None]) -> None:
+    def report_certificates(self, report: Callable[[str, dt.datetime | None], None]) -> None:
         """``report(profile, not_after)`` for each client certificate loaded so far, and
-        for every one loaded from now on."""
+        for every one loaded from now on (``None``: the profile presents none any more)."""
         self._on_certificate = report
         for name, loaded in self._loaded.items():
             if loaded.certificate is not None:
@@ -224,15 +240,26 @@ class ParticipantTls:
 
     # --- loading -----------------------------------------------------------------------
 
+    def _candidates(self, name: str) -> tuple[Path, ...]:
+        """Every path whose coming, going or changing changes the profile (a file that does
+        not exist yet included, and a profile's directory itself)."""
+        if name == DEFAULT_PROFILE:
+            return tuple(self._default.paths())
+        if self._profiles_dir is None or not _is_profile_name(name):
+            return ()
+        directory = self._profiles_dir / name
+        own = (directory / f for f in (PROFILE_CA_FILE, PROFILE_CERT_FILE, PROFILE_KEY_FILE))
+        default_ca = (self._default.ca,) if self._default.ca is not None else ()
+        return (directory, *own, *default_ca)
+
     def _files(self, name: str) -> ProfileFiles | TlsProblem:
         if name == DEFAULT_PROFILE:
             return self._default
-        directory = self._profile_dir(name)
+        directory = profile_directory(self._profiles_dir, name)
         if directory is None:
-            where = self._profiles_dir or "(TCC_PARTICIPANT_TLS_PROFILES_DIR is not set)"
             return configuration_failure(
                 f"TLS profile {name!r} is not configured on this coordinator (no directory"
-                f" {name!r} in {where})"
+                f" of that name in TCC_PARTICIPANT_TLS_PROFILES_DIR)"
             )
         ca, cert, key = (
             directory / f for f in (PROFILE_CA_FILE, PROFILE_CERT_FILE, PROFILE_KEY_FILE)
@@ -244,34 +271,25 @@ class ParticipantTls:
             key if key.exists() else None,
         )
 
-    def _profile_dir(self, name: str) -> Path | None:
-        return profile_directory(self._profiles_dir, name)
-
     def _refresh(self, name: str) -> _Loaded:
         loaded = self._loaded.get(name)
-        files = self._files(name)
-        if isinstance(files, TlsProblem):
-            fingerprint: tuple[tuple[int, int, int, int] | None, ...] = ()
-        else:
-            fingerprint = tuple(_identity(p) for p in files.paths())
-        if loaded is not None and loaded.fingerprint == fingerprint:
+        if loaded is not None and loaded.fingerprint == _fingerprint(self._candidates(name)):
             loaded.checked_at = self._clock()
             return loaded
         return self._load(name)
 
     def _load(self, name: str) -> _Loaded:
         previous = self._loaded.get(name)
-        files = self._files(name)
-        if isinstance(files, TlsProblem):
-            fresh = _Loaded(None, (), problem=files, checked_at=self._clock())
-            self._loaded[name] = fresh
-            return fresh
-        fingerprint = tuple(_identity(p) for p in files.paths())  # before reading: see _refresh
+        fingerprint = _fingerprint(self._candidates(name))  # before reading: see _refresh
+        files: ProfileFiles | TlsProblem = configuration_failure(f"profile {name!r}")
         try:
+            files = self._files(name)
+            if isinstance(files, TlsProblem):
+                raise _Unusable(files)
             context = self._build(files)
             certificate = _describe_certificate(files.cert) if files.cert else None
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            problem = configuration_failure(f"profile {name!r}: {_why_unusable(files, exc)}")
+        except Exception as exc:  # a profile must never break a call: it is a problem
+            problem = _problem(name, files, exc)
             if previous is not None and previous.context is not None:
                 # A rotation caught half-way: keep calling with what worked, look again soon.
                 if previous.reported != fingerprint:
@@ -283,14 +301,14 @@ class ParticipantTls:
                     )
                 previous.reported = fingerprint
                 previous.checked_at = self._clock()
-                previous.fingerprint = ()  # whatever the files become, read them again
+                previous.fingerprint = None  # whatever the files become, read them again
                 return previous
             fresh = _Loaded(None, fingerprint, problem=problem, checked_at=self._clock())
             self._loaded[name] = fresh
             return fresh
         fresh = _Loaded(context, fingerprint, certificate, checked_at=self._clock())
         self._loaded[name] = fresh
-        self._log_loaded(name, files, certificate, reloaded=previous is not None)
+        self._log_loaded(name, files, certificate, previous)
         return fresh
 
     def _build(self, files: ProfileFiles) -> ssl.SSLContext:
@@ -300,27 +318,42 @@ class ParticipantTls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks host names
         context.minimum_version = self._min_version
         if files.ca is not None:
+            if not files.ca.is_file():
+                raise _Unusable(
+                    configuration_failure(f"profile {files.name!r}: {files.ca} is not a file")
+                )
             context.load_verify_locations(cafile=str(files.ca))
         if files.cert is not None:
             context.load_cert_chain(
                 str(files.cert),
                 str(files.key) if files.key is not None else None,
-                password=self._key_password,
+                # Always a function: given None, OpenSSL would ask for the password of an
+                # encrypted key on the terminal (and wait there).
+                password=self._password,
             )
         elif files.key is not None:
-            raise ValueError(f"{files.key} is a key without its certificate ({PROFILE_CERT_FILE})")
+            raise _Unusable(
+                configuration_failure(
+                    f"profile {files.name!r}: {files.key} is a key without its certificate"
+                    f" ({PROFILE_CERT_FILE})"
+                )
+            )
         if self.skip_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+    def _password(self) -> str:
+        if self._key_password is None:
+            raise _EncryptedKey
+        return self._key_password
 
     def _log_loaded(
         self,
         name: str,
         files: ProfileFiles,
         certificate: LoadedCertificate | None,
-        *,
-        reloaded: bool,
+        previous: _Loaded | None,
     ) -> None:
         fields: dict[str, object] = {
             "profile": name,
@@ -333,11 +366,12 @@ class ParticipantTls:
                 "subject": certificate.subject,
                 "not_after": certificate.not_after.isoformat(),
             }
-        if files.paths() or reloaded:  # (nothing configured: nothing to say)
-            event = "participant_tls_reloaded" if reloaded else "participant_tls_loaded"
+        if files.paths() or previous is not None:  # (nothing configured: nothing to say)
+            event = "participant_tls_reloaded" if previous else "participant_tls_loaded"
             log.info(event, **fields)
-        if certificate is not None and self._on_certificate is not None:
-            self._on_certificate(name, certificate.not_after)
+        had_certificate = previous is not None and previous.certificate is not None
+        if self._on_certificate is not None and (certificate is not None or had_certificate):
+            self._on_certificate(name, certificate.not_after if certificate else None)
         if certificate is not None:
             left = certificate.not_after - dt.datetime.now(dt.UTC)
             if left < EXPIRY_WARNING:
@@ -349,16 +383,40 @@ class ParticipantTls:
                 )
 
 
+class _EncryptedKey(Exception):
+    """The key is encrypted and no password was configured."""
+
+
+class _Unusable(Exception):
+    def __init__(self, problem: TlsProblem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 def profile_directory(profiles_dir: Path | None, name: str) -> Path | None:
-    """The directory of the profile ``name``, if this coordinator has one."""
-    if profiles_dir is None:
+    """The directory of the profile ``name``, if this coordinator has one (and may read it)."""
+    if profiles_dir is None or not _is_profile_name(name):
         return None
+    directory = profiles_dir / name
+    try:
+        return directory if directory.is_dir() else None
+    except OSError:
+        return None
+
+
+def _is_profile_name(name: str) -> bool:
     try:
         check_profile_name(name)
     except ValueError:
-        return None
-    directory = profiles_dir / name
-    return directory if directory.is_dir() else None
+        return False
+    return True
+
+
+Fingerprint = tuple[tuple[int, int, int, int] | None, ...]
+
+
+def _fingerprint(paths: tuple[Path, ...]) -> Fingerprint:
+    return tuple(_identity(p) for p in paths)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -370,24 +428,42 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _describe_certificate(path: Path) -> LoadedCertificate:
+    # Imported here: about 8 MB a process that presents no certificate need not carry.
+    from cryptography import x509
+
     cert = x509.load_pem_x509_certificate(path.read_bytes())  # the first one: the leaf
     return LoadedCertificate(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
 
 
-def _why_unusable(files: ProfileFiles, exc: BaseException) -> str:
+def _problem(name: str, files: ProfileFiles | TlsProblem, exc: BaseException) -> TlsProblem:
     """What is wrong, in words, naming the file (never its contents)."""
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
-        path = exc.filename or next((p for p in files.paths() if not p.exists()), "?")
-        return f"cannot read {path}: {exc.strerror}"
+    if isinstance(exc, _Unusable):
+        return exc.problem
+    if isinstance(files, TlsProblem):
+        return configuration_failure(f"profile {name!r}: {exc}")
+    return configuration_failure(f"profile {name!r}: {_why_unusable(files, exc)}")
+
+
+def _why_unusable(files: ProfileFiles, exc: BaseException) -> str:
+    key = files.key or files.cert
+    if isinstance(exc, _EncryptedKey):
+        return f"the key {key} is encrypted: set TCC_PARTICIPANT_TLS_KEY_PASSWORD"
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        path = exc.filename or next((p for p in files.paths() if not p.is_file()), None)
+        return f"cannot read {path or 'its files'}: {exc.strerror or exc}"
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or "").upper()
         if reason == "KEY_VALUES_MISMATCH":
-            return f"the key {files.key or files.cert} is not the key of {files.cert}"
-        if reason in {"NO_CERTIFICATE_OR_CRL_FOUND", "NO_START_LINE"}:
-            return f"no PEM certificate in {files.ca}" if files.ca else str(exc)
-        if reason == "BAD_DECRYPT":
-            return f"cannot decrypt the key {files.key or files.cert} (wrong password?)"
-        return f"{files.cert or files.ca}: {exc.reason or exc}"
+            return f"the key {key} is not the key of {files.cert}"
+        if reason in {"NO_CERTIFICATE_OR_CRL_FOUND", "NO_START_LINE"} and files.cert is None:
+            return f"no PEM certificate in {files.ca}"
+        if files.cert is not None:
+            return (
+                f"cannot load the certificate {files.cert} with its key {key}: not PEM, or"
+                " the key is encrypted and TCC_PARTICIPANT_TLS_KEY_PASSWORD is wrong"
+                f" ({exc.reason or 'OpenSSL refused it'})"
+            )
+        return f"cannot load {files.ca}: {exc.reason or exc}"
     if isinstance(exc, ValueError):
-        return f"{files.cert}: not a PEM certificate ({exc})" if "PEM" in str(exc) else str(exc)
-    return str(exc)
+        return f"{files.cert}: not a PEM certificate" if "PEM" in str(exc) else str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -79,7 +79,7 @@ async def mtls_participant(pki: Pki) -> AsyncIterator[FakeParticipant]:
 
 
 @contextlib.asynccontextmanager
-async def openssl_server(pki: Pki) -> AsyncIterator[str]:
+async def openssl_server(pki: Pki, *options: str) -> AsyncIterator[str]:
     """OpenSSL's test server on 127.0.0.1, requiring a client certificate of the test CA:
     unlike an asyncio server, it sends its alert when it refuses one."""
     cert, key = pki.issue_server("openssl")
@@ -87,7 +87,7 @@ async def openssl_server(pki: Pki) -> AsyncIterator[str]:
     process = await asyncio.create_subprocess_exec(
         "openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
         "-key", str(key), "-CAfile", str(pki.path("ca.crt")), "-Verify", "1",
-        "-verify_return_error", "-www",
+        "-verify_return_error", "-www", *options,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

@@ -160,9 +160,16 @@ def verify_failure(verify_code: int, verify_message: str) -> TlsProblem:
     return TlsProblem(kind, f"TLS: certificate verify failed: {verify_message} ({advice})")
 
 
-def alert_failure(reason: str | None, text: str) -> TlsProblem:
+def alert_failure(reason: str | None, text: str, presented_certificate: bool = False) -> TlsProblem:
     """Any other TLS error, by OpenSSL's reason; ``text`` is the error as raised."""
     reason = (reason or "").upper()
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and presented_certificate:
+        return TlsProblem(
+            TlsFailure.PROTOCOL,
+            "TLS: handshake failure: the participant refused the handshake (no protocol"
+            " version or cipher both ends accept, or it refused our client certificate)"
+            f" ({reason.lower()})",
+        )
     if reason in _NO_CLIENT_CERT_REASONS:
         detail = (
             "peer did not return a certificate: the participant requires a client"
@@ -187,21 +194,27 @@ def alert_failure(reason: str | None, text: str) -> TlsProblem:
     return TlsProblem(TlsFailure.OTHER, f"TLS: {text}")
 
 
-def closed_after_handshake(presented_certificate: bool, error: str) -> TlsProblem:
-    """The participant closes every connection as soon as our handshake ends, without
-    saying why (no alert): it refuses our client certificate, or our lack of one."""
+def closed_in_handshake(
+    presented_certificate: bool, *, during: bool, error: str, only_tls13: bool = False
+) -> TlsProblem:
+    """The participant closes every connection during our handshake (TLS 1.2) or as soon as
+    it ends (TLS 1.3), without saying why (no alert): it refuses our client certificate, or
+    our lack of one (or, when we speak TLS 1.3 only, perhaps that). ``error``: the call's own
+    error, kept at the end in brackets."""
+    when = "during the handshake" if during else "as soon as the handshake ends"
+    if during and only_tls13:
+        when += " (or it does not speak TLS 1.3, which TCC_PARTICIPANT_TLS_MIN_VERSION asks)"
     if presented_certificate:
         return TlsProblem(
             TlsFailure.CLIENT_CERTIFICATE_REJECTED,
-            "TLS: the participant refused our client certificate: it closes the connection as"
-            " soon as the handshake ends (not signed by a CA it trusts, expired or revoked?)"
-            f" [{error}]",
+            f"TLS: the participant refused our client certificate: it closes the connection"
+            f" {when} (not signed by a CA it trusts, expired or revoked?) [{error}]",
         )
     return TlsProblem(
         TlsFailure.CLIENT_CERTIFICATE_MISSING,
         "TLS: peer did not return a certificate: the participant requires a client"
-        " certificate and none was presented; it closes the connection as soon as the"
-        f" handshake ends (set TCC_PARTICIPANT_TLS_CERT, or a tls_profile) [{error}]",
+        f" certificate and none was presented; it closes the connection {when} (set"
+        f" TCC_PARTICIPANT_TLS_CERT, or a tls_profile) [{error}]",
     )
 
 

@@ -42,6 +42,7 @@ from coordinator.core.records import (
     url_under,
 )
 from coordinator.core.states import Phase
+from coordinator.core.tls import TlsFailure
 from coordinator.metrics import Metrics
 from coordinator.outbound import ParticipantCaller
 from coordinator.settings import Settings
@@ -286,6 +287,10 @@ class Participants:
         tally.latency_ms_max = max(tally.latency_ms_max, result.latency_ms)
         known = self._known.get(name)
         if known is None or not self.settings.breaker:
+            return
+        if result.tls_failure is TlsFailure.CONFIGURATION:
+            # This coordinator's own TLS files, not the participant: its breaker, which
+            # every coordinator shares, is not moved by them.
             return
         now = self._clock()
         if admission.verdict is Verdict.PROBE:

@@ -53,11 +53,13 @@ class Runtime:
         caller: ParticipantCaller,
         *,
         owner: str | None = None,
+        alert_caller: ParticipantCaller | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> Runtime:
         """``rng`` draws the retry jitter: tests pass one to know the delays. ``clock``:
-        the seconds the breakers' local counts go by (tests move one with the log's)."""
+        the seconds the breakers' local counts go by (tests move one with the log's).
+        ``alert_caller``: delivers alerts (default: ``caller``)."""
         metrics = Metrics()
         policy = ParticipantPolicy.from_config(settings.participant_allow)
         participants = Participants(
@@ -65,7 +67,7 @@ class Runtime:
         )
         driver = PhaseDriver(txlog, caller, settings, metrics, participants, rng=rng)
         coordinator = Coordinator(txlog, driver, settings, policy, metrics)
-        upkeep = Upkeep(txlog, caller, settings, metrics, participants, rng=rng)
+        upkeep = Upkeep(txlog, alert_caller or caller, settings, metrics, participants, rng=rng)
         return cls(
             settings,
             txlog,
@@ -103,23 +105,30 @@ async def running(
     session = http_session(policy, settings.max_participant_connections)
     try:
         caller = HttpCaller(session, settings.max_response_bytes, policy, tls)
-        runtime = Runtime.build(settings, txlog, caller)
+        # Alerts go to a webhook, not a participant: the system's trust store, and no
+        # client certificate of the participants' (docs/operations.md#alerts).
+        alert_caller = HttpCaller(session, settings.max_response_bytes, policy)
+        runtime = Runtime.build(settings, txlog, caller, alert_caller=alert_caller)
         tls.report_certificates(runtime.driver.metrics.client_certificate_loaded)
         tracing.configure_export(settings.otlp_endpoint, runtime.driver.owner)
         # Recovery, alert delivery and retention: the background work of a serving
-        # coordinator (an admin command's does none of it).
+        # coordinator (an admin command's does none of it). Every profile's TLS files are
+        # looked at now and then (the certificates' expiry metric follows rotations).
         background = [asyncio.create_task(runtime.recovery.run_forever(), name="recovery")]
+        tls_upkeep = asyncio.create_task(tls.keep_fresh(), name="tls-files")
         if recovery:
             background.append(asyncio.create_task(runtime.upkeep.run_forever(), name="upkeep"))
         else:
             runtime.recovery.stop()
+            tls_upkeep.cancel()
         log.info("coordinator_started", owner=runtime.driver.owner, recovery=recovery)
         try:
             yield runtime
         finally:
             runtime.recovery.stop()
             runtime.upkeep.stop()
-            for task in background:
+            tls_upkeep.cancel()
+            for task in [*background, tls_upkeep]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runtime.driver.shutdown(settings.shutdown_grace_s)

@@ -658,16 +658,16 @@ class Coordinator:
                 raise InvalidInput(f"{field}: {exc}") from exc
         if new.call_timeout_s is not None:
             self.limits.check_options(new.call_timeout_s, {})
-        profiles = self.settings.participant_tls_profiles_dir
-        if new.tls_profile is not None and profile_directory(profiles, new.tls_profile) is None:
-            raise InvalidInput(
-                f"tls_profile {new.tls_profile!r} is not configured on this coordinator:"
-                f" {profiles or 'TCC_PARTICIPANT_TLS_PROFILES_DIR'} has no directory of that"
-                " name (its tls.crt, tls.key and ca.crt)"
-            )
         if as_service:
             await self.driver.participants.refresh()
             self._refuse_overlap(new, owner)
+            new = self._keep_tls_profile(new)
+        profiles = self.settings.participant_tls_profiles_dir
+        if new.tls_profile is not None and profile_directory(profiles, new.tls_profile) is None:
+            raise InvalidInput(
+                f"tls_profile {new.tls_profile!r} is not configured on this coordinator (no"
+                " directory of that name in TCC_PARTICIPANT_TLS_PROFILES_DIR)"
+            )
         # An admin's registration without an owner keeps the one it has; a service key's
         # replaces only its own (the log checks it in the same statement).
         written = await self.log.register_participant(
@@ -684,6 +684,19 @@ class Coordinator:
         await self.driver.participants.refresh()
         log.info("participant_registered", participant=new.name, created=created, by=caller.name)
         return registered, created
+
+    def _keep_tls_profile(self, new: NewParticipant) -> NewParticipant:
+        """A TLS profile is a client identity of the coordinator's: an admin assigns it. A
+        service key registering again keeps the one its participant has (giving none, or
+        the same); choosing another is refused."""
+        current = self.driver.participants.get(new.name)
+        kept = current.tls_profile if current is not None else None
+        if new.tls_profile is None or new.tls_profile == kept:
+            return dataclasses.replace(new, tls_profile=kept)
+        raise Forbidden(
+            "only an admin key assigns a participant's tls_profile (the client certificate"
+            " the coordinator presents to it)"
+        )
 
     def _refuse_overlap(self, new: NewParticipant, owner: str | None) -> None:
         """A service key may not register URLs another service's participant answers at,

@@ -15,6 +15,7 @@ from tests.conftest import MakeCoordinator, transaction_detail
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
 from tests.processes import run_tcc, tcc_env
+from tests.security.test_auth import CONFIG, auth
 
 __all__ = ["mtls_participant", "pki"]  # fixtures
 
@@ -120,13 +121,15 @@ async def test_a_refused_handshake__is_retried_with_its_reason_until_the_certifi
 def test_tls_files_that_cannot_be_used__stop_serve_in_one_line(database_url: str, pki: Pki) -> None:
     cert, _ = pki.issue_client("coordinator")
     _, other_key = pki.issue_client("other")
-    cases = {
+    cases: dict[str, dict[str, object]] = {
         "cannot read": {"participant_tls_cert": str(pki.path("missing.crt"))},
         "is not the key of": {
             "participant_tls_cert": str(cert),
             "participant_tls_key": str(other_key),
         },
-        "not configured": {"participant_tls_ca": str(pki.root / "absent-ca.pem")},
+        "absent-ca.pem": {"participant_tls_ca": str(pki.root / "absent-ca.pem")},
+        # The supervisor of several workers refuses as one, before any worker starts.
+        "missing.crt": {"participant_tls_cert": str(pki.path("missing.crt")), "workers": 2},
     }
     for expected, settings in cases.items():
         result = run_tcc("serve", env=tcc_env(database_url, port=0, insecure=True, **settings))
@@ -136,6 +139,58 @@ def test_tls_files_that_cannot_be_used__stop_serve_in_one_line(database_url: str
         assert len(lines) == 1, result.stderr
         assert "Traceback" not in result.stderr
         assert lines[0].startswith("tcc serve: TLS configuration:"), lines
-        if expected != "not configured":
-            assert expected in lines[0], lines
+        assert expected in lines[0], lines
         assert "PRIVATE KEY" not in result.stderr + result.stdout
+
+
+async def test_a_service_key__keeps_its_participants_tls_profile_but_cannot_choose_one(
+    make_coordinator: MakeCoordinator, pki: Pki
+) -> None:
+    """A profile is a client identity of the coordinator's: an admin assigns it."""
+    profiles = pki.root / "profiles"
+    profile(profiles, "payments", pki, client="tcc-payments")
+    c = await make_coordinator(
+        insecure=False, api_keys=CONFIG, participant_tls_profiles_dir=str(profiles)
+    )
+    base = {"base_url": "https://127.0.0.1:9/shop"}
+    chosen = {**base, "tls_profile": "payments"}
+    status, out, _ = await c.request("PUT", "/v1/participants/cart", chosen, headers=auth("shop"))
+    assert status == 403, out
+    assert "only an admin key assigns a participant's tls_profile" in out["detail"]
+    status, out, _ = await c.request("PUT", "/v1/participants/cart", base, headers=auth("shop"))
+    assert status == 201, out
+    assigned = {**chosen, "owner_service": "shop"}
+    status, out, _ = await c.request("PUT", "/v1/participants/cart", assigned, headers=auth("ops"))
+    assert (status, out["tls_profile"]) == (200, "payments")
+    # The service registering again, as services do at every start, keeps it.
+    status, out, _ = await c.request("PUT", "/v1/participants/cart", base, headers=auth("shop"))
+    assert (status, out["tls_profile"]) == (200, "payments")
+
+
+async def test_a_coordinator_missing_a_profile__does_not_open_the_shared_breaker(
+    make_coordinator: MakeCoordinator, mtls_participant: FakeParticipant, pki: Pki
+) -> None:
+    """One coordinator of two lacks the participant's profile: its calls fail as a
+    configuration problem of its own, which says nothing about the participant, so the
+    participant's breaker (every coordinator's) stays closed."""
+    profiles = pki.root / "profiles"
+    profile(profiles, "payments", pki, client="tcc-payments")
+    (pki.root / "empty").mkdir()
+    configured = await make_coordinator(participant_tls_profiles_dir=str(profiles))
+    lacking = await make_coordinator(participant_tls_profiles_dir=str(pki.root / "empty"))
+    urls = {"base_url": f"{mtls_participant.base_url()}/svc", "tls_profile": "payments"}
+    assert (await configured.request("PUT", "/v1/participants/pay", urls))[0] == 201
+    await eventually(lambda: lacking.get("/v1/participants/pay"), lambda answer: answer[0] == 200)
+    for n in range(8):  # more than the 5 failures in a row that open a breaker
+        body = {
+            "gid": f"lost-{n}",
+            "auto": True,
+            "branches": [{"branch_id": "b", "participant": "pay"}],
+        }
+        status, out = await lacking.post("/v1/transactions", body)
+        assert status in (200, 201, 202), out
+        detail = await transaction_detail(lacking, f"lost-{n}")
+        errors = [e["error"] for e in detail["events"] if e["error"]]
+        assert any("TLS profile 'payments' is not configured" in e for e in errors), detail
+    status, registered = await lacking.get("/v1/participants/pay")
+    assert (status, registered["breaker_state"]) == (200, "closed")

@@ -10,11 +10,16 @@ half-way keeps the last good one."""
 from __future__ import annotations
 
 import datetime as dt
+import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from coordinator.core.records import OutboundCall
 from coordinator.core.tls import TlsFailure, parse_host_rules
@@ -53,9 +58,9 @@ async def call(
     return result.http_status, result.error or "", result.tls_failure
 
 
-def trusting(pki: Pki, client: tuple[Path, Path] | None, **extra: object) -> ParticipantTls:
+def trusting(pki: Pki, client: tuple[Path, Path] | None, **extra: Any) -> ParticipantTls:
     cert, key = client if client else (None, None)
-    tls = ParticipantTls(ca=pki.path("ca.crt"), cert=cert, key=key, **extra)  # type: ignore[arg-type]
+    tls = ParticipantTls(ca=pki.path("ca.crt"), cert=cert, key=key, **extra)
     tls.load_all()
     return tls
 
@@ -258,3 +263,128 @@ def test_unusable_files__refuse_to_load_with_one_clear_line(pki: Pki) -> None:
         assert expected in message, message
         assert "\n" not in message
         assert "PRIVATE KEY" not in message
+
+
+async def test_rotation_on_a_shared_session__new_connections_present_the_new_certificate(
+    pki: Pki, mtls_participant: FakeParticipant, clock: Clock
+) -> None:
+    """The coordinator's calls share one pool of kept-alive connections: a rotated
+    certificate must not be hidden behind a connection made with the old one."""
+    cert, key = pki.path("client.crt"), pki.path("client.key")
+    pki.ca.issue("before", client=True).write(cert, key)
+    tls = ParticipantTls(ca=pki.path("ca.crt"), cert=cert, key=key, clock=clock)
+    tls.load_all()
+    url = f"{mtls_participant.base_url()}/svc/confirm"
+    async with aiohttp.ClientSession() as session:
+        caller = HttpCaller(session, 65_536, None, tls)
+        for _ in range(3):  # the same kept-alive connection each time
+            assert (await caller.send(OutboundCall("POST", url, {}, b"{}"), 10)).http_status == 200
+        pki.ca.issue("after", client=True).write(cert, key)
+        clock.now += 1.5
+        assert (await caller.send(OutboundCall("POST", url, {}, b"{}"), 10)).http_status == 200
+    assert [c.client_certificate for c in mtls_participant.calls] == ["before"] * 3 + ["after"]
+
+
+async def test_an_encrypted_key__is_read_with_its_password_and_refused_in_one_line_without(
+    pki: Pki, mtls_participant: FakeParticipant
+) -> None:
+    cert, key = pki.issue_client("coordinator")
+    locked = serialization.load_pem_private_key(key.read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"open sesame"),
+    )
+    key.write_bytes(locked)
+    with_password = trusting(pki, (cert, key), key_password="open sesame")
+    assert (await call(with_password, f"{mtls_participant.base_url()}/svc/confirm"))[0] == 200
+    # Without it, OpenSSL would ask on the terminal and wait: it is refused at once instead.
+    for password in (None, "wrong"):
+        with pytest.raises(TlsConfigError) as refused:
+            ParticipantTls(cert=cert, key=key, key_password=password).load_all()
+        assert str(key) in str(refused.value)
+        assert "TCC_PARTICIPANT_TLS_KEY_PASSWORD" in str(refused.value)
+        assert "open sesame" not in str(refused.value)
+
+
+@pytest.fixture
+async def tls12_participant(pki: Pki) -> AsyncIterator[FakeParticipant]:
+    """A participant that speaks TLS 1.2 at most: it judges client certificates during the
+    handshake (and, being asyncio, drops the connection without an alert)."""
+    context = pki.server_context(*pki.issue_server("old-participant"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    fake = FakeParticipant(context)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+async def test_a_tls_1_2_participant__refusing_a_certificate_in_the_handshake__is_named(
+    pki: Pki, tls12_participant: FakeParticipant
+) -> None:
+    url = f"{tls12_participant.base_url()}/svc/confirm"
+    assert (await call(trusting(pki, pki.issue_client("ok")), url))[0] == 200
+    status, error, failure = await call(trusting(pki, None), url)
+    assert (status, failure) == (None, TlsFailure.CLIENT_CERTIFICATE_MISSING)
+    assert "closes the connection during the handshake" in error
+    stranger = trusting(pki, pki.issue_client("stranger", ca=pki.other_ca))
+    status, error, failure = await call(stranger, url)
+    assert (status, failure) == (None, TlsFailure.CLIENT_CERTIFICATE_REJECTED)
+    assert "SSLContext object" not in error
+
+
+async def test_min_version_1_3__refuses_a_tls_1_2_participant(
+    pki: Pki, tls12_participant: FakeParticipant
+) -> None:
+    tls = trusting(pki, pki.issue_client("ok"), min_version="1.3")
+    async with openssl_server(pki, "-tls1_2") as url:
+        status, error, failure = await call(tls, url)
+    assert (status, failure) == (None, TlsFailure.PROTOCOL)
+    assert "no TLS version both ends accept" in error
+    # An asyncio server says nothing: the error names the version among the suspects.
+    status, error, _ = await call(tls, f"{tls12_participant.base_url()}/svc/confirm")
+    assert status is None
+    assert "or it does not speak TLS 1.3" in error
+
+
+async def test_skip_verify__accepts_any_server_and_says_so(
+    pki: Pki, mtls_participant: FakeParticipant
+) -> None:
+    client = pki.issue_client("coordinator")
+    strict = ParticipantTls(cert=client[0], key=client[1])  # does not trust the test CA
+    url = f"{mtls_participant.base_url()}/svc/confirm"
+    assert (await call(strict, url))[2] is TlsFailure.UNTRUSTED_CERTIFICATE
+    lax = ParticipantTls(cert=client[0], key=client[1], skip_verify=True)
+    with structlog.testing.capture_logs() as logs:
+        lax.load_all()
+    assert [e["log_level"] for e in logs if e["event"] == "participant_tls_verification_off"] == [
+        "warning"
+    ]
+    assert (await call(lax, url))[0] == 200
+
+
+def test_a_host_rule_naming_a_missing_profile__refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "mesh").mkdir()
+    tls = ParticipantTls(
+        profiles_dir=tmp_path, host_rules=parse_host_rules(".internal=mesh, 10.0.0.0/8=nosuch")
+    )
+    with pytest.raises(TlsConfigError) as refused:
+        tls.load_all()
+    assert "'nosuch'" in str(refused.value)
+
+
+async def test_a_profile_directory_made_later__is_picked_up(
+    pki: Pki, mtls_participant: FakeParticipant, tmp_path: Path, clock: Clock
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    tls = ParticipantTls(profiles_dir=profiles, ca=pki.path("ca.crt"), clock=clock)
+    url = f"{mtls_participant.base_url()}/svc/confirm"
+    assert (await call(tls, url, profile="late"))[2] is TlsFailure.CONFIGURATION
+    (profiles / "late").mkdir()  # empty at first: the default CA, no certificate
+    clock.now += 1.5
+    assert (await call(tls, url, profile="late"))[2] is TlsFailure.CLIENT_CERTIFICATE_MISSING
+    pki.ca.issue("late", client=True).write(profiles / "late/tls.crt", profiles / "late/tls.key")
+    clock.now += 1.5
+    assert (await call(tls, url, profile="late"))[0] == 200
