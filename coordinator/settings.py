@@ -364,6 +364,15 @@ class Settings(BaseSettings):
             )
         if self.participant_tls_key is not None and self.participant_tls_cert is None:
             raise ValueError("participant_tls_key needs participant_tls_cert, its certificate")
+        if (
+            self.participant_tls_key_password is not None
+            and self.participant_tls_cert is None
+            and self.participant_tls_profiles_dir is None
+        ):
+            raise ValueError(
+                "participant_tls_key_password unlocks no key: set participant_tls_cert (and"
+                " its key), or participant_tls_profiles_dir"
+            )
         if not self.participant_tls_system_ca and self.participant_tls_ca is None:
             raise ValueError(
                 "participant_tls_system_ca is false and participant_tls_ca is unset: no"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import pytest
 from coordinator.devtools.localca import LocalCA
 from tests.helpers import eventually
 from tests.participant_server import FakeParticipant
+from tests.processes import free_port
 
 
 @dataclass
@@ -98,12 +98,6 @@ async def openssl_server(pki: Pki, *options: str) -> AsyncIterator[str]:
     finally:
         process.kill()
         await process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def port_open(port: int) -> bool:

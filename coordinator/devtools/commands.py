@@ -43,10 +43,23 @@ def coordinator_settings(
     return passed, ignored
 
 
+# What `tcc up --tls` decides of the coordinator's participant TLS (the TLS version, and
+# whether the system's store is trusted too, are still the user's).
+UP_TLS_DECIDES = {
+    "participant_tls_ca",
+    "participant_tls_cert",
+    "participant_tls_key",
+    "participant_tls_key_password",
+    "participant_tls_profiles_dir",
+    "participant_tls_hosts",
+    "participant_tls_insecure_skip_verify",
+}
+
+
 def refuse_participant_tls(settings: Settings) -> None:
-    """`tcc up --tls` decides the coordinator's participant TLS settings itself: one given
-    too (as a flag or in the environment) is refused before anything starts, not ignored."""
-    given = sorted(n for n in settings.model_fields_set if n.startswith("participant_tls_"))
+    """`tcc up --tls` decides the coordinator's participant TLS files itself: one given too
+    (as a flag or in the environment) is refused before anything starts, not ignored."""
+    given = sorted(settings.model_fields_set & UP_TLS_DECIDES)
     if given:
         names = ", ".join(f"TCC_{n.upper()}" for n in given)
         raise UsageError(

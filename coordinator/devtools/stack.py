@@ -32,6 +32,7 @@ from coordinator.core.errors import ServiceStartError, StartRefused
 from coordinator.devtools.children import Managed, clean_env
 from coordinator.devtools.localca import LocalCA
 from coordinator.embedded import EmbeddedServer
+from coordinator.tlsfiles import ParticipantTls
 from coordinator.txlog import migrator
 
 
@@ -128,10 +129,10 @@ class StackCerts:
     def client_context(self) -> ssl.SSLContext:
         """What tcc up's own calls to the samples use: the local CA trusted, the developer's
         certificate presented."""
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.cert("developer"), self.key("developer"))
-        return context
+        developer = ParticipantTls(
+            ca=self.ca, cert=self.cert("developer"), key=self.key("developer")
+        )
+        return developer.context()  # (as the coordinator's own calls are made)
 
 
 def _fresh(cert: x509.Certificate) -> bool:
