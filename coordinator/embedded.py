@@ -7,12 +7,19 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import structlog
 from pydantic import SecretStr
 
 from coordinator.core.errors import EmbeddedDatabaseError, UsageError
+from coordinator.txlog.connecting import (
+    SECRET_PARAMETERS,
+    UNREADABLE_QUERY,
+    DatabaseUrl,
+    default_client_certificate,
+)
+from coordinator.txlog.connecting import redact as redact  # (for the logs of the devtools too)
 
 if TYPE_CHECKING:
     from coordinator.settings import Settings
@@ -99,10 +106,14 @@ def start_embedded(data_dir: Path, *, share: bool = True) -> str:
 def resolve_database_url(settings: Settings, *, share: bool = True) -> str:
     """The configured database (with the database_ssl* settings in its query), or the
     embedded one in ``data_dir`` (joined if another process runs it and ``share``; admin
-    commands do, `tcc serve` does not)."""
+    commands do, `tcc serve` does not).
+
+    UsageError, before anything is tried: a TLS parameter given in the URL and in a setting
+    differently, a query asyncpg cannot read, a client key without its certificate."""
     if settings.database_url:
         url = with_tls_parameters(settings.database_url, tls_parameters(settings))
         query = _query(url)
+        _check_key_has_certificate(query, from_setting=settings.database_sslkey is not None)
         mode = query.get("sslmode") or os.environ.get("PGSSLMODE")  # as asyncpg reads it
         if mode in (None, "allow", "prefer") and "sslrootcert" in query:
             log.warning(
@@ -127,8 +138,6 @@ def resolve_database_url(settings: Settings, *, share: bool = True) -> str:
 # The libpq parameters of TLS that asyncpg reads from a URL's query, each given by a setting.
 TLS_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
 _PATH_PARAMETERS = ("sslrootcert", "sslcert", "sslkey")
-# Query parameters whose values no log line shows.
-_SECRET_PARAMETERS = ("password", "sslpassword")
 
 
 def tls_parameters(settings: Settings) -> dict[str, str]:
@@ -150,7 +159,7 @@ def tls_parameters(settings: Settings) -> dict[str, str]:
 def with_tls_parameters(url: str, given: Mapping[str, str]) -> str:
     """``url`` with the ``given`` TLS parameters added to its query. A parameter the URL
     already has keeps its place when both say the same; if they differ, UsageError: which
-    one was meant is not ours to guess."""
+    one was meant is not ours to guess. A query asyncpg cannot read is a UsageError too."""
     present = _query(url)
     extra: list[tuple[str, str]] = []
     for name, value in given.items():
@@ -160,7 +169,7 @@ def with_tls_parameters(url: str, given: Mapping[str, str]) -> str:
             extra.append((name, value))
         elif not _same(name, present[name], value):
             setting = f"TCC_DATABASE_{name.upper()} (--database-{name})"
-            if name in _SECRET_PARAMETERS:
+            if name in SECRET_PARAMETERS:
                 where = f"in TCC_DATABASE_URL and in {setting}"
             else:
                 where = f"{present[name]} in TCC_DATABASE_URL, {value} in {setting}"
@@ -183,34 +192,28 @@ def _same(name: str, in_url: str, in_setting: str) -> bool:
 
 
 def _query(url: str) -> dict[str, str]:
-    """The URL's query as asyncpg reads it (percent-decoded; the last of a repeated name)."""
-    try:
-        return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-    except ValueError:
-        return {}
+    """The URL's query as asyncpg reads it (percent-decoded, blank values dropped, the last
+    of a repeated name); UsageError if it cannot (asyncpg's words would quote the field that
+    it cannot read, which may be the tail of a password)."""
+    read = DatabaseUrl.read(url)
+    if read is not None and read.fields is None:
+        raise UsageError(f"TCC_DATABASE_URL: its query {UNREADABLE_QUERY}")
+    return {} if read is None else read.query
 
 
-def redact(url: str) -> str:
-    """The URL without its password or its client key's password, for logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparseable database URL)"
-    redacted = url
-    userinfo, at, _hosts = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.partition(":")[0]
-        redacted = redacted.replace(f"{userinfo}@", f"{user}:***@", 1)
-    if parts.query:
-        hidden = "&".join(_hide_secret(pair) for pair in parts.query.split("&"))
-        if hidden != parts.query:
-            redacted = redacted.replace(f"?{parts.query}", f"?{hidden}", 1)
-    return redacted
-
-
-def _hide_secret(pair: str) -> str:
-    name, equals, _value = pair.partition("=")
-    return f"{name}=***" if equals and unquote_plus(name) in _SECRET_PARAMETERS else pair
+def _check_key_has_certificate(query: Mapping[str, str], *, from_setting: bool) -> None:
+    """A client key is used only with its certificate: asyncpg loads the key with the
+    certificate it presents (sslcert, else PGSSLCERT or ~/.postgresql/postgresql.crt) and
+    without one ignores it, silently. That is refused, in one line."""
+    key = query.get("sslkey")
+    if key is None or query.get("sslcert") or default_client_certificate() is not None:
+        return
+    source = "TCC_DATABASE_SSLKEY" if from_setting else "in TCC_DATABASE_URL"
+    raise UsageError(
+        f"sslkey {key} ({source}) is given without sslcert, the client certificate it is the"
+        " key of: set TCC_DATABASE_SSLCERT (--database-sslcert) or sslcert in"
+        " TCC_DATABASE_URL (a key alone is never used)"
+    )
 
 
 class EmbeddedServer:

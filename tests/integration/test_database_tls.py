@@ -1,7 +1,10 @@
 """TLS to the log database, against a real Debian Postgres 15 started here with ssl=on and a
 throwaway CA: verify-full works (from the URL or from the settings) and really is TLS; what
 cannot work (another CA, a host the certificate does not name, no client certificate where
-one is required, a missing file, a server without TLS) is refused at start in one line."""
+one is required, a missing file, a server without TLS, a server that shares no cipher) is
+refused at start in one line, and a key password cut in two by an unencoded & is neither
+logged nor printed; a query that cannot be read, or a client key without its certificate, is
+refused before connecting (exit 2)."""
 
 from __future__ import annotations
 
@@ -65,8 +68,15 @@ class Postgres:
     """A throwaway Postgres 15 on 127.0.0.1 (and a Unix socket for the test's own admin
     connection), in a directory of its own owned by the user it runs as."""
 
-    def __init__(self, ca: LocalCA | None, *, names: tuple[str, ...] = ("localhost",)) -> None:
+    def __init__(
+        self,
+        ca: LocalCA | None,
+        *,
+        names: tuple[str, ...] = ("localhost",),
+        conf: tuple[str, ...] = (),
+    ) -> None:
         self.user = _server_user()
+        self.conf = conf  # more lines of postgresql.conf
         self.dir = Path(tempfile.mkdtemp(prefix="tcc-pg-tls-"))
         self.data = self.dir / "data"
         self.port = free_port()
@@ -135,7 +145,7 @@ class Postgres:
         else:
             hba += ["host all all 127.0.0.1/32 trust"]
         with open(self.data / "postgresql.conf", "a") as f:
-            f.write("\n".join(conf) + "\n")
+            f.write("\n".join([*conf, *self.conf]) + "\n")
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
         self._run(
             PG_BIN / "pg_ctl", "-D", self.data, "-l", self.dir / "server.log", "-w", "-t",
@@ -497,7 +507,9 @@ async def test_a_client_certificate_from_another_ca__refused(
         database_sslcert=files.other_client_cert,
         database_sslkey=files.other_client_key,
     )
-    assert f"the CA that issued sslcert {files.other_client_cert}" in line
+    # The server closes the connection, or (as TLS 1.3 may have it) says unknown_ca.
+    assert f"sslcert {files.other_client_cert} (TCC_DATABASE_SSLCERT)" in line
+    assert "the CA that issued" in line or "(tlsv1_alert_unknown_ca): is it issued by a CA" in line
 
 
 async def test_the_root_certificate_file_missing__refused(
@@ -524,3 +536,98 @@ async def test_plain_tcp_to_the_tls_only_server__refused(postgres: Postgres, dat
     line = await refused(["migrate"], postgres.url(database, sslmode="disable"))
     assert "no encryption" in line
     assert "set TCC_DATABASE_SSLMODE=verify-full" in line
+
+
+async def test_no_cipher_in_common__the_handshake_failure_does_not_ask_for_a_certificate_given(
+    ca: LocalCA, files: Files
+) -> None:
+    """TLS 1.2's handshake_failure alert says only that the server refused the handshake:
+    here because it offers a cipher this coordinator does not (SHA-1), while a client
+    certificate is configured. The line must not ask for one."""
+    strict = Postgres(
+        ca, conf=("ssl_max_protocol_version = 'TLSv1.2'", "ssl_ciphers = 'ECDHE-ECDSA-AES128-SHA'")
+    )
+    try:
+        strict.start()
+        tls = {"database_sslmode": "verify-full", "database_sslrootcert": files.ca}
+        url = strict.url("postgres", role="postgres")
+        line = await refused(
+            ["serve"],
+            url,
+            database_sslcert=files.client_cert,
+            database_sslkey=files.client_key,
+            **tls,
+        )
+        assert "set TCC_DATABASE_SSLCERT" not in line
+        assert line.endswith(
+            "TLS handshake refused by the server (sslv3_alert_handshake_failure): no TLS version"
+            " or cipher acceptable to both, or it refused the client certificate sslcert"
+            f" {files.client_cert} (TCC_DATABASE_SSLCERT) — see the server's log"
+        )
+        # Without a client certificate the same alert most often means that one is wanted.
+        line = await refused(["serve"], url, **tls)
+        assert "most often it requires a client certificate and none was presented" in line
+    finally:
+        strict.stop()
+
+
+# An sslpassword whose & was not percent-encoded: "pass-head&pass-tail=1" reaches asyncpg as
+# sslpassword=pass-head and a setting pass-tail, which the server refuses by its name.
+HEAD, TAIL = "pass-head", "pass-tail"
+
+
+async def test_a_key_password_cut_by_its_ampersand__no_part_of_it_logged_or_printed(
+    postgres: Postgres, files: Files, database: str
+) -> None:
+    url = postgres.url(database, sslmode="verify-full", sslrootcert=files.ca)
+    url += f"&sslpassword={HEAD}&{TAIL}=1"
+    line = await refused(["serve"], url)
+    assert HEAD not in line
+    assert TAIL not in line
+    assert "the server refused a setting from the URL's query (UndefinedObjectError" in line
+    assert "percent-encode & and = inside values (as %26 and %3D)" in line
+    # What is logged of the URL at start (database_selected) hides the whole query.
+    code, out, err = await run_tcc_async(
+        "list", "--log-level", "info", env=tcc_env(url), timeout_s=COMMAND_TIMEOUT_S
+    )
+    assert code == 1, err
+    assert '"database_selected"' in err
+    assert f"/{database}?***" in err
+    assert HEAD not in out + err
+    assert TAIL not in out + err
+
+
+@pytest.mark.parametrize(
+    ("query", "settings", "words"),
+    [
+        (
+            f"sslmode=require&sslpassword={HEAD}&{TAIL}",
+            {},
+            "TCC_DATABASE_URL: its query cannot be read (a parameter without =): percent-encode"
+            " & and = inside values (as %26 and %3D)",
+        ),
+        (
+            "sslmode=require",
+            {"database_sslkey": "/etc/tcc/client.key"},
+            "sslkey /etc/tcc/client.key (TCC_DATABASE_SSLKEY) is given without sslcert, the"
+            " client certificate it is the key of: set TCC_DATABASE_SSLCERT (--database-sslcert)"
+            " or sslcert in TCC_DATABASE_URL (a key alone is never used)",
+        ),
+    ],
+    ids=["unreadable-query", "key-without-certificate"],
+)
+async def test_a_database_url_that_cannot_be_meant__refused_before_connecting(
+    query: str, settings: dict[str, object], words: str, tmp_path: Path
+) -> None:
+    """Exit 2 and one line, as for a parameter given twice: nothing is tried."""
+    env = tcc_env(
+        f"postgresql://tcc@127.0.0.1:{free_port()}/tcc?{query}", log_level="warning", **settings
+    )
+    env.pop("PGSSLCERT", None)
+    env["HOME"] = str(tmp_path)  # no ~/.postgresql/postgresql.crt
+    for command in (["serve"], ["migrate"]):
+        code, _, err = await run_tcc_async(*command, env=env, timeout_s=COMMAND_TIMEOUT_S)
+        assert code == 2, err
+        assert err.strip() == f"tcc {command[0]}: {words}"
+        assert HEAD not in err
+        assert TAIL not in err
