@@ -36,8 +36,8 @@ from coordinator.core.tls import (
     PROFILE_KEY_FILE,
     HostRule,
     TlsProblem,
-    check_profile_name,
     configuration_failure,
+    is_profile_name,
     parse_host_rules,
     profile_for,
 )
@@ -185,7 +185,7 @@ class ParticipantTls:
                 f"TLS configuration: cannot read TCC_PARTICIPANT_TLS_PROFILES_DIR"
                 f" {self._profiles_dir}: {exc.strerror or exc}"
             ) from None
-        return [name for name in found if _is_profile_name(name)]
+        return [name for name in found if is_profile_name(name)]
 
     async def keep_fresh(self, every_s: float = KEEP_FRESH_S) -> None:
         """Look at every profile's files now and then, used or not, so that what is said of
@@ -245,7 +245,7 @@ class ParticipantTls:
         not exist yet included, and a profile's directory itself)."""
         if name == DEFAULT_PROFILE:
             return tuple(self._default.paths())
-        if self._profiles_dir is None or not _is_profile_name(name):
+        if self._profiles_dir is None or not is_profile_name(name):
             return ()
         directory = self._profiles_dir / name
         own = (directory / f for f in (PROFILE_CA_FILE, PROFILE_CERT_FILE, PROFILE_KEY_FILE))
@@ -395,21 +395,13 @@ class _Unusable(Exception):
 
 def profile_directory(profiles_dir: Path | None, name: str) -> Path | None:
     """The directory of the profile ``name``, if this coordinator has one (and may read it)."""
-    if profiles_dir is None or not _is_profile_name(name):
+    if profiles_dir is None or not is_profile_name(name):
         return None
     directory = profiles_dir / name
     try:
         return directory if directory.is_dir() else None
     except OSError:
         return None
-
-
-def _is_profile_name(name: str) -> bool:
-    try:
-        check_profile_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 Fingerprint = tuple[tuple[int, int, int, int] | None, ...]

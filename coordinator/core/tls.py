@@ -46,6 +46,14 @@ def check_profile_name(name: str) -> str:
     return name
 
 
+def is_profile_name(name: str) -> bool:
+    try:
+        check_profile_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class HostRule:
     rule: Rule

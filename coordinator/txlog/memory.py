@@ -73,7 +73,7 @@ from coordinator.core.states import (
     TryVerdict,
     Verdict,
 )
-from coordinator.core.tls import check_profile_name
+from coordinator.core.tls import is_profile_name
 from coordinator.core.writes import (
     CallWrite,
     CourseChange,
@@ -201,14 +201,6 @@ _WORDS: dict[type[StrEnum], frozenset[str]] = {
 _CONSOLE_SCOPES = frozenset({Scope.ADMIN, Scope.VIEWER})
 
 
-def _is_profile_name(name: str) -> bool:
-    try:
-        check_profile_name(name)
-    except ValueError:
-        return False
-    return True
-
-
 def _above_zero(value: float) -> bool:
     """``value > 0`` as Postgres compares a double: NaN sorts above every number."""
     return math.isnan(value) or value > 0
@@ -273,7 +265,7 @@ CHECKS: tuple[_Check, ...] = (
     _Check(
         "tcc_participants",
         "tcc_participants_tls_profile_check",
-        lambda p: p.tls_profile is None or _is_profile_name(p.tls_profile),
+        lambda p: p.tls_profile is None or is_profile_name(p.tls_profile),
     ),
     _Check(
         "tcc_participants",
