@@ -269,6 +269,8 @@ def tls_problem(exc: BaseException, presents_certificate: bool = False) -> TlsPr
     """What TLS error, if any, lies under a failed call (aiohttp wraps OpenSSL's: at the
     handshake, or at the first read when a TLS 1.3 server refuses our certificate)."""
     for current in _chain(exc):
+        if isinstance(current, ssl.SSLEOFError):
+            continue  # the other end just went: a drop (see DropDiagnosis), not an alert
         # (aiohttp's own errors are ssl errors too, without OpenSSL's attributes: the ones
         # they carry have them.)
         if isinstance(current, ssl.SSLCertVerificationError) and hasattr(current, "verify_code"):
