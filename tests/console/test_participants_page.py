@@ -240,6 +240,7 @@ def _participant(state: BreakerState, **changes: Any) -> Participant:
         "cancel_url": "http://s/cancel",
         "health_url": None,
         "call_timeout_s": None,
+        "tls_profile": None,
         "owner_service": None,
         "registered_by": None,
         "created_at": NOW - timedelta(hours=1),
