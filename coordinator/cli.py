@@ -309,6 +309,12 @@ no scenario failed. See docs/participants.md, "Checking a participant".""",
         " gets, with its circuit breaker and without",
     )
     bench.add_argument(
+        "--tls",
+        type=int,
+        metavar="N",
+        help="instead: what TLS and mutual TLS cost a participant call, N calls per point",
+    )
+    bench.add_argument(
         "--outage-s",
         type=float,
         metavar="S",

@@ -329,6 +329,10 @@ async def bench_command(args: argparse.Namespace) -> int:
         return await storm_main(args)
     if args.outage_s is not None:
         raise UsageError("--outage-s goes with --storm")
+    if args.tls is not None:
+        from coordinator.devtools.bench_tls import tls_main
+
+        return await tls_main(args.tls, as_json=args.json)
     if args.prune is not None:
         from coordinator.devtools.bench_prune import prune_main
 

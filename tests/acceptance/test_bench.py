@@ -265,3 +265,21 @@ async def test_bench_prune__bad_input__is_one_line_and_exit_2(
     assert code == 2
     assert stderr.strip().count("\n") == 0, stderr
     assert stderr.strip().startswith(message), stderr
+
+
+async def test_bench_tls__times_http_https_and_mutual_tls_calls_side_by_side() -> None:
+    code, stdout, stderr = await run_tcc_async(
+        "bench", "--tls", "100", "--json", env=clean_env(), timeout_s=120
+    )
+    assert code == 0, stderr
+    points = json.loads(stdout)
+    assert {(p["participant"], p["connections"]) for p in points} == {
+        (participant, connections)
+        for participant in ("http", "https", "mutual TLS")
+        for connections in ("kept", "new")
+    }
+    for point in points:  # every call answered (the bench stops at the first that is not)
+        assert point["calls"] == (200 if point["connections"] == "kept" else 40), point
+        assert 0 < point["p50_ms"] <= point["p99_ms"], point
+    code, _, stderr = await run_tcc_async("bench", "--tls", "10", env=clean_env(), timeout_s=60)
+    assert (code, stderr.strip()) == (2, "tcc bench: --tls needs at least 100 calls per point")
