@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import ModuleType
 from typing import Any, get_args
 
+import asyncpg
 import pydantic
 import uvloop
 
@@ -467,9 +468,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CoordinatorError as exc:
         print(f"tcc {args.command}: {exc}", file=sys.stderr)
         code = 1
+    except asyncpg.PostgresError as exc:
+        # The database refused what a command asked (a missing table, a missing right): one
+        # line saying so, not a traceback.
+        print(f"tcc {args.command}: {database_refusal(exc)}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def database_refusal(exc: asyncpg.PostgresError) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    said = f"the database refused it: {first_line} (SQLSTATE {exc.sqlstate})"
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return f"{said}: the log's tables are missing; run tcc migrate (or tcc serve) first"
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return (
+            f"{said}: the database user lacks a right this needs (tcc migrate: CREATE on the"
+            " schema; the coordinator: reading and writing the log's tables)"
+        )
+    return said
 
 
 def _devtools() -> ModuleType:

@@ -356,3 +356,14 @@ async def test_prune__an_age_it_cannot_read__one_line_and_exit_2(
     assert (code, stdout) == (2, "")
     assert stderr.count("\n") == 1
     assert stderr.startswith("tcc prune: --older-than: ")
+
+
+def test_a_database_without_the_log__is_one_line_saying_to_migrate(
+    empty_database_url: str,
+) -> None:
+    result = run_tcc("list", env=tcc_env(empty_database_url))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tcc list: the database refused it:"), lines
+    assert "run tcc migrate" in lines[0]
