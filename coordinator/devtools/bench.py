@@ -179,15 +179,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     warmup = DEFAULT_WARMUP_S if warmup is None else warmup
     if not 0 <= warmup <= 600:
         raise UsageError("--warmup-s must be between 0 and 600")
-    url = args.database_url
-    if url is not None and not url.startswith(("postgres://", "postgresql://")):
-        raise UsageError("--database-url must be a postgresql:// URL")
-    if url is not None and URL(url).path.lstrip("/").startswith("tcc_bench_"):
-        # The benchmark drops and recreates databases of that name.
-        raise UsageError("--database-url must not name one of the tcc_bench_* databases")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+    url, out = checked_target(args)
     if args.profile:
         bench_profile.py_spy()  # missing: one clear line before anything starts
     return BenchConfig(
@@ -229,6 +221,20 @@ class _Pending:
     transactions: int
     ready_at: float
     messages: _MessageWindow | None = None
+
+
+def checked_target(args: argparse.Namespace) -> tuple[str | None, Path | None]:
+    """``--database-url`` and ``--out`` as a bench run (and the storm) may use them."""
+    url: str | None = args.database_url
+    if url is not None and not url.startswith(("postgres://", "postgresql://")):
+        raise UsageError("--database-url must be a postgresql:// URL")
+    if url is not None and URL(url).path.lstrip("/").startswith("tcc_bench_"):
+        # Each run drops and recreates databases of that name.
+        raise UsageError("--database-url must not name one of the tcc_bench_* databases")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    return url, out
 
 
 def _per_tx(amount: float | None, transactions: int, scale: float = 1.0) -> float | None:

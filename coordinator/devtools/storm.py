@@ -45,11 +45,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from yarl import URL
 
 from coordinator.core.errors import UsageError
 from coordinator.devtools import storm_calls
-from coordinator.devtools.bench import MAX_CONCURRENCY, MAX_WORKERS, BenchError, stoppable
+from coordinator.devtools.bench import (
+    MAX_CONCURRENCY,
+    MAX_WORKERS,
+    BenchError,
+    checked_target,
+    stoppable,
+)
 from coordinator.devtools.bench_db import drop_database, recreate_database, with_database
 from coordinator.devtools.storm_participant import HEALTH
 from coordinator.devtools.storm_report import SERIES_S, render
@@ -273,15 +278,7 @@ def config_for_storm(args: argparse.Namespace) -> StormConfig:
         raise UsageError("--seconds must be between 1 and 3600")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
-    url = args.database_url
-    if url is not None and not url.startswith(("postgres://", "postgresql://")):
-        raise UsageError("--database-url must be a postgresql:// URL")
-    if url is not None and URL(url).path.lstrip("/").startswith("tcc_bench_"):
-        # Each run drops and recreates a database of that name.
-        raise UsageError("--database-url must not name one of the tcc_bench_* databases")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+    url, out = checked_target(args)
     return StormConfig(
         outage_s=outage,
         clients=clients,

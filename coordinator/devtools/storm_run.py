@@ -420,23 +420,26 @@ class StormRun:
             )
         )
         got = {(a.phase, a.gid, a.branch) for a in r.arrivals}
-        confirms = cancels = 0
+        # A finished transaction's branch got its own phase's call, and never the other's.
+        due = {
+            GlobalStatus.CONFIRMED.value: (Phase.CONFIRM.value, Phase.CANCEL.value),
+            GlobalStatus.CANCELLED.value: (Phase.CANCEL.value, Phase.CONFIRM.value),
+        }
+        finished = dict.fromkeys(due, 0)
         undelivered, crossed = [], []
         for b in branches:
             status = logged.get(b["gid"])
+            if status not in due:
+                continue
+            finished[status] += 1
             key = (b["gid"], b["branch_id"])
-            if status == GlobalStatus.CONFIRMED.value:
-                confirms += 1
-                if (Phase.CONFIRM.value, *key) not in got:
-                    undelivered.append(key)
-                if (Phase.CANCEL.value, *key) in got:
-                    crossed.append(key)
-            elif status == GlobalStatus.CANCELLED.value:
-                cancels += 1
-                if (Phase.CANCEL.value, *key) not in got:
-                    undelivered.append(key)
-                if (Phase.CONFIRM.value, *key) in got:
-                    crossed.append(key)
+            own, other = due[status]
+            if (own, *key) not in got:
+                undelivered.append(key)
+            if (other, *key) in got:
+                crossed.append(key)
+        confirms = finished[GlobalStatus.CONFIRMED.value]
+        cancels = finished[GlobalStatus.CANCELLED.value]
         checks.append(
             Check(
                 not undelivered,
