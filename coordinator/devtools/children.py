@@ -21,6 +21,11 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TCC_")}
 
 
+def log_path_of(log_dir: Path, name: str) -> Path:
+    """Where a managed child's output goes (appended across restarts and runs)."""
+    return log_dir / f"{name}.log"
+
+
 class Managed:
     """One child process that chaos may kill and restart on the same port."""
 
@@ -28,7 +33,7 @@ class Managed:
         self.name = name
         self.command = command
         self.env = env
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_path_of(log_dir, name)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

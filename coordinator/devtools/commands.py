@@ -100,18 +100,20 @@ async def up_command(
         print(f"tcc up: the coordinator gets {name}={value}")
     for line in ignored:
         print(f"tcc up: ignoring {line}")
+    # Watched from before the start: a mail or a park that comes while the banner is being
+    # put together (a request can reach the samples as soon as they listen) is still news.
+    parks = ParkWatch(stack.log_path("coordinator"), stack.url("coordinator"))
+    mails = MailWatch(stack.mail_dir)
     try:
         await stack.start(coordinator_env=passed)
         print(await up_banner(stack))
-        parks = ParkWatch(stack.services["coordinator"].log_path, stack.url("coordinator"))
-        mails = MailWatch(stack.mail_dir)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-            if stop.is_set():
-                break  # Ctrl-C reaches the children too: their exit is no crash
             for line in [*parks.new_lines(), *mails.new_lines()]:
                 print(line, flush=True)
+            if stop.is_set():
+                break  # Ctrl-C reaches the children too: their exit is no crash
             for name in stack.dead():
                 print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
                 await stack.restart(name)

@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from coordinator.api.server import port_problem
 from coordinator.core.errors import ServiceStartError, StartRefused
-from coordinator.devtools.children import Managed, clean_env
+from coordinator.devtools.children import Managed, clean_env, log_path_of
 from coordinator.devtools.localca import LocalCA
 from coordinator.embedded import EmbeddedServer
 from coordinator.tlsfiles import ParticipantTls
@@ -189,6 +189,9 @@ class Stack:
         self.certs: StackCerts | None = None  # with tls, once start() made or found them
         self.database: EmbeddedServer | None = None
         self.services: dict[str, Managed] = {}
+
+    def log_path(self, service: str) -> Path:
+        return log_path_of(self.log_dir, service)
 
     def url(self, service: str) -> str:
         scheme = "https" if self.tls and service in HTTPS_SERVICES else "http"
