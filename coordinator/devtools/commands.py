@@ -105,23 +105,40 @@ async def up_command(
     parks = ParkWatch(stack.log_path("coordinator"), stack.url("coordinator"))
     mails = MailWatch(stack.mail_dir)
     try:
-        await stack.start(coordinator_env=passed)
-        print(await up_banner(stack))
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            for line in [*parks.new_lines(), *mails.new_lines()]:
-                print(line, flush=True)
-            if stop.is_set():
-                break  # Ctrl-C reaches the children too: their exit is no crash
-            for name in stack.dead():
-                print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
-                await stack.restart(name)
+        try:
+            await stack.start(coordinator_env=passed)
+            if not stop.is_set():
+                print(await up_banner(stack))
+        except Exception:
+            if not stop.is_set():
+                raise
+            # Ctrl-C in a terminal reaches the children too (initdb, Postgres, the samples):
+            # whatever fails after it, because of it, is the stop asked for, not a crash.
+            print("tcc up: stopped while starting")
+        await _watch_until_stopped(stack, stop, parks, mails)
     finally:
         print("tcc up: stopping ...")
         await stack.stop()
     print("tcc up: stopped")
     return 0
+
+
+async def _watch_until_stopped(
+    stack: Stack, stop: asyncio.Event, parks: ParkWatch, mails: MailWatch
+) -> None:
+    """Announce parks and mails, restart a sample that dies. A look every second, and one
+    more after Ctrl-C (even one that came during the start): whatever was logged before it is
+    announced."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        for line in [*parks.new_lines(), *mails.new_lines()]:
+            print(line, flush=True)
+        if stop.is_set():
+            return  # Ctrl-C reaches the children too: their exit is no crash
+        for name in stack.dead():
+            print(f"tcc up: {name} exited (log: {stack.services[name].log_path}); restarting")
+            await stack.restart(name)
 
 
 class ParkWatch:

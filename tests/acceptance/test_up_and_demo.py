@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import smtplib
 import subprocess
 import time
+from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
@@ -89,7 +92,9 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
     assert f"notify       {notify}" in out
     assert f"stored in {mail_dir}" in out
     # (The order's own confirmation to alice may be announced too, once messages flow.)
-    (line,) = [x for x in out.splitlines() if x.startswith("tcc up: MAIL to carol")]
+    said = [x for x in out.splitlines() if x.startswith("tcc up: MAIL to carol")]
+    assert len(said) == 1, out
+    (line,) = said
     assert line.startswith("tcc up: MAIL to carol@example.test: Hello (")
     carol = [r for r in mailsink.read_received(mail_dir) if r["to"] == ["carol@example.test"]]
     assert [r["deliveries"] for r in carol] == [1]  # the repeat never reached the server
@@ -141,7 +146,9 @@ async def test_up__takes_coordinator_settings__and_says_when_a_transaction_parks
     assert "tcc up: the coordinator gets TCC_GIVE_UP_AFTER_S=2.0" in out
     assert "tcc up: the coordinator gets TCC_RETRY_MAX_S=0.3" in out
     assert "tcc up: ignoring TCC_API_KEYS: tcc up runs without authentication" in out
-    (line,) = [x for x in out.splitlines() if x.startswith("tcc up: PARKED")]
+    said = [x for x in out.splitlines() if x.startswith("tcc up: PARKED")]
+    assert len(said) == 1, out
+    (line,) = said
     assert "stuck-order: failed_to_confirm" in line
     assert "waiting on b" in line
     assert f"{base}/ui/transactions/stuck-order" in line
@@ -180,8 +187,75 @@ async def test_up__a_confirmed_checkout__is_announced_as_one_mail_to_its_custome
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    (line,) = [x for x in out.splitlines() if x.startswith("tcc up: MAIL")]
+    said = [x for x in out.splitlines() if x.startswith("tcc up: MAIL")]
+    assert len(said) == 1, out
+    (line,) = said
     assert f"tcc up: MAIL to alice@example.test: Your order {placed['order_id']}" in line
+
+
+async def test_up__stopped_while_still_starting__announces_the_mail_it_already_received(
+    tmp_path: Path,
+) -> None:
+    # A mail straight to the SMTP sink as soon as it listens, and Ctrl-C the moment it is
+    # logged: tcc up is then still starting (waiting for the others, or making its banner),
+    # and its last look must still find the mail.
+    coordinator_port, samples = free_port(), _sample_ports()
+    proc = _start_up(tmp_path, coordinator_port, samples)
+    mails = tmp_path / "mail"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            try:
+                await asyncio.to_thread(_send_mail, samples + 4, "dave@example.test", "Early")
+                break
+            except OSError:  # the sink is not listening yet
+                await asyncio.sleep(0.05)
+        await eventually(
+            lambda: asyncio.to_thread(mailsink.read_received, mails),
+            lambda received: len(received) == 1,
+            timeout_s=30,
+            interval_s=0.01,
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    said = [x for x in out.splitlines() if x.startswith("tcc up: MAIL")]
+    assert len(said) == 1, out
+    assert said[0].startswith("tcc up: MAIL to dave@example.test: Early ("), out
+
+
+async def test_up__ctrl_c_in_its_terminal_while_starting__stops_cleanly(tmp_path: Path) -> None:
+    # Ctrl-C in a terminal goes to the whole process group: the children exit while tcc up
+    # still waits for them to be ready, which is a stop, not a failed start.
+    coordinator_port, samples = free_port(), _sample_ports()
+    proc = _start_up(tmp_path, coordinator_port, samples, new_session=True)
+    try:
+        await eventually(
+            lambda: asyncio.to_thread((tmp_path / "logs" / "order.log").exists),
+            lambda started: started or proc.poll() is not None,
+            timeout_s=90,
+            interval_s=0.01,
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "exited at start-up" not in out
+    assert out.rstrip().endswith("tcc up: stopped"), out
+
+
+def _send_mail(port: int, to: str, subject: str) -> None:
+    message = EmailMessage()
+    message["From"] = "test@example.test"
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{subject.lower()}@example.test>"
+    message.set_content("Hi\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(message)
 
 
 async def _status(http: aiohttp.ClientSession, url: str) -> str:
@@ -216,6 +290,7 @@ def _start_up(
     samples: int,
     *more: str,
     env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen[str]:
     command = [
         *TCC,
@@ -234,6 +309,7 @@ def _start_up(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=new_session,  # a group of its own, as a terminal's job is
     )
 
 
