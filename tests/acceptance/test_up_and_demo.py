@@ -92,9 +92,7 @@ async def test_up__starts_everything_takes_an_order_and_stops_on_ctrl_c(tmp_path
     assert f"notify       {notify}" in out
     assert f"stored in {mail_dir}" in out
     # (The order's own confirmation to alice may be announced too, once messages flow.)
-    said = [x for x in out.splitlines() if x.startswith("tcc up: MAIL to carol")]
-    assert len(said) == 1, out
-    (line,) = said
+    line = _the_one_line(out, "tcc up: MAIL to carol")
     assert line.startswith("tcc up: MAIL to carol@example.test: Hello (")
     carol = [r for r in mailsink.read_received(mail_dir) if r["to"] == ["carol@example.test"]]
     assert [r["deliveries"] for r in carol] == [1]  # the repeat never reached the server
@@ -146,9 +144,7 @@ async def test_up__takes_coordinator_settings__and_says_when_a_transaction_parks
     assert "tcc up: the coordinator gets TCC_GIVE_UP_AFTER_S=2.0" in out
     assert "tcc up: the coordinator gets TCC_RETRY_MAX_S=0.3" in out
     assert "tcc up: ignoring TCC_API_KEYS: tcc up runs without authentication" in out
-    said = [x for x in out.splitlines() if x.startswith("tcc up: PARKED")]
-    assert len(said) == 1, out
-    (line,) = said
+    line = _the_one_line(out, "tcc up: PARKED")
     assert "stuck-order: failed_to_confirm" in line
     assert "waiting on b" in line
     assert f"{base}/ui/transactions/stuck-order" in line
@@ -175,21 +171,12 @@ async def test_up__a_confirmed_checkout__is_announced_as_one_mail_to_its_custome
             async with http.post(f"{order}/checkout", json=body) as resp:
                 assert resp.status == 200
                 placed = await resp.json()
-            # Logged by the sink once the mail is stored; tcc up reads that log every second
-            # and once more when it is stopped, so no mail logged by then goes unannounced.
-            mails = tmp_path / "mail"
-            await eventually(
-                lambda: asyncio.to_thread(mailsink.read_received, mails),
-                lambda received: len(received) == 1,
-                timeout_s=60,
-            )
+            await _mail_logged(tmp_path / "mail")
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    said = [x for x in out.splitlines() if x.startswith("tcc up: MAIL")]
-    assert len(said) == 1, out
-    (line,) = said
+    line = _the_one_line(out, "tcc up: MAIL")
     assert f"tcc up: MAIL to alice@example.test: Your order {placed['order_id']}" in line
 
 
@@ -212,19 +199,13 @@ async def test_up__stopped_while_still_starting__announces_the_mail_it_already_r
                 break
             except OSError:  # the sink is not listening yet
                 await asyncio.sleep(0.05)
-        await eventually(
-            lambda: asyncio.to_thread(mailsink.read_received, mails),
-            lambda received: len(received) == 1,
-            timeout_s=30,
-            interval_s=0.01,
-        )
+        await _mail_logged(mails)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
-    said = [x for x in out.splitlines() if x.startswith("tcc up: MAIL")]
-    assert len(said) == 1, out
-    assert said[0].startswith("tcc up: MAIL to dave@example.test: Early ("), out
+    line = _the_one_line(out, "tcc up: MAIL")
+    assert line.startswith("tcc up: MAIL to dave@example.test: Early ("), out
 
 
 async def test_up__ctrl_c_in_its_terminal_while_starting__stops_cleanly(tmp_path: Path) -> None:
@@ -245,6 +226,24 @@ async def test_up__ctrl_c_in_its_terminal_while_starting__stops_cleanly(tmp_path
     assert proc.returncode == 0, out
     assert "exited at start-up" not in out
     assert out.rstrip().endswith("tcc up: stopped"), out
+
+
+async def _mail_logged(mails: Path) -> None:
+    """Until the sink has logged one mail. tcc up reads that log every second and once more
+    when it is stopped, so a mail logged by then must be announced."""
+    await eventually(
+        lambda: asyncio.to_thread(mailsink.read_received, mails),
+        lambda received: len(received) == 1,
+        timeout_s=60,
+        interval_s=0.01,
+    )
+
+
+def _the_one_line(out: str, prefix: str) -> str:
+    """The line of tcc up's output that starts with ``prefix``; all of it shown if not one."""
+    said = [x for x in out.splitlines() if x.startswith(prefix)]
+    assert len(said) == 1, out
+    return said[0]
 
 
 def _send_mail(port: int, to: str, subject: str) -> None:
